@@ -1,0 +1,154 @@
+//! [`MultiRedisStoreBuilder`]: collects backends and options, validates the
+//! whole shape, and connects.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::backend::{Backend, Node};
+use crate::error::Error;
+use crate::store::{CopyOnRead, MultiRedisStore};
+
+/// How many ids `create` tries before giving up (a collision of 128-bit
+/// random ids is already astronomically unlikely).
+pub const DEFAULT_CREATE_ATTEMPTS: usize = 8;
+
+/// Describes a [`MultiRedisStore`]; [`build`](Self::build) validates it.
+///
+/// ```
+/// use tower_sessions_multi_redis_store::{Backend, CopyOnRead, Error, Modes, MultiRedisStore};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// // A read backend that `delete` never reaches would keep logged-out users logged in.
+/// let err = MultiRedisStore::builder()
+///     .backend(Backend::url("new", "redis://127.0.0.1:6380"))
+///     .backend(Backend::url("old", "redis://127.0.0.1:6381").modes(Modes::READ))
+///     .copy_on_read(CopyOnRead::Move)
+///     .build()
+///     .await
+///     .unwrap_err();
+/// assert!(err.to_string().contains("backend `old`, field `modes`"));
+/// # });
+/// ```
+#[derive(Debug, Default)]
+#[must_use]
+pub struct MultiRedisStoreBuilder {
+    backends: Vec<Backend>,
+    copy_on_read: CopyOnRead,
+    create_attempts: Option<usize>,
+}
+
+impl MultiRedisStoreBuilder {
+    /// Appends a backend; order matters (`load` asks readers in this order).
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backends.push(backend);
+        self
+    }
+
+    /// Appends several backends.
+    pub fn backends(mut self, backends: impl IntoIterator<Item = Backend>) -> Self {
+        self.backends.extend(backends);
+        self
+    }
+
+    /// The copy-on-read policy (default [`CopyOnRead::Copy`]).
+    pub fn copy_on_read(mut self, policy: CopyOnRead) -> Self {
+        self.copy_on_read = policy;
+        self
+    }
+
+    /// How many ids `create` tries (default [`DEFAULT_CREATE_ATTEMPTS`]).
+    pub fn create_attempts(mut self, attempts: usize) -> Self {
+        self.create_attempts = Some(attempts);
+        self
+    }
+
+    /// Checks every rule that does not need the network.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the backend and the field at fault.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.backends.is_empty() {
+            return Err(Error::config(None, "backends", "no backend configured"));
+        }
+        if self.create_attempts == Some(0) {
+            return Err(Error::config(None, "create_attempts", "must be at least 1"));
+        }
+        let mut names = HashSet::new();
+        for (position, b) in self.backends.iter().enumerate() {
+            let name = Some(b.name.as_str());
+            if b.name.trim().is_empty() {
+                return Err(Error::config(
+                    None,
+                    "name",
+                    format!("backend #{} has an empty name", position + 1),
+                ));
+            }
+            if !names.insert(b.name.as_str()) {
+                return Err(Error::config(
+                    name,
+                    "name",
+                    "the name is used by another backend",
+                ));
+            }
+            if b.modes.is_empty() {
+                return Err(Error::config(
+                    name,
+                    "modes",
+                    "no mode given (read, write, delete)",
+                ));
+            }
+            if b.socket_timeout == Duration::ZERO {
+                return Err(Error::config(
+                    name,
+                    "socket_timeout",
+                    "must be greater than zero",
+                ));
+            }
+            if b.modes.can_read() && !b.modes.can_delete() && !b.allow_read_without_delete {
+                return Err(Error::config(
+                    name,
+                    "modes",
+                    "a `read` backend must also have `write` or `delete`, or a logout leaves the session \
+                     loadable there (set allow_read_without_delete to accept that)",
+                ));
+            }
+            crate::connection::validate(b)?;
+        }
+        if !self.backends.iter().any(|b| b.modes.can_read()) {
+            return Err(Error::config(
+                None,
+                "modes",
+                "no backend has the `read` mode",
+            ));
+        }
+        if !self.backends.iter().any(|b| b.modes.can_write()) {
+            return Err(Error::config(
+                None,
+                "modes",
+                "no backend has the `write` mode",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Validates and connects. Connections are made lazily, so a backend that
+    /// is down does not stop the app from starting; its errors show on use.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the backend and the field at fault.
+    pub async fn build(self) -> Result<MultiRedisStore, Error> {
+        self.validate()?;
+        let nodes = self
+            .backends
+            .iter()
+            .map(Node::connect)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(MultiRedisStore::from_nodes(
+            nodes,
+            self.copy_on_read,
+            self.create_attempts.unwrap_or(DEFAULT_CREATE_ATTEMPTS),
+        ))
+    }
+}

@@ -1,0 +1,75 @@
+//! The wire format: a [`Record`] as MessagePack, exactly as
+//! `tower-sessions-redis-store` stores it.
+//!
+//! * value: `rmp_serde::to_vec(&record)` — the compact (array) form; the named
+//!   (map) form written by `rmp_serde::to_vec_named` is accepted on decode;
+//! * expiry: the record's `expiry_date`, sent as `PXAT` milliseconds (the
+//!   other crate sends `EXAT` seconds; both expire the key at the same second).
+//!
+//! ```
+//! use tower_sessions_core::session::{Id, Record};
+//! use tower_sessions_multi_redis_store::codec;
+//!
+//! let record = Record {
+//!     id: Id(1),
+//!     data: Default::default(),
+//!     expiry_date: time::OffsetDateTime::UNIX_EPOCH,
+//! };
+//! let bytes = codec::encode(&record).unwrap();
+//! assert_eq!(bytes, rmp_serde::to_vec(&record).unwrap());
+//! assert_eq!(codec::decode(&bytes).unwrap(), record);
+//! ```
+
+use time::OffsetDateTime;
+use tower_sessions_core::session::Record;
+
+/// Encodes a record the way `tower-sessions-redis-store` does.
+///
+/// # Errors
+///
+/// When a value in the session data cannot be represented in MessagePack.
+pub fn encode(record: &Record) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    rmp_serde::to_vec(record)
+}
+
+/// Decodes a stored value (compact or named MessagePack form).
+///
+/// Never panics, whatever the bytes.
+///
+/// # Errors
+///
+/// When the bytes are not a MessagePack session record.
+pub fn decode(bytes: &[u8]) -> Result<Record, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(bytes)
+}
+
+/// The absolute expiry to send with `PXAT`: milliseconds since the Unix epoch,
+/// at least 1 (Redis refuses 0 and negative times; such a record is expired
+/// anyway and Redis drops the key at once).
+pub fn expiry_millis(expiry_date: OffsetDateTime) -> u64 {
+    let millis = expiry_date.unix_timestamp_nanos() / 1_000_000;
+    u64::try_from(millis).unwrap_or(0).max(1)
+}
+
+/// Whether the record is still alive now.
+pub(crate) fn is_live(record: &Record) -> bool {
+    record.expiry_date > OffsetDateTime::now_utc()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::Duration;
+
+    #[test]
+    fn expiry_is_clamped_to_a_positive_instant() {
+        assert_eq!(
+            expiry_millis(OffsetDateTime::UNIX_EPOCH - Duration::days(1)),
+            1
+        );
+        assert_eq!(
+            expiry_millis(OffsetDateTime::UNIX_EPOCH + Duration::milliseconds(1500)),
+            1500
+        );
+    }
+}

@@ -1,0 +1,402 @@
+//! Configuration files: TOML or JSON (by extension), in this crate's shape or
+//! in the seed Django package's own JSON shape, turned into the same builder.
+//!
+//! This crate's shape (TOML shown; JSON is the same tree):
+//!
+//! ```
+//! use tower_sessions_multi_redis_store::Config;
+//!
+//! let config = Config::from_toml_str(r#"
+//! copy_on_read = "copy"          # off | copy | move
+//!
+//! [[backends]]
+//! name = "new"
+//! modes = ["read", "write"]
+//! url = "redis://127.0.0.1:6380/0"
+//!
+//! [[backends]]
+//! name = "old"
+//! modes = ["read", "delete"]
+//! host = "127.0.0.1"
+//! port = 6381
+//! db = 1
+//! password = "s3cret"
+//! prefix = "ds_"
+//! socket_timeout = 0.5           # seconds
+//! retry_on_timeout = true
+//! "#).unwrap();
+//! assert_eq!(config.backends.len(), 2);
+//! assert!(!format!("{config:?}").contains("s3cret"));
+//! ```
+//!
+//! The seed's shape (`ACS_SESSION_MULTISESSIONS_POOL` as a JSON list, or an
+//! object holding that key) loads unchanged:
+//!
+//! ```
+//! use tower_sessions_multi_redis_store::Config;
+//!
+//! let config = Config::from_json_str(r#"[
+//!   {"backend": "0", "modes": ["read", "write"],
+//!    "setting": {"SESSION_REDIS_HOST": "localhost", "SESSION_REDIS_PORT": 6379,
+//!                "SESSION_REDIS_DB": 0, "SESSION_REDIS_PASSWORD": "",
+//!                "SESSION_REDIS_PREFIX": "ds_", "SESSION_REDIS_SOCKET_TIMEOUT": 5}}
+//! ]"#).unwrap();
+//! assert_eq!(config.backends[0].name, "0");
+//! ```
+//!
+//! Unknown keys and unknown modes are errors that give the line. In the seed
+//! shape, `null` and `""` mean "not set", an entry without host, socket or URL
+//! means `localhost:6379` (as in django-redis-sessions), and
+//! `SESSION_REDIS_PREFIX` is used as-is.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::backend::{Address, Backend};
+use crate::builder::MultiRedisStoreBuilder;
+use crate::error::Error;
+use crate::mode::{Mode, Modes};
+use crate::redact::redact_url;
+use crate::store::CopyOnRead;
+
+/// A whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Config {
+    /// The copy-on-read policy (default `copy`).
+    #[serde(default)]
+    pub copy_on_read: CopyOnRead,
+    /// The backends, in order.
+    pub backends: Vec<BackendConfig>,
+}
+
+/// One `[[backends]]` entry.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct BackendConfig {
+    /// Unique name, used in errors and logs.
+    pub name: String,
+    /// `read`, `write`, `delete`.
+    pub modes: Vec<Mode>,
+    /// `redis://`, `rediss://`, `redis+unix://` or `unix://` URL.
+    pub url: Option<String>,
+    /// Host name or IP (with `port`, default 6379).
+    pub host: Option<String>,
+    /// TCP port.
+    pub port: Option<u16>,
+    /// Unix domain socket path.
+    pub unix_socket: Option<PathBuf>,
+    /// Database number.
+    pub db: Option<i64>,
+    /// ACL user name.
+    pub username: Option<String>,
+    /// Password (never printed).
+    pub password: Option<String>,
+    /// Key prefix.
+    pub prefix: Option<String>,
+    /// Seconds (fractions allowed) bounding connect and each command.
+    pub socket_timeout: Option<f64>,
+    /// Retry idempotent commands once after a timeout.
+    pub retry_on_timeout: Option<bool>,
+    /// Accept a read backend without write or delete.
+    pub allow_read_without_delete: Option<bool>,
+}
+
+impl fmt::Debug for BackendConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendConfig")
+            .field("name", &self.name)
+            .field("modes", &self.modes)
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("unix_socket", &self.unix_socket)
+            .field("db", &self.db)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("prefix", &self.prefix)
+            .field("socket_timeout", &self.socket_timeout)
+            .field("retry_on_timeout", &self.retry_on_timeout)
+            .field("allow_read_without_delete", &self.allow_read_without_delete)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Reads a `.toml` or `.json` file.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ConfigFile`] when the file cannot be read or parsed (with the
+    /// line), or has another extension.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Config, Error> {
+        let path = path.as_ref();
+        let file_error = |reason: String| Error::ConfigFile {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|err| file_error(err.to_string()))?;
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => Config::from_toml_str(&text),
+            Some("json") => Config::from_json_str(&text),
+            _ => Err(file_error("unknown extension: use .toml or .json".into())),
+        }
+        .map_err(|err| match err {
+            Error::ConfigFile { reason, .. } => file_error(reason),
+            other => other,
+        })
+    }
+
+    /// Parses this crate's shape from TOML.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ConfigFile`] with the line and column.
+    pub fn from_toml_str(text: &str) -> Result<Config, Error> {
+        toml::from_str(text).map_err(|err: toml::de::Error| {
+            let place = err
+                .span()
+                .map(|span| line_col(text, span.start))
+                .map(|(line, col)| format!("line {line}, column {col}: "))
+                .unwrap_or_default();
+            parse_error(format!("{place}{}", err.message().trim_end()))
+        })
+    }
+
+    /// Parses this crate's shape or the seed's shape from JSON.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ConfigFile`] with the line and column.
+    pub fn from_json_str(text: &str) -> Result<Config, Error> {
+        let json_error = |err: serde_json::Error| parse_error(err.to_string());
+        let probe: serde_json::Value = serde_json::from_str(text).map_err(json_error)?;
+        let seed = match &probe {
+            serde_json::Value::Array(_) => {
+                serde_json::from_str::<Vec<SeedEntry>>(text).map_err(json_error)?
+            }
+            serde_json::Value::Object(map)
+                if map.contains_key("ACS_SESSION_MULTISESSIONS_POOL") =>
+            {
+                serde_json::from_str::<SeedFile>(text)
+                    .map_err(json_error)?
+                    .pool
+            }
+            _ => return serde_json::from_str(text).map_err(json_error),
+        };
+        Ok(Config {
+            copy_on_read: CopyOnRead::default(),
+            backends: seed
+                .into_iter()
+                .map(SeedEntry::into_backend_config)
+                .collect(),
+        })
+    }
+
+    /// The builder this configuration describes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the backend and field (e.g. both `url` and
+    /// `host`, a negative timeout).
+    pub fn into_builder(self) -> Result<MultiRedisStoreBuilder, Error> {
+        let mut builder = crate::MultiRedisStore::builder().copy_on_read(self.copy_on_read);
+        for backend in self.backends {
+            builder = builder.backend(backend.into_backend()?);
+        }
+        Ok(builder)
+    }
+}
+
+impl BackendConfig {
+    /// The backend this entry describes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the backend and the field.
+    pub fn into_backend(self) -> Result<Backend, Error> {
+        let name = Some(self.name.as_str());
+        let address = match (self.url, self.host, self.unix_socket) {
+            (Some(url), None, None) => {
+                if self.port.is_some() {
+                    return Err(Error::config(
+                        name,
+                        "port",
+                        "cannot be combined with `url` (put the port in the URL)",
+                    ));
+                }
+                Address::Url(url)
+            }
+            (None, Some(host), None) => Address::Tcp {
+                host,
+                port: self.port.unwrap_or(6379),
+            },
+            (None, None, Some(path)) => Address::Unix(path),
+            (None, None, None) => {
+                return Err(Error::config(
+                    name,
+                    "url",
+                    "no address: give `url`, `host` or `unix_socket`",
+                ));
+            }
+            (Some(_), Some(_), _) => {
+                return Err(Error::config(
+                    name,
+                    "host",
+                    "both `url` and `host` given; use one",
+                ));
+            }
+            (_, _, Some(_)) => {
+                return Err(Error::config(
+                    name,
+                    "unix_socket",
+                    "given together with `url` or `host`; use one",
+                ));
+            }
+        };
+        let mut backend = Backend::new(self.name.clone(), address).modes(Modes::from(self.modes));
+        if let Some(prefix) = self.prefix {
+            backend = backend.prefix(prefix);
+        }
+        if let Some(db) = self.db {
+            backend = backend.db(db);
+        }
+        if let Some(username) = self.username {
+            backend = backend.username(username);
+        }
+        if let Some(password) = self.password {
+            backend = backend.password(password);
+        }
+        if let Some(seconds) = self.socket_timeout {
+            let timeout = Duration::try_from_secs_f64(seconds).map_err(|_| {
+                Error::config(
+                    name,
+                    "socket_timeout",
+                    format!("{seconds} is not a number of seconds"),
+                )
+            })?;
+            backend = backend.socket_timeout(timeout);
+        }
+        if let Some(retry) = self.retry_on_timeout {
+            backend = backend.retry_on_timeout(retry);
+        }
+        if let Some(allow) = self.allow_read_without_delete {
+            backend = backend.allow_read_without_delete(allow);
+        }
+        Ok(backend)
+    }
+}
+
+fn parse_error(reason: String) -> Error {
+    Error::ConfigFile {
+        path: PathBuf::from("<text>"),
+        reason,
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+/// `{"ACS_SESSION_MULTISESSIONS_POOL": [...]}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeedFile {
+    #[serde(rename = "ACS_SESSION_MULTISESSIONS_POOL")]
+    pool: Vec<SeedEntry>,
+}
+
+/// One entry of the seed's `ACS_SESSION_MULTISESSIONS_POOL`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeedEntry {
+    backend: NameOrNumber,
+    modes: Vec<Mode>,
+    #[serde(default)]
+    setting: SeedSetting,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NameOrNumber {
+    Name(String),
+    Number(i64),
+}
+
+/// The seed's `setting` keys (those of django-redis-sessions).
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "SCREAMING_SNAKE_CASE")]
+struct SeedSetting {
+    session_redis_host: Option<String>,
+    session_redis_port: Option<u16>,
+    session_redis_db: Option<i64>,
+    session_redis_username: Option<String>,
+    session_redis_password: Option<String>,
+    session_redis_prefix: Option<String>,
+    session_redis_socket_timeout: Option<f64>,
+    session_redis_retry_on_timeout: Option<bool>,
+    session_redis_unix_domain_socket_path: Option<PathBuf>,
+    session_redis_url: Option<String>,
+}
+
+/// `None` for `null` and `""`, as the seed's examples use both for "unset".
+fn set(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.is_empty())
+}
+
+impl SeedEntry {
+    fn into_backend_config(self) -> BackendConfig {
+        let s = self.setting;
+        let name = match self.backend {
+            NameOrNumber::Name(name) => name,
+            NameOrNumber::Number(n) => n.to_string(),
+        };
+        let url = set(s.session_redis_url);
+        let unix_socket = s
+            .session_redis_unix_domain_socket_path
+            .filter(|p| !p.as_os_str().is_empty());
+        let mut host = set(s.session_redis_host);
+        if url.is_none() && unix_socket.is_none() && host.is_none() {
+            host = Some("localhost".to_owned());
+        }
+        BackendConfig {
+            name,
+            modes: self.modes,
+            port: if host.is_some() {
+                s.session_redis_port
+            } else {
+                None
+            },
+            url,
+            host,
+            unix_socket,
+            db: s.session_redis_db,
+            username: set(s.session_redis_username),
+            password: set(s.session_redis_password),
+            prefix: set(s.session_redis_prefix),
+            socket_timeout: s.session_redis_socket_timeout,
+            retry_on_timeout: s.session_redis_retry_on_timeout,
+            allow_read_without_delete: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_and_column_are_one_based() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+}

@@ -1,0 +1,71 @@
+//! A [`tower-sessions`](https://docs.rs/tower-sessions) store over an
+//! **ordered list of Redis backends**, each allowed to `read`, `write` and/or
+//! `delete`: move sessions from one Redis to another without logging anyone
+//! out, and separate read from write traffic.
+//!
+//! # Layout
+//!
+//! * [`mode`](Mode): `Mode` / `Modes`, what a backend may do;
+//! * `backend`: [`Backend`], one server's description, and the few commands run on it;
+//! * `connection`: standalone connections (reconnecting `ConnectionManager`);
+//! * [`codec`]: the wire format, byte-compatible with `tower-sessions-redis-store`;
+//! * `store`: [`MultiRedisStore`] and **the fan-out rules** of `load`/`create`/`save`/`delete`;
+//! * `builder`: [`MultiRedisStoreBuilder`], validation of the whole shape;
+//! * `config`: [`Config`], TOML/JSON files, including the seed Django package's shape;
+//! * `error`: [`Error`], which always names the backend at fault;
+//! * `testing` (feature `test-util`): throwaway `redis-server` processes.
+//!
+//! # Example
+//!
+//! ```
+//! # #[cfg(feature = "test-util")]
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use tower_sessions_core::{SessionStore, session::{Id, Record}};
+//! use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore, testing::RedisServer};
+//!
+//! let (old, new) = (RedisServer::start().unwrap(), RedisServer::start().unwrap());
+//! let store = MultiRedisStore::builder()
+//!     .backend(Backend::url("new", new.url()))                          // read + write
+//!     .backend(Backend::url("old", old.url()).modes(Modes::READ_DELETE)) // being drained
+//!     .build()
+//!     .await
+//!     .unwrap();
+//!
+//! let mut record = Record {
+//!     id: Id::default(),
+//!     data: [("user".to_owned(), "ada".into())].into(),
+//!     expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+//! };
+//! store.create(&mut record).await.unwrap();
+//! assert_eq!(store.load(&record.id).await.unwrap(), Some(record.clone()));
+//! store.delete(&record.id).await.unwrap();
+//! assert_eq!(store.load(&record.id).await.unwrap(), None);
+//! # });
+//! ```
+//!
+//! With axum: `SessionManagerLayer::new(store)`, exactly where
+//! `tower-sessions-redis-store`'s `RedisStore` was used.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::panic, clippy::print_stdout, clippy::print_stderr))]
+
+mod backend;
+mod builder;
+pub mod codec;
+mod config;
+mod connection;
+mod error;
+mod mode;
+mod redact;
+mod store;
+#[cfg(feature = "test-util")]
+pub mod testing;
+
+pub use backend::{Address, Backend, DEFAULT_SOCKET_TIMEOUT};
+pub use builder::{DEFAULT_CREATE_ATTEMPTS, MultiRedisStoreBuilder};
+pub use config::{BackendConfig, Config};
+pub use error::Error;
+pub use mode::{Mode, Modes, UnknownMode};
+pub use redact::redact_url;
+pub use store::{CopyOnRead, MultiRedisStore};

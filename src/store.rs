@@ -1,0 +1,425 @@
+//! [`MultiRedisStore`] and its [`SessionStore`] implementation: **the fan-out
+//! rules**, all in this file.
+//!
+//! Backends keep their configured order. R = backends with `read`, W = with
+//! `write`, D = with `delete` or `write`; *sources* = D backends that are not
+//! in W (old servers being drained).
+//!
+//! | op | rule |
+//! |---|---|
+//! | `load` | Ask R in order; the first live record wins. An error or an undecodable value does not stop the search, but if nothing is found after one, the result is `Err`, never "not found". |
+//! | copy-on-read | When the winner is not in W: `SET NX PXAT` into every W backend (never overwrites); then check the source still holds the session (`Move`: delete it from the source) and undo the copy if it vanished meanwhile (a logout raced the copy). |
+//! | `create` | `SET NX PXAT` on every W backend at once; on a collision undo this attempt's writes and draw a new id; any error undoes and fails. |
+//! | `save` | `SET XX PXAT` on every W backend at once. Where it missed, and the session lives in another W backend or in a readable source, write it there too (`SET NX`, then `SET XX` if someone else was faster); where it lives nowhere, write nothing: no resurrection. |
+//! | `delete` | `DEL` on every source at once, then on every W backend at once (this order makes the copy-back checks above sound). Any failure is an `Err` naming the backends. |
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+use tower_sessions_core::session::{Id, Record};
+use tower_sessions_core::{SessionStore, session_store};
+
+use crate::backend::{Node, SetIf};
+use crate::builder::MultiRedisStoreBuilder;
+use crate::codec;
+use crate::error::Error;
+
+/// What `load` does with a session found in a backend that is not written to.
+///
+/// ```
+/// use tower_sessions_multi_redis_store::CopyOnRead;
+///
+/// assert_eq!(CopyOnRead::default(), CopyOnRead::Copy);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum CopyOnRead {
+    /// Leave it where it is (a later `save` still writes it into the write backends).
+    Off,
+    /// Copy it into every write backend, keeping its expiry (the default).
+    #[default]
+    Copy,
+    /// Copy it, then delete it from the source when the source has `delete`.
+    Move,
+}
+
+/// A [`SessionStore`] over an ordered list of Redis backends, each allowed to
+/// `read`, `write` and/or `delete`.
+///
+/// Cheap to clone: clones share the connections.
+///
+/// ```no_run
+/// use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore};
+///
+/// # async fn run() -> Result<(), tower_sessions_multi_redis_store::Error> {
+/// let store = MultiRedisStore::builder()
+///     .backend(Backend::url("new", "redis://127.0.0.1:6380/0"))
+///     .backend(Backend::url("old", "redis://127.0.0.1:6379/1").modes(Modes::READ_DELETE))
+///     .build()
+///     .await?;
+/// // let layer = tower_sessions::SessionManagerLayer::new(store);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MultiRedisStore {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) nodes: Vec<Node>,
+    /// R, in configured order.
+    readers: Vec<usize>,
+    /// W.
+    writers: Vec<usize>,
+    /// D without W: deleted from first.
+    sources: Vec<usize>,
+    copy_on_read: CopyOnRead,
+    create_attempts: usize,
+}
+
+impl fmt::Debug for MultiRedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MultiRedisStore")
+            .field("backends", &self.inner.nodes)
+            .field("copy_on_read", &self.inner.copy_on_read)
+            .finish()
+    }
+}
+
+impl MultiRedisStore {
+    /// Starts describing a store.
+    pub fn builder() -> MultiRedisStoreBuilder {
+        MultiRedisStoreBuilder::default()
+    }
+
+    /// Builds a store from a TOML or JSON file (chosen by extension); see
+    /// [`Config`](crate::Config) for the shapes accepted.
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be read or parsed, or the configuration is invalid.
+    pub async fn from_config_file(path: impl AsRef<Path>) -> Result<MultiRedisStore, Error> {
+        crate::config::Config::from_file(path)?
+            .into_builder()?
+            .build()
+            .await
+    }
+
+    pub(crate) fn from_nodes(
+        nodes: Vec<Node>,
+        copy_on_read: CopyOnRead,
+        create_attempts: usize,
+    ) -> MultiRedisStore {
+        let select = |keep: fn(&Node) -> bool| -> Vec<usize> {
+            nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| keep(n))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let readers = select(|n| n.modes.can_read());
+        let writers = select(|n| n.modes.can_write());
+        let sources = select(|n| n.modes.can_delete() && !n.modes.can_write());
+        MultiRedisStore {
+            inner: Arc::new(Inner {
+                nodes,
+                readers,
+                writers,
+                sources,
+                copy_on_read,
+                create_attempts,
+            }),
+        }
+    }
+
+    /// The backends' names and modes, in configured order.
+    pub fn backends(&self) -> impl Iterator<Item = (&str, crate::Modes)> {
+        self.inner.nodes.iter().map(|n| (n.name.as_str(), n.modes))
+    }
+
+    /// The copy-on-read policy.
+    pub fn copy_on_read(&self) -> CopyOnRead {
+        self.inner.copy_on_read
+    }
+
+    fn pick(&self, indices: &[usize]) -> Vec<&Node> {
+        indices.iter().map(|&i| &self.inner.nodes[i]).collect()
+    }
+
+    /// `load`: see the module docs.
+    async fn load_record(&self, id: &Id) -> Result<Option<Record>, Error> {
+        let sid = id.to_string();
+        let mut failures = Vec::new();
+        for node in self.pick(&self.inner.readers) {
+            let bytes = match node.get(&sid).await {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => continue,
+                Err(err) => {
+                    tracing::warn!(backend = %node.name, error = %err, "load: backend failed, asking the next one");
+                    failures.push(err);
+                    continue;
+                }
+            };
+            let record = match codec::decode(&bytes) {
+                Ok(record) => record,
+                Err(err) => {
+                    let err = Error::Decode {
+                        backend: node.name.clone(),
+                        reason: err.to_string(),
+                    };
+                    tracing::warn!(error = %err, "load: undecodable value, asking the next backend");
+                    failures.push(err);
+                    continue;
+                }
+            };
+            if !codec::is_live(&record) {
+                // The key outlived its record (clock skew): authoritative "gone".
+                tracing::debug!(backend = %node.name, "load: record expired");
+                break;
+            }
+            if !node.modes.can_write() && self.inner.copy_on_read != CopyOnRead::Off {
+                self.copy_back(node, &sid, &bytes, &record).await;
+            }
+            return Ok(Some(record));
+        }
+        if failures.is_empty() {
+            Ok(None)
+        } else {
+            Err(Error::from_failures(failures))
+        }
+    }
+
+    /// Copy-on-read of a record found in `source` (not in W) into every W backend.
+    async fn copy_back(&self, source: &Node, sid: &str, bytes: &[u8], record: &Record) {
+        let pxat = codec::expiry_millis(record.expiry_date);
+        let writers = self.pick(&self.inner.writers);
+        let results = join_all(
+            writers
+                .iter()
+                .map(|w| w.set(sid, bytes, pxat, SetIf::Absent)),
+        )
+        .await;
+        let mut created = Vec::new();
+        let mut complete = true;
+        for (w, result) in writers.iter().zip(results) {
+            match result {
+                Ok(true) => created.push(*w),
+                Ok(false) => {}
+                Err(err) => {
+                    complete = false;
+                    tracing::warn!(backend = %w.name, error = %err, "copy-on-read failed");
+                }
+            }
+        }
+        if created.is_empty() {
+            // Every reachable W backend already had it: whoever wrote it checks.
+            return;
+        }
+        let moving =
+            self.inner.copy_on_read == CopyOnRead::Move && complete && source.modes.can_delete();
+        let still_there = if moving {
+            source.del(sid).await
+        } else {
+            source.exists(sid).await
+        };
+        if !matches!(still_there, Ok(true)) {
+            // The session left the source while we copied it (a logout deletes
+            // sources before W backends): our copy would resurrect it.
+            tracing::debug!(source = %source.name, "copy-on-read raced a delete; undoing the copy");
+            undo(&created, sid).await;
+        }
+    }
+
+    /// `create`: see the module docs.
+    async fn create_record(&self, record: &mut Record) -> Result<(), Error> {
+        let writers = self.pick(&self.inner.writers);
+        for _ in 0..self.inner.create_attempts {
+            let sid = record.id.to_string();
+            let bytes = encode(record)?;
+            let pxat = codec::expiry_millis(record.expiry_date);
+            let results = join_all(
+                writers
+                    .iter()
+                    .map(|w| w.set(&sid, &bytes, pxat, SetIf::Absent)),
+            )
+            .await;
+            let mut created = Vec::new();
+            let mut failures = Vec::new();
+            let mut collided = false;
+            for (w, result) in writers.iter().zip(results) {
+                match result {
+                    Ok(true) => created.push(*w),
+                    Ok(false) => collided = true,
+                    Err(err) => failures.push(err),
+                }
+            }
+            if failures.is_empty() && !collided {
+                return Ok(());
+            }
+            undo(&created, &sid).await;
+            if !failures.is_empty() {
+                return Err(Error::from_failures(failures));
+            }
+            tracing::debug!("create: session id already taken, drawing another");
+            record.id = Id::default();
+        }
+        Err(Error::IdCollision {
+            attempts: self.inner.create_attempts,
+        })
+    }
+
+    /// `save`: see the module docs.
+    async fn save_record(&self, record: &Record) -> Result<(), Error> {
+        let sid = record.id.to_string();
+        let bytes = encode(record)?;
+        let pxat = codec::expiry_millis(record.expiry_date);
+        let writers = self.pick(&self.inner.writers);
+        let results = join_all(
+            writers
+                .iter()
+                .map(|w| w.set(&sid, &bytes, pxat, SetIf::Present)),
+        )
+        .await;
+        let mut hits = Vec::new();
+        let mut misses = Vec::new();
+        let mut failures = Vec::new();
+        for (w, result) in writers.iter().zip(results) {
+            match result {
+                Ok(true) => hits.push(*w),
+                Ok(false) => misses.push(*w),
+                Err(err) => failures.push(err),
+            }
+        }
+        if !misses.is_empty() {
+            let witnesses = if hits.is_empty() {
+                self.sources_holding(&sid, &mut failures).await
+            } else {
+                hits
+            };
+            if !witnesses.is_empty() {
+                self.fill(&misses, &witnesses, &sid, &bytes, pxat, &mut failures)
+                    .await;
+            }
+            // else: the session lives nowhere (logged out or expired): writing
+            // it would resurrect it.
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::from_failures(failures))
+        }
+    }
+
+    /// The readable, non-written backends that hold the session.
+    async fn sources_holding<'a>(&'a self, sid: &str, failures: &mut Vec<Error>) -> Vec<&'a Node> {
+        let readers: Vec<&Node> = self
+            .pick(&self.inner.readers)
+            .into_iter()
+            .filter(|n| !n.modes.can_write())
+            .collect();
+        let found = join_all(readers.iter().map(|n| n.exists(sid))).await;
+        let mut holding = Vec::new();
+        for (node, result) in readers.into_iter().zip(found) {
+            match result {
+                Ok(true) => holding.push(node),
+                Ok(false) => {}
+                Err(err) => failures.push(err),
+            }
+        }
+        holding
+    }
+
+    /// Writes a saved record into the W backends that missed it, then checks a
+    /// witness still holds the session and undoes the writes if none does.
+    async fn fill(
+        &self,
+        targets: &[&Node],
+        witnesses: &[&Node],
+        sid: &str,
+        bytes: &[u8],
+        pxat: u64,
+        failures: &mut Vec<Error>,
+    ) {
+        let results = join_all(targets.iter().map(|w| async move {
+            if w.set(sid, bytes, pxat, SetIf::Absent).await? {
+                return Ok(true);
+            }
+            // Someone (a copy-on-read) was faster, maybe with older data: ours wins.
+            w.set(sid, bytes, pxat, SetIf::Present).await.map(|_| false)
+        }))
+        .await;
+        let mut created = Vec::new();
+        for (w, result) in targets.iter().zip(results) {
+            match result {
+                Ok(true) => created.push(*w),
+                Ok(false) => {}
+                Err(err) => failures.push(err),
+            }
+        }
+        if created.is_empty() {
+            return;
+        }
+        let checks = join_all(witnesses.iter().map(|n| n.exists(sid))).await;
+        if !checks.iter().any(|c| matches!(c, Ok(true))) {
+            tracing::debug!("save raced a delete; undoing the copies it made");
+            undo(&created, sid).await;
+        }
+    }
+
+    /// `delete`: see the module docs.
+    async fn delete_record(&self, id: &Id) -> Result<(), Error> {
+        let sid = id.to_string();
+        let mut failures = Vec::new();
+        for phase in [&self.inner.sources, &self.inner.writers] {
+            let nodes = self.pick(phase);
+            let results = join_all(nodes.iter().map(|n| n.del(&sid))).await;
+            failures.extend(results.into_iter().filter_map(Result::err));
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::from_failures(failures))
+        }
+    }
+}
+
+fn encode(record: &Record) -> Result<Vec<u8>, Error> {
+    codec::encode(record).map_err(|err| Error::Encode(err.to_string()))
+}
+
+/// Best-effort removal of keys this operation created.
+async fn undo(created: &[&Node], sid: &str) {
+    for (node, result) in created
+        .iter()
+        .zip(join_all(created.iter().map(|n| n.del(sid))).await)
+    {
+        if let Err(err) = result {
+            tracing::warn!(backend = %node.name, error = %err, "could not undo a write");
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for MultiRedisStore {
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        Ok(self.create_record(record).await?)
+    }
+
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        Ok(self.save_record(record).await?)
+    }
+
+    async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
+        Ok(self.load_record(session_id).await?)
+    }
+
+    async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
+        Ok(self.delete_record(session_id).await?)
+    }
+}

@@ -1,0 +1,293 @@
+//! Throwaway `redis-server` processes for tests and demos (feature `test-util`).
+//!
+//! Each [`RedisServer`] runs in its own temporary directory, on a free port
+//! of 127.0.0.1 (never 6379) and a unix socket, and is killed when dropped.
+//!
+//! ```no_run
+//! use tower_sessions_multi_redis_store::testing::RedisServer;
+//!
+//! let mut server = RedisServer::start().expect("redis-server");
+//! let url = server.url();          // redis://127.0.0.1:<port>
+//! server.kill();                   // SIGKILL, as a crash would
+//! server.restart().unwrap();       // same port, empty data
+//! ```
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// Why a test server could not be started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The binary is not on `PATH`.
+    #[error(
+        "`{0}` was not found on PATH; install it (Debian/Ubuntu: `apt-get install -y redis-server`, \
+         macOS: `brew install redis`) or run ./scripts/test, which does"
+    )]
+    NotInstalled(&'static str),
+    /// It started but never answered `PING`.
+    #[error("redis-server on port {port} did not become ready: {reason}")]
+    NotReady {
+        /// The port it was given.
+        port: u16,
+        /// The end of its log, or what failed.
+        reason: String,
+    },
+    /// Another I/O failure (temp dir, spawn, signal).
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A `redis-server` process owned by the caller.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+    extra_args: Vec<String>,
+}
+
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl RedisServer {
+    /// Starts a server with default settings (no persistence).
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::NotInstalled`] when `redis-server` is missing.
+    pub fn start() -> Result<RedisServer, ServerError> {
+        RedisServer::start_with(&[])
+    }
+
+    /// Starts a server with extra command-line settings, e.g.
+    /// `["--requirepass", "pw"]`.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::NotInstalled`] when `redis-server` is missing.
+    pub fn start_with(extra_args: &[&str]) -> Result<RedisServer, ServerError> {
+        let mut dir = tempfile::Builder::new().prefix("tsmrs-redis-").tempdir()?;
+        let mut last = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let mut server = RedisServer {
+                child: None,
+                port,
+                dir,
+                extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            };
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(err @ ServerError::NotInstalled(_)) => return Err(err),
+                Err(err) => {
+                    // Most likely the port was taken between probe and bind.
+                    last = Some(err);
+                    dir = std::mem::replace(&mut server.dir, tempfile::tempdir()?);
+                }
+            }
+        }
+        Err(last.unwrap_or(ServerError::NotReady {
+            port: 0,
+            reason: "no free port".into(),
+        }))
+    }
+
+    fn spawn(&mut self) -> Result<(), ServerError> {
+        let dir = self.dir.path();
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .arg("--unixsocket")
+            .arg(self.unix_socket())
+            .args(["--unixsocketperm", "700", "--logfile"])
+            .arg(self.log_path())
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                return Err(ServerError::NotInstalled("redis-server"));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<(), ServerError> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(self.not_ready(format!("exited with {status}")));
+            }
+            if ping(self.port).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(self.not_ready("no PONG within 10s".into()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn not_ready(&self, what: String) -> ServerError {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        ServerError::NotReady {
+            port: self.port,
+            reason: format!(
+                "{what}; log: {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            ),
+        }
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The unix socket the server also listens on.
+    pub fn unix_socket(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    /// The server's temporary directory (its log is `redis.log` there).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the server with SIGKILL (as a crash would) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (data is gone: no persistence).
+    ///
+    /// # Errors
+    ///
+    /// When it does not come back.
+    pub fn restart(&mut self) -> Result<(), ServerError> {
+        self.kill();
+        let _ = std::fs::remove_file(self.unix_socket());
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match self.spawn() {
+                Ok(()) => return Ok(()),
+                Err(err) if Instant::now() > deadline => return Err(err),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// Freezes the server with SIGSTOP: connections stay open, nothing answers.
+    ///
+    /// # Errors
+    ///
+    /// When the signal cannot be sent.
+    pub fn freeze(&self) -> Result<(), ServerError> {
+        self.signal("-STOP")
+    }
+
+    /// Resumes a frozen server with SIGCONT.
+    ///
+    /// # Errors
+    ///
+    /// When the signal cannot be sent.
+    pub fn thaw(&self) -> Result<(), ServerError> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> Result<(), ServerError> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| io::Error::other("server is not running"))?;
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("kill {signal} {pid} failed: {status}")).into())
+        }
+    }
+
+    /// A redis-rs client for this server, to look at its keys directly.
+    ///
+    /// # Errors
+    ///
+    /// When the URL is refused by redis-rs.
+    pub fn client(&self) -> redis::RedisResult<redis::Client> {
+        redis::Client::open(self.url())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            // A frozen process ignores nothing but SIGKILL; make sure it dies.
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(pid.to_string())
+                .status();
+        }
+        self.kill();
+    }
+}
+
+/// A port the OS considers free right now (never 6379).
+fn free_port() -> io::Result<u16> {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if port != 6379 {
+            return Ok(port);
+        }
+    }
+}
+
+fn ping(port: u16) -> io::Result<()> {
+    let mut stream =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))?;
+    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+    stream.write_all(b"PING\r\n")?;
+    let mut line = String::new();
+    BufReader::new(stream.try_clone()?.take(64)).read_line(&mut line)?;
+    let _ = stream.shutdown(Shutdown::Both);
+    if line.starts_with("+PONG") {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("unexpected reply {line:?}")))
+    }
+}
