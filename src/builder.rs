@@ -129,6 +129,17 @@ impl MultiRedisStoreBuilder {
                 "no backend has the `write` mode",
             ));
         }
+        if !self
+            .backends
+            .iter()
+            .any(|b| b.modes.can_read() && b.modes.can_write())
+        {
+            return Err(Error::config(
+                None,
+                "modes",
+                "no backend has both `read` and `write`: new sessions could never be loaded",
+            ));
+        }
         Ok(())
     }
 

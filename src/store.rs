@@ -2,8 +2,8 @@
 //! rules**, all in this file.
 //!
 //! Backends keep their configured order. R = backends with `read`, W = with
-//! `write`, D = with `delete` or `write`; *sources* = D backends that are not
-//! in W (old servers being drained).
+//! `write`, D = with `delete` or `write`; *sources* = R backends not in W
+//! (old servers being drained).
 //!
 //! | op | rule |
 //! |---|---|
@@ -11,7 +11,15 @@
 //! | copy-on-read | When the winner is not in W: `SET NX PXAT` into every W backend (never overwrites); then check the source still holds the session (`Move`: delete it from the source) and undo the copy if it vanished meanwhile (a logout raced the copy). |
 //! | `create` | `SET NX PXAT` on every W backend at once; on a collision undo this attempt's writes and draw a new id; any error undoes and fails. |
 //! | `save` | `SET XX PXAT` on every W backend at once. Where it missed, and the session lives in another W backend or in a readable source, write it there too (`SET NX`, then `SET XX` if someone else was faster); where it lives nowhere, write nothing: no resurrection. |
-//! | `delete` | `DEL` on every source at once, then on every W backend at once (this order makes the copy-back checks above sound). Any failure is an `Err` naming the backends. |
+//! | `delete` | `DEL` on every D backend at once; with more than one D backend, `DEL` again on every W backend once the first round is done. Any failure is an `Err` naming the backends. |
+//!
+//! Why the second round: a copy (copy-on-read, or a `save` filling a W
+//! backend that missed the session) checks *after* writing that the backend it
+//! copied from (the *witness*) still holds the session, and undoes the copy
+//! otherwise. A copy that lands after the second round started was written
+//! after the first round had finished, so its check finds the witness gone
+//! and undoes it; a copy that landed earlier is removed by the second round.
+//! Either way a logout stays a logout, across processes, without locks.
 
 use std::fmt;
 use std::path::Path;
@@ -76,8 +84,8 @@ pub(crate) struct Inner {
     readers: Vec<usize>,
     /// W.
     writers: Vec<usize>,
-    /// D without W: deleted from first.
-    sources: Vec<usize>,
+    /// D (with `delete` or `write`).
+    deleters: Vec<usize>,
     copy_on_read: CopyOnRead,
     create_attempts: usize,
 }
@@ -125,13 +133,13 @@ impl MultiRedisStore {
         };
         let readers = select(|n| n.modes.can_read());
         let writers = select(|n| n.modes.can_write());
-        let sources = select(|n| n.modes.can_delete() && !n.modes.can_write());
+        let deleters = select(|n| n.modes.can_delete());
         MultiRedisStore {
             inner: Arc::new(Inner {
                 nodes,
                 readers,
                 writers,
-                sources,
+                deleters,
                 copy_on_read,
                 create_attempts,
             }),
@@ -229,8 +237,8 @@ impl MultiRedisStore {
             source.exists(sid).await
         };
         if !matches!(still_there, Ok(true)) {
-            // The session left the source while we copied it (a logout deletes
-            // sources before W backends): our copy would resurrect it.
+            // The session left the source while we copied it: a logout raced
+            // the copy, which would resurrect it (see "Why the second round").
             tracing::debug!(source = %source.name, "copy-on-read raced a delete; undoing the copy");
             undo(&created, sid).await;
         }
@@ -376,8 +384,13 @@ impl MultiRedisStore {
     async fn delete_record(&self, id: &Id) -> Result<(), Error> {
         let sid = id.to_string();
         let mut failures = Vec::new();
-        for phase in [&self.inner.sources, &self.inner.writers] {
-            let nodes = self.pick(phase);
+        let rounds: &[&[usize]] = if self.inner.deleters.len() > 1 {
+            &[&self.inner.deleters, &self.inner.writers]
+        } else {
+            &[&self.inner.deleters]
+        };
+        for round in rounds {
+            let nodes = self.pick(round);
             let results = join_all(nodes.iter().map(|n| n.del(&sid))).await;
             failures.extend(results.into_iter().filter_map(Result::err));
         }

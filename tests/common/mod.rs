@@ -1,0 +1,185 @@
+//! Helpers shared by the integration tests, and the acceptance suite every
+//! store configuration must pass.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use redis::AsyncCommands;
+use time::{Duration, OffsetDateTime};
+use tower_sessions::Session;
+use tower_sessions_core::SessionStore;
+use tower_sessions_core::session::{Id, Record};
+use tower_sessions_multi_redis_store::MultiRedisStore;
+use tower_sessions_multi_redis_store::testing::RedisServer;
+
+/// A live record for `user`, expiring in an hour.
+pub fn record(user: &str) -> Record {
+    Record {
+        id: Id::default(),
+        data: [("user".to_owned(), serde_json::json!(user))].into(),
+        expiry_date: OffsetDateTime::now_utc() + Duration::hours(1),
+    }
+}
+
+pub fn servers(n: usize) -> Vec<RedisServer> {
+    (0..n)
+        .map(|_| RedisServer::start().expect("redis-server starts"))
+        .collect()
+}
+
+pub async fn conn(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    server
+        .client()
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to test server")
+}
+
+/// The raw value under `key` on `server`.
+pub async fn raw_get(server: &RedisServer, key: &str) -> Option<Vec<u8>> {
+    conn(server).await.get(key).await.unwrap()
+}
+
+/// Milliseconds to live of `key` (-2: absent, -1: no expiry).
+pub async fn pttl(server: &RedisServer, key: &str) -> i64 {
+    conn(server).await.pttl(key).await.unwrap()
+}
+
+pub async fn exists(server: &RedisServer, key: &str) -> bool {
+    conn(server).await.exists(key).await.unwrap()
+}
+
+pub async fn raw_set(server: &RedisServer, key: &str, value: &[u8]) {
+    let _: () = conn(server).await.set_ex(key, value, 3600).await.unwrap();
+}
+
+pub async fn flushall(server: &RedisServer) {
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn(server).await)
+        .await
+        .unwrap();
+}
+
+/// The `SessionStore` contract, run on any store configuration. Each step
+/// asserts; `label` says which configuration failed.
+pub async fn acceptance(store: &MultiRedisStore, label: &str) {
+    // Unknown id.
+    assert_eq!(
+        store.load(&Id::default()).await.unwrap(),
+        None,
+        "{label}: unknown id"
+    );
+
+    // create + load round trip.
+    let mut ada = record("ada");
+    store.create(&mut ada).await.unwrap();
+    assert_eq!(
+        store.load(&ada.id).await.unwrap().as_ref(),
+        Some(&ada),
+        "{label}: create/load"
+    );
+
+    // save replaces the data and the expiry.
+    ada.data.insert("visits".into(), serde_json::json!(3));
+    ada.expiry_date += Duration::minutes(5);
+    store.save(&ada).await.unwrap();
+    assert_eq!(
+        store.load(&ada.id).await.unwrap().as_ref(),
+        Some(&ada),
+        "{label}: save/load"
+    );
+
+    // Two sessions are independent.
+    let mut bob = record("bob");
+    store.create(&mut bob).await.unwrap();
+    assert_ne!(ada.id, bob.id, "{label}: distinct ids");
+    assert_eq!(
+        store.load(&bob.id).await.unwrap().as_ref(),
+        Some(&bob),
+        "{label}: second session"
+    );
+
+    // Saving a session that does not exist writes nothing (no resurrection).
+    let ghost = record("ghost");
+    store.save(&ghost).await.unwrap();
+    assert_eq!(
+        store.load(&ghost.id).await.unwrap(),
+        None,
+        "{label}: save of unknown id"
+    );
+
+    // delete, idempotently.
+    store.delete(&ada.id).await.unwrap();
+    assert_eq!(store.load(&ada.id).await.unwrap(), None, "{label}: deleted");
+    store.delete(&ada.id).await.unwrap();
+    store.delete(&Id::default()).await.unwrap();
+    assert_eq!(
+        store.load(&bob.id).await.unwrap().as_ref(),
+        Some(&bob),
+        "{label}: other session kept"
+    );
+
+    // A save after a delete does not bring the session back.
+    store.save(&ada).await.unwrap();
+    assert_eq!(
+        store.load(&ada.id).await.unwrap(),
+        None,
+        "{label}: save after delete"
+    );
+
+    // An expired record is never returned.
+    let mut expired = record("old");
+    expired.expiry_date = OffsetDateTime::now_utc() - Duration::seconds(1);
+    store.create(&mut expired).await.unwrap();
+    assert_eq!(
+        store.load(&expired.id).await.unwrap(),
+        None,
+        "{label}: expired"
+    );
+
+    // Larger, unicode, nested data.
+    let mut big = record("zoë 🦀");
+    big.data
+        .insert("blob".into(), serde_json::json!("x".repeat(10_000)));
+    big.data.insert(
+        "nested".into(),
+        serde_json::json!({"a": [1, 2.5, null, true], "b": {"c": "d"}}),
+    );
+    store.create(&mut big).await.unwrap();
+    assert_eq!(
+        store.load(&big.id).await.unwrap().as_ref(),
+        Some(&big),
+        "{label}: big record"
+    );
+
+    // Through tower-sessions' own Session: create, reload, cycle the id, flush.
+    let shared = Arc::new(store.clone());
+    let session = Session::new(None, shared.clone(), None);
+    session.insert("n", 1).await.unwrap();
+    session.save().await.unwrap();
+    let first_id = session.id().expect("saved session has an id");
+    let again = Session::new(Some(first_id), shared.clone(), None);
+    assert_eq!(
+        again.get::<i32>("n").await.unwrap(),
+        Some(1),
+        "{label}: Session reload"
+    );
+    again.cycle_id().await.unwrap();
+    again.save().await.unwrap();
+    let cycled = again.id().expect("cycled id");
+    assert_ne!(cycled, first_id, "{label}: cycle_id");
+    assert_eq!(
+        store.load(&first_id).await.unwrap(),
+        None,
+        "{label}: old id gone after cycle"
+    );
+    let reloaded = Session::new(Some(cycled), shared.clone(), None);
+    assert_eq!(
+        reloaded.get::<i32>("n").await.unwrap(),
+        Some(1),
+        "{label}: data kept by cycle"
+    );
+    reloaded.flush().await.unwrap();
+    assert_eq!(store.load(&cycled).await.unwrap(), None, "{label}: flush");
+}
