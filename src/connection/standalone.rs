@@ -15,6 +15,13 @@ pub(crate) fn connection_info(backend: &Backend) -> Result<ConnectionInfo, Error
     let name = Some(backend.name.as_str());
     let info = match &backend.address {
         Address::Url(url) => {
+            if url.starts_with("rediss://") || url.starts_with("valkeys://") {
+                return Err(Error::config(
+                    name,
+                    "url",
+                    "rediss:// (TLS) is not supported by this build of the crate",
+                ));
+            }
             let info = url.as_str().into_connection_info().map_err(|err| {
                 Error::config(
                     name,
@@ -25,13 +32,6 @@ pub(crate) fn connection_info(backend: &Backend) -> Result<ConnectionInfo, Error
                     ),
                 )
             })?;
-            if let ConnectionAddr::TcpTls { .. } = info.addr() {
-                return Err(Error::config(
-                    name,
-                    "url",
-                    "rediss:// (TLS) is not supported by this build of the crate",
-                ));
-            }
             info
         }
         Address::Tcp { host, port } => {

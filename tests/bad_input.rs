@@ -1,0 +1,274 @@
+//! Show 7: bad input gets a clear error naming the backend and the field, and
+//! nothing is lost.
+
+mod common;
+
+use std::io::Write;
+
+use common::{raw_get, raw_set, record, servers};
+use tower_sessions_core::{SessionStore, session_store};
+use tower_sessions_multi_redis_store::{Backend, Config, Error, Modes, MultiRedisStore};
+
+#[tokio::test]
+async fn garbage_under_a_session_key_is_a_decode_error_and_loses_nothing() {
+    let server = &servers(1)[0];
+    let store = MultiRedisStore::builder()
+        .backend(Backend::url("main", server.url()).prefix("s:"))
+        .build()
+        .await
+        .unwrap();
+    let mut good = record("ada");
+    store.create(&mut good).await.unwrap();
+    let bad = record("garbage");
+    let key = format!("s:{}", bad.id);
+    for garbage in [
+        &b"\xc1\xff\x00 not msgpack"[..],
+        b"",
+        b"\x93\xc4\x10",
+        b"{\"json\":true}",
+    ] {
+        raw_set(server, &key, garbage).await;
+        match store.load(&bad.id).await {
+            Err(session_store::Error::Decode(msg)) => {
+                assert!(msg.contains("backend `main`"), "{msg}");
+            }
+            other => panic!("expected a decode error, got {other:?}"),
+        }
+        // Left in place for inspection; other sessions unaffected.
+        assert_eq!(raw_get(server, &key).await.as_deref(), Some(garbage));
+        assert_eq!(store.load(&good.id).await.unwrap(), Some(good.clone()));
+    }
+}
+
+/// Builds and returns the error message, which must be a `Config` error.
+async fn refused(builder: tower_sessions_multi_redis_store::MultiRedisStoreBuilder) -> String {
+    match builder.build().await {
+        Err(err @ Error::Config { .. }) => err.to_string(),
+        Err(other) => panic!("expected a configuration error, got {other}"),
+        Ok(store) => panic!("expected a configuration error, got {store:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_validation_case_names_backend_and_field() {
+    let ok = || Backend::url("main", "redis://127.0.0.1:1");
+    let cases: Vec<(MultiRedisStoreBuilderFn, &str)> = vec![
+        (Box::new(|b| b), "field `backends`: no backend configured"),
+        (
+            Box::new(move |b| b.backend(Backend::url("", "redis://127.0.0.1:1"))),
+            "field `name`: backend #1 has an empty name",
+        ),
+        (
+            Box::new(move |b| {
+                b.backend(ok())
+                    .backend(Backend::url("main", "redis://127.0.0.1:2"))
+            }),
+            "backend `main`, field `name`: the name is used by another backend",
+        ),
+        (
+            Box::new(move |b| b.backend(ok().modes(Modes::NONE))),
+            "backend `main`, field `modes`: no mode given",
+        ),
+        (
+            Box::new(move |b| b.backend(ok().socket_timeout(std::time::Duration::ZERO))),
+            "backend `main`, field `socket_timeout`: must be greater than zero",
+        ),
+        (
+            Box::new(move |b| {
+                b.backend(ok())
+                    .backend(Backend::url("old", "redis://127.0.0.1:2").modes(Modes::READ))
+            }),
+            "backend `old`, field `modes`: a `read` backend must also have `write` or `delete`",
+        ),
+        (
+            Box::new(move |b| b.backend(ok().modes(Modes::WRITE))),
+            "field `modes`: no backend has the `read` mode",
+        ),
+        (
+            Box::new(move |b| b.backend(ok().modes(Modes::READ_DELETE))),
+            "field `modes`: no backend has the `write` mode",
+        ),
+        (
+            Box::new(move |b| {
+                b.backend(ok().modes(Modes::WRITE))
+                    .backend(Backend::url("old", "redis://h:1").modes(Modes::READ_DELETE))
+            }),
+            "field `modes`: no backend has both `read` and `write`",
+        ),
+        (
+            Box::new(move |b| b.backend(Backend::tcp("main", "127.0.0.1", 0))),
+            "backend `main`, field `port`: must be between 1 and 65535",
+        ),
+        (
+            Box::new(move |b| b.backend(Backend::tcp("main", "", 1))),
+            "backend `main`, field `host`: must not be empty",
+        ),
+        (
+            Box::new(move |b| b.backend(Backend::unix("main", ""))),
+            "backend `main`, field `unix_socket`: must not be empty",
+        ),
+        (
+            Box::new(move |b| b.backend(ok().db(-1))),
+            "backend `main`, field `db`: must not be negative",
+        ),
+        (
+            Box::new(move |b| b.backend(Backend::url("main", "http://user:hunter2@example.com"))),
+            "backend `main`, field `url`: not a usable Redis URL",
+        ),
+        (
+            Box::new(move |b| b.backend(Backend::url("main", "rediss://user:hunter2@127.0.0.1:1"))),
+            "backend `main`, field `url`: rediss:// (TLS) is not supported by this build",
+        ),
+        (
+            Box::new(move |b| b.backend(ok()).create_attempts(0)),
+            "field `create_attempts`: must be at least 1",
+        ),
+    ];
+    for (make, expected) in cases {
+        let msg = refused(make(MultiRedisStore::builder())).await;
+        assert!(
+            msg.contains(expected),
+            "{msg:?} should contain {expected:?}"
+        );
+        assert!(!msg.contains("hunter2"), "password leaked: {msg}");
+    }
+}
+
+type MultiRedisStoreBuilderFn = Box<
+    dyn Fn(
+        tower_sessions_multi_redis_store::MultiRedisStoreBuilder,
+    ) -> tower_sessions_multi_redis_store::MultiRedisStoreBuilder,
+>;
+
+fn write_file(ext: &str, text: &str) -> tempfile::TempPath {
+    let mut file = tempfile::Builder::new().suffix(ext).tempfile().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file.into_temp_path()
+}
+
+async fn config_error(ext: &str, text: &str) -> String {
+    let path = write_file(ext, text);
+    match MultiRedisStore::from_config_file(&path).await {
+        Err(err) => err.to_string(),
+        Ok(store) => panic!("{text} was accepted: {store:?}"),
+    }
+}
+
+#[tokio::test]
+async fn config_files_with_unknown_keys_or_modes_are_rejected_with_the_line() {
+    let unknown_mode = "[[backends]]\nname = \"a\"\nmodes = [\"read\", \"wirte\"]\nurl = \"redis://127.0.0.1:1\"\n";
+    let msg = config_error(".toml", unknown_mode).await;
+    assert!(
+        msg.contains("line 3") && msg.contains("unknown mode `wirte`"),
+        "{msg}"
+    );
+
+    let unknown_key = "[[backends]]\nname = \"a\"\nmodes = [\"read\", \"write\"]\nurl = \"redis://127.0.0.1:1\"\npasword = \"x\"\n";
+    let msg = config_error(".toml", unknown_key).await;
+    assert!(
+        msg.contains("line 5") && msg.contains("unknown field `pasword`"),
+        "{msg}"
+    );
+
+    let json = "{\"backends\": [\n {\"name\": \"a\", \"modes\": [\"read\", \"write\"],\n  \"url\": \"redis://127.0.0.1:1\", \"colour\": 1}]}";
+    let msg = config_error(".json", json).await;
+    assert!(
+        msg.contains("line 3") && msg.contains("unknown field `colour`"),
+        "{msg}"
+    );
+
+    let seed = "[{\"backend\": \"0\", \"modes\": [\"read\", \"write\"],\n \"setting\": {\"SESSION_REDIS_HOST\": \"localhost\",\n \"SESSION_REDIS_PROT\": 1}}]";
+    let msg = config_error(".json", seed).await;
+    assert!(
+        msg.contains("line 3") && msg.contains("unknown field `SESSION_REDIS_PROT`"),
+        "{msg}"
+    );
+
+    let seed_mode = "[{\"backend\": \"0\",\n \"modes\": [\"read\", \"erase\"]}]";
+    let msg = config_error(".json", seed_mode).await;
+    assert!(
+        msg.contains("line 2") && msg.contains("unknown mode `erase`"),
+        "{msg}"
+    );
+
+    let msg = config_error(".yaml", "backends: []").await;
+    assert!(msg.contains("unknown extension"), "{msg}");
+}
+
+#[tokio::test]
+async fn config_files_with_invalid_values_name_backend_and_field() {
+    let cases = [
+        (
+            "[[backends]]\nname = \"a\"\nmodes = [\"read\", \"write\"]\nurl = \"redis://127.0.0.1:1\"\nhost = \"h\"\n",
+            "backend `a`, field `host`: both `url` and `host` given",
+        ),
+        (
+            "[[backends]]\nname = \"a\"\nmodes = [\"read\", \"write\"]\nhost = \"h\"\nunix_socket = \"/tmp/s\"\n",
+            "backend `a`, field `unix_socket`",
+        ),
+        (
+            "[[backends]]\nname = \"a\"\nmodes = [\"read\", \"write\"]\n",
+            "backend `a`, field `url`: no address",
+        ),
+        (
+            "[[backends]]\nname = \"a\"\nmodes = [\"read\", \"write\"]\nhost = \"h\"\nsocket_timeout = -1\n",
+            "backend `a`, field `socket_timeout`",
+        ),
+        (
+            "[[backends]]\nname = \"a\"\nmodes = [\"read\", \"write\"]\nhost = \"h\"\nsocket_timeout = 0\n",
+            "backend `a`, field `socket_timeout`: must be greater than zero",
+        ),
+        (
+            "[[backends]]\nname = \"a\"\nmodes = [\"read\", \"write\"]\nurl = \"redis://127.0.0.1:1\"\nport = 7\n",
+            "backend `a`, field `port`",
+        ),
+    ];
+    for (text, expected) in cases {
+        let msg = config_error(".toml", text).await;
+        assert!(
+            msg.contains(expected),
+            "{msg:?} should contain {expected:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_seed_shape_loads_unchanged() {
+    let servers = servers(2);
+    // The seed README's example, pointed at throwaway servers.
+    let text = format!(
+        r#"{{"ACS_SESSION_MULTISESSIONS_POOL": [
+        {{"backend": "0", "modes": ["read", "write"],
+         "setting": {{"SESSION_REDIS_HOST": "127.0.0.1", "SESSION_REDIS_PORT": {},
+                     "SESSION_REDIS_DB": 0, "SESSION_REDIS_PASSWORD": "",
+                     "SESSION_REDIS_PREFIX": "ds_", "SESSION_REDIS_SOCKET_TIMEOUT": 5}}}},
+        {{"backend": 1, "modes": ["read", "delete"],
+         "setting": {{"SESSION_REDIS_UNIX_DOMAIN_SOCKET_PATH": "{}", "SESSION_REDIS_DB": 1,
+                     "SESSION_REDIS_PASSWORD": null, "SESSION_REDIS_URL": null,
+                     "SESSION_REDIS_PREFIX": "ds_", "SESSION_REDIS_SOCKET_TIMEOUT": 0.5,
+                     "SESSION_REDIS_RETRY_ON_TIMEOUT": true}}}}]}}"#,
+        servers[0].port(),
+        servers[1].unix_socket().display()
+    );
+    let path = write_file(".json", &text);
+    let store = MultiRedisStore::from_config_file(&path).await.unwrap();
+    let names: Vec<_> = store.backends().map(|(n, m)| format!("{n}:{m}")).collect();
+    assert_eq!(names, ["0:read+write", "1:read+delete"]);
+    let mut rec = record("seed");
+    store.create(&mut rec).await.unwrap();
+    assert!(
+        raw_get(&servers[0], &format!("ds_{}", rec.id))
+            .await
+            .is_some()
+    );
+    common::acceptance(&store, "seed config").await;
+
+    // The plain list form (no wrapping object) too.
+    let list = Config::from_json_str(
+        &text
+            .replacen("{\"ACS_SESSION_MULTISESSIONS_POOL\": ", "", 1)
+            .trim_end_matches('}')
+            .to_owned(),
+    );
+    assert_eq!(list.unwrap().backends.len(), 2);
+}
