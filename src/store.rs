@@ -10,16 +10,18 @@
 //! | `load` | Ask R in order; the first live record wins. An error or an undecodable value does not stop the search, but if nothing is found after one, the result is `Err`, never "not found". |
 //! | copy-on-read | When the winner is not in W: `SET NX PXAT` into every W backend (never overwrites); then check the source still holds the session (`Move`: delete it from the source) and undo the copy if it vanished meanwhile (a logout raced the copy). |
 //! | `create` | `SET NX PXAT` on every W backend at once; on a collision undo this attempt's writes and draw a new id; any error undoes and fails. |
-//! | `save` | `SET XX PXAT` on every W backend at once. Where it missed, and the session lives in another W backend or in a readable source, write it there too (`SET NX`, then `SET XX` if someone else was faster); where it lives nowhere, write nothing: no resurrection. |
-//! | `delete` | `DEL` on every D backend at once; with more than one D backend, `DEL` again on every W backend once the first round is done. Any failure is an `Err` naming the backends. |
+//! | `save` | `SET XX PXAT` on every W backend at once. Where it missed, and the session lives in a source (a not-yet-migrated session), write it there too (`SET NX`, then `SET XX` if a copy-on-read was faster); where it lives in no source, write nothing: no resurrection. |
+//! | `delete` | `DEL` on every D backend at once; when there are sources, `DEL` again on every W backend once the first round is done. Any failure is an `Err` naming the backends. |
 //!
-//! Why the second round: a copy (copy-on-read, or a `save` filling a W
-//! backend that missed the session) checks *after* writing that the backend it
-//! copied from (the *witness*) still holds the session, and undoes the copy
-//! otherwise. A copy that lands after the second round started was written
-//! after the first round had finished, so its check finds the witness gone
-//! and undoes it; a copy that landed earlier is removed by the second round.
-//! Either way a logout stays a logout, across processes, without locks.
+//! Why the second round: every copy into a W backend (copy-on-read, or a
+//! `save` filling a W backend that missed) is made from a *source*, which the
+//! store never writes, and checks *after* writing that the source still holds
+//! the session, undoing the copy otherwise. A copy that lands after the second
+//! round started was written after the first round had removed the session
+//! from the source, so its check undoes it; a copy that landed earlier is
+//! removed by the second round. Either way a logout stays a logout, across
+//! processes, without locks. (A W backend is never a witness: its copy may be
+//! another request's copy about to be undone.)
 
 use std::fmt;
 use std::path::Path;
@@ -86,6 +88,8 @@ pub(crate) struct Inner {
     writers: Vec<usize>,
     /// D (with `delete` or `write`).
     deleters: Vec<usize>,
+    /// R without W: where not-yet-migrated sessions are copied from.
+    sources: Vec<usize>,
     copy_on_read: CopyOnRead,
     create_attempts: usize,
 }
@@ -134,12 +138,14 @@ impl MultiRedisStore {
         let readers = select(|n| n.modes.can_read());
         let writers = select(|n| n.modes.can_write());
         let deleters = select(|n| n.modes.can_delete());
+        let sources = select(|n| n.modes.can_read() && !n.modes.can_write());
         MultiRedisStore {
             inner: Arc::new(Inner {
                 nodes,
                 readers,
                 writers,
                 deleters,
+                sources,
                 copy_on_read,
                 create_attempts,
             }),
@@ -294,28 +300,32 @@ impl MultiRedisStore {
                 .map(|w| w.set(&sid, &bytes, pxat, SetIf::Present)),
         )
         .await;
-        let mut hits = Vec::new();
         let mut misses = Vec::new();
         let mut failures = Vec::new();
         for (w, result) in writers.iter().zip(results) {
             match result {
-                Ok(true) => hits.push(*w),
+                Ok(true) => {}
                 Ok(false) => misses.push(*w),
                 Err(err) => failures.push(err),
             }
         }
-        if !misses.is_empty() {
-            let witnesses = if hits.is_empty() {
-                self.sources_holding(&sid, &mut failures).await
+        if !misses.is_empty() && !self.inner.sources.is_empty() {
+            let witnesses = self.sources_holding(&sid, &mut failures).await;
+            if witnesses.is_empty() {
+                // In no source (logged out, expired, moved meanwhile, or only
+                // in other W backends): creating it could resurrect it. A
+                // copy-on-read may just have landed, though: update that one.
+                let retries = join_all(
+                    misses
+                        .iter()
+                        .map(|w| w.set(&sid, &bytes, pxat, SetIf::Present)),
+                )
+                .await;
+                failures.extend(retries.into_iter().filter_map(Result::err));
             } else {
-                hits
-            };
-            if !witnesses.is_empty() {
                 self.fill(&misses, &witnesses, &sid, &bytes, pxat, &mut failures)
                     .await;
             }
-            // else: the session lives nowhere (logged out or expired): writing
-            // it would resurrect it.
         }
         if failures.is_empty() {
             Ok(())
@@ -324,13 +334,9 @@ impl MultiRedisStore {
         }
     }
 
-    /// The readable, non-written backends that hold the session.
+    /// The sources that hold the session.
     async fn sources_holding<'a>(&'a self, sid: &str, failures: &mut Vec<Error>) -> Vec<&'a Node> {
-        let readers: Vec<&Node> = self
-            .pick(&self.inner.readers)
-            .into_iter()
-            .filter(|n| !n.modes.can_write())
-            .collect();
+        let readers = self.pick(&self.inner.sources);
         let found = join_all(readers.iter().map(|n| n.exists(sid))).await;
         let mut holding = Vec::new();
         for (node, result) in readers.into_iter().zip(found) {
@@ -384,7 +390,7 @@ impl MultiRedisStore {
     async fn delete_record(&self, id: &Id) -> Result<(), Error> {
         let sid = id.to_string();
         let mut failures = Vec::new();
-        let rounds: &[&[usize]] = if self.inner.deleters.len() > 1 {
+        let rounds: &[&[usize]] = if !self.inner.sources.is_empty() {
             &[&self.inner.deleters, &self.inner.writers]
         } else {
             &[&self.inner.deleters]

@@ -2,6 +2,8 @@
 //! store configuration must pass.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::sync::Arc;
 
 use redis::AsyncCommands;
