@@ -77,3 +77,8 @@ pub use error::Error;
 pub use mode::{Mode, Modes, UnknownMode};
 pub use redact::redact_url;
 pub use store::{CopyOnRead, MultiRedisStore};
+
+/// The README's examples, compiled and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
