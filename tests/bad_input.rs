@@ -264,11 +264,7 @@ async fn the_seed_shape_loads_unchanged() {
     common::acceptance(&store, "seed config").await;
 
     // The plain list form (no wrapping object) too.
-    let list = Config::from_json_str(
-        &text
-            .replacen("{\"ACS_SESSION_MULTISESSIONS_POOL\": ", "", 1)
-            .trim_end_matches('}')
-            .to_owned(),
-    );
+    let bare = text.replacen("{\"ACS_SESSION_MULTISESSIONS_POOL\": ", "", 1);
+    let list = Config::from_json_str(bare.trim_end_matches('}'));
     assert_eq!(list.unwrap().backends.len(), 2);
 }

@@ -73,6 +73,7 @@ async fn logout(session: Session) -> Result<&'static str, StatusCode> {
 }
 
 /// Serves `app` on a free port of 127.0.0.1.
+#[allow(dead_code)] // not every includer serves on a free port
 pub async fn serve(app: Router) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -22,7 +22,7 @@ pub(crate) fn connection_info(backend: &Backend) -> Result<ConnectionInfo, Error
                     "rediss:// (TLS) is not supported by this build of the crate",
                 ));
             }
-            let info = url.as_str().into_connection_info().map_err(|err| {
+            url.as_str().into_connection_info().map_err(|err| {
                 Error::config(
                     name,
                     "url",
@@ -31,8 +31,7 @@ pub(crate) fn connection_info(backend: &Backend) -> Result<ConnectionInfo, Error
                         err.detail().unwrap_or("did not parse")
                     ),
                 )
-            })?;
-            info
+            })?
         }
         Address::Tcp { host, port } => {
             if host.is_empty() {
