@@ -7,6 +7,7 @@ use std::io::Write;
 
 use common::{raw_get, raw_set, record, servers};
 use tower_sessions_core::{SessionStore, session_store};
+use tower_sessions_multi_redis_store::testing::RedisServer;
 use tower_sessions_multi_redis_store::{Backend, Config, Error, Modes, MultiRedisStore};
 
 #[tokio::test]
@@ -267,4 +268,49 @@ async fn the_seed_shape_loads_unchanged() {
     let bare = text.replacen("{\"ACS_SESSION_MULTISESSIONS_POOL\": ", "", 1);
     let list = Config::from_json_str(bare.trim_end_matches('}'));
     assert_eq!(list.unwrap().backends.len(), 2);
+}
+
+#[tokio::test]
+async fn no_public_type_prints_a_password() {
+    let secret = "hunter2-secret";
+    let backends = [
+        Backend::url("a", format!("redis://user:{secret}@127.0.0.1:1/0")),
+        Backend::tcp("b", "127.0.0.1", 1)
+            .username("u")
+            .password(secret),
+        Backend::url("c", format!("redis+unix:///tmp/x.sock?db=1&pass={secret}")),
+        Backend::unix("d", "/tmp/y.sock")
+            .password(secret)
+            .modes(Modes::READ_DELETE),
+    ];
+    let builder = MultiRedisStore::builder().backends(backends.clone());
+    let mut printed = vec![format!("{builder:?}")];
+    printed.extend(backends.iter().map(|b| format!("{b:?} {:?}", b.address())));
+    let store = builder.build().await.unwrap();
+    printed.push(format!("{store:?}"));
+    // Errors of a wrong password on a real server.
+    let server = RedisServer::start_with(&["--requirepass", "right-password"]).unwrap();
+    let wrong = MultiRedisStore::builder()
+        .backend(Backend::url(
+            "locked",
+            format!("redis://:{secret}@127.0.0.1:{}", server.port()),
+        ))
+        .build()
+        .await
+        .unwrap();
+    let err = wrong.load(&record("x").id).await.unwrap_err();
+    printed.push(format!("{err} {err:?}"));
+    let config = Config::from_toml_str(&format!(
+        "[[backends]]\nname = \"a\"\nmodes = [\"read\", \"write\"]\nurl = \"redis://u:{secret}@h:1\"\npassword = \"{secret}\"\n"
+    ))
+    .unwrap();
+    printed.push(format!("{config:?}"));
+    for text in &printed {
+        assert!(!text.contains(secret), "password printed: {text}");
+    }
+    assert!(
+        printed[printed.len() - 2].contains("backend `locked`"),
+        "{}",
+        printed[printed.len() - 2]
+    );
 }

@@ -1,0 +1,66 @@
+//! `socket_timeout` bounds every command on a frozen (SIGSTOP) server, and
+//! `retry_on_timeout` retries an idempotent command once.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{record, servers};
+use tower_sessions_core::SessionStore;
+use tower_sessions_multi_redis_store::testing::RedisServer;
+use tower_sessions_multi_redis_store::{Backend, MultiRedisStore};
+
+async fn store(server: &RedisServer, retry: bool) -> MultiRedisStore {
+    MultiRedisStore::builder()
+        .backend(
+            Backend::url("frozen", server.url())
+                .socket_timeout(Duration::from_millis(300))
+                .retry_on_timeout(retry),
+        )
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Freezes `server` now and thaws it after `ms`.
+fn freeze_for(server: &RedisServer, ms: u64) -> std::thread::JoinHandle<()> {
+    server.freeze().unwrap();
+    let pid = server.pid().unwrap();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(ms));
+        let _ = std::process::Command::new("kill")
+            .arg("-CONT")
+            .arg(pid.to_string())
+            .status();
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_times_out_and_a_retry_rides_out_a_short_freeze() {
+    let server = &servers(1)[0];
+    let (once, twice) = (store(server, false).await, store(server, true).await);
+    let mut rec = record("ada");
+    once.create(&mut rec).await.unwrap();
+    twice.load(&rec.id).await.unwrap(); // connect both before freezing
+
+    // Without retry: an error naming the backend and the timeout, after about
+    // one timeout (never a hang).
+    let thaw = freeze_for(server, 450);
+    let started = Instant::now();
+    let err = once.load(&rec.id).await.unwrap_err().to_string();
+    assert!(
+        err.contains("backend `frozen`") && err.contains("GET"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "bounded by the timeout"
+    );
+    thaw.join().unwrap();
+
+    // With retry: the first attempt times out at 300 ms, the second is
+    // answered once the server thaws at 450 ms.
+    let thaw = freeze_for(server, 450);
+    assert_eq!(twice.load(&rec.id).await.unwrap(), Some(rec.clone()));
+    thaw.join().unwrap();
+}
