@@ -80,6 +80,8 @@ pub struct Backend {
     pub(crate) socket_timeout: Duration,
     pub(crate) retry_on_timeout: bool,
     pub(crate) allow_read_without_delete: bool,
+    pub(crate) tls_root_ca: Option<Vec<u8>>,
+    pub(crate) tls_client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Backend {
@@ -96,6 +98,8 @@ impl Backend {
             socket_timeout: DEFAULT_SOCKET_TIMEOUT,
             retry_on_timeout: false,
             allow_read_without_delete: false,
+            tls_root_ca: None,
+            tls_client: None,
         }
     }
 
@@ -174,6 +178,24 @@ impl Backend {
         self
     }
 
+    /// For a `rediss://` backend: trust this CA (PEM) instead of the system's
+    /// roots. Needs the `tls` feature to connect.
+    pub fn tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Backend {
+        self.tls_root_ca = Some(pem.into());
+        self
+    }
+
+    /// For a `rediss://` backend: present this client certificate and key
+    /// (PEM) to a server that authenticates clients. The key is never printed.
+    pub fn tls_client_cert(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Backend {
+        self.tls_client = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
     /// The backend's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -208,6 +230,11 @@ impl fmt::Debug for Backend {
             .field("socket_timeout", &self.socket_timeout)
             .field("retry_on_timeout", &self.retry_on_timeout)
             .field("allow_read_without_delete", &self.allow_read_without_delete)
+            .field("tls_root_ca", &self.tls_root_ca.as_ref().map(|_| "<pem>"))
+            .field(
+                "tls_client",
+                &self.tls_client.as_ref().map(|_| "<pem + redacted key>"),
+            )
             .finish()
     }
 }

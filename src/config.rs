@@ -105,6 +105,12 @@ pub struct BackendConfig {
     pub retry_on_timeout: Option<bool>,
     /// Accept a read backend without write or delete.
     pub allow_read_without_delete: Option<bool>,
+    /// For `rediss://`: PEM file of the CA to trust instead of the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// For `rediss://`: PEM file of the client certificate (with `tls_key_file`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// For `rediss://`: PEM file of the client key.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for BackendConfig {
@@ -123,6 +129,9 @@ impl fmt::Debug for BackendConfig {
             .field("socket_timeout", &self.socket_timeout)
             .field("retry_on_timeout", &self.retry_on_timeout)
             .field("allow_read_without_delete", &self.allow_read_without_delete)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
             .finish()
     }
 }
@@ -288,6 +297,34 @@ impl BackendConfig {
         if let Some(allow) = self.allow_read_without_delete {
             backend = backend.allow_read_without_delete(allow);
         }
+        let read = |field: &'static str, path: &Path| {
+            std::fs::read(path)
+                .map_err(|err| Error::config(name, field, format!("{}: {err}", path.display())))
+        };
+        if let Some(path) = &self.tls_ca_file {
+            backend = backend.tls_root_ca(read("tls_ca_file", path)?);
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                backend = backend
+                    .tls_client_cert(read("tls_cert_file", cert)?, read("tls_key_file", key)?);
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(Error::config(
+                    name,
+                    "tls_key_file",
+                    "missing: `tls_cert_file` needs it",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Error::config(
+                    name,
+                    "tls_cert_file",
+                    "missing: `tls_key_file` needs it",
+                ));
+            }
+        }
         Ok(backend)
     }
 }
@@ -386,6 +423,9 @@ impl SeedEntry {
             socket_timeout: s.session_redis_socket_timeout,
             retry_on_timeout: s.session_redis_retry_on_timeout,
             allow_read_without_delete: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }

@@ -156,6 +156,43 @@ impl RedisServer {
         }
     }
 
+    /// Starts a server that also listens with TLS on [`tls_port`](Self::tls_port),
+    /// with the given PEM files. With `require_client_cert`, clients must
+    /// present a certificate signed by `ca`.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_tls(
+        cert: &Path,
+        key: &Path,
+        ca: &Path,
+        require_client_cert: bool,
+    ) -> Result<RedisServer, ServerError> {
+        let tls_port = free_port()?.to_string();
+        let path = |p: &Path| p.display().to_string();
+        let (cert, key, ca) = (path(cert), path(key), path(ca));
+        let auth = if require_client_cert { "yes" } else { "no" };
+        RedisServer::start_with(&[
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            auth,
+        ])
+    }
+
+    /// The TLS port, for a server started with [`start_tls`](Self::start_tls).
+    pub fn tls_port(&self) -> Option<u16> {
+        let at = self.extra_args.iter().position(|a| a == "--tls-port")?;
+        self.extra_args.get(at + 1)?.parse().ok()
+    }
+
     /// The TCP port.
     pub fn port(&self) -> u16 {
         self.port

@@ -117,8 +117,23 @@ async fn every_validation_case_names_backend_and_field() {
             "backend `main`, field `url`: not a usable Redis URL",
         ),
         (
+            Box::new(move |b| b.backend(ok().tls_root_ca(b"pem".to_vec()))),
+            "backend `main`, field `tls_ca_file`: given for an address that is not rediss://",
+        ),
+        #[cfg(feature = "tls")]
+        (
+            Box::new(move |b| {
+                b.backend(
+                    Backend::url("main", "rediss://user:hunter2@127.0.0.1:1")
+                        .tls_root_ca(b"not pem".to_vec()),
+                )
+            }),
+            "backend `main`, field `tls_ca_file`: not usable PEM",
+        ),
+        #[cfg(not(feature = "tls"))]
+        (
             Box::new(move |b| b.backend(Backend::url("main", "rediss://user:hunter2@127.0.0.1:1"))),
-            "backend `main`, field `url`: rediss:// (TLS) is not supported by this build",
+            "backend `main`, field `url`: rediss:// (TLS) needs the crate feature `tls`",
         ),
         (
             Box::new(move |b| b.backend(ok()).create_attempts(0)),

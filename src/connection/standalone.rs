@@ -15,11 +15,11 @@ pub(crate) fn connection_info(backend: &Backend) -> Result<ConnectionInfo, Error
     let name = Some(backend.name.as_str());
     let info = match &backend.address {
         Address::Url(url) => {
-            if url.starts_with("rediss://") || url.starts_with("valkeys://") {
+            if cfg!(not(feature = "tls")) && is_tls_url(url) {
                 return Err(Error::config(
                     name,
                     "url",
-                    "rediss:// (TLS) is not supported by this build of the crate",
+                    "rediss:// (TLS) needs the crate feature `tls`",
                 ));
             }
             url.as_str().into_connection_info().map_err(|err| {
@@ -53,6 +53,21 @@ pub(crate) fn connection_info(backend: &Backend) -> Result<ConnectionInfo, Error
                 .map_err(|err| Error::config(name, "unix_socket", err.to_string()))?
         }
     };
+    let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+    if !tls && backend.tls_root_ca.is_some() {
+        return Err(Error::config(
+            name,
+            "tls_ca_file",
+            "given for an address that is not rediss://",
+        ));
+    }
+    if !tls && backend.tls_client.is_some() {
+        return Err(Error::config(
+            name,
+            "tls_cert_file",
+            "given for an address that is not rediss://",
+        ));
+    }
     let mut redis = info.redis_settings().clone();
     if let Some(db) = backend.db {
         if db < 0 {
@@ -69,11 +84,104 @@ pub(crate) fn connection_info(backend: &Backend) -> Result<ConnectionInfo, Error
     Ok(info.set_redis_settings(redis))
 }
 
+fn is_tls_url(url: &str) -> bool {
+    url.starts_with("rediss://") || url.starts_with("valkeys://")
+}
+
+#[cfg(not(feature = "tls"))]
+fn client(backend: &Backend, info: ConnectionInfo) -> Result<redis::Client, Error> {
+    redis::Client::open(info)
+        .map_err(|err| Error::config(Some(&backend.name), "url", err.to_string()))
+}
+
+/// With TLS: rustls with the `ring` provider (installed as the process
+/// default unless the application installed one first), the backend's CA
+/// and client certificate when given, the system's roots otherwise.
+#[cfg(feature = "tls")]
+fn client(backend: &Backend, info: ConnectionInfo) -> Result<redis::Client, Error> {
+    let name = Some(backend.name.as_str());
+    if !matches!(info.addr(), ConnectionAddr::TcpTls { .. })
+        || (backend.tls_root_ca.is_none() && backend.tls_client.is_none())
+    {
+        return redis::Client::open(info)
+            .map_err(|err| Error::config(name, "url", err.to_string()));
+    }
+    check_pem(backend)?;
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another installer is fine: one provider wins.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let certificates = redis::TlsCertificates {
+        client_tls: backend
+            .tls_client
+            .as_ref()
+            .map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+        root_cert: backend.tls_root_ca.clone(),
+    };
+    redis::Client::build_with_tls(info, certificates).map_err(|err| {
+        Error::config(
+            name,
+            if backend.tls_root_ca.is_some() {
+                "tls_ca_file"
+            } else {
+                "tls_cert_file"
+            },
+            format!(
+                "not usable PEM: {}",
+                err.detail().unwrap_or("could not be read")
+            ),
+        )
+    })
+}
+
+/// Refuses PEM that holds no certificate (or no key), which rustls would
+/// otherwise take as an empty trust store.
+#[cfg(feature = "tls")]
+fn check_pem(backend: &Backend) -> Result<(), Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let name = Some(backend.name.as_str());
+    let has_certs = |pem: &[u8]| {
+        CertificateDer::pem_slice_iter(pem)
+            .next()
+            .is_some_and(|c| c.is_ok())
+    };
+    if let Some(ca) = &backend.tls_root_ca
+        && !has_certs(ca)
+    {
+        return Err(Error::config(
+            name,
+            "tls_ca_file",
+            "not usable PEM: no certificate found",
+        ));
+    }
+    if let Some((cert, key)) = &backend.tls_client {
+        if !has_certs(cert) {
+            return Err(Error::config(
+                name,
+                "tls_cert_file",
+                "not usable PEM: no certificate found",
+            ));
+        }
+        if PrivateKeyDer::from_pem_slice(key).is_err() {
+            return Err(Error::config(
+                name,
+                "tls_key_file",
+                "not usable PEM: no private key found",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A lazily connecting manager: building a store never waits for a server.
 pub(crate) fn open(backend: &Backend) -> Result<ConnectionManager, Error> {
     let info = connection_info(backend)?;
-    let client = redis::Client::open(info)
-        .map_err(|err| Error::config(Some(&backend.name), "url", err.to_string()))?;
+    let client = client(backend, info)?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(backend.socket_timeout))
         .set_response_timeout(Some(backend.socket_timeout))

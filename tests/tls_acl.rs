@@ -1,0 +1,177 @@
+//! TLS (`rediss://` with a CA and client certificates generated here, against
+//! `redis-server --tls-port`) and ACL users, on real servers.
+#![cfg(feature = "tls")]
+
+mod common;
+
+use std::path::Path;
+
+use common::{acceptance, record};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use tower_sessions_core::{SessionStore, session_store};
+use tower_sessions_multi_redis_store::testing::RedisServer;
+use tower_sessions_multi_redis_store::{Backend, Config, MultiRedisStore};
+
+struct Pki {
+    ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let ca_pem = params.self_signed(&key).unwrap().pem();
+        Pki {
+            ca_pem,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf certificate and key (PEM) for these names.
+    fn leaf(&self, names: &[&str]) -> (String, String) {
+        let params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        let key = KeyPair::generate().unwrap();
+        (
+            params.signed_by(&key, &self.issuer).unwrap().pem(),
+            key.serialize_pem(),
+        )
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn store(backend: Backend) -> MultiRedisStore {
+    MultiRedisStore::builder()
+        .backend(backend)
+        .build()
+        .await
+        .unwrap()
+}
+
+fn backend_error(
+    result: session_store::Result<Option<tower_sessions_core::session::Record>>,
+) -> String {
+    match result {
+        Err(session_store::Error::Backend(msg)) => msg,
+        other => panic!("expected a backend error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn rediss_with_a_custom_ca_and_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("test CA");
+    let (server_cert, server_key) = pki.leaf(&["localhost", "127.0.0.1"]);
+    let ca = write(dir.path(), "ca.pem", &pki.ca_pem);
+    let cert = write(dir.path(), "server.pem", &server_cert);
+    let key = write(dir.path(), "server.key", &server_key);
+
+    // Server authenticates by certificate only.
+    let server = RedisServer::start_tls(&cert, &key, &ca, false).unwrap();
+    let url = format!("rediss://127.0.0.1:{}", server.tls_port().unwrap());
+    let secure = store(Backend::url("secure", &url).tls_root_ca(pki.ca_pem.clone())).await;
+    acceptance(&secure, "rediss").await;
+
+    // A CA that did not sign the server certificate: refused, clearly.
+    let stranger = Pki::new("another CA");
+    let wrong = store(Backend::url("secure", &url).tls_root_ca(stranger.ca_pem.clone())).await;
+    let msg = backend_error(wrong.load(&record("x").id).await);
+    assert!(msg.contains("backend `secure`"), "{msg}");
+    assert!(msg.to_lowercase().contains("certificate"), "{msg}");
+
+    // Mutual TLS: a client certificate signed by the CA is required.
+    let mtls = RedisServer::start_tls(&cert, &key, &ca, true).unwrap();
+    let url = format!("rediss://127.0.0.1:{}", mtls.tls_port().unwrap());
+    let (client_cert, client_key) = pki.leaf(&["app"]);
+    let with_cert = store(
+        Backend::url("mtls", &url)
+            .tls_root_ca(pki.ca_pem.clone())
+            .tls_client_cert(client_cert.clone(), client_key.clone()),
+    )
+    .await;
+    acceptance(&with_cert, "mtls").await;
+    let without = store(Backend::url("mtls", &url).tls_root_ca(pki.ca_pem.clone())).await;
+    let msg = backend_error(without.load(&record("x").id).await);
+    assert!(msg.contains("backend `mtls`"), "{msg}");
+
+    // The same from a config file.
+    let client_cert_path = write(dir.path(), "client.pem", &client_cert);
+    let client_key_path = write(dir.path(), "client.key", &client_key);
+    let config = Config::from_toml_str(&format!(
+        "[[backends]]\nname = \"mtls\"\nmodes = [\"read\", \"write\"]\nurl = \"{url}\"\ntls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        ca.display(),
+        client_cert_path.display(),
+        client_key_path.display()
+    ))
+    .unwrap();
+    let from_file = config.into_builder().unwrap().build().await.unwrap();
+    acceptance(&from_file, "mtls from config").await;
+}
+
+#[tokio::test]
+async fn an_acl_user_with_limited_rights_works_and_a_wrong_password_names_the_backend() {
+    let server = RedisServer::start().unwrap();
+    // Only the session keys, only the commands the store uses.
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("app")
+        .arg("on")
+        .arg(">app-password")
+        .arg("resetkeys")
+        .arg("~sess:*")
+        .arg("-@all")
+        .arg("+get")
+        .arg("+set")
+        .arg("+del")
+        .arg("+exists")
+        .arg("+ping")
+        .query_async(&mut common::conn(&server).await)
+        .await
+        .unwrap();
+    let limited = store(
+        Backend::tcp("acl", "127.0.0.1", server.port())
+            .username("app")
+            .password("app-password")
+            .prefix("sess:"),
+    )
+    .await;
+    acceptance(&limited, "acl user").await;
+
+    // Outside its keys: refused by the server, reported with the backend.
+    let outside = store(
+        Backend::tcp("acl", "127.0.0.1", server.port())
+            .username("app")
+            .password("app-password")
+            .prefix("other:"),
+    )
+    .await;
+    let msg = backend_error(outside.load(&record("x").id).await);
+    assert!(
+        msg.contains("backend `acl`") && msg.to_lowercase().contains("noperm"),
+        "{msg}"
+    );
+
+    let wrong = store(Backend::url(
+        "acl",
+        format!("redis://app:wrong-password@127.0.0.1:{}", server.port()),
+    ))
+    .await;
+    let msg = backend_error(wrong.load(&record("x").id).await);
+    assert!(msg.contains("backend `acl`"), "{msg}");
+    assert!(
+        msg.contains("WRONGPASS") || msg.to_lowercase().contains("auth"),
+        "{msg}"
+    );
+    assert!(!msg.contains("wrong-password"), "{msg}");
+}
