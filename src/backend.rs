@@ -6,7 +6,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use redis::{Cmd, FromRedisValue, Value};
+use std::time::Instant;
+
+use redis::{Cmd, FromRedisValue, Pipeline, Value};
 
 use crate::connection::Connection;
 use crate::error::Error;
@@ -284,6 +286,11 @@ impl Node {
         })
     }
 
+    /// The hard bound of one command.
+    pub(crate) fn op_timeout(&self) -> Duration {
+        self.op_timeout
+    }
+
     /// The Redis key of a session id.
     pub(crate) fn key(&self, id: &str) -> String {
         let mut key = String::with_capacity(self.prefix.len() + id.len());
@@ -335,6 +342,64 @@ impl Node {
             op,
             after: self.op_timeout,
         }))
+    }
+
+    /// The session id of one of this backend's keys (the key without the prefix).
+    pub(crate) fn id_of<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(self.prefix.as_str())
+    }
+
+    /// `SCAN cursor MATCH <prefix>* COUNT count`: the next cursor and keys.
+    pub(crate) async fn scan(
+        &self,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(u64, Vec<String>), Error> {
+        let mut pattern = String::with_capacity(self.prefix.len() + 1);
+        for c in self.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('*');
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(count);
+        self.run("SCAN", &cmd, true).await
+    }
+
+    /// Sends a pipeline, bounded by the timeout (scaled for its length).
+    pub(crate) async fn pipeline<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        pipe: &Pipeline,
+        len: usize,
+    ) -> Result<T, Error> {
+        let bound = self.op_timeout * (1 + u32::try_from(len / 1000).unwrap_or(u32::MAX));
+        match tokio::time::timeout(bound, self.conn.query_pipeline(pipe)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(source)) => Err(Error::Redis {
+                backend: self.name.clone(),
+                op,
+                source,
+            }),
+            Err(_) => Err(Error::Timeout {
+                backend: self.name.clone(),
+                op,
+                after: bound,
+            }),
+        }
+    }
+
+    /// `PING`: the round-trip time.
+    pub(crate) async fn ping(&self) -> Result<Duration, Error> {
+        let started = Instant::now();
+        let _: String = self.run("PING", &redis::cmd("PING"), true).await?;
+        Ok(started.elapsed())
     }
 
     /// `GET`: the stored bytes, if any.

@@ -13,6 +13,8 @@
 //! * `builder`: [`MultiRedisStoreBuilder`], validation of the whole shape;
 //! * `config`: [`Config`], TOML/JSON files, including the seed Django package's shape;
 //! * `error`: [`Error`], which always names the backend at fault;
+//! * `migrate`: [`Migrator`], the bulk migrator (and `verify`) behind the CLI;
+//! * `stats`: [`BackendStats`], reachability, round trip and session count per backend;
 //! * `testing` (feature `test-util`): throwaway `redis-server` processes.
 //!
 //! # Example
@@ -64,8 +66,10 @@ pub mod codec;
 mod config;
 mod connection;
 mod error;
+mod migrate;
 mod mode;
 mod redact;
+mod stats;
 mod store;
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -74,8 +78,13 @@ pub use backend::{Address, Backend, DEFAULT_SOCKET_TIMEOUT};
 pub use builder::{DEFAULT_CREATE_ATTEMPTS, MultiRedisStoreBuilder};
 pub use config::{BackendConfig, Config};
 pub use error::Error;
+pub use migrate::{
+    DEFAULT_BATCH_SIZE, DEFAULT_MAX_LISTED, KeyFailure, MigrateOptions, Migrator, Progress, Report,
+    VerifyReport,
+};
 pub use mode::{Mode, Modes, UnknownMode};
 pub use redact::redact_url;
+pub use stats::BackendStats;
 pub use store::{CopyOnRead, MultiRedisStore};
 
 /// The README's examples, compiled and run as doc tests.

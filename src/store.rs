@@ -152,6 +152,11 @@ impl MultiRedisStore {
         }
     }
 
+    /// The live backends, in configured order.
+    pub(crate) fn nodes(&self) -> &[Node] {
+        &self.inner.nodes
+    }
+
     /// The backends' names and modes, in configured order.
     pub fn backends(&self) -> impl Iterator<Item = (&str, crate::Modes)> {
         self.inner.nodes.iter().map(|n| (n.name.as_str(), n.modes))

@@ -2,7 +2,7 @@
 
 mod standalone;
 
-use redis::{Cmd, FromRedisValue, RedisResult};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisResult};
 
 use crate::backend::Backend;
 use crate::error::Error;
@@ -23,6 +23,16 @@ impl Connection {
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
         match self {
             Connection::Standalone(manager) => cmd.query_async(&mut manager.clone()).await,
+        }
+    }
+
+    /// Sends a pipeline and reads all its replies.
+    pub(crate) async fn query_pipeline<T: FromRedisValue>(
+        &self,
+        pipe: &Pipeline,
+    ) -> RedisResult<T> {
+        match self {
+            Connection::Standalone(manager) => pipe.query_async(&mut manager.clone()).await,
         }
     }
 }

@@ -1,0 +1,312 @@
+//! `multi-redis-sessions`: migrate, verify and count the sessions of a
+//! `MultiRedisStore` configuration. Parses arguments and draws progress; the
+//! work is done by the library (`Migrator`, `MultiRedisStore::stats`).
+//!
+//! Exit codes: 0 done and clean; 1 some session failed, was corrupt, or is
+//! missing (verify), or the run was interrupted; 2 bad arguments or configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use tower_sessions_multi_redis_store::{
+    BackendStats, DEFAULT_BATCH_SIZE, Error, MigrateOptions, Migrator, MultiRedisStore, Progress,
+    Report,
+};
+
+/// Move, check and count the sessions of a MultiRedisStore configuration.
+#[derive(Parser)]
+#[command(name = "multi-redis-sessions", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Copy (with --move: move) every live session from the source backend into the targets.
+    Migrate(MigrateArgs),
+    /// List the live sessions of the source that a target lacks or holds with other bytes.
+    Verify(Pair),
+    /// Per backend: reachable, round-trip time, sessions under its prefix.
+    Stats(Common),
+}
+
+#[derive(Args)]
+struct Common {
+    /// The configuration file (.toml or .json), the same one the app uses.
+    #[arg(short, long, env = "MULTI_REDIS_SESSIONS_CONFIG")]
+    config: PathBuf,
+    /// Print one JSON document on stdout instead of text (no progress bar).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct Pair {
+    #[command(flatten)]
+    common: Common,
+    /// Backend to read sessions from [default: the one read backend without write].
+    #[arg(long)]
+    from: Option<String>,
+    /// Backend to write into; repeat for several [default: every write backend].
+    #[arg(long)]
+    to: Vec<String>,
+    /// Keys per SCAN and per pipeline.
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
+    batch: usize,
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    pair: Pair,
+    /// Delete each session from the source once every target holds it.
+    #[arg(long = "move")]
+    move_sessions: bool,
+    /// Change nothing; count what would be copied.
+    #[arg(long)]
+    dry_run: bool,
+    /// At most this many sessions per second.
+    #[arg(long)]
+    rate: Option<u32>,
+    /// Resume from the cursor an interrupted run printed.
+    #[arg(long, default_value_t = 0)]
+    cursor: u64,
+    /// Milliseconds before a session found already copied is deleted from the
+    /// source [default: twice the longest backend timeout].
+    #[arg(long)]
+    grace_ms: Option<u64>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = match &cli.command {
+        Command::Migrate(args) => args.pair.common.json,
+        Command::Verify(pair) => pair.common.json,
+        Command::Stats(common) => common.json,
+    };
+    match run(cli).await {
+        Ok(code) => code,
+        Err(err) => {
+            if json {
+                println!("{}", serde_json::json!({ "error": err.to_string() }));
+            } else {
+                eprintln!("error: {err}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Error> {
+    match cli.command {
+        Command::Migrate(args) => migrate(args).await,
+        Command::Verify(pair) => verify(pair).await,
+        Command::Stats(common) => stats(common).await,
+    }
+}
+
+async fn migrator(pair: &Pair, options: MigrateOptions) -> Result<Migrator, Error> {
+    let store = MultiRedisStore::from_config_file(&pair.common.config).await?;
+    let options = options.batch_size(pair.batch);
+    match &pair.from {
+        None if pair.to.is_empty() => Migrator::for_store(&store, options),
+        from => {
+            let default = Migrator::for_store(&store, MigrateOptions::default()).ok();
+            let source = match (from, &default) {
+                (Some(name), _) => name.clone(),
+                (None, Some(m)) => m.source().to_owned(),
+                (None, None) => return Err(config_error("from", "give --from")),
+            };
+            let targets: Vec<String> = if pair.to.is_empty() {
+                store
+                    .backends()
+                    .filter(|(_, m)| m.can_write())
+                    .map(|(n, _)| n.to_owned())
+                    .filter(|n| *n != source)
+                    .collect()
+            } else {
+                pair.to.clone()
+            };
+            let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+            Migrator::new(&store, &source, &targets, options)
+        }
+    }
+}
+
+fn config_error(field: &'static str, reason: &str) -> Error {
+    Error::Config {
+        backend: None,
+        field,
+        reason: reason.to_owned(),
+    }
+}
+
+fn progress_line(p: &Progress) -> String {
+    format!(
+        "scanned {}  copied {}  already there {}  removed from source {}  skipped {}  corrupt {}  failed {}",
+        p.scanned,
+        p.copied,
+        p.already_present,
+        p.removed_from_source,
+        p.skipped,
+        p.corrupt,
+        p.failed
+    )
+}
+
+async fn migrate(args: MigrateArgs) -> Result<ExitCode, Error> {
+    let mut options = MigrateOptions::default()
+        .move_sessions(args.move_sessions)
+        .dry_run(args.dry_run)
+        .rate_limit(args.rate)
+        .cursor(args.cursor);
+    if let Some(ms) = args.grace_ms {
+        options = options.grace(Duration::from_millis(ms));
+    }
+    let migrator = migrator(&args.pair, options).await?;
+    let json = args.pair.common.json;
+    let bar = if json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    if !json {
+        let mode = if args.dry_run {
+            " (dry run)"
+        } else if args.move_sessions {
+            " (move)"
+        } else {
+            ""
+        };
+        eprintln!(
+            "migrating {} -> {}{mode}",
+            migrator.source(),
+            migrator.targets().join(", ")
+        );
+    }
+    let started = Instant::now();
+    let interrupted = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let report = migrator
+        .run(|p| bar.set_message(progress_line(p)), interrupted)
+        .await?;
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    print_report(&report, elapsed, json);
+    Ok(if report.finished && report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_report(report: &Report, elapsed: f64, json: bool) {
+    if json {
+        let mut value = serde_json::to_value(report).unwrap_or_default();
+        value["elapsed_seconds"] = serde_json::json!(elapsed);
+        println!("{value}");
+        return;
+    }
+    let p = &report.progress;
+    println!("{}", progress_line(p));
+    let rate = if elapsed > 0.0 {
+        p.scanned as f64 / elapsed
+    } else {
+        0.0
+    };
+    if report.finished {
+        println!(
+            "finished in {elapsed:.1}s ({rate:.0} keys/s){}",
+            if report.dry_run {
+                ", dry run: nothing written"
+            } else {
+                ""
+            }
+        );
+    } else {
+        println!(
+            "interrupted after {elapsed:.1}s; resume with --cursor {}",
+            p.cursor
+        );
+    }
+    for key in &report.corrupt_keys {
+        println!("corrupt (left in place): {key}");
+    }
+    for failure in &report.failures {
+        println!("failed: {}: {}", failure.key, failure.reason);
+    }
+}
+
+async fn verify(pair: Pair) -> Result<ExitCode, Error> {
+    let migrator = migrator(&pair, MigrateOptions::default()).await?;
+    let report = migrator.verify().await?;
+    if pair.common.json {
+        println!("{}", serde_json::to_value(&report).unwrap_or_default());
+    } else {
+        println!(
+            "{} -> {}: checked {}  missing {}  different {}",
+            migrator.source(),
+            migrator.targets().join(", "),
+            report.checked,
+            report.missing,
+            report.different
+        );
+        for key in &report.missing_keys {
+            println!("missing: {key}");
+        }
+        for key in &report.different_keys {
+            println!("different: {key}");
+        }
+    }
+    Ok(if report.missing == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn stats(common: Common) -> Result<ExitCode, Error> {
+    let store = MultiRedisStore::from_config_file(&common.config).await?;
+    let stats: Vec<BackendStats> = store.stats().await;
+    if common.json {
+        println!("{}", serde_json::to_value(&stats).unwrap_or_default());
+    } else {
+        println!(
+            "{:<16} {:<18} {:<10} {:>10} {:>12}",
+            "backend", "modes", "reachable", "rtt (ms)", "sessions"
+        );
+        for s in &stats {
+            println!(
+                "{:<16} {:<18} {:<10} {:>10} {:>12}",
+                s.name,
+                s.modes,
+                if s.reachable { "yes" } else { "no" },
+                s.round_trip_ms
+                    .map(|ms| format!("{ms:.2}"))
+                    .unwrap_or_else(|| "-".into()),
+                s.sessions
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "-".into()),
+            );
+            if let Some(err) = &s.error {
+                println!("  {err}");
+            }
+        }
+    }
+    Ok(if stats.iter().all(|s| s.reachable && s.error.is_none()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,389 @@
+//! Issue 3: the bulk migrator against real servers.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{conn, exists, pttl, raw_get, record, servers};
+use redis::AsyncCommands;
+use tokio::sync::Mutex;
+use tower_sessions_core::SessionStore;
+use tower_sessions_core::session::Record;
+use tower_sessions_multi_redis_store::testing::RedisServer;
+use tower_sessions_multi_redis_store::{
+    Backend, MigrateOptions, Migrator, Modes, MultiRedisStore, codec,
+};
+
+const PREFIX: &str = "s:";
+
+async fn migrating_store(new: &RedisServer, old: &RedisServer) -> MultiRedisStore {
+    MultiRedisStore::builder()
+        .backend(Backend::url("new", new.url()).prefix(PREFIX))
+        .backend(
+            Backend::url("old", old.url())
+                .prefix(PREFIX)
+                .modes(Modes::READ_DELETE),
+        )
+        .build()
+        .await
+        .unwrap()
+}
+
+/// `n` sessions written into `server` as tower-sessions-redis-store would,
+/// with expiries spread over the next hours.
+async fn populate(server: &RedisServer, n: usize) -> Vec<Record> {
+    let mut conn = conn(server).await;
+    let mut records = Vec::with_capacity(n);
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        let mut rec = record(&format!("user{i}"));
+        rec.expiry_date += time::Duration::seconds(i as i64 * 7);
+        pipe.cmd("SET")
+            .arg(format!("{PREFIX}{}", rec.id))
+            .arg(codec::encode(&rec).unwrap())
+            .arg("PXAT")
+            .arg(codec::expiry_millis(rec.expiry_date))
+            .ignore();
+        records.push(rec);
+    }
+    let _: () = pipe.query_async(&mut conn).await.unwrap();
+    records
+}
+
+async fn key_count(server: &RedisServer) -> usize {
+    let keys: Vec<String> = conn(server).await.keys("*").await.unwrap();
+    keys.len()
+}
+
+async fn assert_in(server: &RedisServer, rec: &Record) {
+    let key = format!("{PREFIX}{}", rec.id);
+    let bytes = raw_get(server, &key)
+        .await
+        .unwrap_or_else(|| panic!("{key} missing"));
+    assert_eq!(
+        codec::decode(&bytes).unwrap().data,
+        rec.data,
+        "{key}: newest data"
+    );
+    let want = (rec.expiry_date - time::OffsetDateTime::now_utc()).whole_milliseconds() as i64;
+    let ttl = pttl(server, &key).await;
+    assert!((ttl - want).abs() < 1_000, "{key}: ttl {ttl} vs {want}");
+}
+
+/// A small deterministic generator, so failures can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migrate_move_under_live_traffic_loses_nothing_and_resurrects_nothing() {
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    let app = migrating_store(new, old).await;
+    const OLD: usize = 3000;
+    const NEW: usize = 600;
+    // One slot per session; a client holds the slot's lock for one request,
+    // so "newest data" is well defined. None = logged out (or not created yet).
+    let mut slots: Vec<Arc<Mutex<Option<Record>>>> = populate(old, OLD)
+        .await
+        .into_iter()
+        .map(|r| Arc::new(Mutex::new(Some(r))))
+        .collect();
+    slots.extend((0..NEW).map(|_| Arc::new(Mutex::new(None))));
+    let slots = Arc::new(slots);
+    let next_new = Arc::new(AtomicUsize::new(OLD));
+    let migration_done = Arc::new(AtomicBool::new(false));
+
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..16u64 {
+        let (app, slots, next_new, done) = (
+            app.clone(),
+            slots.clone(),
+            next_new.clone(),
+            migration_done.clone(),
+        );
+        clients.spawn(async move {
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (c + 1));
+            let mut ops = 0;
+            while ops < 4000 && !(done.load(Ordering::Relaxed) && ops > 200) {
+                ops += 1;
+                let roll = rng.below(100);
+                if roll < 8 {
+                    // Log in: a new session.
+                    let slot = next_new.fetch_add(1, Ordering::Relaxed);
+                    if slot < slots.len() {
+                        let mut state = slots[slot].lock().await;
+                        let mut rec = record(&format!("new{slot}"));
+                        app.create(&mut rec).await.unwrap();
+                        *state = Some(rec);
+                    }
+                    continue;
+                }
+                let slot = rng.below(OLD);
+                let mut state = slots[slot].lock().await;
+                let loaded = app
+                    .load(&state.as_ref().map_or_else(Default::default, |r| r.id))
+                    .await
+                    .unwrap();
+                match (&*state, loaded) {
+                    (None, _) => {}
+                    (Some(_), None) => panic!("session {slot} lost"),
+                    (Some(expected), Some(got)) => {
+                        assert_eq!(got.data, expected.data, "session {slot} stale")
+                    }
+                }
+                let Some(rec) = state.as_mut() else { continue };
+                if roll < 16 {
+                    app.delete(&rec.id).await.unwrap();
+                    *state = None;
+                } else if roll < 70 {
+                    let n = rec.data.get("n").and_then(|v| v.as_u64()).unwrap_or(0);
+                    rec.data.insert("n".into(), serde_json::json!(n + 1));
+                    app.save(rec).await.unwrap();
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+    }
+
+    let migrator = Migrator::for_store(
+        &app,
+        MigrateOptions::default()
+            .move_sessions(true)
+            .batch_size(50)
+            .rate_limit(Some(4000))
+            .grace(Duration::from_millis(300)),
+    )
+    .unwrap();
+    assert_eq!(
+        (migrator.source(), migrator.targets()),
+        ("old", vec!["new"])
+    );
+    let report = migrator.run(|_| {}, std::future::pending()).await.unwrap();
+    migration_done.store(true, Ordering::Relaxed);
+    while let Some(result) = clients.join_next().await {
+        result.unwrap();
+    }
+    assert!(report.finished && report.is_clean(), "{report:?}");
+    assert!(
+        report.progress.copied > 0 && report.progress.already_present > 0,
+        "traffic overlapped: {:?}",
+        report.progress
+    );
+
+    let mut alive = 0;
+    for (i, slot) in slots.iter().enumerate() {
+        match &*slot.lock().await {
+            Some(rec) => {
+                alive += 1;
+                assert_in(new, rec).await;
+                assert_eq!(
+                    app.load(&rec.id).await.unwrap().map(|r| r.data),
+                    Some(rec.data.clone()),
+                    "slot {i}"
+                );
+            }
+            None => {
+                if i < OLD {
+                    // Logged out sessions exist nowhere (the id is only known for old slots).
+                }
+            }
+        }
+    }
+    assert!(alive > OLD / 2, "{alive}");
+    assert_eq!(key_count(old).await, 0, "nothing left in the source");
+    assert_eq!(key_count(new).await, alive, "no deleted session anywhere");
+}
+
+#[tokio::test]
+async fn a_dry_run_changes_nothing() {
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    let app = migrating_store(new, old).await;
+    let records = populate(old, 500).await;
+    let migrator = Migrator::for_store(
+        &app,
+        MigrateOptions::default().dry_run(true).move_sessions(true),
+    )
+    .unwrap();
+    let report = migrator.run(|_| {}, std::future::pending()).await.unwrap();
+    assert!(report.finished && report.dry_run);
+    assert_eq!(report.progress.copied, 500, "would copy");
+    assert_eq!(key_count(new).await, 0);
+    assert_eq!(key_count(old).await, 500);
+    for rec in &records {
+        assert!(exists(old, &format!("{PREFIX}{}", rec.id)).await);
+    }
+}
+
+/// Every key and value of a server.
+async fn snapshot(server: &RedisServer) -> Vec<(String, Vec<u8>)> {
+    let mut conn = conn(server).await;
+    let mut keys: Vec<String> = conn.keys("*").await.unwrap();
+    keys.sort();
+    let mut out = Vec::new();
+    for key in keys {
+        let value: Vec<u8> = conn.get(&key).await.unwrap();
+        out.push((key, value));
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_interrupted_migration_resumed_from_its_cursor_ends_like_an_uninterrupted_one() {
+    let servers = servers(4);
+    let records = populate(&servers[1], 2000).await;
+    // The same sessions in a second pair, for the uninterrupted run.
+    let mut pipe = redis::pipe();
+    for rec in &records {
+        pipe.cmd("SET")
+            .arg(format!("{PREFIX}{}", rec.id))
+            .arg(codec::encode(rec).unwrap())
+            .arg("PXAT")
+            .arg(codec::expiry_millis(rec.expiry_date))
+            .ignore();
+    }
+    let _: () = pipe
+        .query_async(&mut conn(&servers[3]).await)
+        .await
+        .unwrap();
+
+    let options = || {
+        MigrateOptions::default()
+            .move_sessions(true)
+            .batch_size(100)
+    };
+    let interrupted_app = migrating_store(&servers[0], &servers[1]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let first = Migrator::for_store(&interrupted_app, options()).unwrap();
+    let report = first
+        .run(
+            |p| stop.store(p.scanned >= 600, Ordering::Relaxed),
+            std::future::poll_fn(|_| {
+                if stop.load(Ordering::Relaxed) {
+                    std::task::Poll::Ready(())
+                } else {
+                    std::task::Poll::Pending
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !report.finished && report.progress.cursor != 0,
+        "{report:?}"
+    );
+    let halfway = key_count(&servers[0]).await;
+    assert!(halfway > 0 && halfway < 2000, "{halfway}");
+    let resumed =
+        Migrator::for_store(&interrupted_app, options().cursor(report.progress.cursor)).unwrap();
+    let rest = resumed.run(|_| {}, std::future::pending()).await.unwrap();
+    assert!(rest.finished && rest.is_clean());
+    assert_eq!(report.progress.copied + rest.progress.copied, 2000);
+
+    let straight_app = migrating_store(&servers[2], &servers[3]).await;
+    let straight = Migrator::for_store(&straight_app, options())
+        .unwrap()
+        .run(|_| {}, std::future::pending())
+        .await
+        .unwrap();
+    assert!(straight.finished && straight.is_clean());
+    assert_eq!(straight.progress.copied, 2000);
+
+    assert_eq!(
+        snapshot(&servers[0]).await,
+        snapshot(&servers[2]).await,
+        "same targets"
+    );
+    assert_eq!(key_count(&servers[1]).await, 0);
+    assert_eq!(key_count(&servers[3]).await, 0);
+    for rec in &records {
+        assert_in(&servers[0], rec).await;
+    }
+}
+
+#[tokio::test]
+async fn corrupt_values_are_reported_by_key_and_left_in_place() {
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    let app = migrating_store(new, old).await;
+    let good = populate(old, 100).await;
+    let mut bad_keys = Vec::new();
+    for i in 0..5 {
+        let key = format!("{PREFIX}{}", record("x").id);
+        common::raw_set(old, &key, format!("garbage {i}").as_bytes()).await;
+        bad_keys.push(key);
+    }
+    // Not a session id at all: skipped, untouched.
+    common::raw_set(old, &format!("{PREFIX}not-a-session"), b"x").await;
+
+    let migrator =
+        Migrator::for_store(&app, MigrateOptions::default().move_sessions(true)).unwrap();
+    let report = migrator.run(|_| {}, std::future::pending()).await.unwrap();
+    assert!(report.finished && !report.is_clean());
+    assert_eq!(report.progress.corrupt, 5);
+    assert_eq!(report.progress.copied, 100);
+    let mut listed = report.corrupt_keys.clone();
+    listed.sort();
+    bad_keys.sort();
+    assert_eq!(listed, bad_keys);
+    for key in &bad_keys {
+        assert!(exists(old, key).await, "left in place");
+        assert!(!exists(new, key).await, "never copied");
+    }
+    assert!(exists(old, &format!("{PREFIX}not-a-session")).await);
+    for rec in &good {
+        assert_in(new, rec).await;
+    }
+    assert_eq!(key_count(old).await, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_the_migrator_makes_after_a_logout_is_undone() {
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    let proxy = common::proxy::DelayProxy::start(new.port(), Duration::from_millis(200)).await;
+    for move_sessions in [true, false] {
+        let app = migrating_store(new, old).await;
+        // The migrator reaches "new" over a slow path.
+        let slow = MultiRedisStore::builder()
+            .backend(Backend::url("new", proxy.url()).prefix(PREFIX))
+            .backend(
+                Backend::url("old", old.url())
+                    .prefix(PREFIX)
+                    .modes(Modes::READ_DELETE),
+            )
+            .build()
+            .await
+            .unwrap();
+        let records = populate(old, 3).await;
+        let migrator = Migrator::for_store(
+            &slow,
+            MigrateOptions::default().move_sessions(move_sessions),
+        )
+        .unwrap();
+        let run = tokio::spawn(async move { migrator.run(|_| {}, std::future::pending()).await });
+        // The copies are on their way to "new"; meanwhile the users log out.
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        for rec in &records {
+            app.delete(&rec.id).await.unwrap();
+        }
+        let report = run.await.unwrap().unwrap();
+        assert_eq!(report.progress.copied, 0, "{report:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await; // undo travels the slow path
+        for rec in &records {
+            assert!(
+                !exists(new, &format!("{PREFIX}{}", rec.id)).await,
+                "move={move_sessions}: resurrected"
+            );
+        }
+    }
+}
