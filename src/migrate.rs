@@ -370,24 +370,34 @@ impl Migrator {
             max_listed: self.options.max_listed,
         };
         let started = Instant::now();
-        let mut cursor = self.options.cursor;
-        loop {
-            if shutdown.as_mut().now_or_never().is_some() {
-                break;
-            }
-            let (next, keys) = self
-                .source_node()
-                .scan(cursor, self.options.batch_size)
-                .await?;
-            self.batch(keys, &mut run).await;
-            self.delete_due(&mut run, false).await;
-            cursor = next;
-            run.report.progress.cursor = cursor;
+        // Two stages overlap: batch i+1 is scanned and read from the source
+        // while batch i is written to the targets. The reported cursor is that
+        // of the first batch not yet written, so a resumed run misses nothing.
+        let mut read = Some(self.read(self.options.cursor).await?);
+        while let Some(batch) = read.take() {
+            let next = batch.next;
+            run.absorb(&batch);
+            let reading = async {
+                match next {
+                    0 => Ok(None),
+                    cursor => self.read(cursor).await.map(Some),
+                }
+            };
+            let writing = async {
+                self.write(batch.live, &mut run).await;
+                self.delete_due(&mut run, false).await;
+            };
+            let (next_batch, ()) = futures_util::future::join(reading, writing).await;
+            run.report.progress.cursor = next;
             on_progress(&run.report.progress);
-            if cursor == 0 {
+            if next == 0 {
                 run.report.finished = true;
                 break;
             }
+            if shutdown.as_mut().now_or_never().is_some() {
+                break; // the batch read ahead is dropped; the cursor still points at it
+            }
+            read = next_batch?;
             if let Some(rate) = self.options.rate_limit {
                 let handled = run.report.progress.scanned as f64;
                 let due = Duration::from_secs_f64(handled / f64::from(rate));
@@ -403,19 +413,22 @@ impl Migrator {
         Ok(run.report)
     }
 
-    /// One batch of scanned keys.
-    async fn batch(&self, keys: Vec<String>, run: &mut Run) {
+    /// The read stage: one `SCAN` and the values of its session keys.
+    async fn read(&self, cursor: u64) -> Result<ReadBatch, Error> {
         let source = self.source_node();
-        let scanned = keys.len();
+        let (next, keys) = source.scan(cursor, self.options.batch_size).await?;
+        let mut batch = ReadBatch {
+            next,
+            scanned: keys.len() as u64,
+            ..ReadBatch::default()
+        };
         let keys: Vec<String> = keys
             .into_iter()
             .filter(|k| source.id_of(k).is_some_and(|id| Id::from_str(id).is_ok()))
             .collect();
-        let progress = &mut run.report.progress;
-        progress.scanned += scanned as u64;
-        progress.skipped += (scanned - keys.len()) as u64; // not session ids
+        batch.skipped = batch.scanned - keys.len() as u64; // not session ids
         if keys.is_empty() {
-            return;
+            return Ok(batch);
         }
         let mut gets = redis::pipe();
         for key in &keys {
@@ -423,24 +436,32 @@ impl Migrator {
         }
         let values: Vec<Option<Vec<u8>>> = match source.pipeline("GET", &gets, keys.len()).await {
             Ok(values) => values,
-            Err(err) => return run.fail_all(&keys, &err),
+            Err(err) => {
+                batch.failed = keys.into_iter().map(|k| (k, err.to_string())).collect();
+                return Ok(batch);
+            }
         };
-        // Live records: (source key, id, value, PXAT).
-        let mut live = Vec::new();
+        let now = time::OffsetDateTime::now_utc();
         for (key, value) in keys.into_iter().zip(values) {
             let Some(bytes) = value else {
-                run.report.progress.skipped += 1; // gone since SCAN
+                batch.skipped += 1; // gone since SCAN
                 continue;
             };
-            match codec::decode(&bytes) {
-                Err(_) => run.corrupt(key),
-                Ok(record) if !codec::is_live(&record) => run.report.progress.skipped += 1,
-                Ok(record) => {
+            match codec::decode_expiry(&bytes) {
+                Err(_) => batch.corrupt.push(key),
+                Ok(expiry) if expiry <= now => batch.skipped += 1,
+                Ok(expiry) => {
                     let id = source.id_of(&key).unwrap_or_default().to_owned();
-                    live.push((key, id, bytes, codec::expiry_millis(record.expiry_date)));
+                    let pxat = codec::expiry_millis(expiry);
+                    batch.live.push((key, id, bytes, pxat));
                 }
             }
         }
+        Ok(batch)
+    }
+
+    /// The write stage: copy a batch of live sessions, check, move.
+    async fn write(&self, live: Vec<Live>, run: &mut Run) {
         if live.is_empty() {
             return;
         }
@@ -518,7 +539,11 @@ impl Migrator {
                 Check::Exists => pipe.exists(key),
             };
         }
-        let found: Vec<u64> = match source.pipeline("DEL/EXISTS", &pipe, checks.len()).await {
+        let found: Vec<u64> = match self
+            .source_node()
+            .pipeline("DEL/EXISTS", &pipe, checks.len())
+            .await
+        {
             Ok(found) => found,
             Err(err) => {
                 // Unknown whether a logout raced: undo, as copy-on-read does.
@@ -560,7 +585,7 @@ impl Migrator {
     }
 
     /// Dry run: count what would be copied.
-    async fn dry_run(&self, live: &[(String, String, Vec<u8>, u64)], run: &mut Run) {
+    async fn dry_run(&self, live: &[Live], run: &mut Run) {
         let targets = self.target_nodes();
         let replies = join_all(targets.iter().map(|t| {
             let mut pipe = redis::pipe();
@@ -717,6 +742,21 @@ impl Migrator {
     }
 }
 
+/// A live session read from the source: key, id, value, `PXAT`.
+type Live = (String, String, Vec<u8>, u64);
+
+/// What the read stage produced for one batch.
+#[derive(Default)]
+struct ReadBatch {
+    /// The cursor after this batch.
+    next: u64,
+    scanned: u64,
+    skipped: u64,
+    corrupt: Vec<String>,
+    failed: Vec<(String, String)>,
+    live: Vec<Live>,
+}
+
 /// The state of one run.
 struct Run {
     report: Report,
@@ -726,6 +766,18 @@ struct Run {
 }
 
 impl Run {
+    /// Counts what the read stage found.
+    fn absorb(&mut self, batch: &ReadBatch) {
+        self.report.progress.scanned += batch.scanned;
+        self.report.progress.skipped += batch.skipped;
+        for key in &batch.corrupt {
+            self.corrupt(key.clone());
+        }
+        for (key, reason) in &batch.failed {
+            self.failure(key.clone(), reason.clone());
+        }
+    }
+
     fn failure(&mut self, key: String, reason: String) {
         self.report.progress.failed += 1;
         if self.report.failures.len() < self.max_listed {

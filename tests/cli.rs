@@ -1,0 +1,218 @@
+//! Issue 3, show 4: the built `multi-redis-sessions` binary on config files.
+#![cfg(feature = "cli")]
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output};
+
+use common::{conn, raw_set, record, servers};
+use redis::AsyncCommands;
+use tower_sessions_multi_redis_store::codec;
+use tower_sessions_multi_redis_store::testing::RedisServer;
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_multi-redis-sessions"))
+        .args(args)
+        .env_remove("MULTI_REDIS_SESSIONS_CONFIG")
+        .output()
+        .expect("run the CLI")
+}
+
+fn config(new: &RedisServer, old: &RedisServer) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    write!(
+        file,
+        "[[backends]]\nname = \"new\"\nmodes = [\"read\", \"write\"]\nurl = \"{}\"\nprefix = \"s:\"\n\n\
+         [[backends]]\nname = \"old\"\nmodes = [\"read\", \"delete\"]\nhost = \"127.0.0.1\"\nport = {}\nprefix = \"s:\"\nsocket_timeout = 1\n",
+        new.url(),
+        old.port()
+    )
+    .unwrap();
+    file
+}
+
+async fn fill(server: &RedisServer, n: usize) {
+    for i in 0..n {
+        let rec = record(&format!("u{i}"));
+        raw_set(
+            server,
+            &format!("s:{}", rec.id),
+            &codec::encode(&rec).unwrap(),
+        )
+        .await;
+    }
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+async fn count(server: &RedisServer) -> usize {
+    let keys: Vec<String> = conn(server).await.keys("*").await.unwrap();
+    keys.len()
+}
+
+#[tokio::test]
+async fn stats_verify_migrate_verify() {
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    fill(old, 250).await;
+    let file = config(new, old);
+    let path = file.path().to_str().unwrap();
+
+    let stats = cli(&["stats", "--config", path, "--json"]);
+    assert!(stats.status.success(), "{stats:?}");
+    let stats = json(&stats);
+    assert_eq!(stats[0]["name"], "new");
+    assert_eq!(stats[0]["sessions"], 0);
+    assert_eq!(stats[1]["sessions"], 250);
+    assert_eq!(stats[1]["reachable"], true);
+
+    // Before: every session is missing from "new".
+    let verify = cli(&["verify", "--config", path]);
+    assert_eq!(verify.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        text.contains("old -> new: checked 250  missing 250"),
+        "{text}"
+    );
+
+    let migrate = cli(&[
+        "migrate",
+        "--config",
+        path,
+        "--move",
+        "--json",
+        "--grace-ms",
+        "10",
+    ]);
+    assert!(migrate.status.success(), "{migrate:?}");
+    let report = json(&migrate);
+    assert_eq!(report["finished"], true);
+    assert_eq!(report["progress"]["copied"], 250);
+    assert_eq!(report["progress"]["removed_from_source"], 250);
+    assert_eq!((count(new).await, count(old).await), (250, 0));
+
+    // Text output, nothing left to do.
+    let again = cli(&["migrate", "--config", path, "--move"]);
+    assert!(again.status.success());
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        text.contains("scanned 0") && text.contains("finished in"),
+        "{text}"
+    );
+
+    let verify = cli(&["verify", "--config", path, "--json"]);
+    assert!(verify.status.success());
+    assert_eq!(json(&verify)["missing"], 0);
+}
+
+#[tokio::test]
+async fn a_dry_run_and_explicit_backends() {
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    fill(old, 40).await;
+    let file = config(new, old);
+    let path = file.path().to_str().unwrap();
+    let dry = cli(&[
+        "migrate",
+        "--config",
+        path,
+        "--from",
+        "old",
+        "--to",
+        "new",
+        "--dry-run",
+        "--move",
+        "--batch",
+        "7",
+    ]);
+    assert!(dry.status.success(), "{dry:?}");
+    let text = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        text.contains("copied 40") && text.contains("dry run"),
+        "{text}"
+    );
+    assert_eq!((count(new).await, count(old).await), (0, 40));
+
+    let unknown = cli(&["migrate", "--config", path, "--from", "older"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("backend `older`, field `from`"));
+}
+
+#[tokio::test]
+async fn corrupt_sessions_make_the_run_fail_and_stay_in_place() {
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    fill(old, 10).await;
+    let bad = format!("s:{}", record("x").id);
+    raw_set(old, &bad, b"\x00garbage").await;
+    let file = config(new, old);
+    let out = cli(&[
+        "migrate",
+        "--config",
+        file.path().to_str().unwrap(),
+        "--move",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("corrupt (left in place): {bad}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("copied 10") && text.contains("corrupt 1"),
+        "{text}"
+    );
+    assert_eq!((count(new).await, count(old).await), (10, 1));
+}
+
+#[tokio::test]
+async fn an_invalid_config_is_refused_clearly_and_touches_nothing() {
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    fill(old, 5).await;
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    write!(
+        file,
+        "[[backends]]\nname = \"new\"\nmodes = [\"read\", \"write\"]\nurl = \"{}\"\n\n[[backends]]\nname = \"old\"\nmodes = [\"read\", \"remove\"]\nurl = \"{}\"\n",
+        new.url(),
+        old.url()
+    )
+    .unwrap();
+    let out = cli(&[
+        "migrate",
+        "--config",
+        file.path().to_str().unwrap(),
+        "--move",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 8") && err.contains("unknown mode `remove`"),
+        "{err}"
+    );
+
+    // Valid syntax, invalid shape: a read backend that logout never reaches.
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    write!(file, "[[backends]]\nname = \"new\"\nmodes = [\"read\", \"write\"]\nurl = \"{}\"\n\n[[backends]]\nname = \"old\"\nmodes = [\"read\"]\nurl = \"{}\"\n", new.url(), old.url()).unwrap();
+    let out = cli(&[
+        "migrate",
+        "--config",
+        file.path().to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = json(&out)["error"].as_str().unwrap().to_owned();
+    assert!(err.contains("backend `old`, field `modes`"), "{err}");
+
+    assert_eq!(
+        (count(new).await, count(old).await),
+        (0, 5),
+        "nothing touched"
+    );
+    let help = cli(&["--help"]);
+    assert!(String::from_utf8_lossy(&help.stdout).contains("migrate"));
+}
