@@ -81,6 +81,22 @@ fn peak_rss_mb() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// User + system CPU seconds of a process so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
+}
+
 fn dbsize(server: &RedisServer) -> u64 {
     let out = Command::new("redis-cli")
         .args(["-p", &server.port().to_string(), "DBSIZE"])
@@ -144,7 +160,11 @@ async fn main() {
     populate(&base_src, baseline_n).await;
     eprintln!("populated {n} sessions of {size} bytes (baseline: {baseline_n})");
 
-    let base_rate = baseline(&base_src, &base_dst);
+    let base_rate = if std::env::var("BENCH_BASELINE").as_deref() == Ok("0") {
+        f64::NAN
+    } else {
+        baseline(&base_src, &base_dst)
+    };
     drop((base_src, base_dst));
 
     let store = MultiRedisStore::builder()
@@ -158,11 +178,17 @@ async fn main() {
         .await
         .unwrap();
     let rss_before = peak_rss_mb();
+    let cpu = |s: &RedisServer| cpu_seconds(s.pid().unwrap());
+    let cpu_before = (cpu(&old), cpu(&new), cpu_seconds(std::process::id()));
+    let batch: usize = std::env::var("BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
     let migrator = Migrator::for_store(
         &store,
         MigrateOptions::default()
             .move_sessions(true)
-            .batch_size(2000),
+            .batch_size(batch),
     )
     .unwrap();
     let started = Instant::now();
@@ -170,6 +196,12 @@ async fn main() {
     let elapsed = started.elapsed().as_secs_f64();
     let rate = report.progress.copied as f64 / elapsed;
     let peak = peak_rss_mb();
+    eprintln!(
+        "cpu seconds during migration: source redis {:.2}, target redis {:.2}, migrator {:.2} (wall {elapsed:.2})",
+        cpu(&old) - cpu_before.0,
+        cpu(&new) - cpu_before.1,
+        cpu_seconds(std::process::id()) - cpu_before.2
+    );
     assert!(
         report.finished && report.is_clean() && report.progress.copied == n as u64,
         "{report:?}"
@@ -179,7 +211,7 @@ async fn main() {
     println!("| what | sessions | seconds | sessions/s | ratio to baseline | peak RSS (MB) |");
     println!("|---|---:|---:|---:|---:|---:|");
     println!(
-        "| Migrator --move, batch 2000 | {n} | {elapsed:.2} | {rate:.0} | {:.1}x | {peak:.1} (before: {rss_before:.1}) |",
+        "| Migrator --move, batch {batch} | {n} | {elapsed:.2} | {rate:.0} | {:.1}x | {peak:.1} (before: {rss_before:.1}) |",
         rate / base_rate
     );
     println!(

@@ -18,7 +18,7 @@
 //! Memory stays bounded by the batch size (plus the grace queue, itself
 //! bounded). The returned cursor resumes an interrupted run.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -367,6 +367,7 @@ impl Migrator {
                 failures: Vec::new(),
             },
             deferred: VecDeque::new(),
+            previous: HashSet::new(),
             max_listed: self.options.max_listed,
         };
         let started = Instant::now();
@@ -520,12 +521,19 @@ impl Migrator {
                 };
                 checks.push((i, created, check, error.is_some()));
             } else if error.is_none() {
-                run.report.progress.already_present += 1;
-                if self.options.move_sessions {
-                    run.defer(id.clone(), self.grace());
+                if run.previous.contains(id) {
+                    // SCAN returned it again (the table shrinks as we move);
+                    // this run copied it in the previous batch.
+                    run.report.progress.skipped += 1;
+                } else {
+                    run.report.progress.already_present += 1;
+                    if self.options.move_sessions {
+                        run.defer(id.clone(), self.grace());
+                    }
                 }
             }
         }
+        run.previous = live.iter().map(|(_, id, ..)| id.clone()).collect();
         if checks.is_empty() {
             return;
         }
@@ -762,6 +770,8 @@ struct Run {
     report: Report,
     /// Sessions to delete from the source once their grace has passed.
     deferred: VecDeque<(Instant, String)>,
+    /// Ids of the batch written last (SCAN may return a key twice).
+    previous: HashSet<String>,
     max_listed: usize,
 }
 

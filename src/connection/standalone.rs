@@ -81,7 +81,11 @@ pub(crate) fn connection_info(backend: &Backend) -> Result<ConnectionInfo, Error
     if let Some(password) = &backend.password {
         redis = redis.set_password(password);
     }
-    Ok(info.set_redis_settings(redis))
+    // redis-rs leaves Nagle's algorithm on; a session store sends small
+    // requests and waits for each answer, so turn it off, as other Redis
+    // clients do.
+    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    Ok(info.set_redis_settings(redis).set_tcp_settings(tcp))
 }
 
 fn is_tls_url(url: &str) -> bool {
