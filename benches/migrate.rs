@@ -16,9 +16,7 @@ use std::time::Instant;
 use time::{Duration, OffsetDateTime};
 use tower_sessions_core::session::{Id, Record};
 use tower_sessions_multi_redis_store::testing::RedisServer;
-use tower_sessions_multi_redis_store::{
-    Backend, MigrateOptions, Migrator, Modes, MultiRedisStore, codec,
-};
+use tower_sessions_multi_redis_store::{Backend, MigrateOptions, Migrator, Modes, MultiRedisStore, codec};
 
 const PREFIX: &str = "s:";
 
@@ -28,31 +26,18 @@ fn session(i: usize) -> Record {
         id: Id::default(),
         data: [
             ("user_id".to_owned(), serde_json::json!(i)),
-            (
-                "name".to_owned(),
-                serde_json::json!(format!("user number {i}")),
-            ),
+            ("name".to_owned(), serde_json::json!(format!("user number {i}"))),
             ("roles".to_owned(), serde_json::json!(["reader", "writer"])),
             ("csrf".to_owned(), serde_json::json!("x".repeat(64))),
-            (
-                "cart".to_owned(),
-                serde_json::json!({"items": [1, 2, 3], "note": "y".repeat(100)}),
-            ),
+            ("cart".to_owned(), serde_json::json!({"items": [1, 2, 3], "note": "y".repeat(100)})),
         ]
         .into(),
-        expiry_date: OffsetDateTime::now_utc()
-            + Duration::hours(2)
-            + Duration::seconds(i as i64 % 3600),
+        expiry_date: OffsetDateTime::now_utc() + Duration::hours(2) + Duration::seconds(i as i64 % 3600),
     }
 }
 
 async fn populate(server: &RedisServer, n: usize) -> usize {
-    let mut conn = server
-        .client()
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = server.client().unwrap().get_multiplexed_async_connection().await.unwrap();
     let mut size = 0;
     for start in (0..n).step_by(10_000) {
         let mut pipe = redis::pipe();
@@ -84,41 +69,21 @@ fn peak_rss_mb() -> f64 {
 /// User + system CPU seconds of a process so far.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
-        .sum();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
     ticks / 100.0
 }
 
 fn dbsize(server: &RedisServer) -> u64 {
-    let out = Command::new("redis-cli")
-        .args(["-p", &server.port().to_string(), "DBSIZE"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
+    let out = Command::new("redis-cli").args(["-p", &server.port().to_string(), "DBSIZE"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
 }
 
 /// `redis-cli --scan | (MIGRATE ... COPY per key) | redis-cli`: sessions/s.
 fn baseline(source: &RedisServer, target: &RedisServer) -> f64 {
     let started = Instant::now();
     let scan = Command::new("redis-cli")
-        .args([
-            "-p",
-            &source.port().to_string(),
-            "--scan",
-            "--pattern",
-            &format!("{PREFIX}*"),
-        ])
+        .args(["-p", &source.port().to_string(), "--scan", "--pattern", &format!("{PREFIX}*")])
         .output()
         .unwrap();
     let keys = String::from_utf8_lossy(&scan.stdout);
@@ -131,12 +96,7 @@ fn baseline(source: &RedisServer, target: &RedisServer) -> f64 {
     let mut stdin = copier.stdin.take().unwrap();
     let mut n = 0;
     for key in keys.lines() {
-        writeln!(
-            stdin,
-            "MIGRATE 127.0.0.1 {} {key} 0 5000 COPY",
-            target.port()
-        )
-        .unwrap();
+        writeln!(stdin, "MIGRATE 127.0.0.1 {} {key} 0 5000 COPY", target.port()).unwrap();
         n += 1;
     }
     drop(stdin);
@@ -148,10 +108,7 @@ fn baseline(source: &RedisServer, target: &RedisServer) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::var("BENCH_SESSIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let n: usize = std::env::var("BENCH_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let baseline_n = (n / 10).max(10_000);
     let (old, new) = (RedisServer::start().unwrap(), RedisServer::start().unwrap());
     let (base_src, base_dst) = (RedisServer::start().unwrap(), RedisServer::start().unwrap());
@@ -160,37 +117,22 @@ async fn main() {
     populate(&base_src, baseline_n).await;
     eprintln!("populated {n} sessions of {size} bytes (baseline: {baseline_n})");
 
-    let base_rate = if std::env::var("BENCH_BASELINE").as_deref() == Ok("0") {
-        f64::NAN
-    } else {
-        baseline(&base_src, &base_dst)
-    };
+    let base_rate =
+        if std::env::var("BENCH_BASELINE").as_deref() == Ok("0") { f64::NAN } else { baseline(&base_src, &base_dst) };
     drop((base_src, base_dst));
 
     let store = MultiRedisStore::builder()
         .backend(Backend::url("new", new.url()).prefix(PREFIX))
-        .backend(
-            Backend::url("old", old.url())
-                .prefix(PREFIX)
-                .modes(Modes::READ_DELETE),
-        )
+        .backend(Backend::url("old", old.url()).prefix(PREFIX).modes(Modes::READ_DELETE))
         .build()
         .await
         .unwrap();
     let rss_before = peak_rss_mb();
     let cpu = |s: &RedisServer| cpu_seconds(s.pid().unwrap());
     let cpu_before = (cpu(&old), cpu(&new), cpu_seconds(std::process::id()));
-    let batch: usize = std::env::var("BENCH_BATCH")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
-    let migrator = Migrator::for_store(
-        &store,
-        MigrateOptions::default()
-            .move_sessions(true)
-            .batch_size(batch),
-    )
-    .unwrap();
+    let batch: usize = std::env::var("BENCH_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let migrator =
+        Migrator::for_store(&store, MigrateOptions::default().move_sessions(true).batch_size(batch)).unwrap();
     let started = Instant::now();
     let report = migrator.run(|_| {}, std::future::pending()).await.unwrap();
     let elapsed = started.elapsed().as_secs_f64();
@@ -202,10 +144,7 @@ async fn main() {
         cpu(&new) - cpu_before.1,
         cpu_seconds(std::process::id()) - cpu_before.2
     );
-    assert!(
-        report.finished && report.is_clean() && report.progress.copied == n as u64,
-        "{report:?}"
-    );
+    assert!(report.finished && report.is_clean() && report.progress.copied == n as u64, "{report:?}");
     assert_eq!((dbsize(&new), dbsize(&old)), (n as u64, 0));
 
     println!("| what | sessions | seconds | sessions/s | ratio to baseline | peak RSS (MB) |");

@@ -24,10 +24,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (server.url(), Some(server))
         }
     };
-    let store = MultiRedisStore::builder()
-        .backend(Backend::url("main", url))
-        .build()
-        .await?;
+    let store = MultiRedisStore::builder().backend(Backend::url("main", url)).build().await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     println!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app::app(store)).await?;

@@ -24,20 +24,14 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 /// The sessions of the demo held by a server, with their TTLs.
 async fn census(url: &str) -> Result<String> {
-    let mut conn = redis::Client::open(url)?
-        .get_multiplexed_async_connection()
-        .await?;
+    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
     let keys: Vec<String> = conn.keys(format!("{PREFIX}*")).await?;
     let mut out = Vec::new();
     for key in keys {
         let ttl: i64 = conn.ttl(&key).await?;
         out.push(format!("{}… (ttl {ttl}s)", &key[..PREFIX.len() + 6]));
     }
-    Ok(if out.is_empty() {
-        "(none)".into()
-    } else {
-        out.join(", ")
-    })
+    Ok(if out.is_empty() { "(none)".into() } else { out.join(", ") })
 }
 
 async fn show(step: &str, old: &str, new: &str) -> Result<()> {
@@ -49,11 +43,7 @@ async fn show(step: &str, old: &str, new: &str) -> Result<()> {
 
 async fn get(client: &reqwest::Client, url: String) -> Result<String> {
     let response = client.get(url).send().await?;
-    Ok(format!(
-        "{} {}",
-        response.status().as_u16(),
-        response.text().await?
-    ))
+    Ok(format!("{} {}", response.status().as_u16(), response.text().await?))
 }
 
 #[tokio::main]
@@ -74,17 +64,10 @@ async fn main() -> Result<()> {
     let client = reqwest::Client::builder().cookie_store(true).build()?;
 
     println!("1. The app runs on the old Redis only; ada logs in.");
-    let store = MultiRedisStore::builder()
-        .backend(Backend::url("old", &old).prefix(PREFIX))
-        .build()
-        .await?;
+    let store = MultiRedisStore::builder().backend(Backend::url("old", &old).prefix(PREFIX)).build().await?;
     let (addr, server) = app::serve(app::app(store)).await?;
     let base = format!("http://{addr}");
-    client
-        .post(format!("{base}/login/ada"))
-        .send()
-        .await?
-        .error_for_status()?;
+    client.post(format!("{base}/login/ada")).send().await?.error_for_status()?;
     println!("  GET /me -> {}", get(&client, format!("{base}/me")).await?);
     show("the session lives in old", &old, &new).await?;
     server.abort();
@@ -92,29 +75,16 @@ async fn main() -> Result<()> {
     println!("2. Deploy with new: read+write first, old: read+delete.");
     let store = MultiRedisStore::builder()
         .backend(Backend::url("new", &new).prefix(PREFIX))
-        .backend(
-            Backend::url("old", &old)
-                .prefix(PREFIX)
-                .modes(Modes::READ_DELETE),
-        )
+        .backend(Backend::url("old", &old).prefix(PREFIX).modes(Modes::READ_DELETE))
         .build()
         .await?;
     let (addr, _server) = app::serve(app::app(store)).await?;
     let base = format!("http://{addr}");
     println!("  GET /me -> {}", get(&client, format!("{base}/me")).await?);
-    show(
-        "still logged in; copied to new on first read, same TTL",
-        &old,
-        &new,
-    )
-    .await?;
+    show("still logged in; copied to new on first read, same TTL", &old, &new).await?;
 
     println!("3. ada logs out.");
-    client
-        .post(format!("{base}/logout"))
-        .send()
-        .await?
-        .error_for_status()?;
+    client.post(format!("{base}/logout")).send().await?.error_for_status()?;
     println!("  GET /me -> {}", get(&client, format!("{base}/me")).await?);
     show("gone from both", &old, &new).await?;
     println!("Nobody was logged out by the move; the logout reached both servers.");

@@ -6,10 +6,15 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::future::Future;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use redis::{Cmd, FromRedisValue, Pipeline, Value};
+use serde::Serialize;
 
+use crate::breaker::{Breaker, BreakerConfig, BreakerState, Permit};
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::mode::Modes;
@@ -40,11 +45,7 @@ impl fmt::Debug for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Address::Url(url) => f.debug_tuple("Url").field(&redact_url(url)).finish(),
-            Address::Tcp { host, port } => f
-                .debug_struct("Tcp")
-                .field("host", host)
-                .field("port", port)
-                .finish(),
+            Address::Tcp { host, port } => f.debug_struct("Tcp").field("host", host).field("port", port).finish(),
             Address::Unix(path) => f.debug_tuple("Unix").field(path).finish(),
         }
     }
@@ -84,6 +85,7 @@ pub struct Backend {
     pub(crate) allow_read_without_delete: bool,
     pub(crate) tls_root_ca: Option<Vec<u8>>,
     pub(crate) tls_client: Option<(Vec<u8>, Vec<u8>)>,
+    pub(crate) breaker: BreakerConfig,
 }
 
 impl Backend {
@@ -102,6 +104,7 @@ impl Backend {
             allow_read_without_delete: false,
             tls_root_ca: None,
             tls_client: None,
+            breaker: BreakerConfig::default(),
         }
     }
 
@@ -113,13 +116,7 @@ impl Backend {
 
     /// A backend at `host:port`.
     pub fn tcp(name: impl Into<String>, host: impl Into<String>, port: u16) -> Backend {
-        Backend::new(
-            name,
-            Address::Tcp {
-                host: host.into(),
-                port,
-            },
-        )
+        Backend::new(name, Address::Tcp { host: host.into(), port })
     }
 
     /// A backend behind a unix domain socket.
@@ -189,12 +186,15 @@ impl Backend {
 
     /// For a `rediss://` backend: present this client certificate and key
     /// (PEM) to a server that authenticates clients. The key is never printed.
-    pub fn tls_client_cert(
-        mut self,
-        cert_pem: impl Into<Vec<u8>>,
-        key_pem: impl Into<Vec<u8>>,
-    ) -> Backend {
+    pub fn tls_client_cert(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Backend {
         self.tls_client = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// The circuit breaker of this backend (default [`BreakerConfig::default`]:
+    /// open after 5 consecutive failures to reach it, for 5 s).
+    pub fn breaker(mut self, breaker: BreakerConfig) -> Backend {
+        self.breaker = breaker;
         self
     }
 
@@ -233,13 +233,14 @@ impl fmt::Debug for Backend {
             .field("retry_on_timeout", &self.retry_on_timeout)
             .field("allow_read_without_delete", &self.allow_read_without_delete)
             .field("tls_root_ca", &self.tls_root_ca.as_ref().map(|_| "<pem>"))
-            .field(
-                "tls_client",
-                &self.tls_client.as_ref().map(|_| "<pem + redacted key>"),
-            )
+            .field("tls_client", &self.tls_client.as_ref().map(|_| "<pem + redacted key>"))
             .finish()
     }
 }
+
+/// The instant an operation must be done by, if any. Commands that undo or
+/// check a copy get `None`: they are never cut short.
+pub(crate) type Deadline = Option<tokio::time::Instant>;
 
 /// The condition of a `SET`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -248,6 +249,54 @@ pub(crate) enum SetIf {
     Absent,
     /// `XX`: only when the key exists.
     Present,
+}
+
+/// Counts of what happened on one backend since the store was built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct BackendCounters {
+    /// `load` found the session here.
+    pub hits: u64,
+    /// `load` asked here and the session was not here.
+    pub misses: u64,
+    /// Sessions copied here (copy-on-read, or a save of a not-yet-migrated session).
+    pub copies: u64,
+    /// Commands that failed (including timeouts and refusals by the breaker).
+    pub errors: u64,
+    /// Commands that timed out.
+    pub timeouts: u64,
+    /// Times the circuit breaker opened.
+    pub breaker_trips: u64,
+}
+
+/// A counter of [`BackendCounters`], for [`Node::count`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Counter {
+    Hit,
+    Miss,
+    Copy,
+    Error,
+    Timeout,
+    BreakerTrip,
+}
+
+/// The health of one backend, from what the store saw (no network traffic):
+/// see [`MultiRedisStore::health`](crate::MultiRedisStore::health).
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct BackendHealth {
+    /// The backend's name.
+    pub name: String,
+    /// Its modes, e.g. `read+delete`.
+    pub modes: String,
+    /// Whether its last command succeeded and its breaker is closed.
+    pub up: bool,
+    /// Its circuit breaker.
+    pub breaker: BreakerState,
+    /// The last error, if the last command failed.
+    pub last_error: Option<String>,
+    /// What happened on it so far.
+    pub counters: BackendCounters,
 }
 
 /// A connected backend, as the store uses it.
@@ -259,6 +308,10 @@ pub(crate) struct Node {
     /// Hard bound of one command: connecting plus answering.
     op_timeout: Duration,
     retry_on_timeout: bool,
+    breaker: Breaker,
+    counters: [AtomicU64; 6],
+    last_ok: AtomicBool,
+    last_error: Mutex<Option<String>>,
 }
 
 impl fmt::Debug for Node {
@@ -283,6 +336,10 @@ impl Node {
             conn: Connection::open(backend)?,
             op_timeout: backend.socket_timeout * 2,
             retry_on_timeout: backend.retry_on_timeout,
+            breaker: Breaker::new(backend.breaker),
+            counters: Default::default(),
+            last_ok: AtomicBool::new(true),
+            last_error: Mutex::new(None),
         })
     }
 
@@ -299,49 +356,111 @@ impl Node {
         key
     }
 
-    /// Runs one command, bounded by the timeout; retried once after a timeout
-    /// when `idempotent` and the backend asks for it.
+    /// Adds one to a counter (and to the `metrics` facade with that feature).
+    pub(crate) fn count(&self, counter: Counter) {
+        self.counters[counter as usize].fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        {
+            let name = match counter {
+                Counter::Hit => "tower_sessions_redis_hits_total",
+                Counter::Miss => "tower_sessions_redis_misses_total",
+                Counter::Copy => "tower_sessions_redis_copies_total",
+                Counter::Error => "tower_sessions_redis_errors_total",
+                Counter::Timeout => "tower_sessions_redis_timeouts_total",
+                Counter::BreakerTrip => "tower_sessions_redis_breaker_trips_total",
+            };
+            metrics::counter!(name, "backend" => self.name.clone()).increment(1);
+        }
+    }
+
+    /// What the store saw of this backend.
+    pub(crate) fn health(&self) -> BackendHealth {
+        let c = |counter: Counter| self.counters[counter as usize].load(Ordering::Relaxed);
+        let breaker = self.breaker.state();
+        BackendHealth {
+            name: self.name.clone(),
+            modes: self.modes.to_string(),
+            up: self.last_ok.load(Ordering::Relaxed) && breaker == BreakerState::Closed,
+            breaker,
+            last_error: self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+            counters: BackendCounters {
+                hits: c(Counter::Hit),
+                misses: c(Counter::Miss),
+                copies: c(Counter::Copy),
+                errors: c(Counter::Error),
+                timeouts: c(Counter::Timeout),
+                breaker_trips: c(Counter::BreakerTrip),
+            },
+        }
+    }
+
+    /// Runs `attempt` (given its time bound) through the circuit breaker,
+    /// bounded by the command timeout and the operation's `deadline`, retried
+    /// once after a timeout when `idempotent` and the backend asks for it.
+    async fn guarded<T, F, Fut>(
+        &self,
+        op: &'static str,
+        deadline: Option<tokio::time::Instant>,
+        idempotent: bool,
+        attempt: F,
+    ) -> Result<T, Error>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let permit = self.breaker.allow();
+        if let Permit::Refused(retry_in) = permit {
+            self.count(Counter::Error);
+            return Err(Error::Unavailable { backend: self.name.clone(), retry_in });
+        }
+        let attempts = if idempotent && self.retry_on_timeout { 2 } else { 1 };
+        let mut result = Err(Error::Timeout { backend: self.name.clone(), op, after: Duration::ZERO });
+        for _ in 0..attempts {
+            let bound = match deadline {
+                Some(at) => self.op_timeout.min(at.saturating_duration_since(tokio::time::Instant::now())),
+                None => self.op_timeout,
+            };
+            result = match tokio::time::timeout(bound, attempt()).await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(source)) => Err(Error::Redis { backend: self.name.clone(), op, source }),
+                Err(_elapsed) => Err(Error::Timeout { backend: self.name.clone(), op, after: bound }),
+            };
+            match &result {
+                Err(err) if err.is_timeout() && deadline.is_none_or(|at| tokio::time::Instant::now() < at) => {
+                    tracing::debug!(backend = %self.name, op, "timed out");
+                }
+                _ => break,
+            }
+        }
+        let unreachable = result.as_ref().err().is_some_and(|e| e.is_timeout() || e.is_connection_error());
+        if self.breaker.record(&permit, unreachable) {
+            self.count(Counter::BreakerTrip);
+            tracing::warn!(backend = %self.name, "circuit breaker open: backend skipped during its cool-down");
+        }
+        tracing::trace!(backend = %self.name, op, ok = result.is_ok(), "command");
+        match &result {
+            Ok(_) => self.last_ok.store(true, Ordering::Relaxed),
+            Err(err) => {
+                self.count(Counter::Error);
+                if err.is_timeout() {
+                    self.count(Counter::Timeout);
+                }
+                self.last_ok.store(false, Ordering::Relaxed);
+                *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(err.to_string());
+            }
+        }
+        result
+    }
+
+    /// One command.
     async fn run<T: FromRedisValue>(
         &self,
         op: &'static str,
         cmd: &Cmd,
         idempotent: bool,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<T, Error> {
-        let attempts = if idempotent && self.retry_on_timeout {
-            2
-        } else {
-            1
-        };
-        let mut last = None;
-        for _ in 0..attempts {
-            let err = match tokio::time::timeout(self.op_timeout, self.conn.query::<T>(cmd)).await {
-                Ok(Ok(value)) => return Ok(value),
-                Ok(Err(source)) if !source.is_timeout() => {
-                    return Err(Error::Redis {
-                        backend: self.name.clone(),
-                        op,
-                        source,
-                    });
-                }
-                Ok(Err(source)) => Error::Redis {
-                    backend: self.name.clone(),
-                    op,
-                    source,
-                },
-                Err(_elapsed) => Error::Timeout {
-                    backend: self.name.clone(),
-                    op,
-                    after: self.op_timeout,
-                },
-            };
-            tracing::debug!(backend = %self.name, op, "timed out");
-            last = Some(err);
-        }
-        Err(last.unwrap_or_else(|| Error::Timeout {
-            backend: self.name.clone(),
-            op,
-            after: self.op_timeout,
-        }))
+        self.guarded(op, deadline, idempotent, || self.conn.query::<T>(cmd)).await
     }
 
     /// The session id of one of this backend's keys (the key without the prefix).
@@ -350,11 +469,7 @@ impl Node {
     }
 
     /// `SCAN cursor MATCH <prefix>* COUNT count`: the next cursor and keys.
-    pub(crate) async fn scan(
-        &self,
-        cursor: u64,
-        count: usize,
-    ) -> Result<(u64, Vec<String>), Error> {
+    pub(crate) async fn scan(&self, cursor: u64, count: usize) -> Result<(u64, Vec<String>), Error> {
         let mut pattern = String::with_capacity(self.prefix.len() + 1);
         for c in self.prefix.chars() {
             if matches!(c, '*' | '?' | '[' | ']' | '\\') {
@@ -364,12 +479,8 @@ impl Node {
         }
         pattern.push('*');
         let mut cmd = redis::cmd("SCAN");
-        cmd.arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(count);
-        self.run("SCAN", &cmd, true).await
+        cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(count);
+        self.run("SCAN", &cmd, true, None).await
     }
 
     /// Sends a pipeline, bounded by the timeout (scaled for its length).
@@ -379,33 +490,21 @@ impl Node {
         pipe: &Pipeline,
         len: usize,
     ) -> Result<T, Error> {
-        let bound = self.op_timeout * (1 + u32::try_from(len / 1000).unwrap_or(u32::MAX));
-        match tokio::time::timeout(bound, self.conn.query_pipeline(pipe)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(source)) => Err(Error::Redis {
-                backend: self.name.clone(),
-                op,
-                source,
-            }),
-            Err(_) => Err(Error::Timeout {
-                backend: self.name.clone(),
-                op,
-                after: bound,
-            }),
-        }
+        let scale = 1 + u32::try_from(len / 1000).unwrap_or(u32::MAX);
+        let deadline = tokio::time::Instant::now() + self.op_timeout * scale;
+        self.guarded(op, Some(deadline), false, || self.conn.query_pipeline::<T>(pipe)).await
     }
 
     /// `PING`: the round-trip time.
     pub(crate) async fn ping(&self) -> Result<Duration, Error> {
         let started = Instant::now();
-        let _: String = self.run("PING", &redis::cmd("PING"), true).await?;
+        let _: String = self.run("PING", &redis::cmd("PING"), true, None).await?;
         Ok(started.elapsed())
     }
 
     /// `GET`: the stored bytes, if any.
-    pub(crate) async fn get(&self, id: &str) -> Result<Option<Vec<u8>>, Error> {
-        self.run("GET", redis::cmd("GET").arg(self.key(id)), true)
-            .await
+    pub(crate) async fn get(&self, id: &str, deadline: Deadline) -> Result<Option<Vec<u8>>, Error> {
+        self.run("GET", redis::cmd("GET").arg(self.key(id)), true, deadline).await
     }
 
     /// `SET key value PXAT expiry NX|XX`: whether the value was written.
@@ -415,6 +514,7 @@ impl Node {
         value: &[u8],
         pxat: u64,
         cond: SetIf,
+        deadline: Deadline,
     ) -> Result<bool, Error> {
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.key(id)).arg(value).arg("PXAT").arg(pxat);
@@ -423,23 +523,19 @@ impl Node {
             SetIf::Present => ("SET XX", true),
         };
         cmd.arg(if cond == SetIf::Absent { "NX" } else { "XX" });
-        let reply: Value = self.run(op, &cmd, idempotent).await?;
+        let reply: Value = self.run(op, &cmd, idempotent, deadline).await?;
         Ok(!matches!(reply, Value::Nil))
     }
 
     /// `DEL`: whether a key was removed.
-    pub(crate) async fn del(&self, id: &str) -> Result<bool, Error> {
-        let removed: u64 = self
-            .run("DEL", redis::cmd("DEL").arg(self.key(id)), true)
-            .await?;
+    pub(crate) async fn del(&self, id: &str, deadline: Deadline) -> Result<bool, Error> {
+        let removed: u64 = self.run("DEL", redis::cmd("DEL").arg(self.key(id)), true, deadline).await?;
         Ok(removed > 0)
     }
 
     /// `EXISTS`: whether the key is there.
-    pub(crate) async fn exists(&self, id: &str) -> Result<bool, Error> {
-        let found: u64 = self
-            .run("EXISTS", redis::cmd("EXISTS").arg(self.key(id)), true)
-            .await?;
+    pub(crate) async fn exists(&self, id: &str, deadline: Deadline) -> Result<bool, Error> {
+        let found: u64 = self.run("EXISTS", redis::cmd("EXISTS").arg(self.key(id)), true, deadline).await?;
         Ok(found > 0)
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::backend::{Backend, Node};
 use crate::error::Error;
-use crate::store::{CopyOnRead, MultiRedisStore};
+use crate::store::{CopyOnRead, MultiRedisStore, Options, ReadPolicy, WritePolicy};
 
 /// How many ids `create` tries before giving up (a collision of 128-bit
 /// random ids is already astronomically unlikely).
@@ -34,6 +34,9 @@ pub const DEFAULT_CREATE_ATTEMPTS: usize = 8;
 pub struct MultiRedisStoreBuilder {
     backends: Vec<Backend>,
     copy_on_read: CopyOnRead,
+    read_policy: ReadPolicy,
+    write_policy: WritePolicy,
+    deadline: Option<Duration>,
     create_attempts: Option<usize>,
 }
 
@@ -56,6 +59,27 @@ impl MultiRedisStoreBuilder {
         self
     }
 
+    /// What `load` does when a read backend fails (default [`ReadPolicy::FallThrough`]).
+    pub fn read_policy(mut self, policy: ReadPolicy) -> Self {
+        self.read_policy = policy;
+        self
+    }
+
+    /// When `create`/`save` succeed despite a failing write backend (default
+    /// [`WritePolicy::All`]).
+    pub fn write_policy(mut self, policy: WritePolicy) -> Self {
+        self.write_policy = policy;
+        self
+    }
+
+    /// An overall bound of each store operation, on top of the backends'
+    /// timeouts (default: none). Checks of copies already made are never cut
+    /// short, so an operation can overrun it by one command.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
     /// How many ids `create` tries (default [`DEFAULT_CREATE_ATTEMPTS`]).
     pub fn create_attempts(mut self, attempts: usize) -> Self {
         self.create_attempts = Some(attempts);
@@ -71,6 +95,9 @@ impl MultiRedisStoreBuilder {
         if self.backends.is_empty() {
             return Err(Error::config(None, "backends", "no backend configured"));
         }
+        if self.deadline == Some(Duration::ZERO) {
+            return Err(Error::config(None, "deadline", "must be greater than zero"));
+        }
         if self.create_attempts == Some(0) {
             return Err(Error::config(None, "create_attempts", "must be at least 1"));
         }
@@ -78,32 +105,16 @@ impl MultiRedisStoreBuilder {
         for (position, b) in self.backends.iter().enumerate() {
             let name = Some(b.name.as_str());
             if b.name.trim().is_empty() {
-                return Err(Error::config(
-                    None,
-                    "name",
-                    format!("backend #{} has an empty name", position + 1),
-                ));
+                return Err(Error::config(None, "name", format!("backend #{} has an empty name", position + 1)));
             }
             if !names.insert(b.name.as_str()) {
-                return Err(Error::config(
-                    name,
-                    "name",
-                    "the name is used by another backend",
-                ));
+                return Err(Error::config(name, "name", "the name is used by another backend"));
             }
             if b.modes.is_empty() {
-                return Err(Error::config(
-                    name,
-                    "modes",
-                    "no mode given (read, write, delete)",
-                ));
+                return Err(Error::config(name, "modes", "no mode given (read, write, delete)"));
             }
             if b.socket_timeout == Duration::ZERO {
-                return Err(Error::config(
-                    name,
-                    "socket_timeout",
-                    "must be greater than zero",
-                ));
+                return Err(Error::config(name, "socket_timeout", "must be greater than zero"));
             }
             if b.modes.can_read() && !b.modes.can_delete() && !b.allow_read_without_delete {
                 return Err(Error::config(
@@ -116,24 +127,12 @@ impl MultiRedisStoreBuilder {
             crate::connection::validate(b)?;
         }
         if !self.backends.iter().any(|b| b.modes.can_read()) {
-            return Err(Error::config(
-                None,
-                "modes",
-                "no backend has the `read` mode",
-            ));
+            return Err(Error::config(None, "modes", "no backend has the `read` mode"));
         }
         if !self.backends.iter().any(|b| b.modes.can_write()) {
-            return Err(Error::config(
-                None,
-                "modes",
-                "no backend has the `write` mode",
-            ));
+            return Err(Error::config(None, "modes", "no backend has the `write` mode"));
         }
-        if !self
-            .backends
-            .iter()
-            .any(|b| b.modes.can_read() && b.modes.can_write())
-        {
+        if !self.backends.iter().any(|b| b.modes.can_read() && b.modes.can_write()) {
             return Err(Error::config(
                 None,
                 "modes",
@@ -151,15 +150,16 @@ impl MultiRedisStoreBuilder {
     /// [`Error::Config`] naming the backend and the field at fault.
     pub async fn build(self) -> Result<MultiRedisStore, Error> {
         self.validate()?;
-        let nodes = self
-            .backends
-            .iter()
-            .map(Node::connect)
-            .collect::<Result<Vec<_>, _>>()?;
+        let nodes = self.backends.iter().map(Node::connect).collect::<Result<Vec<_>, _>>()?;
         Ok(MultiRedisStore::from_nodes(
             nodes,
-            self.copy_on_read,
-            self.create_attempts.unwrap_or(DEFAULT_CREATE_ATTEMPTS),
+            Options {
+                copy_on_read: self.copy_on_read,
+                read_policy: self.read_policy,
+                write_policy: self.write_policy,
+                deadline: self.deadline,
+                create_attempts: self.create_attempts.unwrap_or(DEFAULT_CREATE_ATTEMPTS),
+            },
         ))
     }
 }

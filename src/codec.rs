@@ -73,14 +73,8 @@ impl<'de> serde::Deserialize<'de> for SkippedMap {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a map of session data")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<SkippedMap, A::Error> {
-                while map
-                    .next_entry::<&'de str, serde::de::IgnoredAny>()?
-                    .is_some()
-                {}
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<SkippedMap, A::Error> {
+                while map.next_entry::<&'de str, serde::de::IgnoredAny>()?.is_some() {}
                 Ok(SkippedMap)
             }
         }
@@ -124,13 +118,7 @@ mod tests {
 
     #[test]
     fn expiry_is_clamped_to_a_positive_instant() {
-        assert_eq!(
-            expiry_millis(OffsetDateTime::UNIX_EPOCH - Duration::days(1)),
-            1
-        );
-        assert_eq!(
-            expiry_millis(OffsetDateTime::UNIX_EPOCH + Duration::milliseconds(1500)),
-            1500
-        );
+        assert_eq!(expiry_millis(OffsetDateTime::UNIX_EPOCH - Duration::days(1)), 1);
+        assert_eq!(expiry_millis(OffsetDateTime::UNIX_EPOCH + Duration::milliseconds(1500)), 1500);
     }
 }

@@ -56,11 +56,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::backend::{Address, Backend};
+use crate::breaker::BreakerConfig;
 use crate::builder::MultiRedisStoreBuilder;
 use crate::error::Error;
 use crate::mode::{Mode, Modes};
 use crate::redact::redact_url;
-use crate::store::CopyOnRead;
+use crate::store::{CopyOnRead, ReadPolicy, WritePolicy};
 
 /// A whole configuration file.
 #[derive(Debug, Deserialize)]
@@ -70,6 +71,14 @@ pub struct Config {
     /// The copy-on-read policy (default `copy`).
     #[serde(default)]
     pub copy_on_read: CopyOnRead,
+    /// `fall_through` (default) or `stop_on_error`.
+    #[serde(default)]
+    pub read_policy: ReadPolicy,
+    /// `all` (default) or `any`.
+    #[serde(default)]
+    pub write_policy: WritePolicy,
+    /// Seconds bounding each store operation (default: none).
+    pub deadline: Option<f64>,
     /// The backends, in order.
     pub backends: Vec<BackendConfig>,
 }
@@ -111,6 +120,10 @@ pub struct BackendConfig {
     pub tls_cert_file: Option<PathBuf>,
     /// For `rediss://`: PEM file of the client key.
     pub tls_key_file: Option<PathBuf>,
+    /// Consecutive failures that open the circuit breaker (0: never; default 5).
+    pub breaker_failures: Option<u32>,
+    /// Seconds an open breaker skips the backend (default 5).
+    pub breaker_cool_down: Option<f64>,
 }
 
 impl fmt::Debug for BackendConfig {
@@ -132,6 +145,8 @@ impl fmt::Debug for BackendConfig {
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_cert_file", &self.tls_cert_file)
             .field("tls_key_file", &self.tls_key_file)
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_cool_down", &self.breaker_cool_down)
             .finish()
     }
 }
@@ -145,10 +160,7 @@ impl Config {
     /// line), or has another extension.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Config, Error> {
         let path = path.as_ref();
-        let file_error = |reason: String| Error::ConfigFile {
-            path: path.to_owned(),
-            reason,
-        };
+        let file_error = |reason: String| Error::ConfigFile { path: path.to_owned(), reason };
         let text = std::fs::read_to_string(path).map_err(|err| file_error(err.to_string()))?;
         match path.extension().and_then(|e| e.to_str()) {
             Some("toml") => Config::from_toml_str(&text),
@@ -186,24 +198,18 @@ impl Config {
         let json_error = |err: serde_json::Error| parse_error(err.to_string());
         let probe: serde_json::Value = serde_json::from_str(text).map_err(json_error)?;
         let seed = match &probe {
-            serde_json::Value::Array(_) => {
-                serde_json::from_str::<Vec<SeedEntry>>(text).map_err(json_error)?
-            }
-            serde_json::Value::Object(map)
-                if map.contains_key("ACS_SESSION_MULTISESSIONS_POOL") =>
-            {
-                serde_json::from_str::<SeedFile>(text)
-                    .map_err(json_error)?
-                    .pool
+            serde_json::Value::Array(_) => serde_json::from_str::<Vec<SeedEntry>>(text).map_err(json_error)?,
+            serde_json::Value::Object(map) if map.contains_key("ACS_SESSION_MULTISESSIONS_POOL") => {
+                serde_json::from_str::<SeedFile>(text).map_err(json_error)?.pool
             }
             _ => return serde_json::from_str(text).map_err(json_error),
         };
         Ok(Config {
             copy_on_read: CopyOnRead::default(),
-            backends: seed
-                .into_iter()
-                .map(SeedEntry::into_backend_config)
-                .collect(),
+            read_policy: ReadPolicy::default(),
+            write_policy: WritePolicy::default(),
+            deadline: None,
+            backends: seed.into_iter().map(SeedEntry::into_backend_config).collect(),
         })
     }
 
@@ -214,7 +220,13 @@ impl Config {
     /// [`Error::Config`] naming the backend and field (e.g. both `url` and
     /// `host`, a negative timeout).
     pub fn into_builder(self) -> Result<MultiRedisStoreBuilder, Error> {
-        let mut builder = crate::MultiRedisStore::builder().copy_on_read(self.copy_on_read);
+        let mut builder = crate::MultiRedisStore::builder()
+            .copy_on_read(self.copy_on_read)
+            .read_policy(self.read_policy)
+            .write_policy(self.write_policy);
+        if let Some(seconds) = self.deadline {
+            builder = builder.deadline(seconds_field(None, "deadline", seconds)?);
+        }
         for backend in self.backends {
             builder = builder.backend(backend.into_backend()?);
         }
@@ -233,39 +245,20 @@ impl BackendConfig {
         let address = match (self.url, self.host, self.unix_socket) {
             (Some(url), None, None) => {
                 if self.port.is_some() {
-                    return Err(Error::config(
-                        name,
-                        "port",
-                        "cannot be combined with `url` (put the port in the URL)",
-                    ));
+                    return Err(Error::config(name, "port", "cannot be combined with `url` (put the port in the URL)"));
                 }
                 Address::Url(url)
             }
-            (None, Some(host), None) => Address::Tcp {
-                host,
-                port: self.port.unwrap_or(6379),
-            },
+            (None, Some(host), None) => Address::Tcp { host, port: self.port.unwrap_or(6379) },
             (None, None, Some(path)) => Address::Unix(path),
             (None, None, None) => {
-                return Err(Error::config(
-                    name,
-                    "url",
-                    "no address: give `url`, `host` or `unix_socket`",
-                ));
+                return Err(Error::config(name, "url", "no address: give `url`, `host` or `unix_socket`"));
             }
             (Some(_), Some(_), _) => {
-                return Err(Error::config(
-                    name,
-                    "host",
-                    "both `url` and `host` given; use one",
-                ));
+                return Err(Error::config(name, "host", "both `url` and `host` given; use one"));
             }
             (_, _, Some(_)) => {
-                return Err(Error::config(
-                    name,
-                    "unix_socket",
-                    "given together with `url` or `host`; use one",
-                ));
+                return Err(Error::config(name, "unix_socket", "given together with `url` or `host`; use one"));
             }
         };
         let mut backend = Backend::new(self.name.clone(), address).modes(Modes::from(self.modes));
@@ -282,14 +275,17 @@ impl BackendConfig {
             backend = backend.password(password);
         }
         if let Some(seconds) = self.socket_timeout {
-            let timeout = Duration::try_from_secs_f64(seconds).map_err(|_| {
-                Error::config(
-                    name,
-                    "socket_timeout",
-                    format!("{seconds} is not a number of seconds"),
-                )
-            })?;
-            backend = backend.socket_timeout(timeout);
+            backend = backend.socket_timeout(seconds_field(name, "socket_timeout", seconds)?);
+        }
+        if self.breaker_failures.is_some() || self.breaker_cool_down.is_some() {
+            let mut breaker = BreakerConfig::default();
+            if let Some(n) = self.breaker_failures {
+                breaker = breaker.failure_threshold(n);
+            }
+            if let Some(seconds) = self.breaker_cool_down {
+                breaker = breaker.cool_down(seconds_field(name, "breaker_cool_down", seconds)?);
+            }
+            backend = backend.breaker(breaker);
         }
         if let Some(retry) = self.retry_on_timeout {
             backend = backend.retry_on_timeout(retry);
@@ -298,42 +294,35 @@ impl BackendConfig {
             backend = backend.allow_read_without_delete(allow);
         }
         let read = |field: &'static str, path: &Path| {
-            std::fs::read(path)
-                .map_err(|err| Error::config(name, field, format!("{}: {err}", path.display())))
+            std::fs::read(path).map_err(|err| Error::config(name, field, format!("{}: {err}", path.display())))
         };
         if let Some(path) = &self.tls_ca_file {
             backend = backend.tls_root_ca(read("tls_ca_file", path)?);
         }
         match (&self.tls_cert_file, &self.tls_key_file) {
             (Some(cert), Some(key)) => {
-                backend = backend
-                    .tls_client_cert(read("tls_cert_file", cert)?, read("tls_key_file", key)?);
+                backend = backend.tls_client_cert(read("tls_cert_file", cert)?, read("tls_key_file", key)?);
             }
             (None, None) => {}
             (Some(_), None) => {
-                return Err(Error::config(
-                    name,
-                    "tls_key_file",
-                    "missing: `tls_cert_file` needs it",
-                ));
+                return Err(Error::config(name, "tls_key_file", "missing: `tls_cert_file` needs it"));
             }
             (None, Some(_)) => {
-                return Err(Error::config(
-                    name,
-                    "tls_cert_file",
-                    "missing: `tls_key_file` needs it",
-                ));
+                return Err(Error::config(name, "tls_cert_file", "missing: `tls_key_file` needs it"));
             }
         }
         Ok(backend)
     }
 }
 
+/// A number of seconds from a config file.
+fn seconds_field(backend: Option<&str>, field: &'static str, seconds: f64) -> Result<Duration, Error> {
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| Error::config(backend, field, format!("{seconds} is not a number of seconds")))
+}
+
 fn parse_error(reason: String) -> Error {
-    Error::ConfigFile {
-        path: PathBuf::from("<text>"),
-        reason,
-    }
+    Error::ConfigFile { path: PathBuf::from("<text>"), reason }
 }
 
 /// 1-based line and column of a byte offset.
@@ -398,9 +387,7 @@ impl SeedEntry {
             NameOrNumber::Number(n) => n.to_string(),
         };
         let url = set(s.session_redis_url);
-        let unix_socket = s
-            .session_redis_unix_domain_socket_path
-            .filter(|p| !p.as_os_str().is_empty());
+        let unix_socket = s.session_redis_unix_domain_socket_path.filter(|p| !p.as_os_str().is_empty());
         let mut host = set(s.session_redis_host);
         if url.is_none() && unix_socket.is_none() && host.is_none() {
             host = Some("localhost".to_owned());
@@ -408,11 +395,7 @@ impl SeedEntry {
         BackendConfig {
             name,
             modes: self.modes,
-            port: if host.is_some() {
-                s.session_redis_port
-            } else {
-                None
-            },
+            port: if host.is_some() { s.session_redis_port } else { None },
             url,
             host,
             unix_socket,
@@ -426,6 +409,8 @@ impl SeedEntry {
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
+            breaker_failures: None,
+            breaker_cool_down: None,
         }
     }
 }

@@ -74,6 +74,24 @@ pub enum Error {
         after: Duration,
     },
 
+    /// A backend's circuit breaker is open: it was not asked.
+    #[error("backend `{backend}`: skipped, circuit breaker open (next probe in {retry_in:?})")]
+    Unavailable {
+        /// The backend's name.
+        backend: String,
+        /// Time left before the breaker lets a probe through.
+        retry_in: Duration,
+    },
+
+    /// The store operation's overall deadline passed.
+    #[error("{op}: deadline of {after:?} passed")]
+    Deadline {
+        /// `load`, `create`, `save` or `delete`.
+        op: &'static str,
+        /// The deadline.
+        after: Duration,
+    },
+
     /// A value stored under a session key is not a session record.
     #[error("backend `{backend}`: the stored value is not a session record: {reason}")]
     Decode {
@@ -103,23 +121,11 @@ impl Error {
     /// One error for the failures of a fan-out: the error itself when there is
     /// one, [`Error::Backends`] when there are several.
     pub(crate) fn from_failures(mut failures: Vec<Error>) -> Error {
-        if failures.len() == 1 {
-            failures.remove(0)
-        } else {
-            Error::Backends(failures)
-        }
+        if failures.len() == 1 { failures.remove(0) } else { Error::Backends(failures) }
     }
 
-    pub(crate) fn config(
-        backend: Option<&str>,
-        field: &'static str,
-        reason: impl Into<String>,
-    ) -> Error {
-        Error::Config {
-            backend: backend.map(str::to_owned),
-            field,
-            reason: reason.into(),
-        }
+    pub(crate) fn config(backend: Option<&str>, field: &'static str, reason: impl Into<String>) -> Error {
+        Error::Config { backend: backend.map(str::to_owned), field, reason: reason.into() }
     }
 
     /// The backend this error concerns, if it concerns exactly one.
@@ -128,6 +134,7 @@ impl Error {
             Error::Config { backend, .. } => backend.as_deref(),
             Error::Redis { backend, .. }
             | Error::Timeout { backend, .. }
+            | Error::Unavailable { backend, .. }
             | Error::Decode { backend, .. } => Some(backend),
             Error::Backends(errors) => match errors.as_slice() {
                 [one] => one.backend(),
@@ -140,9 +147,18 @@ impl Error {
     /// Whether a backend did not answer in time (this error or any of [`Error::Backends`]).
     pub fn is_timeout(&self) -> bool {
         match self {
-            Error::Timeout { .. } => true,
+            Error::Timeout { .. } | Error::Deadline { .. } => true,
             Error::Redis { source, .. } => source.is_timeout(),
             Error::Backends(errors) => errors.iter().any(Error::is_timeout),
+            _ => false,
+        }
+    }
+
+    /// Whether a backend was skipped because its circuit breaker is open.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Unavailable { .. } => true,
+            Error::Backends(errors) => errors.iter().any(Error::is_unavailable),
             _ => false,
         }
     }
@@ -151,9 +167,7 @@ impl Error {
     pub fn is_connection_error(&self) -> bool {
         match self {
             Error::Redis { source, .. } => {
-                source.is_connection_refusal()
-                    || source.is_connection_dropped()
-                    || source.is_io_error()
+                source.is_connection_refusal() || source.is_connection_dropped() || source.is_io_error()
             }
             Error::Backends(errors) => errors.iter().any(Error::is_connection_error),
             _ => false,
@@ -203,22 +217,12 @@ mod tests {
     #[test]
     fn several_failures_name_every_backend() {
         let err = Error::from_failures(vec![
-            Error::Timeout {
-                backend: "old".into(),
-                op: "GET",
-                after: Duration::from_secs(1),
-            },
-            Error::Decode {
-                backend: "new".into(),
-                reason: "bad marker".into(),
-            },
+            Error::Timeout { backend: "old".into(), op: "GET", after: Duration::from_secs(1) },
+            Error::Decode { backend: "new".into(), reason: "bad marker".into() },
         ]);
         let text = err.to_string();
         assert!(text.starts_with("2 backends failed: "), "{text}");
-        assert!(
-            text.contains("backend `old`: GET timed out after 1s"),
-            "{text}"
-        );
+        assert!(text.contains("backend `old`: GET timed out after 1s"), "{text}");
         assert!(text.contains("backend `new`: the stored value"), "{text}");
         assert!(err.is_timeout());
         assert_eq!(err.backend(), None);
@@ -226,10 +230,7 @@ mod tests {
 
     #[test]
     fn decode_maps_to_the_framework_decode_error() {
-        let err = Error::Decode {
-            backend: "a".into(),
-            reason: "x".into(),
-        };
+        let err = Error::Decode { backend: "a".into(), reason: "x".into() };
         assert!(matches!(
             session_store::Error::from(err),
             session_store::Error::Decode(msg) if msg.contains("backend `a`")

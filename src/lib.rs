@@ -7,9 +7,11 @@
 //!
 //! * [`mode`](Mode): `Mode` / `Modes`, what a backend may do;
 //! * `backend`: [`Backend`], one server's description, and the few commands run on it;
+//! * `breaker`: the per-backend circuit breaker ([`BreakerConfig`]);
 //! * `connection`: standalone connections (reconnecting `ConnectionManager`);
 //! * [`codec`]: the wire format, byte-compatible with `tower-sessions-redis-store`;
 //! * `store`: [`MultiRedisStore`] and **the fan-out rules** of `load`/`create`/`save`/`delete`;
+//! * `policy`: [`CopyOnRead`], [`ReadPolicy`], [`WritePolicy`];
 //! * `builder`: [`MultiRedisStoreBuilder`], validation of the whole shape;
 //! * `config`: [`Config`], TOML/JSON files, including the seed Django package's shape;
 //! * `error`: [`Error`], which always names the backend at fault;
@@ -50,17 +52,10 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
-#![cfg_attr(
-    not(test),
-    warn(
-        clippy::unwrap_used,
-        clippy::panic,
-        clippy::print_stdout,
-        clippy::print_stderr
-    )
-)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::panic, clippy::print_stdout, clippy::print_stderr))]
 
 mod backend;
+mod breaker;
 mod builder;
 pub mod codec;
 mod config;
@@ -68,24 +63,25 @@ mod connection;
 mod error;
 mod migrate;
 mod mode;
+mod policy;
 mod redact;
 mod stats;
 mod store;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
-pub use backend::{Address, Backend, DEFAULT_SOCKET_TIMEOUT};
+pub use backend::{Address, Backend, BackendCounters, BackendHealth, DEFAULT_SOCKET_TIMEOUT};
+pub use breaker::{BreakerConfig, BreakerState, DEFAULT_COOL_DOWN, DEFAULT_FAILURE_THRESHOLD};
 pub use builder::{DEFAULT_CREATE_ATTEMPTS, MultiRedisStoreBuilder};
 pub use config::{BackendConfig, Config};
 pub use error::Error;
 pub use migrate::{
-    DEFAULT_BATCH_SIZE, DEFAULT_MAX_LISTED, KeyFailure, MigrateOptions, Migrator, Progress, Report,
-    VerifyReport,
+    DEFAULT_BATCH_SIZE, DEFAULT_MAX_LISTED, KeyFailure, MigrateOptions, Migrator, Progress, Report, VerifyReport,
 };
 pub use mode::{Mode, Modes, UnknownMode};
 pub use redact::redact_url;
 pub use stats::BackendStats;
-pub use store::{CopyOnRead, MultiRedisStore};
+pub use store::{CopyOnRead, MultiRedisStore, ReadPolicy, WritePolicy};
 
 /// The README's examples, compiled and run as doc tests.
 #[doc = include_str!("../README.md")]

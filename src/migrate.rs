@@ -248,11 +248,7 @@ impl Migrator {
         for name in targets {
             let i = index(name, "to")?;
             if i == source {
-                return Err(Error::config(
-                    Some(name),
-                    "to",
-                    "the source cannot be a target",
-                ));
+                return Err(Error::config(Some(name), "to", "the source cannot be a target"));
             }
             if !indices.contains(&i) {
                 indices.push(i);
@@ -261,12 +257,7 @@ impl Migrator {
         if indices.is_empty() {
             return Err(Error::config(None, "to", "no target backend"));
         }
-        Ok(Migrator {
-            store: store.clone(),
-            source,
-            targets: indices,
-            options,
-        })
+        Ok(Migrator { store: store.clone(), source, targets: indices, options })
     }
 
     /// From the store's one source (a `read` backend that is not written)
@@ -277,32 +268,17 @@ impl Migrator {
     /// [`Error::Config`] unless there is exactly one source.
     pub fn for_store(store: &MultiRedisStore, options: MigrateOptions) -> Result<Migrator, Error> {
         let nodes = store.nodes();
-        let sources: Vec<&Node> = nodes
-            .iter()
-            .filter(|n| n.modes.can_read() && !n.modes.can_write())
-            .collect();
+        let sources: Vec<&Node> = nodes.iter().filter(|n| n.modes.can_read() && !n.modes.can_write()).collect();
         let source = match sources.as_slice() {
             [one] => one.name.as_str(),
             [] => {
-                return Err(Error::config(
-                    None,
-                    "from",
-                    "no read backend without write to migrate from; name one",
-                ));
+                return Err(Error::config(None, "from", "no read backend without write to migrate from; name one"));
             }
             _ => {
-                return Err(Error::config(
-                    None,
-                    "from",
-                    "several read-only backends; name the one to migrate from",
-                ));
+                return Err(Error::config(None, "from", "several read-only backends; name the one to migrate from"));
             }
         };
-        let targets: Vec<&str> = nodes
-            .iter()
-            .filter(|n| n.modes.can_write())
-            .map(|n| n.name.as_str())
-            .collect();
+        let targets: Vec<&str> = nodes.iter().filter(|n| n.modes.can_write()).map(|n| n.name.as_str()).collect();
         Migrator::new(store, source, &targets, options)
     }
 
@@ -313,10 +289,7 @@ impl Migrator {
 
     /// The target backends' names.
     pub fn targets(&self) -> Vec<&str> {
-        self.targets
-            .iter()
-            .map(|&i| self.store.nodes()[i].name.as_str())
-            .collect()
+        self.targets.iter().map(|&i| self.store.nodes()[i].name.as_str()).collect()
     }
 
     fn source_node(&self) -> &Node {
@@ -324,22 +297,13 @@ impl Migrator {
     }
 
     fn target_nodes(&self) -> Vec<&Node> {
-        self.targets
-            .iter()
-            .map(|&i| &self.store.nodes()[i])
-            .collect()
+        self.targets.iter().map(|&i| &self.store.nodes()[i]).collect()
     }
 
     fn grace(&self) -> Duration {
-        self.options.grace.unwrap_or_else(|| {
-            2 * self
-                .store
-                .nodes()
-                .iter()
-                .map(Node::op_timeout)
-                .max()
-                .unwrap_or_default()
-        })
+        self.options
+            .grace
+            .unwrap_or_else(|| 2 * self.store.nodes().iter().map(Node::op_timeout).max().unwrap_or_default())
     }
 
     /// Runs until the source is fully scanned or `shutdown` completes (checked
@@ -357,10 +321,7 @@ impl Migrator {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut run = Run {
             report: Report {
-                progress: Progress {
-                    cursor: self.options.cursor,
-                    ..Progress::default()
-                },
+                progress: Progress { cursor: self.options.cursor, ..Progress::default() },
                 finished: false,
                 dry_run: self.options.dry_run,
                 corrupt_keys: Vec::new(),
@@ -418,15 +379,9 @@ impl Migrator {
     async fn read(&self, cursor: u64) -> Result<ReadBatch, Error> {
         let source = self.source_node();
         let (next, keys) = source.scan(cursor, self.options.batch_size).await?;
-        let mut batch = ReadBatch {
-            next,
-            scanned: keys.len() as u64,
-            ..ReadBatch::default()
-        };
-        let keys: Vec<String> = keys
-            .into_iter()
-            .filter(|k| source.id_of(k).is_some_and(|id| Id::from_str(id).is_ok()))
-            .collect();
+        let mut batch = ReadBatch { next, scanned: keys.len() as u64, ..ReadBatch::default() };
+        let keys: Vec<String> =
+            keys.into_iter().filter(|k| source.id_of(k).is_some_and(|id| Id::from_str(id).is_ok())).collect();
         batch.skipped = batch.scanned - keys.len() as u64; // not session ids
         if keys.is_empty() {
             return Ok(batch);
@@ -477,12 +432,7 @@ impl Migrator {
             let mut pipe = redis::pipe();
             pipe.ignore_errors(); // one reply per key, errors included
             for (_, id, bytes, pxat) in &live {
-                pipe.cmd("SET")
-                    .arg(t.key(id))
-                    .arg(bytes)
-                    .arg("PXAT")
-                    .arg(*pxat)
-                    .arg("NX");
+                pipe.cmd("SET").arg(t.key(id)).arg(bytes).arg("PXAT").arg(*pxat).arg("NX");
             }
             async move { t.pipeline::<Vec<Value>>("SET NX", &pipe, count).await }
         }))
@@ -501,9 +451,7 @@ impl Migrator {
                 match reply {
                     Ok(values) => match values.get(i) {
                         Some(Value::Nil) => held += 1,
-                        Some(Value::ServerError(err)) => {
-                            error = Some(format!("{}: {err:?}", targets[t].name))
-                        }
+                        Some(Value::ServerError(err)) => error = Some(format!("{}: {err:?}", targets[t].name)),
                         Some(_) => created.push(t),
                         None => error = Some(format!("{}: missing reply", targets[t].name)),
                     },
@@ -547,11 +495,7 @@ impl Migrator {
                 Check::Exists => pipe.exists(key),
             };
         }
-        let found: Vec<u64> = match self
-            .source_node()
-            .pipeline("DEL/EXISTS", &pipe, checks.len())
-            .await
-        {
+        let found: Vec<u64> = match self.source_node().pipeline("DEL/EXISTS", &pipe, checks.len()).await {
             Ok(found) => found,
             Err(err) => {
                 // Unknown whether a logout raced: undo, as copy-on-read does.
@@ -668,10 +612,7 @@ impl Migrator {
         let mut count = 0;
         for (i, id) in ids.iter().enumerate() {
             // Only where every target still holds it (else a later run retries).
-            if replies
-                .iter()
-                .all(|r| matches!(r, Ok(found) if found.get(i) == Some(&1)))
-            {
+            if replies.iter().all(|r| matches!(r, Ok(found) if found.get(i) == Some(&1))) {
                 pipe.del(source.key(id));
                 count += 1;
             }
@@ -700,11 +641,8 @@ impl Migrator {
         let mut cursor = 0;
         loop {
             let (next, keys) = source.scan(cursor, self.options.batch_size).await?;
-            let ids: Vec<&str> = keys
-                .iter()
-                .filter_map(|k| source.id_of(k))
-                .filter(|id| Id::from_str(id).is_ok())
-                .collect();
+            let ids: Vec<&str> =
+                keys.iter().filter_map(|k| source.id_of(k)).filter(|id| Id::from_str(id).is_ok()).collect();
             if !ids.is_empty() {
                 let get = |node: &Node| {
                     let mut pipe = redis::pipe();
@@ -713,14 +651,10 @@ impl Migrator {
                     }
                     pipe
                 };
-                let here: Vec<Option<Vec<u8>>> =
-                    source.pipeline("GET", &get(source), ids.len()).await?;
+                let here: Vec<Option<Vec<u8>>> = source.pipeline("GET", &get(source), ids.len()).await?;
                 let mut there = Vec::new();
                 for t in &targets {
-                    there.push(
-                        t.pipeline::<Vec<Option<Vec<u8>>>>("GET", &get(t), ids.len())
-                            .await?,
-                    );
+                    there.push(t.pipeline::<Vec<Option<Vec<u8>>>>("GET", &get(t), ids.len()).await?);
                 }
                 for (i, value) in here.iter().enumerate() {
                     let Some(bytes) = value else { continue };

@@ -143,9 +143,7 @@ impl Modes {
 
     /// The modes given explicitly, in `read`, `write`, `delete` order.
     pub fn iter(self) -> impl Iterator<Item = Mode> {
-        [Mode::Read, Mode::Write, Mode::Delete]
-            .into_iter()
-            .filter(move |m| self.contains(*m))
+        [Mode::Read, Mode::Write, Mode::Delete].into_iter().filter(move |m| self.contains(*m))
     }
 }
 
@@ -199,9 +197,6 @@ mod tests {
     #[test]
     fn unknown_mode_names_itself() {
         let err = "rw".parse::<Mode>().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "unknown mode `rw` (expected `read`, `write` or `delete`)"
-        );
+        assert_eq!(err.to_string(), "unknown mode `rw` (expected `read`, `write` or `delete`)");
     }
 }

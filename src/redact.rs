@@ -54,9 +54,6 @@ mod tests {
         assert_eq!(redact_url("redis://:pw@h"), "redis://:<redacted>@h");
         assert_eq!(redact_url("user:pw@host"), "user:<redacted>@host");
         assert_eq!(redact_url(""), "");
-        assert_eq!(
-            redact_url("rediss://u:p@w@h:1/0?password=x#y"),
-            "rediss://u:<redacted>@h:1/0?password=<redacted>"
-        );
+        assert_eq!(redact_url("rediss://u:p@w@h:1/0?password=x#y"), "rediss://u:<redacted>@h:1/0?password=<redacted>");
     }
 }

@@ -60,10 +60,8 @@ async fn stats_of(node: &Node) -> BackendStats {
     loop {
         match node.scan(cursor, 1000).await {
             Ok((next, keys)) => {
-                count += keys
-                    .iter()
-                    .filter(|k| node.id_of(k).is_some_and(|id| Id::from_str(id).is_ok()))
-                    .count() as u64;
+                count +=
+                    keys.iter().filter(|k| node.id_of(k).is_some_and(|id| Id::from_str(id).is_ok())).count() as u64;
                 cursor = next;
                 if cursor == 0 {
                     stats.sessions = Some(count);

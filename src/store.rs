@@ -26,37 +26,20 @@
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::future::join_all;
-use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 use tower_sessions_core::session::{Id, Record};
 use tower_sessions_core::{SessionStore, session_store};
+use tracing::Instrument;
 
-use crate::backend::{Node, SetIf};
+use crate::backend::{BackendHealth, Counter, Deadline, Node, SetIf};
 use crate::builder::MultiRedisStoreBuilder;
 use crate::codec;
 use crate::error::Error;
-
-/// What `load` does with a session found in a backend that is not written to.
-///
-/// ```
-/// use tower_sessions_multi_redis_store::CopyOnRead;
-///
-/// assert_eq!(CopyOnRead::default(), CopyOnRead::Copy);
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum CopyOnRead {
-    /// Leave it where it is (a later `save` still writes it into the write backends).
-    Off,
-    /// Copy it into every write backend, keeping its expiry (the default).
-    #[default]
-    Copy,
-    /// Copy it, then delete it from the source when the source has `delete`.
-    Move,
-}
+pub use crate::policy::{CopyOnRead, ReadPolicy, WritePolicy};
 
 /// A [`SessionStore`] over an ordered list of Redis backends, each allowed to
 /// `read`, `write` and/or `delete`.
@@ -80,6 +63,16 @@ pub struct MultiRedisStore {
     inner: Arc<Inner>,
 }
 
+/// The store-wide options the builder collects.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Options {
+    pub(crate) copy_on_read: CopyOnRead,
+    pub(crate) read_policy: ReadPolicy,
+    pub(crate) write_policy: WritePolicy,
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) create_attempts: usize,
+}
+
 pub(crate) struct Inner {
     pub(crate) nodes: Vec<Node>,
     /// R, in configured order.
@@ -90,15 +83,14 @@ pub(crate) struct Inner {
     deleters: Vec<usize>,
     /// R without W: where not-yet-migrated sessions are copied from.
     sources: Vec<usize>,
-    copy_on_read: CopyOnRead,
-    create_attempts: usize,
+    options: Options,
 }
 
 impl fmt::Debug for MultiRedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MultiRedisStore")
             .field("backends", &self.inner.nodes)
-            .field("copy_on_read", &self.inner.copy_on_read)
+            .field("options", &self.inner.options)
             .finish()
     }
 }
@@ -116,40 +108,18 @@ impl MultiRedisStore {
     ///
     /// When the file cannot be read or parsed, or the configuration is invalid.
     pub async fn from_config_file(path: impl AsRef<Path>) -> Result<MultiRedisStore, Error> {
-        crate::config::Config::from_file(path)?
-            .into_builder()?
-            .build()
-            .await
+        crate::config::Config::from_file(path)?.into_builder()?.build().await
     }
 
-    pub(crate) fn from_nodes(
-        nodes: Vec<Node>,
-        copy_on_read: CopyOnRead,
-        create_attempts: usize,
-    ) -> MultiRedisStore {
+    pub(crate) fn from_nodes(nodes: Vec<Node>, options: Options) -> MultiRedisStore {
         let select = |keep: fn(&Node) -> bool| -> Vec<usize> {
-            nodes
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| keep(n))
-                .map(|(i, _)| i)
-                .collect()
+            nodes.iter().enumerate().filter(|(_, n)| keep(n)).map(|(i, _)| i).collect()
         };
         let readers = select(|n| n.modes.can_read());
         let writers = select(|n| n.modes.can_write());
         let deleters = select(|n| n.modes.can_delete());
         let sources = select(|n| n.modes.can_read() && !n.modes.can_write());
-        MultiRedisStore {
-            inner: Arc::new(Inner {
-                nodes,
-                readers,
-                writers,
-                deleters,
-                sources,
-                copy_on_read,
-                create_attempts,
-            }),
-        }
+        MultiRedisStore { inner: Arc::new(Inner { nodes, readers, writers, deleters, sources, options }) }
     }
 
     /// The live backends, in configured order.
@@ -164,66 +134,106 @@ impl MultiRedisStore {
 
     /// The copy-on-read policy.
     pub fn copy_on_read(&self) -> CopyOnRead {
-        self.inner.copy_on_read
+        self.inner.options.copy_on_read
+    }
+
+    /// What the store saw of each backend, in configured order: up or down,
+    /// circuit breaker, last error, counters. Sends nothing over the network,
+    /// so it is cheap enough for every readiness probe.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use tower_sessions_multi_redis_store::{Backend, BreakerState, MultiRedisStore};
+    ///
+    /// let store = MultiRedisStore::builder().backend(Backend::url("main", "redis://127.0.0.1:1")).build().await.unwrap();
+    /// let health = store.health();
+    /// assert_eq!((health[0].name.as_str(), health[0].breaker), ("main", BreakerState::Closed));
+    /// # });
+    /// ```
+    pub fn health(&self) -> Vec<BackendHealth> {
+        self.inner.nodes.iter().map(Node::health).collect()
+    }
+
+    /// Whether the store can serve: some backend that reads and writes is up
+    /// (see [`health`](Self::health)). For readiness probes.
+    pub fn is_ready(&self) -> bool {
+        self.inner.nodes.iter().any(|n| n.modes.can_read() && n.modes.can_write() && n.health().up)
     }
 
     fn pick(&self, indices: &[usize]) -> Vec<&Node> {
         indices.iter().map(|&i| &self.inner.nodes[i]).collect()
     }
 
+    /// When the current operation must be done by.
+    fn deadline(&self) -> Deadline {
+        self.inner.options.deadline.map(|d| Instant::now() + d)
+    }
+
+    /// `Err(Deadline)` once `deadline` has passed.
+    fn check_deadline(&self, op: &'static str, deadline: Deadline) -> Result<(), Error> {
+        match (deadline, self.inner.options.deadline) {
+            (Some(at), Some(after)) if Instant::now() >= at => Err(Error::Deadline { op, after }),
+            _ => Ok(()),
+        }
+    }
+
     /// `load`: see the module docs.
     async fn load_record(&self, id: &Id) -> Result<Option<Record>, Error> {
         let sid = id.to_string();
+        let deadline = self.deadline();
         let mut failures = Vec::new();
         for node in self.pick(&self.inner.readers) {
-            let bytes = match node.get(&sid).await {
+            if let Err(err) = self.check_deadline("load", deadline) {
+                failures.push(err);
+                break;
+            }
+            let bytes = match node.get(&sid, deadline).await {
                 Ok(Some(bytes)) => bytes,
-                Ok(None) => continue,
+                Ok(None) => {
+                    node.count(Counter::Miss);
+                    continue;
+                }
                 Err(err) => {
-                    tracing::warn!(backend = %node.name, error = %err, "load: backend failed, asking the next one");
+                    tracing::warn!(backend = %node.name, error = %err, "load: backend failed");
                     failures.push(err);
+                    if self.inner.options.read_policy == ReadPolicy::StopOnError {
+                        break;
+                    }
                     continue;
                 }
             };
             let record = match codec::decode(&bytes) {
                 Ok(record) => record,
                 Err(err) => {
-                    let err = Error::Decode {
-                        backend: node.name.clone(),
-                        reason: err.to_string(),
-                    };
-                    tracing::warn!(error = %err, "load: undecodable value, asking the next backend");
+                    let err = Error::Decode { backend: node.name.clone(), reason: err.to_string() };
+                    tracing::warn!(error = %err, "load: undecodable value");
+                    node.count(Counter::Error);
                     failures.push(err);
+                    if self.inner.options.read_policy == ReadPolicy::StopOnError {
+                        break;
+                    }
                     continue;
                 }
             };
+            node.count(Counter::Hit);
             if !codec::is_live(&record) {
                 // The key outlived its record (clock skew): authoritative "gone".
                 tracing::debug!(backend = %node.name, "load: record expired");
                 break;
             }
-            if !node.modes.can_write() && self.inner.copy_on_read != CopyOnRead::Off {
-                self.copy_back(node, &sid, &bytes, &record).await;
+            if !node.modes.can_write() && self.inner.options.copy_on_read != CopyOnRead::Off {
+                self.copy_back(node, &sid, &bytes, &record, deadline).await;
             }
             return Ok(Some(record));
         }
-        if failures.is_empty() {
-            Ok(None)
-        } else {
-            Err(Error::from_failures(failures))
-        }
+        if failures.is_empty() { Ok(None) } else { Err(Error::from_failures(failures)) }
     }
 
     /// Copy-on-read of a record found in `source` (not in W) into every W backend.
-    async fn copy_back(&self, source: &Node, sid: &str, bytes: &[u8], record: &Record) {
+    async fn copy_back(&self, source: &Node, sid: &str, bytes: &[u8], record: &Record, deadline: Deadline) {
         let pxat = codec::expiry_millis(record.expiry_date);
         let writers = self.pick(&self.inner.writers);
-        let results = join_all(
-            writers
-                .iter()
-                .map(|w| w.set(sid, bytes, pxat, SetIf::Absent)),
-        )
-        .await;
+        let results = join_all(writers.iter().map(|w| w.set(sid, bytes, pxat, SetIf::Absent, deadline))).await;
         let mut created = Vec::new();
         let mut complete = true;
         for (w, result) in writers.iter().zip(results) {
@@ -240,14 +250,15 @@ impl MultiRedisStore {
             // Every reachable W backend already had it: whoever wrote it checks.
             return;
         }
-        let moving =
-            self.inner.copy_on_read == CopyOnRead::Move && complete && source.modes.can_delete();
-        let still_there = if moving {
-            source.del(sid).await
+        // The check is never cut short by the deadline: an unchecked copy
+        // could outlive a logout.
+        let moving = self.inner.options.copy_on_read == CopyOnRead::Move && complete && source.modes.can_delete();
+        let still_there = if moving { source.del(sid, None).await } else { source.exists(sid, None).await };
+        if matches!(still_there, Ok(true)) {
+            for w in &created {
+                w.count(Counter::Copy);
+            }
         } else {
-            source.exists(sid).await
-        };
-        if !matches!(still_there, Ok(true)) {
             // The session left the source while we copied it: a logout raced
             // the copy, which would resurrect it (see "Why the second round").
             tracing::debug!(source = %source.name, "copy-on-read raced a delete; undoing the copy");
@@ -258,16 +269,14 @@ impl MultiRedisStore {
     /// `create`: see the module docs.
     async fn create_record(&self, record: &mut Record) -> Result<(), Error> {
         let writers = self.pick(&self.inner.writers);
-        for _ in 0..self.inner.create_attempts {
+        let deadline = self.deadline();
+        let any = self.inner.options.write_policy == WritePolicy::Any;
+        for _ in 0..self.inner.options.create_attempts {
+            self.check_deadline("create", deadline)?;
             let sid = record.id.to_string();
             let bytes = encode(record)?;
             let pxat = codec::expiry_millis(record.expiry_date);
-            let results = join_all(
-                writers
-                    .iter()
-                    .map(|w| w.set(&sid, &bytes, pxat, SetIf::Absent)),
-            )
-            .await;
+            let results = join_all(writers.iter().map(|w| w.set(&sid, &bytes, pxat, SetIf::Absent, deadline))).await;
             let mut created = Vec::new();
             let mut failures = Vec::new();
             let mut collided = false;
@@ -278,7 +287,10 @@ impl MultiRedisStore {
                     Err(err) => failures.push(err),
                 }
             }
-            if failures.is_empty() && !collided {
+            if !collided && (failures.is_empty() || (any && !created.is_empty())) {
+                for err in &failures {
+                    tracing::warn!(error = %err, "create: a write backend failed (write policy `any`)");
+                }
                 return Ok(());
             }
             undo(&created, &sid).await;
@@ -288,9 +300,7 @@ impl MultiRedisStore {
             tracing::debug!("create: session id already taken, drawing another");
             record.id = Id::default();
         }
-        Err(Error::IdCollision {
-            attempts: self.inner.create_attempts,
-        })
+        Err(Error::IdCollision { attempts: self.inner.options.create_attempts })
     }
 
     /// `save`: see the module docs.
@@ -298,41 +308,43 @@ impl MultiRedisStore {
         let sid = record.id.to_string();
         let bytes = encode(record)?;
         let pxat = codec::expiry_millis(record.expiry_date);
+        let deadline = self.deadline();
         let writers = self.pick(&self.inner.writers);
-        let results = join_all(
-            writers
-                .iter()
-                .map(|w| w.set(&sid, &bytes, pxat, SetIf::Present)),
-        )
-        .await;
+        let results = join_all(writers.iter().map(|w| w.set(&sid, &bytes, pxat, SetIf::Present, deadline))).await;
         let mut misses = Vec::new();
         let mut failures = Vec::new();
+        let mut written = 0;
         for (w, result) in writers.iter().zip(results) {
             match result {
-                Ok(true) => {}
+                Ok(true) => written += 1,
                 Ok(false) => misses.push(*w),
                 Err(err) => failures.push(err),
             }
         }
         if !misses.is_empty() && !self.inner.sources.is_empty() {
-            let witnesses = self.sources_holding(&sid, &mut failures).await;
+            let witnesses = self.sources_holding(&sid, &mut failures, deadline).await;
             if witnesses.is_empty() {
                 // In no source (logged out, expired, moved meanwhile, or only
                 // in other W backends): creating it could resurrect it. A
                 // copy-on-read may just have landed, though: update that one.
-                let retries = join_all(
-                    misses
-                        .iter()
-                        .map(|w| w.set(&sid, &bytes, pxat, SetIf::Present)),
-                )
-                .await;
-                failures.extend(retries.into_iter().filter_map(Result::err));
+                let retries =
+                    join_all(misses.iter().map(|w| w.set(&sid, &bytes, pxat, SetIf::Present, deadline))).await;
+                for result in retries {
+                    match result {
+                        Ok(true) => written += 1,
+                        Ok(false) => {}
+                        Err(err) => failures.push(err),
+                    }
+                }
             } else {
-                self.fill(&misses, &witnesses, &sid, &bytes, pxat, &mut failures)
-                    .await;
+                written += self.fill(&misses, &witnesses, &sid, &bytes, pxat, &mut failures, deadline).await;
             }
         }
-        if failures.is_empty() {
+        let any = self.inner.options.write_policy == WritePolicy::Any;
+        if failures.is_empty() || (any && written > 0) {
+            for err in &failures {
+                tracing::warn!(error = %err, "save: a write backend failed (write policy `any`)");
+            }
             Ok(())
         } else {
             Err(Error::from_failures(failures))
@@ -340,11 +352,11 @@ impl MultiRedisStore {
     }
 
     /// The sources that hold the session.
-    async fn sources_holding<'a>(&'a self, sid: &str, failures: &mut Vec<Error>) -> Vec<&'a Node> {
-        let readers = self.pick(&self.inner.sources);
-        let found = join_all(readers.iter().map(|n| n.exists(sid))).await;
+    async fn sources_holding<'a>(&'a self, sid: &str, failures: &mut Vec<Error>, deadline: Deadline) -> Vec<&'a Node> {
+        let sources = self.pick(&self.inner.sources);
+        let found = join_all(sources.iter().map(|n| n.exists(sid, deadline))).await;
         let mut holding = Vec::new();
-        for (node, result) in readers.into_iter().zip(found) {
+        for (node, result) in sources.into_iter().zip(found) {
             match result {
                 Ok(true) => holding.push(node),
                 Ok(false) => {}
@@ -356,6 +368,8 @@ impl MultiRedisStore {
 
     /// Writes a saved record into the W backends that missed it, then checks a
     /// witness still holds the session and undoes the writes if none does.
+    /// Returns how many backends now hold the saved record.
+    #[allow(clippy::too_many_arguments)]
     async fn fill(
         &self,
         targets: &[&Node],
@@ -364,52 +378,57 @@ impl MultiRedisStore {
         bytes: &[u8],
         pxat: u64,
         failures: &mut Vec<Error>,
-    ) {
+        deadline: Deadline,
+    ) -> usize {
         let results = join_all(targets.iter().map(|w| async move {
-            if w.set(sid, bytes, pxat, SetIf::Absent).await? {
+            if w.set(sid, bytes, pxat, SetIf::Absent, deadline).await? {
                 return Ok(true);
             }
             // Someone (a copy-on-read) was faster, maybe with older data: ours wins.
-            w.set(sid, bytes, pxat, SetIf::Present).await.map(|_| false)
+            w.set(sid, bytes, pxat, SetIf::Present, deadline).await.map(|_| false)
         }))
         .await;
         let mut created = Vec::new();
+        let mut updated = 0;
         for (w, result) in targets.iter().zip(results) {
             match result {
                 Ok(true) => created.push(*w),
-                Ok(false) => {}
+                Ok(false) => updated += 1,
                 Err(err) => failures.push(err),
             }
         }
         if created.is_empty() {
-            return;
+            return updated;
         }
-        let checks = join_all(witnesses.iter().map(|n| n.exists(sid))).await;
-        if !checks.iter().any(|c| matches!(c, Ok(true))) {
+        let checks = join_all(witnesses.iter().map(|n| n.exists(sid, None))).await;
+        if checks.iter().any(|c| matches!(c, Ok(true))) {
+            for w in &created {
+                w.count(Counter::Copy);
+            }
+            updated + created.len()
+        } else {
             tracing::debug!("save raced a delete; undoing the copies it made");
             undo(&created, sid).await;
+            updated
         }
     }
 
     /// `delete`: see the module docs.
     async fn delete_record(&self, id: &Id) -> Result<(), Error> {
         let sid = id.to_string();
+        let deadline = self.deadline();
         let mut failures = Vec::new();
-        let rounds: &[&[usize]] = if !self.inner.sources.is_empty() {
-            &[&self.inner.deleters, &self.inner.writers]
-        } else {
+        let rounds: &[&[usize]] = if self.inner.sources.is_empty() {
             &[&self.inner.deleters]
+        } else {
+            &[&self.inner.deleters, &self.inner.writers]
         };
         for round in rounds {
             let nodes = self.pick(round);
-            let results = join_all(nodes.iter().map(|n| n.del(&sid))).await;
+            let results = join_all(nodes.iter().map(|n| n.del(&sid, deadline))).await;
             failures.extend(results.into_iter().filter_map(Result::err));
         }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::from_failures(failures))
-        }
+        if failures.is_empty() { Ok(()) } else { Err(Error::from_failures(failures)) }
     }
 }
 
@@ -417,33 +436,41 @@ fn encode(record: &Record) -> Result<Vec<u8>, Error> {
     codec::encode(record).map_err(|err| Error::Encode(err.to_string()))
 }
 
-/// Best-effort removal of keys this operation created.
+/// Best-effort removal of keys this operation created (never cut short).
 async fn undo(created: &[&Node], sid: &str) {
-    for (node, result) in created
-        .iter()
-        .zip(join_all(created.iter().map(|n| n.del(sid))).await)
-    {
+    for (node, result) in created.iter().zip(join_all(created.iter().map(|n| n.del(sid, None))).await) {
         if let Err(err) = result {
             tracing::warn!(backend = %node.name, error = %err, "could not undo a write");
         }
     }
 }
 
+/// Runs one store operation in a `session_store` span that records its outcome.
+async fn traced<T>(
+    op: &'static str,
+    fut: impl std::future::Future<Output = Result<T, Error>>,
+) -> session_store::Result<T> {
+    let span = tracing::debug_span!("session_store", op, outcome = tracing::field::Empty);
+    let result = fut.instrument(span.clone()).await;
+    span.record("outcome", if result.is_ok() { "ok" } else { "error" });
+    Ok(result?)
+}
+
 #[async_trait]
 impl SessionStore for MultiRedisStore {
     async fn create(&self, record: &mut Record) -> session_store::Result<()> {
-        Ok(self.create_record(record).await?)
+        traced("create", self.create_record(record)).await
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        Ok(self.save_record(record).await?)
+        traced("save", self.save_record(record)).await
     }
 
     async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
-        Ok(self.load_record(session_id).await?)
+        traced("load", self.load_record(session_id)).await
     }
 
     async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
-        Ok(self.delete_record(session_id).await?)
+        traced("delete", self.delete_record(session_id)).await
     }
 }

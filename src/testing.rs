@@ -91,10 +91,7 @@ impl RedisServer {
                 }
             }
         }
-        Err(last.unwrap_or(ServerError::NotReady {
-            port: 0,
-            reason: "no free port".into(),
-        }))
+        Err(last.unwrap_or(ServerError::NotReady { port: 0, reason: "no free port".into() }))
     }
 
     fn spawn(&mut self) -> Result<(), ServerError> {
@@ -149,10 +146,7 @@ impl RedisServer {
         let tail: Vec<&str> = log.lines().rev().take(5).collect();
         ServerError::NotReady {
             port: self.port,
-            reason: format!(
-                "{what}; log: {}",
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            ),
+            reason: format!("{what}; log: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | ")),
         }
     }
 
@@ -267,13 +261,8 @@ impl RedisServer {
     }
 
     fn signal(&self, signal: &str) -> Result<(), ServerError> {
-        let pid = self
-            .pid()
-            .ok_or_else(|| io::Error::other("server is not running"))?;
-        let status = Command::new("kill")
-            .arg(signal)
-            .arg(pid.to_string())
-            .status()?;
+        let pid = self.pid().ok_or_else(|| io::Error::other("server is not running"))?;
+        let status = Command::new("kill").arg(signal).arg(pid.to_string()).status()?;
         if status.success() {
             Ok(())
         } else {
@@ -295,10 +284,7 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         if let Some(pid) = self.pid() {
             // A frozen process ignores nothing but SIGKILL; make sure it dies.
-            let _ = Command::new("kill")
-                .arg("-CONT")
-                .arg(pid.to_string())
-                .status();
+            let _ = Command::new("kill").arg("-CONT").arg(pid.to_string()).status();
         }
         self.kill();
     }
@@ -315,8 +301,7 @@ fn free_port() -> io::Result<u16> {
 }
 
 fn ping(port: u16) -> io::Result<()> {
-    let mut stream =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))?;
+    let mut stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))?;
     stream.set_read_timeout(Some(Duration::from_millis(500)))?;
     stream.write_all(b"PING\r\n")?;
     let mut line = String::new();

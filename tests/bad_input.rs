@@ -13,21 +13,13 @@ use tower_sessions_multi_redis_store::{Backend, Config, Error, Modes, MultiRedis
 #[tokio::test]
 async fn garbage_under_a_session_key_is_a_decode_error_and_loses_nothing() {
     let server = &servers(1)[0];
-    let store = MultiRedisStore::builder()
-        .backend(Backend::url("main", server.url()).prefix("s:"))
-        .build()
-        .await
-        .unwrap();
+    let store =
+        MultiRedisStore::builder().backend(Backend::url("main", server.url()).prefix("s:")).build().await.unwrap();
     let mut good = record("ada");
     store.create(&mut good).await.unwrap();
     let bad = record("garbage");
     let key = format!("s:{}", bad.id);
-    for garbage in [
-        &b"\xc1\xff\x00 not msgpack"[..],
-        b"",
-        b"\x93\xc4\x10",
-        b"{\"json\":true}",
-    ] {
+    for garbage in [&b"\xc1\xff\x00 not msgpack"[..], b"", b"\x93\xc4\x10", b"{\"json\":true}"] {
         raw_set(server, &key, garbage).await;
         match store.load(&bad.id).await {
             Err(session_store::Error::Decode(msg)) => {
@@ -60,31 +52,19 @@ async fn every_validation_case_names_backend_and_field() {
             "field `name`: backend #1 has an empty name",
         ),
         (
-            Box::new(move |b| {
-                b.backend(ok())
-                    .backend(Backend::url("main", "redis://127.0.0.1:2"))
-            }),
+            Box::new(move |b| b.backend(ok()).backend(Backend::url("main", "redis://127.0.0.1:2"))),
             "backend `main`, field `name`: the name is used by another backend",
         ),
-        (
-            Box::new(move |b| b.backend(ok().modes(Modes::NONE))),
-            "backend `main`, field `modes`: no mode given",
-        ),
+        (Box::new(move |b| b.backend(ok().modes(Modes::NONE))), "backend `main`, field `modes`: no mode given"),
         (
             Box::new(move |b| b.backend(ok().socket_timeout(std::time::Duration::ZERO))),
             "backend `main`, field `socket_timeout`: must be greater than zero",
         ),
         (
-            Box::new(move |b| {
-                b.backend(ok())
-                    .backend(Backend::url("old", "redis://127.0.0.1:2").modes(Modes::READ))
-            }),
+            Box::new(move |b| b.backend(ok()).backend(Backend::url("old", "redis://127.0.0.1:2").modes(Modes::READ))),
             "backend `old`, field `modes`: a `read` backend must also have `write` or `delete`",
         ),
-        (
-            Box::new(move |b| b.backend(ok().modes(Modes::WRITE))),
-            "field `modes`: no backend has the `read` mode",
-        ),
+        (Box::new(move |b| b.backend(ok().modes(Modes::WRITE))), "field `modes`: no backend has the `read` mode"),
         (
             Box::new(move |b| b.backend(ok().modes(Modes::READ_DELETE))),
             "field `modes`: no backend has the `write` mode",
@@ -100,18 +80,12 @@ async fn every_validation_case_names_backend_and_field() {
             Box::new(move |b| b.backend(Backend::tcp("main", "127.0.0.1", 0))),
             "backend `main`, field `port`: must be between 1 and 65535",
         ),
-        (
-            Box::new(move |b| b.backend(Backend::tcp("main", "", 1))),
-            "backend `main`, field `host`: must not be empty",
-        ),
+        (Box::new(move |b| b.backend(Backend::tcp("main", "", 1))), "backend `main`, field `host`: must not be empty"),
         (
             Box::new(move |b| b.backend(Backend::unix("main", ""))),
             "backend `main`, field `unix_socket`: must not be empty",
         ),
-        (
-            Box::new(move |b| b.backend(ok().db(-1))),
-            "backend `main`, field `db`: must not be negative",
-        ),
+        (Box::new(move |b| b.backend(ok().db(-1))), "backend `main`, field `db`: must not be negative"),
         (
             Box::new(move |b| b.backend(Backend::url("main", "http://user:hunter2@example.com"))),
             "backend `main`, field `url`: not a usable Redis URL",
@@ -123,10 +97,7 @@ async fn every_validation_case_names_backend_and_field() {
         #[cfg(feature = "tls")]
         (
             Box::new(move |b| {
-                b.backend(
-                    Backend::url("main", "rediss://user:hunter2@127.0.0.1:1")
-                        .tls_root_ca(b"not pem".to_vec()),
-                )
+                b.backend(Backend::url("main", "rediss://user:hunter2@127.0.0.1:1").tls_root_ca(b"not pem".to_vec()))
             }),
             "backend `main`, field `tls_ca_file`: not usable PEM",
         ),
@@ -135,17 +106,11 @@ async fn every_validation_case_names_backend_and_field() {
             Box::new(move |b| b.backend(Backend::url("main", "rediss://user:hunter2@127.0.0.1:1"))),
             "backend `main`, field `url`: rediss:// (TLS) needs the crate feature `tls`",
         ),
-        (
-            Box::new(move |b| b.backend(ok()).create_attempts(0)),
-            "field `create_attempts`: must be at least 1",
-        ),
+        (Box::new(move |b| b.backend(ok()).create_attempts(0)), "field `create_attempts`: must be at least 1"),
     ];
     for (make, expected) in cases {
         let msg = refused(make(MultiRedisStore::builder())).await;
-        assert!(
-            msg.contains(expected),
-            "{msg:?} should contain {expected:?}"
-        );
+        assert!(msg.contains(expected), "{msg:?} should contain {expected:?}");
         assert!(!msg.contains("hunter2"), "password leaked: {msg}");
     }
 }
@@ -174,38 +139,24 @@ async fn config_error(ext: &str, text: &str) -> String {
 async fn config_files_with_unknown_keys_or_modes_are_rejected_with_the_line() {
     let unknown_mode = "[[backends]]\nname = \"a\"\nmodes = [\"read\", \"wirte\"]\nurl = \"redis://127.0.0.1:1\"\n";
     let msg = config_error(".toml", unknown_mode).await;
-    assert!(
-        msg.contains("line 3") && msg.contains("unknown mode `wirte`"),
-        "{msg}"
-    );
+    assert!(msg.contains("line 3") && msg.contains("unknown mode `wirte`"), "{msg}");
 
-    let unknown_key = "[[backends]]\nname = \"a\"\nmodes = [\"read\", \"write\"]\nurl = \"redis://127.0.0.1:1\"\npasword = \"x\"\n";
+    let unknown_key =
+        "[[backends]]\nname = \"a\"\nmodes = [\"read\", \"write\"]\nurl = \"redis://127.0.0.1:1\"\npasword = \"x\"\n";
     let msg = config_error(".toml", unknown_key).await;
-    assert!(
-        msg.contains("line 5") && msg.contains("unknown field `pasword`"),
-        "{msg}"
-    );
+    assert!(msg.contains("line 5") && msg.contains("unknown field `pasword`"), "{msg}");
 
     let json = "{\"backends\": [\n {\"name\": \"a\", \"modes\": [\"read\", \"write\"],\n  \"url\": \"redis://127.0.0.1:1\", \"colour\": 1}]}";
     let msg = config_error(".json", json).await;
-    assert!(
-        msg.contains("line 3") && msg.contains("unknown field `colour`"),
-        "{msg}"
-    );
+    assert!(msg.contains("line 3") && msg.contains("unknown field `colour`"), "{msg}");
 
     let seed = "[{\"backend\": \"0\", \"modes\": [\"read\", \"write\"],\n \"setting\": {\"SESSION_REDIS_HOST\": \"localhost\",\n \"SESSION_REDIS_PROT\": 1}}]";
     let msg = config_error(".json", seed).await;
-    assert!(
-        msg.contains("line 3") && msg.contains("unknown field `SESSION_REDIS_PROT`"),
-        "{msg}"
-    );
+    assert!(msg.contains("line 3") && msg.contains("unknown field `SESSION_REDIS_PROT`"), "{msg}");
 
     let seed_mode = "[{\"backend\": \"0\",\n \"modes\": [\"read\", \"erase\"]}]";
     let msg = config_error(".json", seed_mode).await;
-    assert!(
-        msg.contains("line 2") && msg.contains("unknown mode `erase`"),
-        "{msg}"
-    );
+    assert!(msg.contains("line 2") && msg.contains("unknown mode `erase`"), "{msg}");
 
     let msg = config_error(".yaml", "backends: []").await;
     assert!(msg.contains("unknown extension"), "{msg}");
@@ -222,10 +173,7 @@ async fn config_files_with_invalid_values_name_backend_and_field() {
             "[[backends]]\nname = \"a\"\nmodes = [\"read\", \"write\"]\nhost = \"h\"\nunix_socket = \"/tmp/s\"\n",
             "backend `a`, field `unix_socket`",
         ),
-        (
-            "[[backends]]\nname = \"a\"\nmodes = [\"read\", \"write\"]\n",
-            "backend `a`, field `url`: no address",
-        ),
+        ("[[backends]]\nname = \"a\"\nmodes = [\"read\", \"write\"]\n", "backend `a`, field `url`: no address"),
         (
             "[[backends]]\nname = \"a\"\nmodes = [\"read\", \"write\"]\nhost = \"h\"\nsocket_timeout = -1\n",
             "backend `a`, field `socket_timeout`",
@@ -241,10 +189,7 @@ async fn config_files_with_invalid_values_name_backend_and_field() {
     ];
     for (text, expected) in cases {
         let msg = config_error(".toml", text).await;
-        assert!(
-            msg.contains(expected),
-            "{msg:?} should contain {expected:?}"
-        );
+        assert!(msg.contains(expected), "{msg:?} should contain {expected:?}");
     }
 }
 
@@ -272,11 +217,7 @@ async fn the_seed_shape_loads_unchanged() {
     assert_eq!(names, ["0:read+write", "1:read+delete"]);
     let mut rec = record("seed");
     store.create(&mut rec).await.unwrap();
-    assert!(
-        raw_get(&servers[0], &format!("ds_{}", rec.id))
-            .await
-            .is_some()
-    );
+    assert!(raw_get(&servers[0], &format!("ds_{}", rec.id)).await.is_some());
     common::acceptance(&store, "seed config").await;
 
     // The plain list form (no wrapping object) too.
@@ -290,13 +231,9 @@ async fn no_public_type_prints_a_password() {
     let secret = "hunter2-secret";
     let backends = [
         Backend::url("a", format!("redis://user:{secret}@127.0.0.1:1/0")),
-        Backend::tcp("b", "127.0.0.1", 1)
-            .username("u")
-            .password(secret),
+        Backend::tcp("b", "127.0.0.1", 1).username("u").password(secret),
         Backend::url("c", format!("redis+unix:///tmp/x.sock?db=1&pass={secret}")),
-        Backend::unix("d", "/tmp/y.sock")
-            .password(secret)
-            .modes(Modes::READ_DELETE),
+        Backend::unix("d", "/tmp/y.sock").password(secret).modes(Modes::READ_DELETE),
     ];
     let builder = MultiRedisStore::builder().backends(backends.clone());
     let mut printed = vec![format!("{builder:?}")];
@@ -306,10 +243,7 @@ async fn no_public_type_prints_a_password() {
     // Errors of a wrong password on a real server.
     let server = RedisServer::start_with(&["--requirepass", "right-password"]).unwrap();
     let wrong = MultiRedisStore::builder()
-        .backend(Backend::url(
-            "locked",
-            format!("redis://:{secret}@127.0.0.1:{}", server.port()),
-        ))
+        .backend(Backend::url("locked", format!("redis://:{secret}@127.0.0.1:{}", server.port())))
         .build()
         .await
         .unwrap();
@@ -323,9 +257,5 @@ async fn no_public_type_prints_a_password() {
     for text in &printed {
         assert!(!text.contains(secret), "password printed: {text}");
     }
-    assert!(
-        printed[printed.len() - 2].contains("backend `locked`"),
-        "{}",
-        printed[printed.len() - 2]
-    );
+    assert!(printed[printed.len() - 2].contains("backend `locked`"), "{}", printed[printed.len() - 2]);
 }

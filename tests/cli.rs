@@ -35,12 +35,7 @@ fn config(new: &RedisServer, old: &RedisServer) -> tempfile::NamedTempFile {
 async fn fill(server: &RedisServer, n: usize) {
     for i in 0..n {
         let rec = record(&format!("u{i}"));
-        raw_set(
-            server,
-            &format!("s:{}", rec.id),
-            &codec::encode(&rec).unwrap(),
-        )
-        .await;
+        raw_set(server, &format!("s:{}", rec.id), &codec::encode(&rec).unwrap()).await;
     }
 }
 
@@ -74,20 +69,9 @@ async fn stats_verify_migrate_verify() {
     let verify = cli(&["verify", "--config", path]);
     assert_eq!(verify.status.code(), Some(1));
     let text = String::from_utf8_lossy(&verify.stdout);
-    assert!(
-        text.contains("old -> new: checked 250  missing 250"),
-        "{text}"
-    );
+    assert!(text.contains("old -> new: checked 250  missing 250"), "{text}");
 
-    let migrate = cli(&[
-        "migrate",
-        "--config",
-        path,
-        "--move",
-        "--json",
-        "--grace-ms",
-        "10",
-    ]);
+    let migrate = cli(&["migrate", "--config", path, "--move", "--json", "--grace-ms", "10"]);
     assert!(migrate.status.success(), "{migrate:?}");
     let report = json(&migrate);
     assert_eq!(report["finished"], true);
@@ -99,10 +83,7 @@ async fn stats_verify_migrate_verify() {
     let again = cli(&["migrate", "--config", path, "--move"]);
     assert!(again.status.success());
     let text = String::from_utf8_lossy(&again.stdout);
-    assert!(
-        text.contains("scanned 0") && text.contains("finished in"),
-        "{text}"
-    );
+    assert!(text.contains("scanned 0") && text.contains("finished in"), "{text}");
 
     let verify = cli(&["verify", "--config", path, "--json"]);
     assert!(verify.status.success());
@@ -116,25 +97,11 @@ async fn a_dry_run_and_explicit_backends() {
     fill(old, 40).await;
     let file = config(new, old);
     let path = file.path().to_str().unwrap();
-    let dry = cli(&[
-        "migrate",
-        "--config",
-        path,
-        "--from",
-        "old",
-        "--to",
-        "new",
-        "--dry-run",
-        "--move",
-        "--batch",
-        "7",
-    ]);
+    let dry =
+        cli(&["migrate", "--config", path, "--from", "old", "--to", "new", "--dry-run", "--move", "--batch", "7"]);
     assert!(dry.status.success(), "{dry:?}");
     let text = String::from_utf8_lossy(&dry.stdout);
-    assert!(
-        text.contains("copied 40") && text.contains("dry run"),
-        "{text}"
-    );
+    assert!(text.contains("copied 40") && text.contains("dry run"), "{text}");
     assert_eq!((count(new).await, count(old).await), (0, 40));
 
     let unknown = cli(&["migrate", "--config", path, "--from", "older"]);
@@ -150,22 +117,11 @@ async fn corrupt_sessions_make_the_run_fail_and_stay_in_place() {
     let bad = format!("s:{}", record("x").id);
     raw_set(old, &bad, b"\x00garbage").await;
     let file = config(new, old);
-    let out = cli(&[
-        "migrate",
-        "--config",
-        file.path().to_str().unwrap(),
-        "--move",
-    ]);
+    let out = cli(&["migrate", "--config", file.path().to_str().unwrap(), "--move"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains(&format!("corrupt (left in place): {bad}")),
-        "{text}"
-    );
-    assert!(
-        text.contains("copied 10") && text.contains("corrupt 1"),
-        "{text}"
-    );
+    assert!(text.contains(&format!("corrupt (left in place): {bad}")), "{text}");
+    assert!(text.contains("copied 10") && text.contains("corrupt 1"), "{text}");
     assert_eq!((count(new).await, count(old).await), (10, 1));
 }
 
@@ -182,37 +138,20 @@ async fn an_invalid_config_is_refused_clearly_and_touches_nothing() {
         old.url()
     )
     .unwrap();
-    let out = cli(&[
-        "migrate",
-        "--config",
-        file.path().to_str().unwrap(),
-        "--move",
-    ]);
+    let out = cli(&["migrate", "--config", file.path().to_str().unwrap(), "--move"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("line 8") && err.contains("unknown mode `remove`"),
-        "{err}"
-    );
+    assert!(err.contains("line 8") && err.contains("unknown mode `remove`"), "{err}");
 
     // Valid syntax, invalid shape: a read backend that logout never reaches.
     let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
     write!(file, "[[backends]]\nname = \"new\"\nmodes = [\"read\", \"write\"]\nurl = \"{}\"\n\n[[backends]]\nname = \"old\"\nmodes = [\"read\"]\nurl = \"{}\"\n", new.url(), old.url()).unwrap();
-    let out = cli(&[
-        "migrate",
-        "--config",
-        file.path().to_str().unwrap(),
-        "--json",
-    ]);
+    let out = cli(&["migrate", "--config", file.path().to_str().unwrap(), "--json"]);
     assert_eq!(out.status.code(), Some(2));
     let err = json(&out)["error"].as_str().unwrap().to_owned();
     assert!(err.contains("backend `old`, field `modes`"), "{err}");
 
-    assert_eq!(
-        (count(new).await, count(old).await),
-        (0, 5),
-        "nothing touched"
-    );
+    assert_eq!((count(new).await, count(old).await), (0, 5), "nothing touched");
     let help = cli(&["--help"]);
     assert!(String::from_utf8_lossy(&help.stdout).contains("migrate"));
 }

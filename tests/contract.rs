@@ -12,9 +12,7 @@ use tower_sessions_multi_redis_store::{Backend, Error, Mode, Modes, MultiRedisSt
 /// Every non-empty set of modes.
 fn all_modes() -> Vec<Modes> {
     let m = [Mode::Read, Mode::Write, Mode::Delete];
-    (1u8..8)
-        .map(|bits| Modes::from((0..3).filter(|i| bits & (1 << i) != 0).map(|i| m[i])))
-        .collect()
+    (1u8..8).map(|bits| Modes::from((0..3).filter(|i| bits & (1 << i) != 0).map(|i| m[i]))).collect()
 }
 
 /// The contract's rule, written independently of the builder.
@@ -58,9 +56,7 @@ async fn every_combination(n: usize) -> usize {
         let builder = combo
             .iter()
             .enumerate()
-            .fold(MultiRedisStore::builder(), |b, (i, m)| {
-                b.backend(backend(i, &servers[i], *m, &prefix))
-            });
+            .fold(MultiRedisStore::builder(), |b, (i, m)| b.backend(backend(i, &servers[i], *m, &prefix)));
         let label = format!("{combo:?}");
         match builder.build().await {
             Ok(store) => {
@@ -69,10 +65,7 @@ async fn every_combination(n: usize) -> usize {
                 validated += 1;
             }
             Err(Error::Config { field, .. }) => {
-                assert!(
-                    !should_validate(combo),
-                    "{label} refused ({field}) but is valid"
-                );
+                assert!(!should_validate(combo), "{label} refused ({field}) but is valid");
                 assert_eq!(field, "modes", "{label}");
             }
             Err(other) => panic!("{label}: unexpected error {other}"),
@@ -83,11 +76,7 @@ async fn every_combination(n: usize) -> usize {
 
 #[tokio::test]
 async fn one_backend_every_valid_mode_set() {
-    assert_eq!(
-        every_combination(1).await,
-        2,
-        "read+write and read+write+delete"
-    );
+    assert_eq!(every_combination(1).await, 2, "read+write and read+write+delete");
 }
 
 #[tokio::test]

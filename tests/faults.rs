@@ -16,9 +16,7 @@ async fn a_killed_read_backend_fails_loudly_and_the_store_recovers_after_restart
     // The dead one is asked first, so `load` has to fall through it.
     let store = MultiRedisStore::builder()
         .backend(
-            Backend::url("old", servers[0].url())
-                .modes(Modes::READ_DELETE)
-                .socket_timeout(Duration::from_millis(500)),
+            Backend::url("old", servers[0].url()).modes(Modes::READ_DELETE).socket_timeout(Duration::from_millis(500)),
         )
         .backend(Backend::url("new", servers[1].url()))
         .build()
@@ -39,10 +37,9 @@ async fn a_killed_read_backend_fails_loudly_and_the_store_recovers_after_restart
     }
     // A logout that could not reach `old` is an error naming it.
     match store.delete(&held.id).await {
-        Err(session_store::Error::Backend(msg)) => assert!(
-            msg.contains("backend `old`") && !msg.contains("`new`"),
-            "{msg}"
-        ),
+        Err(session_store::Error::Backend(msg)) => {
+            assert!(msg.contains("backend `old`") && !msg.contains("`new`"), "{msg}")
+        }
         other => panic!("expected Err naming `old`, got {other:?}"),
     }
     // Writes do not need `old`.

@@ -44,23 +44,15 @@ async fn a_copy_landing_while_the_logout_is_half_done_is_removed_by_its_second_r
         }
 
         // Writes on "old" wait 400 ms; reads do not.
-        let _: () = redis::cmd("CLIENT")
-            .arg("PAUSE")
-            .arg(400)
-            .arg("WRITE")
-            .query_async(&mut conn(old).await)
-            .await
-            .unwrap();
+        let _: () =
+            redis::cmd("CLIENT").arg("PAUSE").arg(400).arg("WRITE").query_async(&mut conn(old).await).await.unwrap();
         let logouts = {
             let app = app.clone();
             let ids = [loaded.id, saved.id];
             tokio::spawn(async move {
                 for id in ids {
                     let app = app.clone();
-                    tokio::spawn(async move { app.delete(&id).await })
-                        .await
-                        .unwrap()
-                        .unwrap();
+                    tokio::spawn(async move { app.delete(&id).await }).await.unwrap().unwrap();
                 }
             })
         };
@@ -77,18 +69,12 @@ async fn a_copy_landing_while_the_logout_is_half_done_is_removed_by_its_second_r
             let other = other.clone();
             tokio::spawn(async move { other.save(&modified).await })
         };
-        assert!(
-            copy.await.unwrap().unwrap().is_some(),
-            "found before the logout finished"
-        );
+        assert!(copy.await.unwrap().unwrap().is_some(), "found before the logout finished");
         fill.await.unwrap().unwrap();
         if policy == CopyOnRead::Copy {
             // (With Move the loader's own DEL on "old" waits for the pause,
             // finds the session gone and undoes the copy before returning.)
-            assert!(
-                exists(new, &loaded.id.to_string()).await,
-                "the copy landed during the logout"
-            );
+            assert!(exists(new, &loaded.id.to_string()).await, "the copy landed during the logout");
         }
         logouts.await.unwrap();
 

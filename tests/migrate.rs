@@ -12,20 +12,14 @@ use tokio::sync::Mutex;
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::Record;
 use tower_sessions_multi_redis_store::testing::RedisServer;
-use tower_sessions_multi_redis_store::{
-    Backend, MigrateOptions, Migrator, Modes, MultiRedisStore, codec,
-};
+use tower_sessions_multi_redis_store::{Backend, MigrateOptions, Migrator, Modes, MultiRedisStore, codec};
 
 const PREFIX: &str = "s:";
 
 async fn migrating_store(new: &RedisServer, old: &RedisServer) -> MultiRedisStore {
     MultiRedisStore::builder()
         .backend(Backend::url("new", new.url()).prefix(PREFIX))
-        .backend(
-            Backend::url("old", old.url())
-                .prefix(PREFIX)
-                .modes(Modes::READ_DELETE),
-        )
+        .backend(Backend::url("old", old.url()).prefix(PREFIX).modes(Modes::READ_DELETE))
         .build()
         .await
         .unwrap()
@@ -59,14 +53,8 @@ async fn key_count(server: &RedisServer) -> usize {
 
 async fn assert_in(server: &RedisServer, rec: &Record) {
     let key = format!("{PREFIX}{}", rec.id);
-    let bytes = raw_get(server, &key)
-        .await
-        .unwrap_or_else(|| panic!("{key} missing"));
-    assert_eq!(
-        codec::decode(&bytes).unwrap().data,
-        rec.data,
-        "{key}: newest data"
-    );
+    let bytes = raw_get(server, &key).await.unwrap_or_else(|| panic!("{key} missing"));
+    assert_eq!(codec::decode(&bytes).unwrap().data, rec.data, "{key}: newest data");
     let want = (rec.expiry_date - time::OffsetDateTime::now_utc()).whole_milliseconds() as i64;
     let ttl = pttl(server, &key).await;
     assert!((ttl - want).abs() < 1_000, "{key}: ttl {ttl} vs {want}");
@@ -92,11 +80,8 @@ async fn migrate_move_under_live_traffic_loses_nothing_and_resurrects_nothing() 
     const NEW: usize = 600;
     // One slot per session; a client holds the slot's lock for one request,
     // so "newest data" is well defined. None = logged out (or not created yet).
-    let mut slots: Vec<Arc<Mutex<Option<Record>>>> = populate(old, OLD)
-        .await
-        .into_iter()
-        .map(|r| Arc::new(Mutex::new(Some(r))))
-        .collect();
+    let mut slots: Vec<Arc<Mutex<Option<Record>>>> =
+        populate(old, OLD).await.into_iter().map(|r| Arc::new(Mutex::new(Some(r)))).collect();
     slots.extend((0..NEW).map(|_| Arc::new(Mutex::new(None))));
     let slots = Arc::new(slots);
     let next_new = Arc::new(AtomicUsize::new(OLD));
@@ -104,12 +89,7 @@ async fn migrate_move_under_live_traffic_loses_nothing_and_resurrects_nothing() 
 
     let mut clients = tokio::task::JoinSet::new();
     for c in 0..16u64 {
-        let (app, slots, next_new, done) = (
-            app.clone(),
-            slots.clone(),
-            next_new.clone(),
-            migration_done.clone(),
-        );
+        let (app, slots, next_new, done) = (app.clone(), slots.clone(), next_new.clone(), migration_done.clone());
         clients.spawn(async move {
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (c + 1));
             let mut ops = 0;
@@ -129,10 +109,7 @@ async fn migrate_move_under_live_traffic_loses_nothing_and_resurrects_nothing() 
                 }
                 let slot = rng.below(OLD);
                 let mut state = slots[slot].lock().await;
-                let loaded = app
-                    .load(&state.as_ref().map_or_else(Default::default, |r| r.id))
-                    .await
-                    .unwrap();
+                let loaded = app.load(&state.as_ref().map_or_else(Default::default, |r| r.id)).await.unwrap();
                 match (&*state, loaded) {
                     (None, _) => {}
                     (Some(_), None) => panic!("session {slot} lost"),
@@ -163,10 +140,7 @@ async fn migrate_move_under_live_traffic_loses_nothing_and_resurrects_nothing() 
             .grace(Duration::from_millis(300)),
     )
     .unwrap();
-    assert_eq!(
-        (migrator.source(), migrator.targets()),
-        ("old", vec!["new"])
-    );
+    assert_eq!((migrator.source(), migrator.targets()), ("old", vec!["new"]));
     let report = migrator.run(|_| {}, std::future::pending()).await.unwrap();
     migration_done.store(true, Ordering::Relaxed);
     while let Some(result) = clients.join_next().await {
@@ -185,11 +159,7 @@ async fn migrate_move_under_live_traffic_loses_nothing_and_resurrects_nothing() 
             Some(rec) => {
                 alive += 1;
                 assert_in(new, rec).await;
-                assert_eq!(
-                    app.load(&rec.id).await.unwrap().map(|r| r.data),
-                    Some(rec.data.clone()),
-                    "slot {i}"
-                );
+                assert_eq!(app.load(&rec.id).await.unwrap().map(|r| r.data), Some(rec.data.clone()), "slot {i}");
             }
             None => {
                 if i < OLD {
@@ -209,11 +179,7 @@ async fn a_dry_run_changes_nothing() {
     let (new, old) = (&servers[0], &servers[1]);
     let app = migrating_store(new, old).await;
     let records = populate(old, 500).await;
-    let migrator = Migrator::for_store(
-        &app,
-        MigrateOptions::default().dry_run(true).move_sessions(true),
-    )
-    .unwrap();
+    let migrator = Migrator::for_store(&app, MigrateOptions::default().dry_run(true).move_sessions(true)).unwrap();
     let report = migrator.run(|_| {}, std::future::pending()).await.unwrap();
     assert!(report.finished && report.dry_run);
     assert_eq!(report.progress.copied, 500, "would copy");
@@ -251,16 +217,9 @@ async fn an_interrupted_migration_resumed_from_its_cursor_ends_like_an_uninterru
             .arg(codec::expiry_millis(rec.expiry_date))
             .ignore();
     }
-    let _: () = pipe
-        .query_async(&mut conn(&servers[3]).await)
-        .await
-        .unwrap();
+    let _: () = pipe.query_async(&mut conn(&servers[3]).await).await.unwrap();
 
-    let options = || {
-        MigrateOptions::default()
-            .move_sessions(true)
-            .batch_size(100)
-    };
+    let options = || MigrateOptions::default().move_sessions(true).batch_size(100);
     let interrupted_app = migrating_store(&servers[0], &servers[1]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let first = Migrator::for_store(&interrupted_app, options()).unwrap();
@@ -268,41 +227,26 @@ async fn an_interrupted_migration_resumed_from_its_cursor_ends_like_an_uninterru
         .run(
             |p| stop.store(p.scanned >= 600, Ordering::Relaxed),
             std::future::poll_fn(|_| {
-                if stop.load(Ordering::Relaxed) {
-                    std::task::Poll::Ready(())
-                } else {
-                    std::task::Poll::Pending
-                }
+                if stop.load(Ordering::Relaxed) { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
             }),
         )
         .await
         .unwrap();
-    assert!(
-        !report.finished && report.progress.cursor != 0,
-        "{report:?}"
-    );
+    assert!(!report.finished && report.progress.cursor != 0, "{report:?}");
     let halfway = key_count(&servers[0]).await;
     assert!(halfway > 0 && halfway < 2000, "{halfway}");
-    let resumed =
-        Migrator::for_store(&interrupted_app, options().cursor(report.progress.cursor)).unwrap();
+    let resumed = Migrator::for_store(&interrupted_app, options().cursor(report.progress.cursor)).unwrap();
     let rest = resumed.run(|_| {}, std::future::pending()).await.unwrap();
     assert!(rest.finished && rest.is_clean());
     assert_eq!(report.progress.copied + rest.progress.copied, 2000);
 
     let straight_app = migrating_store(&servers[2], &servers[3]).await;
-    let straight = Migrator::for_store(&straight_app, options())
-        .unwrap()
-        .run(|_| {}, std::future::pending())
-        .await
-        .unwrap();
+    let straight =
+        Migrator::for_store(&straight_app, options()).unwrap().run(|_| {}, std::future::pending()).await.unwrap();
     assert!(straight.finished && straight.is_clean());
     assert_eq!(straight.progress.copied, 2000);
 
-    assert_eq!(
-        snapshot(&servers[0]).await,
-        snapshot(&servers[2]).await,
-        "same targets"
-    );
+    assert_eq!(snapshot(&servers[0]).await, snapshot(&servers[2]).await, "same targets");
     assert_eq!(key_count(&servers[1]).await, 0);
     assert_eq!(key_count(&servers[3]).await, 0);
     for rec in &records {
@@ -325,8 +269,7 @@ async fn corrupt_values_are_reported_by_key_and_left_in_place() {
     // Not a session id at all: skipped, untouched.
     common::raw_set(old, &format!("{PREFIX}not-a-session"), b"x").await;
 
-    let migrator =
-        Migrator::for_store(&app, MigrateOptions::default().move_sessions(true)).unwrap();
+    let migrator = Migrator::for_store(&app, MigrateOptions::default().move_sessions(true)).unwrap();
     let report = migrator.run(|_| {}, std::future::pending()).await.unwrap();
     assert!(report.finished && !report.is_clean());
     assert_eq!(report.progress.corrupt, 5);
@@ -356,20 +299,12 @@ async fn a_copy_the_migrator_makes_after_a_logout_is_undone() {
         // The migrator reaches "new" over a slow path.
         let slow = MultiRedisStore::builder()
             .backend(Backend::url("new", proxy.url()).prefix(PREFIX))
-            .backend(
-                Backend::url("old", old.url())
-                    .prefix(PREFIX)
-                    .modes(Modes::READ_DELETE),
-            )
+            .backend(Backend::url("old", old.url()).prefix(PREFIX).modes(Modes::READ_DELETE))
             .build()
             .await
             .unwrap();
         let records = populate(old, 3).await;
-        let migrator = Migrator::for_store(
-            &slow,
-            MigrateOptions::default().move_sessions(move_sessions),
-        )
-        .unwrap();
+        let migrator = Migrator::for_store(&slow, MigrateOptions::default().move_sessions(move_sessions)).unwrap();
         let run = tokio::spawn(async move { migrator.run(|_| {}, std::future::pending()).await });
         // The copies are on their way to "new"; meanwhile the users log out.
         tokio::time::sleep(Duration::from_millis(80)).await;
@@ -380,10 +315,7 @@ async fn a_copy_the_migrator_makes_after_a_logout_is_undone() {
         assert_eq!(report.progress.copied, 0, "{report:?}");
         tokio::time::sleep(Duration::from_millis(300)).await; // undo travels the slow path
         for rec in &records {
-            assert!(
-                !exists(new, &format!("{PREFIX}{}", rec.id)).await,
-                "move={move_sessions}: resurrected"
-            );
+            assert!(!exists(new, &format!("{PREFIX}{}", rec.id)).await, "move={move_sessions}: resurrected");
         }
     }
 }

@@ -24,36 +24,16 @@ async fn keys(server: &RedisServer) -> Vec<String> {
 async fn users_stay_logged_in_across_the_switch_and_logout_clears_both() {
     let servers = servers(2);
     let (old, new) = (&servers[0], &servers[1]);
-    let client = reqwest::Client::builder()
-        .cookie_store(true)
-        .build()
-        .unwrap();
+    let client = reqwest::Client::builder().cookie_store(true).build().unwrap();
 
     // Before: the app knows only "old".
-    let before = MultiRedisStore::builder()
-        .backend(Backend::url("old", old.url()).prefix("ds_"))
-        .build()
-        .await
-        .unwrap();
+    let before =
+        MultiRedisStore::builder().backend(Backend::url("old", old.url()).prefix("ds_")).build().await.unwrap();
     let (addr, server) = app::serve(app::app(before)).await.unwrap();
     let base = format!("http://{addr}");
-    let login = client
-        .post(format!("{base}/login/ada"))
-        .send()
-        .await
-        .unwrap();
+    let login = client.post(format!("{base}/login/ada")).send().await.unwrap();
     assert_eq!(login.status(), 200);
-    assert_eq!(
-        client
-            .get(format!("{base}/me"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "ada (1 visits)"
-    );
+    assert_eq!(client.get(format!("{base}/me")).send().await.unwrap().text().await.unwrap(), "ada (1 visits)");
     server.abort();
     let old_keys = keys(old).await;
     assert_eq!(old_keys.len(), 1, "one session in old: {old_keys:?}");
@@ -67,11 +47,7 @@ async fn users_stay_logged_in_across_the_switch_and_logout_clears_both() {
     // After: new read+write first, old read+delete.
     let after = MultiRedisStore::builder()
         .backend(Backend::url("new", new.url()).prefix("ds_"))
-        .backend(
-            Backend::url("old", old.url())
-                .prefix("ds_")
-                .modes(Modes::READ_DELETE),
-        )
+        .backend(Backend::url("old", old.url()).prefix("ds_").modes(Modes::READ_DELETE))
         .build()
         .await
         .unwrap();
@@ -84,10 +60,7 @@ async fn users_stay_logged_in_across_the_switch_and_logout_clears_both() {
     // Copied to "new" by that read-only request, remaining TTL kept (within a second).
     assert_eq!(keys(new).await, vec![key.clone()]);
     let (ttl_old, ttl_new) = (pttl(old, &key).await, pttl(new, &key).await);
-    assert!(
-        ttl_old > 0 && (ttl_new - ttl_old).abs() < 1_000,
-        "old {ttl_old} ms, new {ttl_new} ms"
-    );
+    assert!(ttl_old > 0 && (ttl_new - ttl_old).abs() < 1_000, "old {ttl_old} ms, new {ttl_new} ms");
 
     // A modifying request is served from "new" and updates it there.
     let me = client.get(format!("{base}/me")).send().await.unwrap();

@@ -16,32 +16,21 @@ use tower_sessions_multi_redis_store::{Backend, CopyOnRead, Modes, MultiRedisSto
 async fn create_on_a_colliding_id_keeps_the_existing_session_and_draws_a_new_id() {
     let servers = servers(2);
     // One backend.
-    let store = MultiRedisStore::builder()
-        .backend(Backend::url("a", servers[0].url()))
-        .build()
-        .await
-        .unwrap();
+    let store = MultiRedisStore::builder().backend(Backend::url("a", servers[0].url())).build().await.unwrap();
     let mut existing = record("ada");
     store.create(&mut existing).await.unwrap();
     let mut newcomer = record("eve");
     newcomer.id = existing.id;
     store.create(&mut newcomer).await.unwrap();
     assert_ne!(newcomer.id, existing.id);
-    assert_eq!(
-        store.load(&existing.id).await.unwrap(),
-        Some(existing.clone())
-    );
+    assert_eq!(store.load(&existing.id).await.unwrap(), Some(existing.clone()));
     assert_eq!(store.load(&newcomer.id).await.unwrap(), Some(newcomer));
 
     // Two write backends, the id taken on the second only: the first
     // attempt's write into the first backend is undone.
     let store = MultiRedisStore::builder()
         .backend(Backend::url("a", servers[0].url()).prefix("two:"))
-        .backend(
-            Backend::url("b", servers[1].url())
-                .prefix("two:")
-                .modes(Modes::WRITE),
-        )
+        .backend(Backend::url("b", servers[1].url()).prefix("two:").modes(Modes::WRITE))
         .build()
         .await
         .unwrap();
@@ -53,15 +42,8 @@ async fn create_on_a_colliding_id_keeps_the_existing_session_and_draws_a_new_id(
     newcomer.id = taken.id;
     store.create(&mut newcomer).await.unwrap();
     assert_ne!(newcomer.id, taken.id);
-    assert!(
-        !exists(&servers[0], &key).await,
-        "the colliding attempt was undone"
-    );
-    assert_eq!(
-        raw_get(&servers[1], &key).await,
-        Some(taken_bytes),
-        "existing untouched"
-    );
+    assert!(!exists(&servers[0], &key).await, "the colliding attempt was undone");
+    assert_eq!(raw_get(&servers[1], &key).await, Some(taken_bytes), "existing untouched");
     for server in &servers {
         assert!(exists(server, &format!("two:{}", newcomer.id)).await);
     }
@@ -110,11 +92,7 @@ async fn race(shape: Shape, servers: &[RedisServer]) {
     let prefix = format!("{}:", shape.name);
     let mut builder = MultiRedisStore::builder().copy_on_read(shape.policy);
     for (i, (modes, _)) in shape.backends.iter().enumerate() {
-        builder = builder.backend(
-            Backend::url(format!("b{i}"), servers[i].url())
-                .prefix(&prefix)
-                .modes(*modes),
-        );
+        builder = builder.backend(Backend::url(format!("b{i}"), servers[i].url()).prefix(&prefix).modes(*modes));
     }
     let store = builder.build().await.unwrap();
 
@@ -129,11 +107,7 @@ async fn race(shape: Shape, servers: &[RedisServer]) {
                 raw_set(&servers[j], &format!("{prefix}{}", rec.id), &bytes).await;
             }
         }
-        if i % 2 == 0 {
-            doomed.push(rec)
-        } else {
-            kept.push(rec)
-        }
+        if i % 2 == 0 { doomed.push(rec) } else { kept.push(rec) }
     }
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -177,34 +151,19 @@ async fn race(shape: Shape, servers: &[RedisServer]) {
     for rec in &doomed {
         let key = format!("{prefix}{}", rec.id);
         for (i, server) in servers.iter().enumerate().take(shape.backends.len()) {
-            assert!(
-                !exists(server, &key).await,
-                "{}: deleted session resurrected in b{i}",
-                shape.name
-            );
+            assert!(!exists(server, &key).await, "{}: deleted session resurrected in b{i}", shape.name);
         }
         assert_eq!(store.load(&rec.id).await.unwrap(), None, "{}", shape.name);
     }
     for rec in &kept {
         let key = format!("{prefix}{}", rec.id);
-        let loaded = store
-            .load(&rec.id)
-            .await
-            .unwrap()
-            .expect("kept session still loads");
+        let loaded = store.load(&rec.id).await.unwrap().expect("kept session still loads");
         assert_eq!(loaded.data["user"], rec.data["user"], "{}", shape.name);
         // Every write backend that held it, and all of them when a source held it.
-        let from_source = shape
-            .backends
-            .iter()
-            .any(|(m, holds)| *holds && !m.can_write());
+        let from_source = shape.backends.iter().any(|(m, holds)| *holds && !m.can_write());
         for (i, (modes, holds)) in shape.backends.iter().enumerate() {
             if modes.can_write() && (*holds || from_source) {
-                assert!(
-                    exists(&servers[i], &key).await,
-                    "{}: kept session missing in b{i}",
-                    shape.name
-                );
+                assert!(exists(&servers[i], &key).await, "{}: kept session missing in b{i}", shape.name);
             }
         }
     }
@@ -214,11 +173,7 @@ async fn race(shape: Shape, servers: &[RedisServer]) {
 async fn saves_loads_and_logouts_racing_never_resurrect_nor_lose_a_session() {
     let servers = Arc::new(servers(3));
     let shapes = vec![
-        Shape {
-            name: "single",
-            backends: vec![(Modes::READ_WRITE, true)],
-            policy: CopyOnRead::Copy,
-        },
+        Shape { name: "single", backends: vec![(Modes::READ_WRITE, true)], policy: CopyOnRead::Copy },
         Shape {
             name: "migrating-copy",
             backends: vec![(Modes::READ_WRITE, false), (Modes::READ_DELETE, true)],
@@ -241,21 +196,13 @@ async fn saves_loads_and_logouts_racing_never_resurrect_nor_lose_a_session() {
         },
         Shape {
             name: "two-writers-one-behind",
-            backends: vec![
-                (Modes::READ_WRITE, false),
-                (Modes::READ_WRITE, true),
-                (Modes::READ_DELETE, true),
-            ],
+            backends: vec![(Modes::READ_WRITE, false), (Modes::READ_WRITE, true), (Modes::READ_DELETE, true)],
             policy: CopyOnRead::Copy,
         },
     ];
     for _ in 0..3 {
         for shape in &shapes {
-            let shape = Shape {
-                name: shape.name,
-                backends: shape.backends.clone(),
-                policy: shape.policy,
-            };
+            let shape = Shape { name: shape.name, backends: shape.backends.clone(), policy: shape.policy };
             race(shape, &servers).await;
             for s in servers.iter() {
                 common::flushall(s).await;

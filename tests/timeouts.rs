@@ -13,9 +13,7 @@ use tower_sessions_multi_redis_store::{Backend, MultiRedisStore};
 async fn store(server: &RedisServer, retry: bool) -> MultiRedisStore {
     MultiRedisStore::builder()
         .backend(
-            Backend::url("frozen", server.url())
-                .socket_timeout(Duration::from_millis(300))
-                .retry_on_timeout(retry),
+            Backend::url("frozen", server.url()).socket_timeout(Duration::from_millis(300)).retry_on_timeout(retry),
         )
         .build()
         .await
@@ -28,10 +26,7 @@ fn freeze_for(server: &RedisServer, ms: u64) -> std::thread::JoinHandle<()> {
     let pid = server.pid().unwrap();
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(ms));
-        let _ = std::process::Command::new("kill")
-            .arg("-CONT")
-            .arg(pid.to_string())
-            .status();
+        let _ = std::process::Command::new("kill").arg("-CONT").arg(pid.to_string()).status();
     })
 }
 
@@ -48,14 +43,8 @@ async fn a_frozen_server_times_out_and_a_retry_rides_out_a_short_freeze() {
     let thaw = freeze_for(server, 450);
     let started = Instant::now();
     let err = once.load(&rec.id).await.unwrap_err().to_string();
-    assert!(
-        err.contains("backend `frozen`") && err.contains("GET"),
-        "{err}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "bounded by the timeout"
-    );
+    assert!(err.contains("backend `frozen`") && err.contains("GET"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2), "bounded by the timeout");
     thaw.join().unwrap();
 
     // With retry: the first attempt times out at 300 ms, the second is

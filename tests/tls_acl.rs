@@ -21,27 +21,17 @@ impl Pki {
     fn new(name: &str) -> Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
         let key = KeyPair::generate().unwrap();
         let ca_pem = params.self_signed(&key).unwrap().pem();
-        Pki {
-            ca_pem,
-            issuer: Issuer::new(params, key),
-        }
+        Pki { ca_pem, issuer: Issuer::new(params, key) }
     }
 
     /// A leaf certificate and key (PEM) for these names.
     fn leaf(&self, names: &[&str]) -> (String, String) {
-        let params =
-            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-                .unwrap();
+        let params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
         let key = KeyPair::generate().unwrap();
-        (
-            params.signed_by(&key, &self.issuer).unwrap().pem(),
-            key.serialize_pem(),
-        )
+        (params.signed_by(&key, &self.issuer).unwrap().pem(), key.serialize_pem())
     }
 }
 
@@ -52,16 +42,10 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 }
 
 async fn store(backend: Backend) -> MultiRedisStore {
-    MultiRedisStore::builder()
-        .backend(backend)
-        .build()
-        .await
-        .unwrap()
+    MultiRedisStore::builder().backend(backend).build().await.unwrap()
 }
 
-fn backend_error(
-    result: session_store::Result<Option<tower_sessions_core::session::Record>>,
-) -> String {
+fn backend_error(result: session_store::Result<Option<tower_sessions_core::session::Record>>) -> String {
     match result {
         Err(session_store::Error::Backend(msg)) => msg,
         other => panic!("expected a backend error, got {other:?}"),
@@ -139,39 +123,22 @@ async fn an_acl_user_with_limited_rights_works_and_a_wrong_password_names_the_ba
         .query_async(&mut common::conn(&server).await)
         .await
         .unwrap();
-    let limited = store(
-        Backend::tcp("acl", "127.0.0.1", server.port())
-            .username("app")
-            .password("app-password")
-            .prefix("sess:"),
-    )
-    .await;
+    let limited =
+        store(Backend::tcp("acl", "127.0.0.1", server.port()).username("app").password("app-password").prefix("sess:"))
+            .await;
     acceptance(&limited, "acl user").await;
 
     // Outside its keys: refused by the server, reported with the backend.
     let outside = store(
-        Backend::tcp("acl", "127.0.0.1", server.port())
-            .username("app")
-            .password("app-password")
-            .prefix("other:"),
+        Backend::tcp("acl", "127.0.0.1", server.port()).username("app").password("app-password").prefix("other:"),
     )
     .await;
     let msg = backend_error(outside.load(&record("x").id).await);
-    assert!(
-        msg.contains("backend `acl`") && msg.to_lowercase().contains("noperm"),
-        "{msg}"
-    );
+    assert!(msg.contains("backend `acl`") && msg.to_lowercase().contains("noperm"), "{msg}");
 
-    let wrong = store(Backend::url(
-        "acl",
-        format!("redis://app:wrong-password@127.0.0.1:{}", server.port()),
-    ))
-    .await;
+    let wrong = store(Backend::url("acl", format!("redis://app:wrong-password@127.0.0.1:{}", server.port()))).await;
     let msg = backend_error(wrong.load(&record("x").id).await);
     assert!(msg.contains("backend `acl`"), "{msg}");
-    assert!(
-        msg.contains("WRONGPASS") || msg.to_lowercase().contains("auth"),
-        "{msg}"
-    );
+    assert!(msg.contains("WRONGPASS") || msg.to_lowercase().contains("auth"), "{msg}");
     assert!(!msg.contains("wrong-password"), "{msg}");
 }

@@ -20,55 +20,29 @@ pub fn app<S: SessionStore + Clone>(store: S) -> Router {
         .layer(SessionManagerLayer::new(store).with_secure(false))
 }
 
-async fn login(
-    session: Session,
-    axum::extract::Path(user): axum::extract::Path<String>,
-) -> Result<String, StatusCode> {
+async fn login(session: Session, axum::extract::Path(user): axum::extract::Path<String>) -> Result<String, StatusCode> {
     // A new id at login prevents session fixation.
-    session
-        .cycle_id()
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
-    session
-        .insert("user", &user)
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    session.cycle_id().await.map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    session.insert("user", &user).await.map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
     Ok(format!("welcome {user}"))
 }
 
 async fn me(session: Session) -> Result<String, StatusCode> {
-    let user: Option<String> = session
-        .get("user")
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let user: Option<String> = session.get("user").await.map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
     let user = user.ok_or(StatusCode::UNAUTHORIZED)?;
-    let visits: u64 = session
-        .get("visits")
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?
-        .unwrap_or(0)
-        + 1;
-    session
-        .insert("visits", visits)
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let visits: u64 = session.get("visits").await.map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?.unwrap_or(0) + 1;
+    session.insert("visits", visits).await.map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
     Ok(format!("{user} ({visits} visits)"))
 }
 
 /// Reads the session without modifying it (no save, expiry untouched).
 async fn whoami(session: Session) -> Result<String, StatusCode> {
-    let user: Option<String> = session
-        .get("user")
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let user: Option<String> = session.get("user").await.map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
     user.ok_or(StatusCode::UNAUTHORIZED)
 }
 
 async fn logout(session: Session) -> Result<&'static str, StatusCode> {
-    session
-        .flush()
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    session.flush().await.map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
     Ok("bye")
 }
 

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use tower_sessions_multi_redis_store::{
-    BackendStats, DEFAULT_BATCH_SIZE, Error, MigrateOptions, Migrator, MultiRedisStore, Progress,
-    Report,
+    BackendStats, DEFAULT_BATCH_SIZE, Error, MigrateOptions, Migrator, MultiRedisStore, Progress, Report,
 };
 
 /// Move, check and count the sessions of a MultiRedisStore configuration.
@@ -139,23 +138,13 @@ async fn migrator(pair: &Pair, options: MigrateOptions) -> Result<Migrator, Erro
 }
 
 fn config_error(field: &'static str, reason: &str) -> Error {
-    Error::Config {
-        backend: None,
-        field,
-        reason: reason.to_owned(),
-    }
+    Error::Config { backend: None, field, reason: reason.to_owned() }
 }
 
 fn progress_line(p: &Progress) -> String {
     format!(
         "scanned {}  copied {}  already there {}  removed from source {}  skipped {}  corrupt {}  failed {}",
-        p.scanned,
-        p.copied,
-        p.already_present,
-        p.removed_from_source,
-        p.skipped,
-        p.corrupt,
-        p.failed
+        p.scanned, p.copied, p.already_present, p.removed_from_source, p.skipped, p.corrupt, p.failed
     )
 }
 
@@ -170,14 +159,9 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode, Error> {
     }
     let migrator = migrator(&args.pair, options).await?;
     let json = args.pair.common.json;
-    let bar = if json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new_spinner()
-    };
+    let bar = if json { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {elapsed} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ProgressStyle::with_template("{spinner} {elapsed} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     if !json {
@@ -188,27 +172,17 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode, Error> {
         } else {
             ""
         };
-        eprintln!(
-            "migrating {} -> {}{mode}",
-            migrator.source(),
-            migrator.targets().join(", ")
-        );
+        eprintln!("migrating {} -> {}{mode}", migrator.source(), migrator.targets().join(", "));
     }
     let started = Instant::now();
     let interrupted = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let report = migrator
-        .run(|p| bar.set_message(progress_line(p)), interrupted)
-        .await?;
+    let report = migrator.run(|p| bar.set_message(progress_line(p)), interrupted).await?;
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     print_report(&report, elapsed, json);
-    Ok(if report.finished && report.is_clean() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if report.finished && report.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn print_report(report: &Report, elapsed: f64, json: bool) {
@@ -220,25 +194,14 @@ fn print_report(report: &Report, elapsed: f64, json: bool) {
     }
     let p = &report.progress;
     println!("{}", progress_line(p));
-    let rate = if elapsed > 0.0 {
-        p.scanned as f64 / elapsed
-    } else {
-        0.0
-    };
+    let rate = if elapsed > 0.0 { p.scanned as f64 / elapsed } else { 0.0 };
     if report.finished {
         println!(
             "finished in {elapsed:.1}s ({rate:.0} keys/s){}",
-            if report.dry_run {
-                ", dry run: nothing written"
-            } else {
-                ""
-            }
+            if report.dry_run { ", dry run: nothing written" } else { "" }
         );
     } else {
-        println!(
-            "interrupted after {elapsed:.1}s; resume with --cursor {}",
-            p.cursor
-        );
+        println!("interrupted after {elapsed:.1}s; resume with --cursor {}", p.cursor);
     }
     for key in &report.corrupt_keys {
         println!("corrupt (left in place): {key}");
@@ -269,11 +232,7 @@ async fn verify(pair: Pair) -> Result<ExitCode, Error> {
             println!("different: {key}");
         }
     }
-    Ok(if report.missing == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if report.missing == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 async fn stats(common: Common) -> Result<ExitCode, Error> {
@@ -282,31 +241,20 @@ async fn stats(common: Common) -> Result<ExitCode, Error> {
     if common.json {
         println!("{}", serde_json::to_value(&stats).unwrap_or_default());
     } else {
-        println!(
-            "{:<16} {:<18} {:<10} {:>10} {:>12}",
-            "backend", "modes", "reachable", "rtt (ms)", "sessions"
-        );
+        println!("{:<16} {:<18} {:<10} {:>10} {:>12}", "backend", "modes", "reachable", "rtt (ms)", "sessions");
         for s in &stats {
             println!(
                 "{:<16} {:<18} {:<10} {:>10} {:>12}",
                 s.name,
                 s.modes,
                 if s.reachable { "yes" } else { "no" },
-                s.round_trip_ms
-                    .map(|ms| format!("{ms:.2}"))
-                    .unwrap_or_else(|| "-".into()),
-                s.sessions
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|| "-".into()),
+                s.round_trip_ms.map(|ms| format!("{ms:.2}")).unwrap_or_else(|| "-".into()),
+                s.sessions.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
             );
             if let Some(err) = &s.error {
                 println!("  {err}");
             }
         }
     }
-    Ok(if stats.iter().all(|s| s.reachable && s.error.is_none()) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if stats.iter().all(|s| s.reachable && s.error.is_none()) { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

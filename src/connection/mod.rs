@@ -27,10 +27,7 @@ impl Connection {
     }
 
     /// Sends a pipeline and reads all its replies.
-    pub(crate) async fn query_pipeline<T: FromRedisValue>(
-        &self,
-        pipe: &Pipeline,
-    ) -> RedisResult<T> {
+    pub(crate) async fn query_pipeline<T: FromRedisValue>(&self, pipe: &Pipeline) -> RedisResult<T> {
         match self {
             Connection::Standalone(manager) => pipe.query_async(&mut manager.clone()).await,
         }

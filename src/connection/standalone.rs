@@ -16,11 +16,7 @@ pub(crate) fn connection_info(backend: &Backend) -> Result<ConnectionInfo, Error
     let info = match &backend.address {
         Address::Url(url) => {
             if cfg!(not(feature = "tls")) && is_tls_url(url) {
-                return Err(Error::config(
-                    name,
-                    "url",
-                    "rediss:// (TLS) needs the crate feature `tls`",
-                ));
+                return Err(Error::config(name, "url", "rediss:// (TLS) needs the crate feature `tls`"));
             }
             url.as_str().into_connection_info().map_err(|err| {
                 Error::config(
@@ -55,18 +51,10 @@ pub(crate) fn connection_info(backend: &Backend) -> Result<ConnectionInfo, Error
     };
     let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
     if !tls && backend.tls_root_ca.is_some() {
-        return Err(Error::config(
-            name,
-            "tls_ca_file",
-            "given for an address that is not rediss://",
-        ));
+        return Err(Error::config(name, "tls_ca_file", "given for an address that is not rediss://"));
     }
     if !tls && backend.tls_client.is_some() {
-        return Err(Error::config(
-            name,
-            "tls_cert_file",
-            "given for an address that is not rediss://",
-        ));
+        return Err(Error::config(name, "tls_cert_file", "given for an address that is not rediss://"));
     }
     let mut redis = info.redis_settings().clone();
     if let Some(db) = backend.db {
@@ -94,8 +82,7 @@ fn is_tls_url(url: &str) -> bool {
 
 #[cfg(not(feature = "tls"))]
 fn client(backend: &Backend, info: ConnectionInfo) -> Result<redis::Client, Error> {
-    redis::Client::open(info)
-        .map_err(|err| Error::config(Some(&backend.name), "url", err.to_string()))
+    redis::Client::open(info).map_err(|err| Error::config(Some(&backend.name), "url", err.to_string()))
 }
 
 /// With TLS: rustls with the `ring` provider (installed as the process
@@ -107,8 +94,7 @@ fn client(backend: &Backend, info: ConnectionInfo) -> Result<redis::Client, Erro
     if !matches!(info.addr(), ConnectionAddr::TcpTls { .. })
         || (backend.tls_root_ca.is_none() && backend.tls_client.is_none())
     {
-        return redis::Client::open(info)
-            .map_err(|err| Error::config(name, "url", err.to_string()));
+        return redis::Client::open(info).map_err(|err| Error::config(name, "url", err.to_string()));
     }
     check_pem(backend)?;
     if rustls::crypto::CryptoProvider::get_default().is_none() {
@@ -119,24 +105,14 @@ fn client(backend: &Backend, info: ConnectionInfo) -> Result<redis::Client, Erro
         client_tls: backend
             .tls_client
             .as_ref()
-            .map(|(cert, key)| redis::ClientTlsConfig {
-                client_cert: cert.clone(),
-                client_key: key.clone(),
-            }),
+            .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
         root_cert: backend.tls_root_ca.clone(),
     };
     redis::Client::build_with_tls(info, certificates).map_err(|err| {
         Error::config(
             name,
-            if backend.tls_root_ca.is_some() {
-                "tls_ca_file"
-            } else {
-                "tls_cert_file"
-            },
-            format!(
-                "not usable PEM: {}",
-                err.detail().unwrap_or("could not be read")
-            ),
+            if backend.tls_root_ca.is_some() { "tls_ca_file" } else { "tls_cert_file" },
+            format!("not usable PEM: {}", err.detail().unwrap_or("could not be read")),
         )
     })
 }
@@ -149,34 +125,18 @@ fn check_pem(backend: &Backend) -> Result<(), Error> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
     let name = Some(backend.name.as_str());
-    let has_certs = |pem: &[u8]| {
-        CertificateDer::pem_slice_iter(pem)
-            .next()
-            .is_some_and(|c| c.is_ok())
-    };
+    let has_certs = |pem: &[u8]| CertificateDer::pem_slice_iter(pem).next().is_some_and(|c| c.is_ok());
     if let Some(ca) = &backend.tls_root_ca
         && !has_certs(ca)
     {
-        return Err(Error::config(
-            name,
-            "tls_ca_file",
-            "not usable PEM: no certificate found",
-        ));
+        return Err(Error::config(name, "tls_ca_file", "not usable PEM: no certificate found"));
     }
     if let Some((cert, key)) = &backend.tls_client {
         if !has_certs(cert) {
-            return Err(Error::config(
-                name,
-                "tls_cert_file",
-                "not usable PEM: no certificate found",
-            ));
+            return Err(Error::config(name, "tls_cert_file", "not usable PEM: no certificate found"));
         }
         if PrivateKeyDer::from_pem_slice(key).is_err() {
-            return Err(Error::config(
-                name,
-                "tls_key_file",
-                "not usable PEM: no private key found",
-            ));
+            return Err(Error::config(name, "tls_key_file", "not usable PEM: no private key found"));
         }
     }
     Ok(())

@@ -24,18 +24,11 @@ pub fn record(user: &str) -> Record {
 }
 
 pub fn servers(n: usize) -> Vec<RedisServer> {
-    (0..n)
-        .map(|_| RedisServer::start().expect("redis-server starts"))
-        .collect()
+    (0..n).map(|_| RedisServer::start().expect("redis-server starts")).collect()
 }
 
 pub async fn conn(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    server
-        .client()
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to test server")
+    server.client().unwrap().get_multiplexed_async_connection().await.expect("connect to test server")
 }
 
 /// The raw value under `key` on `server`.
@@ -57,103 +50,60 @@ pub async fn raw_set(server: &RedisServer, key: &str, value: &[u8]) {
 }
 
 pub async fn flushall(server: &RedisServer) {
-    let _: () = redis::cmd("FLUSHALL")
-        .query_async(&mut conn(server).await)
-        .await
-        .unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn(server).await).await.unwrap();
 }
 
 /// The `SessionStore` contract, run on any store configuration. Each step
 /// asserts; `label` says which configuration failed.
 pub async fn acceptance(store: &MultiRedisStore, label: &str) {
     // Unknown id.
-    assert_eq!(
-        store.load(&Id::default()).await.unwrap(),
-        None,
-        "{label}: unknown id"
-    );
+    assert_eq!(store.load(&Id::default()).await.unwrap(), None, "{label}: unknown id");
 
     // create + load round trip.
     let mut ada = record("ada");
     store.create(&mut ada).await.unwrap();
-    assert_eq!(
-        store.load(&ada.id).await.unwrap().as_ref(),
-        Some(&ada),
-        "{label}: create/load"
-    );
+    assert_eq!(store.load(&ada.id).await.unwrap().as_ref(), Some(&ada), "{label}: create/load");
 
     // save replaces the data and the expiry.
     ada.data.insert("visits".into(), serde_json::json!(3));
     ada.expiry_date += Duration::minutes(5);
     store.save(&ada).await.unwrap();
-    assert_eq!(
-        store.load(&ada.id).await.unwrap().as_ref(),
-        Some(&ada),
-        "{label}: save/load"
-    );
+    assert_eq!(store.load(&ada.id).await.unwrap().as_ref(), Some(&ada), "{label}: save/load");
 
     // Two sessions are independent.
     let mut bob = record("bob");
     store.create(&mut bob).await.unwrap();
     assert_ne!(ada.id, bob.id, "{label}: distinct ids");
-    assert_eq!(
-        store.load(&bob.id).await.unwrap().as_ref(),
-        Some(&bob),
-        "{label}: second session"
-    );
+    assert_eq!(store.load(&bob.id).await.unwrap().as_ref(), Some(&bob), "{label}: second session");
 
     // Saving a session that does not exist writes nothing (no resurrection).
     let ghost = record("ghost");
     store.save(&ghost).await.unwrap();
-    assert_eq!(
-        store.load(&ghost.id).await.unwrap(),
-        None,
-        "{label}: save of unknown id"
-    );
+    assert_eq!(store.load(&ghost.id).await.unwrap(), None, "{label}: save of unknown id");
 
     // delete, idempotently.
     store.delete(&ada.id).await.unwrap();
     assert_eq!(store.load(&ada.id).await.unwrap(), None, "{label}: deleted");
     store.delete(&ada.id).await.unwrap();
     store.delete(&Id::default()).await.unwrap();
-    assert_eq!(
-        store.load(&bob.id).await.unwrap().as_ref(),
-        Some(&bob),
-        "{label}: other session kept"
-    );
+    assert_eq!(store.load(&bob.id).await.unwrap().as_ref(), Some(&bob), "{label}: other session kept");
 
     // A save after a delete does not bring the session back.
     store.save(&ada).await.unwrap();
-    assert_eq!(
-        store.load(&ada.id).await.unwrap(),
-        None,
-        "{label}: save after delete"
-    );
+    assert_eq!(store.load(&ada.id).await.unwrap(), None, "{label}: save after delete");
 
     // An expired record is never returned.
     let mut expired = record("old");
     expired.expiry_date = OffsetDateTime::now_utc() - Duration::seconds(1);
     store.create(&mut expired).await.unwrap();
-    assert_eq!(
-        store.load(&expired.id).await.unwrap(),
-        None,
-        "{label}: expired"
-    );
+    assert_eq!(store.load(&expired.id).await.unwrap(), None, "{label}: expired");
 
     // Larger, unicode, nested data.
     let mut big = record("zoë 🦀");
-    big.data
-        .insert("blob".into(), serde_json::json!("x".repeat(10_000)));
-    big.data.insert(
-        "nested".into(),
-        serde_json::json!({"a": [1, 2.5, null, true], "b": {"c": "d"}}),
-    );
+    big.data.insert("blob".into(), serde_json::json!("x".repeat(10_000)));
+    big.data.insert("nested".into(), serde_json::json!({"a": [1, 2.5, null, true], "b": {"c": "d"}}));
     store.create(&mut big).await.unwrap();
-    assert_eq!(
-        store.load(&big.id).await.unwrap().as_ref(),
-        Some(&big),
-        "{label}: big record"
-    );
+    assert_eq!(store.load(&big.id).await.unwrap().as_ref(), Some(&big), "{label}: big record");
 
     // Through tower-sessions' own Session: create, reload, cycle the id, flush.
     let shared = Arc::new(store.clone());
@@ -162,26 +112,14 @@ pub async fn acceptance(store: &MultiRedisStore, label: &str) {
     session.save().await.unwrap();
     let first_id = session.id().expect("saved session has an id");
     let again = Session::new(Some(first_id), shared.clone(), None);
-    assert_eq!(
-        again.get::<i32>("n").await.unwrap(),
-        Some(1),
-        "{label}: Session reload"
-    );
+    assert_eq!(again.get::<i32>("n").await.unwrap(), Some(1), "{label}: Session reload");
     again.cycle_id().await.unwrap();
     again.save().await.unwrap();
     let cycled = again.id().expect("cycled id");
     assert_ne!(cycled, first_id, "{label}: cycle_id");
-    assert_eq!(
-        store.load(&first_id).await.unwrap(),
-        None,
-        "{label}: old id gone after cycle"
-    );
+    assert_eq!(store.load(&first_id).await.unwrap(), None, "{label}: old id gone after cycle");
     let reloaded = Session::new(Some(cycled), shared.clone(), None);
-    assert_eq!(
-        reloaded.get::<i32>("n").await.unwrap(),
-        Some(1),
-        "{label}: data kept by cycle"
-    );
+    assert_eq!(reloaded.get::<i32>("n").await.unwrap(), Some(1), "{label}: data kept by cycle");
     reloaded.flush().await.unwrap();
     assert_eq!(store.load(&cycled).await.unwrap(), None, "{label}: flush");
 }
