@@ -7,7 +7,7 @@
 //!
 //! | op | rule |
 //! |---|---|
-//! | `load` | Ask R in order; the first live record wins. An error or an undecodable value does not stop the search, but if nothing is found after one, the result is `Err`, never "not found". |
+//! | `load` | Ask R in order; the first live record wins. An error or an undecodable value does not stop the search, but if nothing is found after one, the result is `Err`, never "not found"; and after a W backend failed, only a W backend that every save reached (write policy `all`) may answer, never a source, whose copy may be older. |
 //! | copy-on-read | When the winner is not in W: `SET NX PXAT` into every W backend (never overwrites); then check the source still holds the session (`Move`: delete it from the source) and undo the copy if it vanished meanwhile (a logout raced the copy). |
 //! | `create` | `SET NX PXAT` on every W backend at once; on a collision undo this attempt's writes and draw a new id; any error undoes and fails. |
 //! | `save` | `SET XX PXAT` on every W backend at once. Where it missed, and the session lives in a source (a not-yet-migrated session), write it there too (`SET NX`, then `SET XX` if a copy-on-read was faster); where it lives in no source, write nothing: no resurrection. |
@@ -182,6 +182,9 @@ impl MultiRedisStore {
         let sid = id.to_string();
         let deadline = self.deadline();
         let mut failures = Vec::new();
+        // A failed write backend may hold a newer copy than any later backend
+        // except another write backend that every save reached.
+        let mut writer_failed = false;
         for node in self.pick(&self.inner.readers) {
             if let Err(err) = self.check_deadline("load", deadline) {
                 failures.push(err);
@@ -195,6 +198,7 @@ impl MultiRedisStore {
                 }
                 Err(err) => {
                     tracing::warn!(backend = %node.name, error = %err, "load: backend failed");
+                    writer_failed |= node.modes.can_write();
                     failures.push(err);
                     if self.inner.options.read_policy == ReadPolicy::StopOnError {
                         break;
@@ -208,6 +212,7 @@ impl MultiRedisStore {
                     let err = Error::Decode { backend: node.name.clone(), reason: err.to_string() };
                     tracing::warn!(error = %err, "load: undecodable value");
                     node.count(Counter::Error);
+                    writer_failed |= node.modes.can_write();
                     failures.push(err);
                     if self.inner.options.read_policy == ReadPolicy::StopOnError {
                         break;
@@ -216,6 +221,13 @@ impl MultiRedisStore {
                 }
             };
             node.count(Counter::Hit);
+            let as_fresh = node.modes.can_write() && self.inner.options.write_policy == WritePolicy::All;
+            if writer_failed && !as_fresh {
+                // Serving this copy could undo the user's latest changes (or
+                // restore a privilege a newer copy dropped): report the failure.
+                tracing::warn!(backend = %node.name, "load: found only a possibly older copy; failing");
+                break;
+            }
             if !codec::is_live(&record) {
                 // The key outlived its record (clock skew): authoritative "gone".
                 tracing::debug!(backend = %node.name, "load: record expired");
