@@ -1,0 +1,223 @@
+//! Issue 5: the circuit breaker, the read and write policies, the deadline,
+//! health and counters, on real servers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{raw_set, record, servers};
+use tower_sessions_core::SessionStore;
+use tower_sessions_core::session::Id;
+use tower_sessions_multi_redis_store::testing::RedisServer;
+use tower_sessions_multi_redis_store::{
+    Backend, BreakerConfig, BreakerState, Modes, MultiRedisStore, ReadPolicy, WritePolicy, codec,
+};
+
+const TIMEOUT: Duration = Duration::from_millis(200);
+
+fn fast(b: Backend) -> Backend {
+    b.socket_timeout(TIMEOUT)
+        .breaker(BreakerConfig::default().failure_threshold(2).cool_down(Duration::from_millis(500)))
+}
+
+/// Freezes `server` until the guard is dropped.
+struct Frozen<'a>(&'a RedisServer);
+impl<'a> Frozen<'a> {
+    fn new(server: &'a RedisServer) -> Self {
+        server.freeze().unwrap();
+        Frozen(server)
+    }
+}
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.thaw();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_on_a_frozen_backend_skips_it_then_probes_and_closes() {
+    let servers = servers(2);
+    let (old, new) = (&servers[0], &servers[1]);
+    // "old" is read first, so every load consults it.
+    let store = MultiRedisStore::builder()
+        .backend(fast(Backend::url("old", old.url()).modes(Modes::READ_DELETE)))
+        .backend(fast(Backend::url("new", new.url())))
+        .build()
+        .await
+        .unwrap();
+    let mut rec = record("ada");
+    store.create(&mut rec).await.unwrap();
+    assert_eq!(store.load(&rec.id).await.unwrap(), Some(rec.clone()));
+
+    let frozen = Frozen::new(old);
+    // Two timeouts open the breaker; the session is still served by "new".
+    for _ in 0..2 {
+        assert_eq!(store.load(&rec.id).await.unwrap(), Some(rec.clone()));
+    }
+    let health = store.health();
+    assert_eq!(health[0].breaker, BreakerState::Open);
+    assert!(!health[0].up && health[0].last_error.as_deref().is_some_and(|e| e.contains("timed out")));
+    assert_eq!((health[0].counters.timeouts, health[0].counters.breaker_trips), (2, 1));
+    assert!(health[1].up && store.is_ready());
+
+    // While open, "old" is not asked at all: no more timeouts, only refusals.
+    for _ in 0..20 {
+        assert_eq!(store.load(&rec.id).await.unwrap(), Some(rec.clone()));
+    }
+    let err = store.load(&Id::default()).await.unwrap_err().to_string();
+    assert!(err.contains("backend `old`: skipped, circuit breaker open"), "{err}");
+    let counters = store.health()[0].counters;
+    assert_eq!(counters.timeouts, 2, "no command was sent while open");
+    assert_eq!(counters.errors, 2 + 21);
+
+    drop(frozen);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(store.health()[0].breaker, BreakerState::HalfOpen);
+    // The probe succeeds and closes it.
+    assert_eq!(store.load(&Id::default()).await.unwrap(), None);
+    assert_eq!(store.health()[0].breaker, BreakerState::Closed);
+    assert!(store.health()[0].up);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_policies_fall_through_or_stop() {
+    let mut servers = servers(2);
+    let rec = record("ada");
+    raw_set(&servers[1], &rec.id.to_string(), &codec::encode(&rec).unwrap()).await;
+    let build = |policy| {
+        MultiRedisStore::builder()
+            .backend(fast(Backend::url("old", servers[0].url()).modes(Modes::READ_DELETE)))
+            .backend(fast(Backend::url("new", servers[1].url())))
+            .read_policy(policy)
+            .build()
+    };
+    let (through, stop) =
+        (build(ReadPolicy::FallThrough).await.unwrap(), build(ReadPolicy::StopOnError).await.unwrap());
+    servers[0].kill();
+    assert_eq!(through.load(&rec.id).await.unwrap(), Some(rec.clone()));
+    let err = stop.load(&rec.id).await.unwrap_err().to_string();
+    assert!(err.contains("backend `old`") && !err.contains("`new`"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_backend_is_never_answered_for_by_an_older_copy() {
+    let mut servers = servers(2);
+    let store = MultiRedisStore::builder()
+        .backend(fast(Backend::url("new", servers[0].url())))
+        .backend(fast(Backend::url("old", servers[1].url()).modes(Modes::READ_DELETE)))
+        .build()
+        .await
+        .unwrap();
+    let mut rec = record("ada");
+    rec.data.insert("role".into(), serde_json::json!("admin"));
+    raw_set(&servers[1], &rec.id.to_string(), &codec::encode(&rec).unwrap()).await;
+    // The first request copies it into "new"; the app then drops the role.
+    assert!(store.load(&rec.id).await.unwrap().is_some());
+    rec.data.insert("role".into(), serde_json::json!("guest"));
+    store.save(&rec).await.unwrap();
+    servers[0].kill();
+    // "old" still holds the admin copy; it must not be served.
+    let err = store.load(&rec.id).await.unwrap_err().to_string();
+    assert!(err.contains("backend `new`"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_policies_all_or_any() {
+    let mut servers = servers(2);
+    let build = |policy| {
+        MultiRedisStore::builder()
+            .backend(fast(Backend::url("a", servers[0].url())))
+            .backend(fast(Backend::url("b", servers[1].url()).modes(Modes::WRITE)))
+            .write_policy(policy)
+            .build()
+    };
+    let (all, any) = (build(WritePolicy::All).await.unwrap(), build(WritePolicy::Any).await.unwrap());
+    servers[1].kill();
+
+    let mut rec = record("ada");
+    let err = all.create(&mut rec).await.unwrap_err().to_string();
+    assert!(err.contains("backend `b`"), "{err}");
+    assert!(!common::exists(&servers[0], &rec.id.to_string()).await, "undone on `a`");
+
+    let mut rec = record("bob");
+    any.create(&mut rec).await.unwrap();
+    assert_eq!(any.load(&rec.id).await.unwrap(), Some(rec.clone()));
+    rec.data.insert("n".into(), serde_json::json!(1));
+    any.save(&rec).await.unwrap();
+    assert!(all.save(&rec).await.is_err());
+    // Logout is never "any": a backend that could not forget makes it fail.
+    assert!(any.delete(&rec.id).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_bounds_an_operation_on_a_frozen_backend() {
+    let servers = servers(2);
+    let store = MultiRedisStore::builder()
+        .backend(
+            Backend::url("old", servers[0].url()).modes(Modes::READ_DELETE).socket_timeout(Duration::from_secs(30)),
+        )
+        .backend(Backend::url("new", servers[1].url()))
+        .deadline(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    store.load(&Id::default()).await.unwrap(); // connected
+    let _frozen = Frozen::new(&servers[0]);
+    let err = store.load(&Id::default()).await.unwrap_err().to_string();
+    assert!(
+        err.contains("backend `old`: GET timed out after") && err.contains("load: deadline of 300ms passed"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn counters_count_hits_misses_and_copies() {
+    let servers = servers(2);
+    let store = MultiRedisStore::builder()
+        .backend(Backend::url("new", servers[0].url()))
+        .backend(Backend::url("old", servers[1].url()).modes(Modes::READ_DELETE))
+        .build()
+        .await
+        .unwrap();
+    let rec = record("ada");
+    raw_set(&servers[1], &rec.id.to_string(), &codec::encode(&rec).unwrap()).await;
+    store.load(&rec.id).await.unwrap(); // miss new, hit old, copy to new
+    store.load(&rec.id).await.unwrap(); // hit new
+    store.load(&Id::default()).await.unwrap(); // miss both
+    let h = store.health();
+    assert_eq!((h[0].counters.hits, h[0].counters.misses, h[0].counters.copies), (1, 2, 1));
+    assert_eq!((h[1].counters.hits, h[1].counters.misses, h[1].counters.copies), (1, 1, 0));
+    assert!(h.iter().all(|h| h.up && h.counters.errors == 0 && h.last_error.is_none()));
+    let json = serde_json::to_value(&h).unwrap();
+    assert_eq!(json[0]["breaker"], "closed");
+}
+
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn counters_reach_the_metrics_facade() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder.install().unwrap();
+    let server = &servers(1)[0];
+    let store = MultiRedisStore::builder().backend(Backend::url("main", server.url())).build().await.unwrap();
+    let mut rec = record("ada");
+    store.create(&mut rec).await.unwrap();
+    store.load(&rec.id).await.unwrap();
+    store.load(&Id::default()).await.unwrap();
+    let counters: Vec<(String, String, u64)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, value)| match value {
+            DebugValue::Counter(n) => {
+                let label = key.key().labels().map(|l| format!("{}={}", l.key(), l.value())).collect::<String>();
+                Some((key.key().name().to_owned(), label, n))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(counters.contains(&("tower_sessions_redis_hits_total".into(), "backend=main".into(), 1)), "{counters:?}");
+    assert!(counters.contains(&("tower_sessions_redis_misses_total".into(), "backend=main".into(), 1)), "{counters:?}");
+}
