@@ -348,11 +348,12 @@ impl Node {
         self.op_timeout
     }
 
-    /// The Redis key of a session id.
-    pub(crate) fn key(&self, id: &str) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + id.len());
+    /// The Redis key of a session id: the prefix, then the id.
+    pub(crate) fn key(&self, id: &(impl fmt::Display + ?Sized)) -> String {
+        use fmt::Write;
+        let mut key = String::with_capacity(self.prefix.len() + 24);
         key.push_str(&self.prefix);
-        key.push_str(id);
+        let _ = write!(key, "{id}");
         key
     }
 
@@ -416,14 +417,18 @@ impl Node {
         let attempts = if idempotent && self.retry_on_timeout { 2 } else { 1 };
         let mut result = Err(Error::Timeout { backend: self.name.clone(), op, after: Duration::ZERO });
         for _ in 0..attempts {
-            let bound = match deadline {
-                Some(at) => self.op_timeout.min(at.saturating_duration_since(tokio::time::Instant::now())),
-                None => self.op_timeout,
-            };
-            result = match tokio::time::timeout(bound, attempt()).await {
-                Ok(Ok(value)) => Ok(value),
-                Ok(Err(source)) => Err(Error::Redis { backend: self.name.clone(), op, source }),
-                Err(_elapsed) => Err(Error::Timeout { backend: self.name.clone(), op, after: bound }),
+            // redis-rs bounds connecting and answering (`socket_timeout` each);
+            // a timer of our own is armed only for an operation deadline.
+            result = match deadline {
+                None => attempt().await.map_err(|source| Error::Redis { backend: self.name.clone(), op, source }),
+                Some(at) => {
+                    let bound = self.op_timeout.min(at.saturating_duration_since(tokio::time::Instant::now()));
+                    match tokio::time::timeout(bound, attempt()).await {
+                        Ok(Ok(value)) => Ok(value),
+                        Ok(Err(source)) => Err(Error::Redis { backend: self.name.clone(), op, source }),
+                        Err(_elapsed) => Err(Error::Timeout { backend: self.name.clone(), op, after: bound }),
+                    }
+                }
             };
             match &result {
                 Err(err) if err.is_timeout() && deadline.is_none_or(|at| tokio::time::Instant::now() < at) => {
@@ -439,7 +444,10 @@ impl Node {
         }
         tracing::trace!(backend = %self.name, op, ok = result.is_ok(), "command");
         match &result {
-            Ok(_) => self.last_ok.store(true, Ordering::Relaxed),
+            // Read first: writing a shared flag on every command would bounce
+            // its cache line between worker threads.
+            Ok(_) if !self.last_ok.load(Ordering::Relaxed) => self.last_ok.store(true, Ordering::Relaxed),
+            Ok(_) => {}
             Err(err) => {
                 self.count(Counter::Error);
                 if err.is_timeout() {
@@ -503,14 +511,18 @@ impl Node {
     }
 
     /// `GET`: the stored bytes, if any.
-    pub(crate) async fn get(&self, id: &str, deadline: Deadline) -> Result<Option<Vec<u8>>, Error> {
+    pub(crate) async fn get(
+        &self,
+        id: &(impl fmt::Display + ?Sized),
+        deadline: Deadline,
+    ) -> Result<Option<Vec<u8>>, Error> {
         self.run("GET", redis::cmd("GET").arg(self.key(id)), true, deadline).await
     }
 
     /// `SET key value PXAT expiry NX|XX`: whether the value was written.
     pub(crate) async fn set(
         &self,
-        id: &str,
+        id: &(impl fmt::Display + ?Sized),
         value: &[u8],
         pxat: u64,
         cond: SetIf,
@@ -528,13 +540,13 @@ impl Node {
     }
 
     /// `DEL`: whether a key was removed.
-    pub(crate) async fn del(&self, id: &str, deadline: Deadline) -> Result<bool, Error> {
+    pub(crate) async fn del(&self, id: &(impl fmt::Display + ?Sized), deadline: Deadline) -> Result<bool, Error> {
         let removed: u64 = self.run("DEL", redis::cmd("DEL").arg(self.key(id)), true, deadline).await?;
         Ok(removed > 0)
     }
 
     /// `EXISTS`: whether the key is there.
-    pub(crate) async fn exists(&self, id: &str, deadline: Deadline) -> Result<bool, Error> {
+    pub(crate) async fn exists(&self, id: &(impl fmt::Display + ?Sized), deadline: Deadline) -> Result<bool, Error> {
         let found: u64 = self.run("EXISTS", redis::cmd("EXISTS").arg(self.key(id)), true, deadline).await?;
         Ok(found > 0)
     }

@@ -8,6 +8,7 @@
 //! NOPERM, ...) is up, and its errors are reported as they are.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -105,11 +106,13 @@ pub(crate) enum Permit {
 pub(crate) struct Breaker {
     config: BreakerConfig,
     state: Mutex<State>,
+    /// True while closed with no failure counted: the hot path reads only this.
+    clean: AtomicBool,
 }
 
 impl Breaker {
     pub(crate) fn new(config: BreakerConfig) -> Breaker {
-        Breaker { config, state: Mutex::new(State::Closed { failures: 0 }) }
+        Breaker { config, state: Mutex::new(State::Closed { failures: 0 }), clean: AtomicBool::new(true) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -118,7 +121,7 @@ impl Breaker {
     }
 
     pub(crate) fn allow(&self) -> Permit {
-        if self.config.failure_threshold == 0 {
+        if self.config.failure_threshold == 0 || self.clean.load(Ordering::Acquire) {
             return Permit::Go;
         }
         let mut state = self.lock();
@@ -139,14 +142,20 @@ impl Breaker {
 
     /// Records an outcome; returns true when this failure opened the breaker.
     pub(crate) fn record(&self, permit: &Permit, unreachable: bool) -> bool {
-        if self.config.failure_threshold == 0 {
+        if self.config.failure_threshold == 0 || (!unreachable && self.clean.load(Ordering::Acquire)) {
             return false;
         }
         let mut state = self.lock();
+        let opened = self.transition(&mut state, permit, unreachable);
+        self.clean.store(matches!(*state, State::Closed { failures: 0 }), Ordering::Release);
+        opened
+    }
+
+    fn transition(&self, state: &mut State, permit: &Permit, unreachable: bool) -> bool {
         let open = State::Open { until: Instant::now() + self.config.cool_down };
         match (&*state, unreachable) {
             (_, false) => {
-                if *permit == Permit::Probe || matches!(*state, State::Closed { .. }) {
+                if *permit == Permit::Probe || matches!(state, State::Closed { .. }) {
                     *state = State::Closed { failures: 0 };
                 }
                 false

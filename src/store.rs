@@ -160,8 +160,23 @@ impl MultiRedisStore {
         self.inner.nodes.iter().any(|n| n.modes.can_read() && n.modes.can_write() && n.health().up)
     }
 
-    fn pick(&self, indices: &[usize]) -> Vec<&Node> {
-        indices.iter().map(|&i| &self.inner.nodes[i]).collect()
+    fn nodes_at<'a>(&'a self, indices: &'a [usize]) -> impl Iterator<Item = &'a Node> + Clone {
+        indices.iter().map(|&i| &self.inner.nodes[i])
+    }
+
+    /// Runs `f` on the backends at `indices` concurrently; each with its result.
+    async fn fan_out<'a, T, F, Fut>(&'a self, indices: &'a [usize], f: F) -> Vec<(&'a Node, T)>
+    where
+        F: Fn(&'a Node) -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        if let [only] = indices {
+            let node = &self.inner.nodes[*only];
+            return vec![(node, f(node).await)];
+        }
+        let nodes = self.nodes_at(indices);
+        let results = join_all(nodes.clone().map(&f)).await;
+        nodes.zip(results).collect()
     }
 
     /// When the current operation must be done by.
@@ -179,18 +194,17 @@ impl MultiRedisStore {
 
     /// `load`: see the module docs.
     async fn load_record(&self, id: &Id) -> Result<Option<Record>, Error> {
-        let sid = id.to_string();
         let deadline = self.deadline();
         let mut failures = Vec::new();
         // A failed write backend may hold a newer copy than any later backend
         // except another write backend that every save reached.
         let mut writer_failed = false;
-        for node in self.pick(&self.inner.readers) {
+        for node in self.nodes_at(&self.inner.readers) {
             if let Err(err) = self.check_deadline("load", deadline) {
                 failures.push(err);
                 break;
             }
-            let bytes = match node.get(&sid, deadline).await {
+            let bytes = match node.get(id, deadline).await {
                 Ok(Some(bytes)) => bytes,
                 Ok(None) => {
                     node.count(Counter::Miss);
@@ -234,7 +248,7 @@ impl MultiRedisStore {
                 break;
             }
             if !node.modes.can_write() && self.inner.options.copy_on_read != CopyOnRead::Off {
-                self.copy_back(node, &sid, &bytes, &record, deadline).await;
+                self.copy_back(node, id, &bytes, &record, deadline).await;
             }
             return Ok(Some(record));
         }
@@ -242,15 +256,14 @@ impl MultiRedisStore {
     }
 
     /// Copy-on-read of a record found in `source` (not in W) into every W backend.
-    async fn copy_back(&self, source: &Node, sid: &str, bytes: &[u8], record: &Record, deadline: Deadline) {
+    async fn copy_back(&self, source: &Node, sid: &Id, bytes: &[u8], record: &Record, deadline: Deadline) {
         let pxat = codec::expiry_millis(record.expiry_date);
-        let writers = self.pick(&self.inner.writers);
-        let results = join_all(writers.iter().map(|w| w.set(sid, bytes, pxat, SetIf::Absent, deadline))).await;
+        let results = self.fan_out(&self.inner.writers, |w| w.set(sid, bytes, pxat, SetIf::Absent, deadline)).await;
         let mut created = Vec::new();
         let mut complete = true;
-        for (w, result) in writers.iter().zip(results) {
+        for (w, result) in results {
             match result {
-                Ok(true) => created.push(*w),
+                Ok(true) => created.push(w),
                 Ok(false) => {}
                 Err(err) => {
                     complete = false;
@@ -280,21 +293,21 @@ impl MultiRedisStore {
 
     /// `create`: see the module docs.
     async fn create_record(&self, record: &mut Record) -> Result<(), Error> {
-        let writers = self.pick(&self.inner.writers);
         let deadline = self.deadline();
         let any = self.inner.options.write_policy == WritePolicy::Any;
         for _ in 0..self.inner.options.create_attempts {
             self.check_deadline("create", deadline)?;
-            let sid = record.id.to_string();
+            let sid = record.id;
             let bytes = encode(record)?;
             let pxat = codec::expiry_millis(record.expiry_date);
-            let results = join_all(writers.iter().map(|w| w.set(&sid, &bytes, pxat, SetIf::Absent, deadline))).await;
+            let results =
+                self.fan_out(&self.inner.writers, |w| w.set(&sid, &bytes, pxat, SetIf::Absent, deadline)).await;
             let mut created = Vec::new();
             let mut failures = Vec::new();
             let mut collided = false;
-            for (w, result) in writers.iter().zip(results) {
+            for (w, result) in results {
                 match result {
-                    Ok(true) => created.push(*w),
+                    Ok(true) => created.push(w),
                     Ok(false) => collided = true,
                     Err(err) => failures.push(err),
                 }
@@ -317,24 +330,23 @@ impl MultiRedisStore {
 
     /// `save`: see the module docs.
     async fn save_record(&self, record: &Record) -> Result<(), Error> {
-        let sid = record.id.to_string();
+        let sid = &record.id;
         let bytes = encode(record)?;
         let pxat = codec::expiry_millis(record.expiry_date);
         let deadline = self.deadline();
-        let writers = self.pick(&self.inner.writers);
-        let results = join_all(writers.iter().map(|w| w.set(&sid, &bytes, pxat, SetIf::Present, deadline))).await;
+        let results = self.fan_out(&self.inner.writers, |w| w.set(sid, &bytes, pxat, SetIf::Present, deadline)).await;
         let mut misses = Vec::new();
         let mut failures = Vec::new();
         let mut written = 0;
-        for (w, result) in writers.iter().zip(results) {
+        for (w, result) in results {
             match result {
                 Ok(true) => written += 1,
-                Ok(false) => misses.push(*w),
+                Ok(false) => misses.push(w),
                 Err(err) => failures.push(err),
             }
         }
         if !misses.is_empty() && !self.inner.sources.is_empty() {
-            let witnesses = self.sources_holding(&sid, &mut failures, deadline).await;
+            let witnesses = self.sources_holding(sid, &mut failures, deadline).await;
             if witnesses.is_empty() {
                 // In no source (logged out, expired, moved meanwhile, or only
                 // in other W backends): creating it could resurrect it. A
@@ -349,7 +361,7 @@ impl MultiRedisStore {
                     }
                 }
             } else {
-                written += self.fill(&misses, &witnesses, &sid, &bytes, pxat, &mut failures, deadline).await;
+                written += self.fill(&misses, &witnesses, sid, &bytes, pxat, &mut failures, deadline).await;
             }
         }
         let any = self.inner.options.write_policy == WritePolicy::Any;
@@ -364,11 +376,10 @@ impl MultiRedisStore {
     }
 
     /// The sources that hold the session.
-    async fn sources_holding<'a>(&'a self, sid: &str, failures: &mut Vec<Error>, deadline: Deadline) -> Vec<&'a Node> {
-        let sources = self.pick(&self.inner.sources);
-        let found = join_all(sources.iter().map(|n| n.exists(sid, deadline))).await;
+    async fn sources_holding<'a>(&'a self, sid: &Id, failures: &mut Vec<Error>, deadline: Deadline) -> Vec<&'a Node> {
+        let found = self.fan_out(&self.inner.sources, |n| n.exists(sid, deadline)).await;
         let mut holding = Vec::new();
-        for (node, result) in sources.into_iter().zip(found) {
+        for (node, result) in found {
             match result {
                 Ok(true) => holding.push(node),
                 Ok(false) => {}
@@ -386,7 +397,7 @@ impl MultiRedisStore {
         &self,
         targets: &[&Node],
         witnesses: &[&Node],
-        sid: &str,
+        sid: &Id,
         bytes: &[u8],
         pxat: u64,
         failures: &mut Vec<Error>,
@@ -427,7 +438,6 @@ impl MultiRedisStore {
 
     /// `delete`: see the module docs.
     async fn delete_record(&self, id: &Id) -> Result<(), Error> {
-        let sid = id.to_string();
         let deadline = self.deadline();
         let mut failures = Vec::new();
         let rounds: &[&[usize]] = if self.inner.sources.is_empty() {
@@ -436,9 +446,8 @@ impl MultiRedisStore {
             &[&self.inner.deleters, &self.inner.writers]
         };
         for round in rounds {
-            let nodes = self.pick(round);
-            let results = join_all(nodes.iter().map(|n| n.del(&sid, deadline))).await;
-            failures.extend(results.into_iter().filter_map(Result::err));
+            let results = self.fan_out(round, |n| n.del(id, deadline)).await;
+            failures.extend(results.into_iter().filter_map(|(_, r)| r.err()));
         }
         if failures.is_empty() { Ok(()) } else { Err(Error::from_failures(failures)) }
     }
@@ -449,7 +458,7 @@ fn encode(record: &Record) -> Result<Vec<u8>, Error> {
 }
 
 /// Best-effort removal of keys this operation created (never cut short).
-async fn undo(created: &[&Node], sid: &str) {
+async fn undo(created: &[&Node], sid: &Id) {
     for (node, result) in created.iter().zip(join_all(created.iter().map(|n| n.del(sid, None))).await) {
         if let Err(err) = result {
             tracing::warn!(backend = %node.name, error = %err, "could not undo a write");

@@ -149,7 +149,7 @@ pub(crate) fn open(backend: &Backend) -> Result<ConnectionManager, Error> {
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(backend.socket_timeout))
         .set_response_timeout(Some(backend.socket_timeout))
-        .set_number_of_retries(2)
+        .set_number_of_retries(0)
         .set_min_delay(Duration::from_millis(10))
         .set_max_delay(Duration::from_millis(200));
     ConnectionManager::new_lazy_with_config(client, config).map_err(|err| Error::Redis {

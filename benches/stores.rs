@@ -1,0 +1,363 @@
+//! Side by side, in one run, against the same local redis-server: one
+//! "request" is `load` then `save` of a small session (three fields, ~150
+//! bytes encoded), from 1, 16 and 64 concurrent tasks.
+//!
+//! * raw redis-rs: the same commands (`GET`, `SET ... PXAT XX`) and the same
+//!   encoding on one multiplexed connection, the floor;
+//! * MultiRedisStore, one backend;
+//! * MultiRedisStore, `new: read+write, old: read+delete`, session in "new";
+//! * the same, first touch of a session still only in "old" (copy-on-read);
+//! * tower-sessions-redis-store 0.16 (fred, 6-connection pool), the anchor,
+//!   run as a subprocess (`benches/anchor`, built by `scripts/bench`).
+//!
+//! Cases are interleaved, three rounds; the median round is reported. Then an
+//! end-to-end run: an axum app with `SessionManagerLayer`, over real HTTP with
+//! cookies, on MultiRedisStore and on MemoryStore.
+//!
+//! ```sh
+//! ./scripts/bench          # builds the anchor, then cargo bench --bench stores
+//! ```
+//! Writes `target/bench-stores.csv` and `benches/stores.svg`.
+
+#[path = "../examples/shared/app.rs"]
+mod app;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use time::OffsetDateTime;
+use tower_sessions::MemoryStore;
+use tower_sessions_core::SessionStore;
+use tower_sessions_core::session::{Id, Record};
+use tower_sessions_multi_redis_store::testing::RedisServer;
+use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore, codec};
+
+const MILLIS: u64 = 1500;
+const SESSIONS: usize = 10_000;
+const ROUNDS: usize = 3;
+const CONCURRENCY: [usize; 3] = [1, 16, 64];
+
+fn small_session() -> Record {
+    Record {
+        id: Id::default(),
+        data: [
+            ("user_id".to_owned(), serde_json::json!(42)),
+            ("name".to_owned(), serde_json::json!("Ada Lovelace")),
+            ("csrf".to_owned(), serde_json::json!("f3b1c2d4e5f60718293a4b5c6d7e8f90f3b1c2d4e5f60718293a4b5c6d7e8f90")),
+        ]
+        .into(),
+        expiry_date: OffsetDateTime::now_utc() + time::Duration::hours(1),
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    /// CPU time of the client process per request (µs), user + system.
+    cpu_us: f64,
+}
+
+/// User + system CPU seconds of this process so far.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum::<f64>() / 100.0
+}
+
+fn summarize(mut lat: Vec<u64>, seconds: f64) -> Sample {
+    lat.sort_unstable();
+    let p = |q: f64| lat[((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1] as f64 / 1000.0;
+    Sample { rps: lat.len() as f64 / seconds, p50_us: p(0.5), p99_us: p(0.99), cpu_us: 0.0 }
+}
+
+/// `concurrency` tasks calling `request(task, i)` for MILLIS ms.
+async fn drive<F, Fut>(concurrency: usize, request: F) -> Sample
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let deadline = Instant::now() + Duration::from_millis(MILLIS);
+    let started = Instant::now();
+    let cpu_before = cpu_seconds();
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..concurrency {
+        let request = request.clone();
+        tasks.spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = t * 7919;
+            while Instant::now() < deadline {
+                i = i.wrapping_add(104_729);
+                let begun = Instant::now();
+                request(t, i).await;
+                lat.push(begun.elapsed().as_nanos() as u64);
+            }
+            lat
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        all.extend(r.unwrap());
+    }
+    let requests = all.len() as f64;
+    let cpu = cpu_seconds() - cpu_before;
+    Sample { cpu_us: cpu * 1e6 / requests, ..summarize(all, started.elapsed().as_secs_f64()) }
+}
+
+async fn store_request(store: MultiRedisStore, id: Id, i: usize) {
+    let mut rec = store.load(&id).await.unwrap().expect("session exists");
+    rec.data.insert("n".to_owned(), serde_json::json!(i));
+    store.save(&rec).await.unwrap();
+}
+
+fn anchor_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("ANCHOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/anchor/target/release/tsrs-anchor"));
+    path.exists().then_some(path)
+}
+
+fn anchor(bin: &PathBuf, url: &str, concurrency: usize) -> Sample {
+    let out = std::process::Command::new(bin)
+        .args([url, &concurrency.to_string(), &MILLIS.to_string(), &SESSIONS.to_string()])
+        .output()
+        .expect("run the anchor");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("anchor JSON");
+    Sample {
+        rps: v["requests"].as_f64().unwrap() / v["seconds"].as_f64().unwrap(),
+        p50_us: v["p50_ns"].as_f64().unwrap() / 1000.0,
+        p99_us: v["p99_ns"].as_f64().unwrap() / 1000.0,
+        cpu_us: v["cpu_us"].as_f64().unwrap_or(f64::NAN),
+    }
+}
+
+const CASES: [&str; 5] = [
+    "tower-sessions-redis-store 0.16",
+    "raw redis-rs",
+    "MultiRedisStore, 1 backend",
+    "MultiRedisStore, 2 backends, in new",
+    "MultiRedisStore, 2 backends, first touch",
+];
+
+#[tokio::main]
+async fn main() {
+    let (main_server, old_server) = (RedisServer::start().unwrap(), RedisServer::start().unwrap());
+    let one = MultiRedisStore::builder().backend(Backend::url("main", main_server.url())).build().await.unwrap();
+    let two = MultiRedisStore::builder()
+        .backend(Backend::url("new", main_server.url()).prefix("two:"))
+        .backend(Backend::url("old", old_server.url()).prefix("two:").modes(Modes::READ_DELETE))
+        .build()
+        .await
+        .unwrap();
+    let raw = main_server.client().unwrap().get_multiplexed_async_connection().await.unwrap();
+    let (mut one_ids, mut two_ids) = (Vec::new(), Vec::new());
+    for _ in 0..SESSIONS {
+        let mut rec = small_session();
+        one.create(&mut rec).await.unwrap();
+        one_ids.push(rec.id);
+        let mut rec = small_session();
+        two.create(&mut rec).await.unwrap();
+        two_ids.push(rec.id);
+    }
+    eprintln!("session size: {} bytes", codec::encode(&small_session()).unwrap().len());
+    let (one_ids, two_ids) = (Arc::new(one_ids), Arc::new(two_ids));
+    // Sessions only in "old", one per first-touch request.
+    let fresh: Arc<Vec<Id>> = {
+        let mut conn = old_server.client().unwrap().get_multiplexed_async_connection().await.unwrap();
+        let mut ids = Vec::new();
+        for chunk in 0..60 {
+            let mut pipe = redis::pipe();
+            for _ in 0..10_000 {
+                let rec = small_session();
+                pipe.cmd("SET")
+                    .arg(format!("two:{}", rec.id))
+                    .arg(codec::encode(&rec).unwrap())
+                    .arg("EX")
+                    .arg(3600)
+                    .ignore();
+                ids.push(rec.id);
+            }
+            let _: () = pipe.query_async(&mut conn).await.unwrap();
+            let _ = chunk;
+        }
+        Arc::new(ids)
+    };
+    let next_fresh = Arc::new(AtomicUsize::new(0));
+    let anchor_bin = anchor_binary();
+    if anchor_bin.is_none() {
+        eprintln!(
+            "anchor not built: run ./scripts/bench (or build benches/anchor) to measure tower-sessions-redis-store"
+        );
+    }
+
+    // results[case][concurrency index] = samples of every round
+    let mut results = vec![vec![Vec::new(); CONCURRENCY.len()]; CASES.len()];
+    for round in 0..ROUNDS {
+        for (ci, &c) in CONCURRENCY.iter().enumerate() {
+            if let Some(bin) = &anchor_bin {
+                results[0][ci].push(anchor(bin, &main_server.url(), c));
+            }
+            let (ids, raw) = (one_ids.clone(), raw.clone());
+            results[1][ci].push(
+                drive(c, move |_, i| {
+                    let (mut conn, id) = (raw.clone(), ids[i % ids.len()]);
+                    async move {
+                        let key = id.to_string();
+                        let bytes: Vec<u8> = conn.get(&key).await.unwrap();
+                        let mut rec = codec::decode(&bytes).unwrap();
+                        rec.data.insert("n".to_owned(), serde_json::json!(i));
+                        let bytes = codec::encode(&rec).unwrap();
+                        let _: redis::Value = redis::cmd("SET")
+                            .arg(&key)
+                            .arg(bytes)
+                            .arg("PXAT")
+                            .arg(codec::expiry_millis(rec.expiry_date))
+                            .arg("XX")
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap();
+                    }
+                })
+                .await,
+            );
+            let (store, ids) = (one.clone(), one_ids.clone());
+            results[2][ci].push(drive(c, move |_, i| store_request(store.clone(), ids[i % ids.len()], i)).await);
+            let (store, ids) = (two.clone(), two_ids.clone());
+            results[3][ci].push(drive(c, move |_, i| store_request(store.clone(), ids[i % ids.len()], i)).await);
+            let (store, fresh, next) = (two.clone(), fresh.clone(), next_fresh.clone());
+            results[4][ci].push(
+                drive(c, move |_, i| {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    store_request(store.clone(), fresh[k % fresh.len()], i)
+                })
+                .await,
+            );
+            eprintln!("round {round}, concurrency {c} done");
+        }
+    }
+    assert!(next_fresh.load(Ordering::Relaxed) <= fresh.len(), "ran out of first-touch sessions");
+
+    // The median round by requests/s.
+    let median = |samples: &Vec<Sample>| -> Option<Sample> {
+        let mut s = samples.clone();
+        s.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+        s.get(s.len() / 2).copied()
+    };
+    let table: Vec<Vec<Option<Sample>>> = results.iter().map(|per_c| per_c.iter().map(median).collect()).collect();
+    println!(
+        "| store | tasks | requests/s | p50 (µs) | p99 (µs) | client CPU (µs/request) | vs tower-sessions-redis-store | vs raw redis-rs |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut csv = String::from("store,tasks,requests_per_s,p50_us,p99_us,cpu_us_per_request,ratio_anchor,ratio_raw\n");
+    for (ci, &c) in CONCURRENCY.iter().enumerate() {
+        for (k, name) in CASES.iter().enumerate() {
+            let Some(s) = table[k][ci] else { continue };
+            let ratio = |base: Option<Sample>| base.map_or(f64::NAN, |b| s.rps / b.rps);
+            let (ra, rr) = (ratio(table[0][ci]), ratio(table[1][ci]));
+            println!(
+                "| {name} | {c} | {:.0} | {:.0} | {:.0} | {:.1} | {ra:.2}x | {rr:.2}x |",
+                s.rps, s.p50_us, s.p99_us, s.cpu_us
+            );
+            csv.push_str(&format!(
+                "{name},{c},{:.0},{:.1},{:.1},{:.2},{ra:.3},{rr:.3}\n",
+                s.rps, s.p50_us, s.p99_us, s.cpu_us
+            ));
+        }
+    }
+    let _ = std::fs::create_dir_all("target");
+    let _ = std::fs::write("target/bench-stores.csv", &csv);
+    let _ = std::fs::write(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/stores.svg"), chart(&table));
+
+    // End to end over HTTP.
+    println!();
+    println!("| app store (axum, HTTP, cookies) | clients | requests/s | p50 (µs) | p99 (µs) | vs MemoryStore |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for c in [16, 64] {
+        let memory = http(app::app(MemoryStore::default()), c).await;
+        let multi = http(app::app(one.clone()), c).await;
+        for (name, s) in [("MemoryStore", memory), ("MultiRedisStore, 1 backend", multi)] {
+            println!(
+                "| {name} | {c} | {:.0} | {:.0} | {:.0} | {:.2}x |",
+                s.rps,
+                s.p50_us,
+                s.p99_us,
+                s.rps / memory.rps
+            );
+            csv.push_str(&format!("http {name},{c},{:.0},{:.1},{:.1},{:.2},,\n", s.rps, s.p50_us, s.p99_us, s.cpu_us));
+        }
+    }
+    let _ = std::fs::write("target/bench-stores.csv", &csv);
+}
+
+/// `clients` users, each with its own cookie jar, logged in, then GET /me
+/// (loads and saves the session) for MILLIS ms.
+async fn http(app: axum::Router, clients: usize) -> Sample {
+    let (addr, server) = app::serve(app).await.unwrap();
+    let mut users = Vec::new();
+    for u in 0..clients {
+        let client = reqwest::Client::builder().cookie_store(true).build().unwrap();
+        client.post(format!("http://{addr}/login/u{u}")).send().await.unwrap().error_for_status().unwrap();
+        users.push(client);
+    }
+    let users = Arc::new(users);
+    let sample = drive(clients, move |t, _| {
+        let client = users[t].clone();
+        async move {
+            let r = client.get(format!("http://{addr}/me")).send().await.unwrap();
+            assert!(r.status().is_success());
+            let _ = r.bytes().await.unwrap();
+        }
+    })
+    .await;
+    server.abort();
+    sample
+}
+
+/// Grouped bars: requests/s by concurrency for each store.
+fn chart(table: &[Vec<Option<Sample>>]) -> String {
+    let colors = ["#888888", "#1f77b4", "#2ca02c", "#98df8a", "#ff7f0e"];
+    let max = table.iter().flatten().flatten().map(|s| s.rps).fold(1.0, f64::max) * 1.1;
+    let (w, h, left, bottom) = (760.0, 380.0, 70.0, 330.0);
+    let group = (w - left - 20.0) / CONCURRENCY.len() as f64;
+    let bar = group / (CASES.len() as f64 + 1.0);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"20\" font-size=\"14\">requests/s (load + save) by concurrent tasks, one local redis-server</text>\n",
+        h + 110.0
+    );
+    for tick in 0..=5 {
+        let v = max * tick as f64 / 5.0;
+        let y = bottom - (bottom - 40.0) * tick as f64 / 5.0;
+        svg.push_str(&format!("<line x1=\"{left}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.0}k</text>\n", w - 20.0, left - 6.0, y + 4.0, v / 1000.0));
+    }
+    for (ci, c) in CONCURRENCY.iter().enumerate() {
+        let x0 = left + group * ci as f64 + bar / 2.0;
+        for (k, row) in table.iter().enumerate() {
+            if let Some(s) = row[ci] {
+                let bh = (bottom - 40.0) * s.rps / max;
+                svg.push_str(&format!(
+                    "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{}\"/>\n",
+                    x0 + bar * k as f64,
+                    bottom - bh,
+                    bar * 0.9,
+                    colors[k]
+                ));
+            }
+        }
+        svg.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{c} tasks</text>\n",
+            x0 + bar * CASES.len() as f64 / 2.0,
+            bottom + 18.0
+        ));
+    }
+    for (k, name) in CASES.iter().enumerate() {
+        let y = bottom + 40.0 + 16.0 * k as f64;
+        svg.push_str(&format!("<rect x=\"{left}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{name}</text>\n", y - 10.0, colors[k], left + 18.0, y));
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
