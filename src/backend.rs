@@ -25,7 +25,7 @@ use crate::redact::redact_url;
 pub const DEFAULT_SOCKET_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where a backend's server is.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub enum Address {
     /// `redis://`, `rediss://`, `redis+unix://` or `unix://` URL (may carry credentials).
@@ -39,6 +39,11 @@ pub enum Address {
     },
     /// Path of a unix domain socket.
     Unix(PathBuf),
+    /// Several servers, each holding the sessions whose ids hash to it
+    /// (weighted rendezvous hashing, see [`Partition`](crate::Partition)).
+    /// Each member is a one-server [`Backend`]: its name labels it in the
+    /// hash, its [`weight`](Backend::weight) sets its share.
+    Partitioned(Vec<Backend>),
 }
 
 impl fmt::Debug for Address {
@@ -47,6 +52,7 @@ impl fmt::Debug for Address {
             Address::Url(url) => f.debug_tuple("Url").field(&redact_url(url)).finish(),
             Address::Tcp { host, port } => f.debug_struct("Tcp").field("host", host).field("port", port).finish(),
             Address::Unix(path) => f.debug_tuple("Unix").field(path).finish(),
+            Address::Partitioned(members) => f.debug_tuple("Partitioned").field(members).finish(),
         }
     }
 }
@@ -86,6 +92,7 @@ pub struct Backend {
     pub(crate) tls_root_ca: Option<Vec<u8>>,
     pub(crate) tls_client: Option<(Vec<u8>, Vec<u8>)>,
     pub(crate) breaker: BreakerConfig,
+    pub(crate) weight: u32,
 }
 
 impl Backend {
@@ -105,6 +112,7 @@ impl Backend {
             tls_root_ca: None,
             tls_client: None,
             breaker: BreakerConfig::default(),
+            weight: 1,
         }
     }
 
@@ -122,6 +130,28 @@ impl Backend {
     /// A backend behind a unix domain socket.
     pub fn unix(name: impl Into<String>, path: impl Into<PathBuf>) -> Backend {
         Backend::new(name, Address::Unix(path.into()))
+    }
+
+    /// A backend partitioned over several servers by weighted rendezvous
+    /// hashing of the session id. Members are one-server backends (their
+    /// modes and prefix are those of this backend; their socket timeout too).
+    ///
+    /// ```
+    /// use tower_sessions_multi_redis_store::Backend;
+    ///
+    /// let pool = Backend::partitioned("pool", [
+    ///     Backend::tcp("a", "10.0.0.1", 6379),
+    ///     Backend::tcp("b", "10.0.0.2", 6379).weight(2),
+    /// ]);
+    /// ```
+    pub fn partitioned(name: impl Into<String>, members: impl IntoIterator<Item = Backend>) -> Backend {
+        Backend::new(name, Address::Partitioned(members.into_iter().collect()))
+    }
+
+    /// This member's share in a partitioned backend (default 1).
+    pub fn weight(mut self, weight: u32) -> Backend {
+        self.weight = weight;
+        self
     }
 
     /// What the store may do with this backend (default: read and write).
@@ -241,6 +271,10 @@ impl fmt::Debug for Backend {
 /// The instant an operation must be done by, if any. Commands that undo or
 /// check a copy get `None`: they are never cut short.
 pub(crate) type Deadline = Option<tokio::time::Instant>;
+
+/// Bits of a composite SCAN cursor that hold the member of a partitioned backend.
+const MEMBER_SHIFT: u32 = 56;
+const INNER_MASK: u64 = (1 << MEMBER_SHIFT) - 1;
 
 /// The condition of a `SET`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -460,15 +494,21 @@ impl Node {
         result
     }
 
-    /// One command.
+    /// One command, to member `member` of the backend.
     async fn run<T: FromRedisValue>(
         &self,
         op: &'static str,
+        member: usize,
         cmd: &Cmd,
         idempotent: bool,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<T, Error> {
-        self.guarded(op, deadline, idempotent, || self.conn.query::<T>(cmd)).await
+        self.guarded(op, deadline, idempotent, || self.conn.query::<T>(member, cmd)).await
+    }
+
+    /// The member (of a partitioned backend; else 0) that holds session `id`.
+    pub(crate) fn member_of(&self, id: &(impl fmt::Display + ?Sized)) -> usize {
+        self.conn.member_of(id)
     }
 
     /// The session id of one of this backend's keys (the key without the prefix).
@@ -477,6 +517,8 @@ impl Node {
     }
 
     /// `SCAN cursor MATCH <prefix>* COUNT count`: the next cursor and keys.
+    /// A partitioned backend is walked member after member; the member is
+    /// kept in the top 8 bits of the cursor.
     pub(crate) async fn scan(&self, cursor: u64, count: usize) -> Result<(u64, Vec<String>), Error> {
         let mut pattern = String::with_capacity(self.prefix.len() + 1);
         for c in self.prefix.chars() {
@@ -486,28 +528,73 @@ impl Node {
             pattern.push(c);
         }
         pattern.push('*');
+        let (member, inner) = (cursor >> MEMBER_SHIFT, cursor & INNER_MASK);
         let mut cmd = redis::cmd("SCAN");
-        cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(count);
-        self.run("SCAN", &cmd, true, None).await
+        cmd.arg(inner).arg("MATCH").arg(pattern).arg("COUNT").arg(count);
+        let (next, keys): (u64, Vec<String>) = self.run("SCAN", member as usize, &cmd, true, None).await?;
+        if next > INNER_MASK {
+            return Err(Error::Redis {
+                backend: self.name.clone(),
+                op: "SCAN",
+                source: redis::RedisError::from((redis::ErrorKind::Client, "SCAN cursor out of range")),
+            });
+        }
+        let next = match next {
+            0 if member + 1 < self.conn.members() as u64 => (member + 1) << MEMBER_SHIFT,
+            0 => 0,
+            inner => (member << MEMBER_SHIFT) | inner,
+        };
+        Ok((next, keys))
     }
 
-    /// Sends a pipeline, bounded by the timeout (scaled for its length).
-    pub(crate) async fn pipeline<T: FromRedisValue>(
-        &self,
-        op: &'static str,
-        pipe: &Pipeline,
-        len: usize,
-    ) -> Result<T, Error> {
+    /// Sends commands, each to its member, in one pipeline per member (run
+    /// concurrently, bounded by the timeout scaled for their length). Replies
+    /// come back in order; a command's error is its reply.
+    pub(crate) async fn batch(&self, op: &'static str, items: Vec<(usize, Cmd)>) -> Result<Vec<Value>, Error> {
+        let len = items.len();
+        let members = self.conn.members();
+        let mut pipes: Vec<(Pipeline, Vec<usize>)> = (0..members)
+            .map(|_| {
+                let mut pipe = redis::pipe();
+                pipe.ignore_errors();
+                (pipe, Vec::new())
+            })
+            .collect();
+        for (i, (member, cmd)) in items.into_iter().enumerate() {
+            let (pipe, order) = &mut pipes[member.min(members - 1)];
+            pipe.add_command(cmd);
+            order.push(i);
+        }
         let scale = 1 + u32::try_from(len / 1000).unwrap_or(u32::MAX);
         let deadline = tokio::time::Instant::now() + self.op_timeout * scale;
-        self.guarded(op, Some(deadline), false, || self.conn.query_pipeline::<T>(pipe)).await
+        let replies =
+            futures_util::future::join_all(pipes.iter().enumerate().filter(|(_, (_, order))| !order.is_empty()).map(
+                |(member, (pipe, order))| async move {
+                    let result = self
+                        .guarded(op, Some(deadline), false, || self.conn.query_pipeline::<Vec<Value>>(member, pipe))
+                        .await;
+                    (order, result)
+                },
+            ))
+            .await;
+        let mut out = vec![Value::Nil; len];
+        for (order, result) in replies {
+            for (&i, value) in order.iter().zip(result?) {
+                out[i] = value;
+            }
+        }
+        Ok(out)
     }
 
-    /// `PING`: the round-trip time.
+    /// `PING` of every member: the slowest round trip.
     pub(crate) async fn ping(&self) -> Result<Duration, Error> {
-        let started = Instant::now();
-        let _: String = self.run("PING", &redis::cmd("PING"), true, None).await?;
-        Ok(started.elapsed())
+        let mut slowest = Duration::ZERO;
+        for member in 0..self.conn.members() {
+            let started = Instant::now();
+            let _: String = self.run("PING", member, &redis::cmd("PING"), true, None).await?;
+            slowest = slowest.max(started.elapsed());
+        }
+        Ok(slowest)
     }
 
     /// `GET`: the stored bytes, if any.
@@ -516,7 +603,7 @@ impl Node {
         id: &(impl fmt::Display + ?Sized),
         deadline: Deadline,
     ) -> Result<Option<Vec<u8>>, Error> {
-        self.run("GET", redis::cmd("GET").arg(self.key(id)), true, deadline).await
+        self.run("GET", self.member_of(id), redis::cmd("GET").arg(self.key(id)), true, deadline).await
     }
 
     /// `SET key value PXAT expiry NX|XX`: whether the value was written.
@@ -535,19 +622,21 @@ impl Node {
             SetIf::Present => ("SET XX", true),
         };
         cmd.arg(if cond == SetIf::Absent { "NX" } else { "XX" });
-        let reply: Value = self.run(op, &cmd, idempotent, deadline).await?;
+        let reply: Value = self.run(op, self.member_of(id), &cmd, idempotent, deadline).await?;
         Ok(!matches!(reply, Value::Nil))
     }
 
     /// `DEL`: whether a key was removed.
     pub(crate) async fn del(&self, id: &(impl fmt::Display + ?Sized), deadline: Deadline) -> Result<bool, Error> {
-        let removed: u64 = self.run("DEL", redis::cmd("DEL").arg(self.key(id)), true, deadline).await?;
+        let removed: u64 =
+            self.run("DEL", self.member_of(id), redis::cmd("DEL").arg(self.key(id)), true, deadline).await?;
         Ok(removed > 0)
     }
 
     /// `EXISTS`: whether the key is there.
     pub(crate) async fn exists(&self, id: &(impl fmt::Display + ?Sized), deadline: Deadline) -> Result<bool, Error> {
-        let found: u64 = self.run("EXISTS", redis::cmd("EXISTS").arg(self.key(id)), true, deadline).await?;
+        let found: u64 =
+            self.run("EXISTS", self.member_of(id), redis::cmd("EXISTS").arg(self.key(id)), true, deadline).await?;
         Ok(found > 0)
     }
 }

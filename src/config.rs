@@ -124,6 +124,97 @@ pub struct BackendConfig {
     pub breaker_failures: Option<u32>,
     /// Seconds an open breaker skips the backend (default 5).
     pub breaker_cool_down: Option<f64>,
+    /// A partitioned backend's members (instead of `url`/`host`/`unix_socket`).
+    pub members: Option<Vec<MemberConfig>>,
+}
+
+/// One member of a partitioned backend (`[[backends.members]]`).
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct MemberConfig {
+    /// Label in the hash (default: the address, password redacted). Renaming
+    /// a member moves its sessions.
+    pub name: Option<String>,
+    /// URL.
+    pub url: Option<String>,
+    /// Host (with `port`, default 6379).
+    pub host: Option<String>,
+    /// TCP port.
+    pub port: Option<u16>,
+    /// Unix socket path.
+    pub unix_socket: Option<PathBuf>,
+    /// Database number.
+    pub db: Option<i64>,
+    /// ACL user name.
+    pub username: Option<String>,
+    /// Password (never printed).
+    pub password: Option<String>,
+    /// Share of sessions (default 1).
+    pub weight: Option<u32>,
+}
+
+impl fmt::Debug for MemberConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemberConfig")
+            .field("name", &self.name)
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("unix_socket", &self.unix_socket)
+            .field("db", &self.db)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("weight", &self.weight)
+            .finish()
+    }
+}
+
+/// The address given by `url`, `host`/`port` or `unix_socket`: exactly one.
+fn address(
+    name: Option<&str>,
+    url: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    unix_socket: Option<PathBuf>,
+) -> Result<Address, Error> {
+    match (url, host, unix_socket) {
+        (Some(url), None, None) => {
+            if port.is_some() {
+                return Err(Error::config(name, "port", "cannot be combined with `url` (put the port in the URL)"));
+            }
+            Ok(Address::Url(url))
+        }
+        (None, Some(host), None) => Ok(Address::Tcp { host, port: port.unwrap_or(6379) }),
+        (None, None, Some(path)) => Ok(Address::Unix(path)),
+        (None, None, None) => Err(Error::config(name, "url", "no address: give `url`, `host` or `unix_socket`")),
+        (Some(_), Some(_), _) => Err(Error::config(name, "host", "both `url` and `host` given; use one")),
+        (_, _, Some(_)) => Err(Error::config(name, "unix_socket", "given together with `url` or `host`; use one")),
+    }
+}
+
+impl MemberConfig {
+    fn into_backend(self, backend: &str) -> Result<Backend, Error> {
+        let label = self.name.clone();
+        let address = address(Some(backend), self.url, self.host, self.port, self.unix_socket)?;
+        let label = label.unwrap_or_else(|| match &address {
+            Address::Url(url) => redact_url(url),
+            Address::Tcp { host, port } => format!("{host}:{port}/{}", self.db.unwrap_or(0)),
+            Address::Unix(path) => format!("{}/{}", path.display(), self.db.unwrap_or(0)),
+            Address::Partitioned(_) => String::new(),
+        });
+        let mut member = Backend::new(label, address).weight(self.weight.unwrap_or(1));
+        if let Some(db) = self.db {
+            member = member.db(db);
+        }
+        if let Some(username) = self.username {
+            member = member.username(username);
+        }
+        if let Some(password) = self.password {
+            member = member.password(password);
+        }
+        Ok(member)
+    }
 }
 
 impl fmt::Debug for BackendConfig {
@@ -147,6 +238,7 @@ impl fmt::Debug for BackendConfig {
             .field("tls_key_file", &self.tls_key_file)
             .field("breaker_failures", &self.breaker_failures)
             .field("breaker_cool_down", &self.breaker_cool_down)
+            .field("members", &self.members)
             .finish()
     }
 }
@@ -242,24 +334,18 @@ impl BackendConfig {
     /// [`Error::Config`] naming the backend and the field.
     pub fn into_backend(self) -> Result<Backend, Error> {
         let name = Some(self.name.as_str());
-        let address = match (self.url, self.host, self.unix_socket) {
-            (Some(url), None, None) => {
-                if self.port.is_some() {
-                    return Err(Error::config(name, "port", "cannot be combined with `url` (put the port in the URL)"));
+        let address = match self.members {
+            Some(members) => {
+                if self.url.is_some() || self.host.is_some() || self.unix_socket.is_some() || self.port.is_some() {
+                    return Err(Error::config(name, "members", "given together with an address; use one"));
                 }
-                Address::Url(url)
+                if self.db.is_some() || self.username.is_some() || self.password.is_some() {
+                    return Err(Error::config(name, "members", "give `db`, `username` and `password` per member"));
+                }
+                let members = members.into_iter().map(|m| m.into_backend(&self.name)).collect::<Result<Vec<_>, _>>()?;
+                Address::Partitioned(members)
             }
-            (None, Some(host), None) => Address::Tcp { host, port: self.port.unwrap_or(6379) },
-            (None, None, Some(path)) => Address::Unix(path),
-            (None, None, None) => {
-                return Err(Error::config(name, "url", "no address: give `url`, `host` or `unix_socket`"));
-            }
-            (Some(_), Some(_), _) => {
-                return Err(Error::config(name, "host", "both `url` and `host` given; use one"));
-            }
-            (_, _, Some(_)) => {
-                return Err(Error::config(name, "unix_socket", "given together with `url` or `host`; use one"));
-            }
+            None => address(name, self.url, self.host, self.port, self.unix_socket)?,
         };
         let mut backend = Backend::new(self.name.clone(), address).modes(Modes::from(self.modes));
         if let Some(prefix) = self.prefix {
@@ -372,6 +458,43 @@ struct SeedSetting {
     session_redis_retry_on_timeout: Option<bool>,
     session_redis_unix_domain_socket_path: Option<PathBuf>,
     session_redis_url: Option<String>,
+    session_redis_pool: Option<Vec<SeedPoolMember>>,
+}
+
+/// One entry of the seed's `SESSION_REDIS_POOL`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "SCREAMING_SNAKE_CASE")]
+struct SeedPoolMember {
+    session_redis_host: Option<String>,
+    session_redis_port: Option<u16>,
+    session_redis_db: Option<i64>,
+    session_redis_username: Option<String>,
+    session_redis_password: Option<String>,
+    session_redis_unix_domain_socket_path: Option<PathBuf>,
+    session_redis_url: Option<String>,
+    session_redis_weight: Option<u32>,
+}
+
+impl SeedPoolMember {
+    fn into_member(self) -> MemberConfig {
+        let url = set(self.session_redis_url);
+        let unix_socket = self.session_redis_unix_domain_socket_path.filter(|p| !p.as_os_str().is_empty());
+        let mut host = set(self.session_redis_host);
+        if url.is_none() && unix_socket.is_none() && host.is_none() {
+            host = Some("localhost".to_owned());
+        }
+        MemberConfig {
+            name: None,
+            port: if host.is_some() { self.session_redis_port } else { None },
+            url,
+            host,
+            unix_socket,
+            db: self.session_redis_db,
+            username: set(self.session_redis_username),
+            password: set(self.session_redis_password),
+            weight: self.session_redis_weight,
+        }
+    }
 }
 
 /// `None` for `null` and `""`, as the seed's examples use both for "unset".
@@ -386,10 +509,11 @@ impl SeedEntry {
             NameOrNumber::Name(name) => name,
             NameOrNumber::Number(n) => n.to_string(),
         };
+        let members = s.session_redis_pool.map(|pool| pool.into_iter().map(SeedPoolMember::into_member).collect());
         let url = set(s.session_redis_url);
         let unix_socket = s.session_redis_unix_domain_socket_path.filter(|p| !p.as_os_str().is_empty());
         let mut host = set(s.session_redis_host);
-        if url.is_none() && unix_socket.is_none() && host.is_none() {
+        if url.is_none() && unix_socket.is_none() && host.is_none() && members.is_none() {
             host = Some("localhost".to_owned());
         }
         BackendConfig {
@@ -411,6 +535,7 @@ impl SeedEntry {
             tls_key_file: None,
             breaker_failures: None,
             breaker_cool_down: None,
+            members,
         }
     }
 }

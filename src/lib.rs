@@ -8,7 +8,8 @@
 //! * [`mode`](Mode): `Mode` / `Modes`, what a backend may do;
 //! * `backend`: [`Backend`], one server's description, and the few commands run on it;
 //! * `breaker`: the per-backend circuit breaker ([`BreakerConfig`]);
-//! * `connection`: standalone connections (reconnecting `ConnectionManager`);
+//! * `connection`: standalone connections (reconnecting `ConnectionManager`) and partitions;
+//! * `partition`: [`Partition`], weighted rendezvous hashing of session ids over members;
 //! * [`codec`]: the wire format, byte-compatible with `tower-sessions-redis-store`;
 //! * `store`: [`MultiRedisStore`] and **the fan-out rules** of `load`/`create`/`save`/`delete`;
 //! * `policy`: [`CopyOnRead`], [`ReadPolicy`], [`WritePolicy`];
@@ -63,6 +64,7 @@ mod connection;
 mod error;
 mod migrate;
 mod mode;
+mod partition;
 mod policy;
 mod redact;
 mod stats;
@@ -79,6 +81,7 @@ pub use migrate::{
     DEFAULT_BATCH_SIZE, DEFAULT_MAX_LISTED, KeyFailure, MigrateOptions, Migrator, Progress, Report, VerifyReport,
 };
 pub use mode::{Mode, Modes, UnknownMode};
+pub use partition::Partition;
 pub use redact::redact_url;
 pub use stats::BackendStats;
 pub use store::{CopyOnRead, MultiRedisStore, ReadPolicy, WritePolicy};

@@ -386,11 +386,8 @@ impl Migrator {
         if keys.is_empty() {
             return Ok(batch);
         }
-        let mut gets = redis::pipe();
-        for key in &keys {
-            gets.get(key);
-        }
-        let values: Vec<Option<Vec<u8>>> = match source.pipeline("GET", &gets, keys.len()).await {
+        let ids = keys.iter().map(|k| source.id_of(k).unwrap_or_default());
+        let values: Vec<Option<Vec<u8>>> = match batch_of(source, "GET", ids).await {
             Ok(values) => values,
             Err(err) => {
                 batch.failed = keys.into_iter().map(|k| (k, err.to_string())).collect();
@@ -429,12 +426,16 @@ impl Migrator {
         let targets = self.target_nodes();
         let count = live.len();
         let replies = join_all(targets.iter().map(|t| {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors(); // one reply per key, errors included
-            for (_, id, bytes, pxat) in &live {
-                pipe.cmd("SET").arg(t.key(id)).arg(bytes).arg("PXAT").arg(*pxat).arg("NX");
-            }
-            async move { t.pipeline::<Vec<Value>>("SET NX", &pipe, count).await }
+            let items = live
+                .iter()
+                .map(|(_, id, bytes, pxat)| {
+                    let mut cmd = redis::cmd("SET");
+                    cmd.arg(t.key(id)).arg(bytes).arg("PXAT").arg(*pxat).arg("NX");
+                    (t.member_of(id.as_str()), cmd)
+                })
+                .collect();
+            let _ = count;
+            t.batch("SET NX", items)
         }))
         .await;
 
@@ -487,15 +488,18 @@ impl Migrator {
         }
 
         // Check each copy against the source, as copy-on-read does.
-        let mut pipe = redis::pipe();
-        for (i, _, check, _) in &checks {
-            let key = &live[*i].0;
-            match check {
-                Check::Delete => pipe.del(key),
-                Check::Exists => pipe.exists(key),
-            };
-        }
-        let found: Vec<u64> = match self.source_node().pipeline("DEL/EXISTS", &pipe, checks.len()).await {
+        let source = self.source_node();
+        let items = checks
+            .iter()
+            .map(|(i, _, check, _)| {
+                let (key, id, ..) = &live[*i];
+                let mut cmd = redis::cmd(if matches!(check, Check::Delete) { "DEL" } else { "EXISTS" });
+                cmd.arg(key);
+                (source.member_of(id.as_str()), cmd)
+            })
+            .collect();
+        let found = source.batch("DEL/EXISTS", items).await.and_then(|v| typed::<u64>(source, "DEL/EXISTS", v));
+        let found: Vec<u64> = match found {
             Ok(found) => found,
             Err(err) => {
                 // Unknown whether a logout raced: undo, as copy-on-read does.
@@ -522,15 +526,9 @@ impl Migrator {
                 }
             }
         }
-        join_all(targets.iter().zip(undo).filter(|(_, ids)| !ids.is_empty()).map(|(t, ids)| {
-            let mut pipe = redis::pipe();
-            for id in &ids {
-                pipe.del(t.key(id));
-            }
-            async move {
-                if let Err(err) = t.pipeline::<Vec<u64>>("DEL", &pipe, ids.len()).await {
-                    tracing::warn!(error = %err, "migrate: could not undo copies that raced a logout");
-                }
+        join_all(targets.iter().zip(undo).filter(|(_, ids)| !ids.is_empty()).map(|(t, ids)| async move {
+            if let Err(err) = batch_of::<u64>(t, "DEL", ids.iter().copied()).await {
+                tracing::warn!(error = %err, "migrate: could not undo copies that raced a logout");
             }
         }))
         .await;
@@ -539,14 +537,9 @@ impl Migrator {
     /// Dry run: count what would be copied.
     async fn dry_run(&self, live: &[Live], run: &mut Run) {
         let targets = self.target_nodes();
-        let replies = join_all(targets.iter().map(|t| {
-            let mut pipe = redis::pipe();
-            for (_, id, ..) in live {
-                pipe.exists(t.key(id));
-            }
-            async move { t.pipeline::<Vec<u64>>("EXISTS", &pipe, live.len()).await }
-        }))
-        .await;
+        let replies =
+            join_all(targets.iter().map(|t| batch_of::<u64>(t, "EXISTS", live.iter().map(|(_, id, ..)| id.as_str()))))
+                .await;
         for (i, (key, ..)) in live.iter().enumerate() {
             let mut missing = false;
             for reply in &replies {
@@ -600,27 +593,19 @@ impl Migrator {
     async fn delete_from_source(&self, ids: &[String], run: &mut Run) {
         let source = self.source_node();
         let targets = self.target_nodes();
-        let replies = join_all(targets.iter().map(|t| {
-            let mut pipe = redis::pipe();
-            for id in ids {
-                pipe.exists(t.key(id));
-            }
-            async move { t.pipeline::<Vec<u64>>("EXISTS", &pipe, ids.len()).await }
-        }))
-        .await;
-        let mut pipe = redis::pipe();
-        let mut count = 0;
-        for (i, id) in ids.iter().enumerate() {
-            // Only where every target still holds it (else a later run retries).
-            if replies.iter().all(|r| matches!(r, Ok(found) if found.get(i) == Some(&1))) {
-                pipe.del(source.key(id));
-                count += 1;
-            }
-        }
-        if count == 0 {
+        let replies =
+            join_all(targets.iter().map(|t| batch_of::<u64>(t, "EXISTS", ids.iter().map(String::as_str)))).await;
+        // Only where every target still holds it (else a later run retries).
+        let confirmed: Vec<&str> = ids
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| replies.iter().all(|r| matches!(r, Ok(found) if found.get(*i) == Some(&1))))
+            .map(|(_, id)| id.as_str())
+            .collect();
+        if confirmed.is_empty() {
             return;
         }
-        match source.pipeline::<Vec<u64>>("DEL", &pipe, count).await {
+        match batch_of::<u64>(source, "DEL", confirmed).await {
             Ok(removed) => run.report.progress.removed_from_source += removed.iter().sum::<u64>(),
             Err(err) => {
                 tracing::warn!(error = %err, "migrate: deleting copied sessions from the source failed; a later run retries")
@@ -644,17 +629,10 @@ impl Migrator {
             let ids: Vec<&str> =
                 keys.iter().filter_map(|k| source.id_of(k)).filter(|id| Id::from_str(id).is_ok()).collect();
             if !ids.is_empty() {
-                let get = |node: &Node| {
-                    let mut pipe = redis::pipe();
-                    for id in &ids {
-                        pipe.get(node.key(id));
-                    }
-                    pipe
-                };
-                let here: Vec<Option<Vec<u8>>> = source.pipeline("GET", &get(source), ids.len()).await?;
+                let here: Vec<Option<Vec<u8>>> = batch_of(source, "GET", ids.iter().copied()).await?;
                 let mut there = Vec::new();
                 for t in &targets {
-                    there.push(t.pipeline::<Vec<Option<Vec<u8>>>>("GET", &get(t), ids.len()).await?);
+                    there.push(batch_of::<Option<Vec<u8>>>(t, "GET", ids.iter().copied()).await?);
                 }
                 for (i, value) in here.iter().enumerate() {
                     let Some(bytes) = value else { continue };
@@ -682,6 +660,41 @@ impl Migrator {
             }
         }
     }
+}
+
+/// `name key` for each session id, routed to the member of `node` holding it.
+fn per_id<'a>(node: &Node, name: &str, ids: impl IntoIterator<Item = &'a str>) -> Vec<(usize, redis::Cmd)> {
+    ids.into_iter()
+        .map(|id| {
+            let mut cmd = redis::cmd(name);
+            cmd.arg(node.key(id));
+            (node.member_of(id), cmd)
+        })
+        .collect()
+}
+
+/// Replies as `T`; an error reply or one of another type fails the batch.
+fn typed<T: redis::FromRedisValue>(node: &Node, op: &'static str, values: Vec<Value>) -> Result<Vec<T>, Error> {
+    values
+        .into_iter()
+        .map(|v| {
+            redis::from_redis_value(v).map_err(|e| Error::Redis {
+                backend: node.name.clone(),
+                op,
+                source: redis::RedisError::from(e),
+            })
+        })
+        .collect()
+}
+
+/// One batch of `name key` on `node` for these ids, as `T`s.
+async fn batch_of<'a, T: redis::FromRedisValue>(
+    node: &Node,
+    op: &'static str,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<T>, Error> {
+    let values = node.batch(op, per_id(node, op, ids)).await?;
+    typed(node, op, values)
 }
 
 /// A live session read from the source: key, id, value, `PXAT`.

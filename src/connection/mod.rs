@@ -1,40 +1,105 @@
-//! Connections to one backend's server(s), behind one type the backend uses.
+//! Connections to one backend's server(s), behind one type the backend uses:
+//! one server, or a partition of several (weighted rendezvous hashing).
 
 mod standalone;
 
+use std::fmt;
+
+use redis::aio::ConnectionManager;
 use redis::{Cmd, FromRedisValue, Pipeline, RedisResult};
 
-use crate::backend::Backend;
+use crate::backend::{Address, Backend};
 use crate::error::Error;
+use crate::partition::Partition;
 
 /// The live connection of one backend.
 pub(crate) enum Connection {
     /// One server, through a reconnecting `ConnectionManager`.
-    Standalone(redis::aio::ConnectionManager),
+    Standalone(ConnectionManager),
+    /// Several servers; each session lives on the one its id hashes to.
+    Partitioned { members: Vec<ConnectionManager>, partition: Partition },
+}
+
+/// A partition member with the settings it inherits from its backend.
+fn member_of_backend(parent: &Backend, member: &Backend) -> Backend {
+    let mut m = member.clone();
+    m.name = format!("{}/{}", parent.name, member.name);
+    m.socket_timeout = parent.socket_timeout;
+    m
 }
 
 impl Connection {
     /// Prepares the connection (lazily: no network traffic yet).
     pub(crate) fn open(backend: &Backend) -> Result<Connection, Error> {
-        standalone::open(backend).map(Connection::Standalone)
-    }
-
-    /// Sends one command and reads its reply.
-    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
-        match self {
-            Connection::Standalone(manager) => cmd.query_async(&mut manager.clone()).await,
+        match &backend.address {
+            Address::Partitioned(members) => {
+                validate(backend)?;
+                let managers = members
+                    .iter()
+                    .map(|m| standalone::open(&member_of_backend(backend, m)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let partition = Partition::new(members.iter().map(|m| (m.name.as_str(), m.weight)));
+                Ok(Connection::Partitioned { members: managers, partition })
+            }
+            _ => standalone::open(backend).map(Connection::Standalone),
         }
     }
 
-    /// Sends a pipeline and reads all its replies.
-    pub(crate) async fn query_pipeline<T: FromRedisValue>(&self, pipe: &Pipeline) -> RedisResult<T> {
+    /// How many servers (members) this connection spans.
+    pub(crate) fn members(&self) -> usize {
         match self {
-            Connection::Standalone(manager) => pipe.query_async(&mut manager.clone()).await,
+            Connection::Standalone(_) => 1,
+            Connection::Partitioned { members, .. } => members.len(),
         }
+    }
+
+    /// The member that holds session `id`.
+    pub(crate) fn member_of(&self, id: &(impl fmt::Display + ?Sized)) -> usize {
+        match self {
+            Connection::Standalone(_) => 0,
+            Connection::Partitioned { partition, .. } => partition.member_of(&id.to_string()),
+        }
+    }
+
+    fn manager(&self, member: usize) -> ConnectionManager {
+        match self {
+            Connection::Standalone(manager) => manager.clone(),
+            Connection::Partitioned { members, .. } => members[member.min(members.len() - 1)].clone(),
+        }
+    }
+
+    /// Sends one command to a member and reads its reply.
+    pub(crate) async fn query<T: FromRedisValue>(&self, member: usize, cmd: &Cmd) -> RedisResult<T> {
+        cmd.query_async(&mut self.manager(member)).await
+    }
+
+    /// Sends a pipeline to a member and reads all its replies.
+    pub(crate) async fn query_pipeline<T: FromRedisValue>(&self, member: usize, pipe: &Pipeline) -> RedisResult<T> {
+        pipe.query_async(&mut self.manager(member)).await
     }
 }
 
 /// Checks a backend's connection settings without connecting.
 pub(crate) fn validate(backend: &Backend) -> Result<(), Error> {
-    standalone::connection_info(backend).map(|_| ())
+    let Address::Partitioned(members) = &backend.address else {
+        return standalone::connection_info(backend).map(|_| ());
+    };
+    let name = Some(backend.name.as_str());
+    if members.is_empty() {
+        return Err(Error::config(name, "members", "a partitioned backend needs at least one member"));
+    }
+    if members.iter().all(|m| m.weight == 0) {
+        return Err(Error::config(name, "weight", "every member has weight 0"));
+    }
+    let mut labels = std::collections::HashSet::new();
+    for m in members {
+        if matches!(m.address, Address::Partitioned(_)) {
+            return Err(Error::config(name, "members", "a member cannot itself be partitioned"));
+        }
+        if !labels.insert(m.name.as_str()) {
+            return Err(Error::config(name, "members", format!("two members are named `{}`", m.name)));
+        }
+        standalone::connection_info(&member_of_backend(backend, m))?;
+    }
+    Ok(())
 }

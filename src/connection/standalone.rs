@@ -48,6 +48,9 @@ pub(crate) fn connection_info(backend: &Backend) -> Result<ConnectionInfo, Error
                 .into_connection_info()
                 .map_err(|err| Error::config(name, "unix_socket", err.to_string()))?
         }
+        Address::Partitioned(_) => {
+            return Err(Error::config(name, "members", "a partitioned backend has no single server"));
+        }
     };
     let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
     if !tls && backend.tls_root_ca.is_some() {
