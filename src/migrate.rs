@@ -502,10 +502,14 @@ impl Migrator {
         let found: Vec<u64> = match found {
             Ok(found) => found,
             Err(err) => {
-                // Unknown whether a logout raced: undo, as copy-on-read does.
+                // The check's outcome is unknown. Where it was EXISTS the source
+                // is untouched: undo the copy (a later run redoes it). Where it
+                // was DEL the source may be gone already: keep the copy, or the
+                // session could be lost. Both are reported as failed.
                 let keys: Vec<String> = checks.iter().map(|(i, ..)| live[*i].0.clone()).collect();
                 run.fail_all(&keys, &err);
-                vec![0; checks.len()]
+                checks.iter_mut().for_each(|(.., failed)| *failed = true);
+                checks.iter().map(|(_, _, check, _)| u64::from(matches!(check, Check::Delete))).collect()
             }
         };
         let mut undo: Vec<Vec<&str>> = vec![Vec::new(); targets.len()];

@@ -7,7 +7,7 @@
 //!
 //! | op | rule |
 //! |---|---|
-//! | `load` | Ask R in order; the first live record wins. An error or an undecodable value does not stop the search, but if nothing is found after one, the result is `Err`, never "not found"; and after a W backend failed, only a W backend that every save reached (write policy `all`) may answer, never a source, whose copy may be older. |
+//! | `load` | Ask R in order; the first live record wins; when none has it and there are sources, ask the W backends once more (a move may have run between the reads). An error or an undecodable value does not stop the search, but if nothing is found after one, the result is `Err`, never "not found"; and after a W backend failed, only a W backend that every save reached (write policy `all`) may answer, never a source, whose copy may be older. |
 //! | copy-on-read | When the winner is not in W: `SET NX PXAT` into every W backend (never overwrites); then check the source still holds the session (`Move`: delete it from the source) and undo the copy if it vanished meanwhile (a logout raced the copy). |
 //! | `create` | `SET NX PXAT` on every W backend at once; on a collision undo this attempt's writes and draw a new id; any error undoes and fails. |
 //! | `save` | `SET XX PXAT` on every W backend at once. Where it missed, and the session lives in a source (a not-yet-migrated session), write it there too (`SET NX`, then `SET XX` if a copy-on-read was faster); where it lives in no source, write nothing: no resurrection. |
@@ -251,6 +251,28 @@ impl MultiRedisStore {
                 self.copy_back(node, id, &bytes, &record, deadline).await;
             }
             return Ok(Some(record));
+        }
+        if failures.is_empty() && !self.inner.sources.is_empty() {
+            // A move from a source into a write backend (the migrator, or
+            // copy-on-read `move` elsewhere) may have run between our reads:
+            // it writes the target before it deletes the source, so the write
+            // backends now hold what the source no longer did.
+            for node in self.nodes_at(&self.inner.readers).filter(|n| n.modes.can_write()) {
+                match node.get(id, deadline).await {
+                    Ok(Some(bytes)) => match codec::decode(&bytes) {
+                        Ok(record) if codec::is_live(&record) => {
+                            node.count(Counter::Hit);
+                            return Ok(Some(record));
+                        }
+                        Ok(_) => return Ok(None),
+                        Err(err) => {
+                            failures.push(Error::Decode { backend: node.name.clone(), reason: err.to_string() })
+                        }
+                    },
+                    Ok(None) => {}
+                    Err(err) => failures.push(err),
+                }
+            }
         }
         if failures.is_empty() { Ok(None) } else { Err(Error::from_failures(failures)) }
     }

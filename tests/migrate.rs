@@ -10,7 +10,7 @@ use common::{conn, exists, pttl, raw_get, record, servers};
 use redis::AsyncCommands;
 use tokio::sync::Mutex;
 use tower_sessions_core::SessionStore;
-use tower_sessions_core::session::Record;
+use tower_sessions_core::session::{Id, Record};
 use tower_sessions_multi_redis_store::testing::RedisServer;
 use tower_sessions_multi_redis_store::{Backend, MigrateOptions, Migrator, Modes, MultiRedisStore, codec};
 
@@ -318,4 +318,36 @@ async fn a_copy_the_migrator_makes_after_a_logout_is_undone() {
             assert!(!exists(new, &format!("{PREFIX}{}", rec.id)).await, "move={move_sessions}: resurrected");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_racing_a_move_still_finds_the_session() {
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    let proxy = common::proxy::DelayProxy::start(old.port(), Duration::from_millis(250)).await;
+    // The app reaches "old" over a slow path; the migrator directly.
+    let app = MultiRedisStore::builder()
+        .backend(Backend::url("new", new.url()).prefix(PREFIX))
+        .backend(Backend::url("old", proxy.url()).prefix(PREFIX).modes(Modes::READ_DELETE))
+        .build()
+        .await
+        .unwrap();
+    app.load(&Id::default()).await.unwrap(); // connected
+    let migrating = migrating_store(new, old).await;
+    let records = populate(old, 1).await;
+    let id = records[0].id;
+    // GET "new" misses at once; GET "old" reaches it 250 ms later...
+    let load = tokio::spawn({
+        let app = app.clone();
+        async move { app.load(&id).await }
+    });
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    // ...after the session was moved from "old" to "new".
+    let report = Migrator::for_store(&migrating, MigrateOptions::default().move_sessions(true))
+        .unwrap()
+        .run(|_| {}, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(report.progress.removed_from_source, 1);
+    assert_eq!(load.await.unwrap().unwrap().map(|r| r.data), Some(records[0].data.clone()), "not logged out");
 }
