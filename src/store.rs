@@ -452,8 +452,12 @@ impl MultiRedisStore {
             }
             updated + created.len()
         } else {
-            tracing::debug!("save raced a delete; undoing the copies it made");
+            // Gone from every witness (a logout raced the save), or a witness
+            // could not answer: undo either way; the second case is a failure,
+            // not a save that "succeeded" without being written.
+            tracing::debug!("save could not confirm its copies; undoing them");
             undo(&created, sid).await;
+            failures.extend(checks.into_iter().filter_map(Result::err));
             updated
         }
     }

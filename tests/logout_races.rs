@@ -132,3 +132,39 @@ async fn a_copy_landing_after_a_finished_logout_is_undone() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_whose_copy_cannot_be_confirmed_fails_instead_of_pretending() {
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    let proxy = DelayProxy::start(new.port(), Duration::from_millis(150)).await;
+    let app = MultiRedisStore::builder()
+        .backend(Backend::url("new", proxy.url()))
+        .backend(Backend::url("old", old.url()).modes(Modes::READ_DELETE).socket_timeout(Duration::from_millis(200)))
+        .copy_on_read(CopyOnRead::Off)
+        .build()
+        .await
+        .unwrap();
+    app.load(&record("warm").id).await.unwrap(); // connected
+    let rec = record("ada");
+    raw_set(old, &rec.id.to_string(), &codec::encode(&rec).unwrap()).await;
+    let mut modified = rec.clone();
+    modified.data.insert("cart".into(), serde_json::json!(1));
+
+    // t=0 SET XX "new" (lands at 150: miss), EXISTS "old" (yes), SET NX "new"
+    // (lands at ~300), then EXISTS "old" to confirm: "old" is frozen by then.
+    let save = tokio::spawn({
+        let app = app.clone();
+        let modified = modified.clone();
+        async move { app.save(&modified).await }
+    });
+    tokio::time::sleep(Duration::from_millis(220)).await;
+    old.freeze().unwrap();
+    let result = save.await.unwrap();
+    old.thaw().unwrap();
+    let err = result.expect_err("an unconfirmed save is not a success").to_string();
+    assert!(err.contains("backend `old`"), "{err}");
+    tokio::time::sleep(Duration::from_millis(400)).await; // the undo travels the slow path
+    assert!(!exists(new, &rec.id.to_string()).await, "the unconfirmed copy was undone");
+    assert_eq!(app.load(&rec.id).await.unwrap(), Some(rec), "the session is intact in old");
+}
