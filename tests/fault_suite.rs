@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{conn, raw_set, record};
+use common::{Rng, conn, raw_set, record};
 use redis::AsyncCommands;
 use tokio::sync::Mutex;
 use tower_sessions_core::SessionStore;
@@ -52,16 +52,6 @@ async fn store(new: &RedisServer, old: &RedisServer) -> MultiRedisStore {
         .build()
         .await
         .unwrap()
-}
-
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
 }
 
 /// Checks one `load` answer against the model.

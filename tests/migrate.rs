@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{conn, exists, pttl, raw_get, record, servers};
+use common::{Rng, conn, exists, pttl, raw_get, record, servers};
 use redis::AsyncCommands;
 use tokio::sync::Mutex;
 use tower_sessions_core::SessionStore;
@@ -58,17 +58,6 @@ async fn assert_in(server: &RedisServer, rec: &Record) {
     let want = (rec.expiry_date - time::OffsetDateTime::now_utc()).whole_milliseconds() as i64;
     let ttl = pttl(server, &key).await;
     assert!((ttl - want).abs() < 1_000, "{key}: ttl {ttl} vs {want}");
-}
-
-/// A small deterministic generator, so failures can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

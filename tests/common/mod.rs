@@ -14,6 +14,18 @@ use tower_sessions_core::session::{Id, Record};
 use tower_sessions_multi_redis_store::MultiRedisStore;
 use tower_sessions_multi_redis_store::testing::RedisServer;
 
+/// A small deterministic generator (xorshift), so failures can be replayed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
 /// A live record for `user`, expiring in an hour.
 pub fn record(user: &str) -> Record {
     Record {
