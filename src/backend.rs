@@ -44,6 +44,14 @@ pub enum Address {
     /// Each member is a one-server [`Backend`]: its name labels it in the
     /// hash, its [`weight`](Backend::weight) sets its share.
     Partitioned(Vec<Backend>),
+    /// The master of `master` as named by these sentinels (host, port);
+    /// re-discovered after a failover.
+    Sentinel {
+        /// Sentinel addresses.
+        sentinels: Vec<(String, u16)>,
+        /// The monitored master's name (`SESSION_REDIS_SENTINEL_MASTER_ALIAS`).
+        master: String,
+    },
 }
 
 impl fmt::Debug for Address {
@@ -53,6 +61,9 @@ impl fmt::Debug for Address {
             Address::Tcp { host, port } => f.debug_struct("Tcp").field("host", host).field("port", port).finish(),
             Address::Unix(path) => f.debug_tuple("Unix").field(path).finish(),
             Address::Partitioned(members) => f.debug_tuple("Partitioned").field(members).finish(),
+            Address::Sentinel { sentinels, master } => {
+                f.debug_struct("Sentinel").field("sentinels", sentinels).field("master", master).finish()
+            }
         }
     }
 }
@@ -93,6 +104,7 @@ pub struct Backend {
     pub(crate) tls_client: Option<(Vec<u8>, Vec<u8>)>,
     pub(crate) breaker: BreakerConfig,
     pub(crate) weight: u32,
+    pub(crate) sentinel_password: Option<String>,
 }
 
 impl Backend {
@@ -113,6 +125,7 @@ impl Backend {
             tls_client: None,
             breaker: BreakerConfig::default(),
             weight: 1,
+            sentinel_password: None,
         }
     }
 
@@ -146,6 +159,29 @@ impl Backend {
     /// ```
     pub fn partitioned(name: impl Into<String>, members: impl IntoIterator<Item = Backend>) -> Backend {
         Backend::new(name, Address::Partitioned(members.into_iter().collect()))
+    }
+
+    /// A backend whose master Redis Sentinel names (and names again after a
+    /// failover). `db`, `username` and `password` are the master's.
+    ///
+    /// ```
+    /// use tower_sessions_multi_redis_store::Backend;
+    ///
+    /// let ha = Backend::sentinel("ha", [("10.0.0.1", 26379), ("10.0.0.2", 26379)], "sessions").password("pw");
+    /// ```
+    pub fn sentinel<H: Into<String>>(
+        name: impl Into<String>,
+        sentinels: impl IntoIterator<Item = (H, u16)>,
+        master: impl Into<String>,
+    ) -> Backend {
+        let sentinels = sentinels.into_iter().map(|(h, p)| (h.into(), p)).collect();
+        Backend::new(name, Address::Sentinel { sentinels, master: master.into() })
+    }
+
+    /// The password of the sentinels themselves (never printed).
+    pub fn sentinel_password(mut self, password: impl Into<String>) -> Backend {
+        self.sentinel_password = Some(password.into());
+        self
     }
 
     /// This member's share in a partitioned backend (default 1).

@@ -52,6 +52,8 @@
 //! `tower-sessions-redis-store`'s `RedisStore` was used.
 
 #![forbid(unsafe_code)]
+// The fan-out futures nest deeply (store -> backend -> connection -> redis-rs).
+#![recursion_limit = "256"]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::panic, clippy::print_stdout, clippy::print_stderr))]
 

@@ -50,6 +50,8 @@ pub struct RedisServer {
     port: u16,
     dir: TempDir,
     extra_args: Vec<String>,
+    /// `Some(master name, master port)` for a sentinel.
+    sentinel: Option<(String, u16)>,
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,6 +82,7 @@ impl RedisServer {
                 port,
                 dir,
                 extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+                sentinel: None,
             };
             match server.spawn() {
                 Ok(()) => return Ok(server),
@@ -94,7 +97,50 @@ impl RedisServer {
         Err(last.unwrap_or(ServerError::NotReady { port: 0, reason: "no free port".into() }))
     }
 
+    /// Starts a Redis Sentinel that monitors the master `name` at
+    /// 127.0.0.1:`master_port` (quorum 2, down after 1 s, failover timeout 5 s).
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_sentinel(name: &str, master_port: u16) -> Result<RedisServer, ServerError> {
+        let mut server = RedisServer {
+            child: None,
+            port: free_port()?,
+            dir: tempfile::Builder::new().prefix("tsmrs-sentinel-").tempdir()?,
+            extra_args: Vec::new(),
+            sentinel: Some((name.to_owned(), master_port)),
+        };
+        let conf = format!(
+            "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {log}\n\
+             sentinel monitor {name} 127.0.0.1 {master_port} 2\n\
+             sentinel down-after-milliseconds {name} 1000\n\
+             sentinel failover-timeout {name} 5000\n",
+            port = server.port,
+            dir = server.dir.path().display(),
+            log = server.log_path().display(),
+        );
+        std::fs::write(server.dir.path().join("sentinel.conf"), conf)?;
+        server.spawn()?;
+        Ok(server)
+    }
+
     fn spawn(&mut self) -> Result<(), ServerError> {
+        if self.sentinel.is_some() {
+            let child = Command::new("redis-server")
+                .arg(self.dir.path().join("sentinel.conf"))
+                .arg("--sentinel")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|err| match err.kind() {
+                    io::ErrorKind::NotFound => ServerError::NotInstalled("redis-server"),
+                    _ => err.into(),
+                })?;
+            self.child = Some(child);
+            return self.wait_ready();
+        }
         let dir = self.dir.path();
         let mut cmd = Command::new("redis-server");
         cmd.arg("--port")

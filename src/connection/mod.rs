@@ -1,6 +1,7 @@
 //! Connections to one backend's server(s), behind one type the backend uses:
 //! one server, or a partition of several (weighted rendezvous hashing).
 
+mod sentinel;
 mod standalone;
 
 use std::fmt;
@@ -18,6 +19,8 @@ pub(crate) enum Connection {
     Standalone(ConnectionManager),
     /// Several servers; each session lives on the one its id hashes to.
     Partitioned { members: Vec<ConnectionManager>, partition: Partition },
+    /// The master that Redis Sentinel names, re-discovered after a failover.
+    Sentinel(Box<sentinel::Sentinel>),
 }
 
 /// A partition member with the settings it inherits from its backend.
@@ -41,6 +44,7 @@ impl Connection {
                 let partition = Partition::new(members.iter().map(|m| (m.name.as_str(), m.weight)));
                 Ok(Connection::Partitioned { members: managers, partition })
             }
+            Address::Sentinel { .. } => Ok(Connection::Sentinel(Box::new(sentinel::Sentinel::open(backend)?))),
             _ => standalone::open(backend).map(Connection::Standalone),
         }
     }
@@ -48,7 +52,7 @@ impl Connection {
     /// How many servers (members) this connection spans.
     pub(crate) fn members(&self) -> usize {
         match self {
-            Connection::Standalone(_) => 1,
+            Connection::Standalone(_) | Connection::Sentinel(_) => 1,
             Connection::Partitioned { members, .. } => members.len(),
         }
     }
@@ -56,31 +60,47 @@ impl Connection {
     /// The member that holds session `id`.
     pub(crate) fn member_of(&self, id: &(impl fmt::Display + ?Sized)) -> usize {
         match self {
-            Connection::Standalone(_) => 0,
+            Connection::Standalone(_) | Connection::Sentinel(_) => 0,
             Connection::Partitioned { partition, .. } => partition.member_of(&id.to_string()),
         }
     }
 
-    fn manager(&self, member: usize) -> ConnectionManager {
+    fn manager(&self, member: usize) -> Option<ConnectionManager> {
         match self {
-            Connection::Standalone(manager) => manager.clone(),
-            Connection::Partitioned { members, .. } => members[member.min(members.len() - 1)].clone(),
+            Connection::Standalone(manager) => Some(manager.clone()),
+            Connection::Partitioned { members, .. } => Some(members[member.min(members.len() - 1)].clone()),
+            Connection::Sentinel(_) => None,
         }
     }
 
     /// Sends one command to a member and reads its reply.
     pub(crate) async fn query<T: FromRedisValue>(&self, member: usize, cmd: &Cmd) -> RedisResult<T> {
-        cmd.query_async(&mut self.manager(member)).await
+        match (self, self.manager(member)) {
+            (Connection::Sentinel(sentinel), _) => sentinel.query(cmd).await,
+            (_, Some(mut manager)) => cmd.query_async(&mut manager).await,
+            (_, None) => unreachable_connection(),
+        }
     }
 
     /// Sends a pipeline to a member and reads all its replies.
     pub(crate) async fn query_pipeline<T: FromRedisValue>(&self, member: usize, pipe: &Pipeline) -> RedisResult<T> {
-        pipe.query_async(&mut self.manager(member)).await
+        match (self, self.manager(member)) {
+            (Connection::Sentinel(sentinel), _) => sentinel.query_pipeline(pipe).await,
+            (_, Some(mut manager)) => pipe.query_async(&mut manager).await,
+            (_, None) => unreachable_connection(),
+        }
     }
+}
+
+fn unreachable_connection<T>() -> RedisResult<T> {
+    Err(redis::RedisError::from((redis::ErrorKind::Client, "no connection for this backend")))
 }
 
 /// Checks a backend's connection settings without connecting.
 pub(crate) fn validate(backend: &Backend) -> Result<(), Error> {
+    if let Address::Sentinel { .. } = &backend.address {
+        return sentinel::Sentinel::open(backend).map(|_| ());
+    }
     let Address::Partitioned(members) = &backend.address else {
         return standalone::connection_info(backend).map(|_| ());
     };

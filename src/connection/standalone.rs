@@ -51,6 +51,9 @@ pub(crate) fn connection_info(backend: &Backend) -> Result<ConnectionInfo, Error
         Address::Partitioned(_) => {
             return Err(Error::config(name, "members", "a partitioned backend has no single server"));
         }
+        Address::Sentinel { .. } => {
+            return Err(Error::config(name, "sentinels", "a sentinel backend is reached through its sentinels"));
+        }
     };
     let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
     if !tls && backend.tls_root_ca.is_some() {

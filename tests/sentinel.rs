@@ -1,0 +1,161 @@
+//! Issue 4: a Sentinel backend against a real topology (one master, one
+//! replica, three sentinels): the acceptance suite, then a forced failover
+//! under continuous load.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{acceptance, conn, record};
+use tokio::sync::Mutex;
+use tower_sessions_core::SessionStore;
+use tower_sessions_core::session::Record;
+use tower_sessions_multi_redis_store::testing::RedisServer;
+use tower_sessions_multi_redis_store::{Backend, BreakerConfig, MultiRedisStore};
+
+const MASTER: &str = "sessions";
+
+struct Topology {
+    master: RedisServer,
+    replica: RedisServer,
+    sentinels: Vec<RedisServer>,
+}
+
+async fn topology() -> Topology {
+    let master = RedisServer::start().unwrap();
+    let port = master.port().to_string();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).unwrap();
+    let sentinels: Vec<RedisServer> =
+        (0..3).map(|_| RedisServer::start_sentinel(MASTER, master.port()).unwrap()).collect();
+    // Wait until the sentinels know the replica (needed for a failover).
+    for _ in 0..100 {
+        let replicas: redis::Value = redis::cmd("SENTINEL")
+            .arg("REPLICAS")
+            .arg(MASTER)
+            .query_async(&mut conn(&sentinels[0]).await)
+            .await
+            .unwrap();
+        if matches!(&replicas, redis::Value::Array(r) if !r.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Topology { master, replica, sentinels }
+}
+
+async fn store(t: &Topology) -> MultiRedisStore {
+    let sentinels: Vec<(&str, u16)> = t.sentinels.iter().map(|s| ("127.0.0.1", s.port())).collect();
+    MultiRedisStore::builder()
+        .backend(
+            Backend::sentinel("ha", sentinels, MASTER)
+                .socket_timeout(Duration::from_millis(500))
+                .breaker(BreakerConfig::disabled()),
+        )
+        .build()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_acceptance_suite_passes_on_a_sentinel_backend() {
+    let t = topology().await;
+    let store = store(&t).await;
+    acceptance(&store, "sentinel").await;
+    drop(t.replica);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_failover_under_load_loses_no_saved_session() {
+    let t = topology().await;
+    let store = store(&t).await;
+    let mut saved = Vec::new();
+    for i in 0..200 {
+        let mut rec = record(&format!("u{i}"));
+        store.create(&mut rec).await.unwrap();
+        saved.push(Arc::new(Mutex::new(rec)));
+    }
+    // Everything written so far is on the replica too.
+    let mut acked: u64 = 0;
+    for _ in 0..100 {
+        acked = redis::cmd("WAIT").arg(1).arg(100).query_async(&mut conn(&t.master).await).await.unwrap();
+        if acked >= 1 {
+            break;
+        }
+    }
+    assert_eq!(acked, 1, "the replica acknowledged every write");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let window = Arc::new(std::sync::Mutex::new((None::<Instant>, None::<Instant>)));
+    let mut load = tokio::task::JoinSet::new();
+    for task in 0..4usize {
+        let (store, saved, stop, errors, window) =
+            (store.clone(), saved.clone(), stop.clone(), errors.clone(), window.clone());
+        load.spawn(async move {
+            let mut i = task;
+            while !stop.load(Ordering::Relaxed) {
+                i = (i + 7) % saved.len();
+                let rec: Record = saved[i].lock().await.clone();
+                let ok = match store.load(&rec.id).await {
+                    Ok(Some(_)) => store.save(&rec).await.is_ok(),
+                    Ok(None) => panic!("session {i} lost"),
+                    Err(err) => {
+                        assert!(err.to_string().contains("backend `ha`"), "{err}");
+                        false
+                    }
+                };
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    let mut w = window.lock().unwrap();
+                    let now = Instant::now();
+                    w.0.get_or_insert(now);
+                    w.1 = Some(now);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let _: redis::Value =
+        redis::cmd("SENTINEL").arg("FAILOVER").arg(MASTER).query_async(&mut conn(&t.sentinels[0]).await).await.unwrap();
+    // Until the sentinels name the former replica as master, and a bit longer.
+    let replica_port = t.replica.port().to_string();
+    loop {
+        let addr: Vec<String> = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(MASTER)
+            .query_async(&mut conn(&t.sentinels[0]).await)
+            .await
+            .unwrap();
+        if addr.get(1) == Some(&replica_port) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no failover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    while let Some(r) = load.join_next().await {
+        r.unwrap();
+    }
+    // After it, every session saved before is there, and writes go to the new master.
+    for rec in &saved {
+        let rec = rec.lock().await.clone();
+        assert_eq!(store.load(&rec.id).await.unwrap().map(|r| r.data), Some(rec.data.clone()));
+    }
+    let mut fresh = record("after");
+    store.create(&mut fresh).await.unwrap();
+    let on_new_master: bool =
+        redis::cmd("EXISTS").arg(fresh.id.to_string()).query_async(&mut conn(&t.replica).await).await.unwrap();
+    assert!(on_new_master, "writes reach the promoted replica");
+    let w = *window.lock().unwrap();
+    let span = match w {
+        (Some(a), Some(b)) => b - a,
+        _ => Duration::ZERO,
+    };
+    eprintln!("failover: {} failed requests over a window of {span:?}", errors.load(Ordering::Relaxed));
+    assert!(span < Duration::from_secs(10), "the error window is bounded: {span:?}");
+}
