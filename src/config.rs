@@ -126,6 +126,12 @@ pub struct BackendConfig {
     pub breaker_cool_down: Option<f64>,
     /// A partitioned backend's members (instead of `url`/`host`/`unix_socket`).
     pub members: Option<Vec<MemberConfig>>,
+    /// Sentinels as `"host:port"` (instead of `url`/`host`/`unix_socket`); with `master`.
+    pub sentinels: Option<Vec<String>>,
+    /// The master's name the sentinels monitor.
+    pub master: Option<String>,
+    /// The sentinels' own password (never printed).
+    pub sentinel_password: Option<String>,
 }
 
 /// One member of a partitioned backend (`[[backends.members]]`).
@@ -239,6 +245,9 @@ impl fmt::Debug for BackendConfig {
             .field("breaker_failures", &self.breaker_failures)
             .field("breaker_cool_down", &self.breaker_cool_down)
             .field("members", &self.members)
+            .field("sentinels", &self.sentinels)
+            .field("master", &self.master)
+            .field("sentinel_password", &self.sentinel_password.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -334,8 +343,29 @@ impl BackendConfig {
     /// [`Error::Config`] naming the backend and the field.
     pub fn into_backend(self) -> Result<Backend, Error> {
         let name = Some(self.name.as_str());
-        let address = match self.members {
-            Some(members) => {
+        let address = match (self.members, self.sentinels) {
+            (Some(_), Some(_)) => {
+                return Err(Error::config(name, "sentinels", "given together with `members`; use one"));
+            }
+            (None, Some(sentinels)) => {
+                if self.url.is_some() || self.host.is_some() || self.unix_socket.is_some() || self.port.is_some() {
+                    return Err(Error::config(name, "sentinels", "given together with an address; use one"));
+                }
+                let master = self
+                    .master
+                    .ok_or_else(|| Error::config(name, "master", "a sentinel backend needs the master's name"))?;
+                let sentinels = sentinels
+                    .iter()
+                    .map(|s| {
+                        let (host, port) = s.rsplit_once(':').unwrap_or((s.as_str(), "26379"));
+                        port.parse::<u16>()
+                            .map(|port| (host.to_owned(), port))
+                            .map_err(|_| Error::config(name, "sentinels", format!("`{s}` is not host:port")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Address::Sentinel { sentinels, master }
+            }
+            (Some(members), None) => {
                 if self.url.is_some() || self.host.is_some() || self.unix_socket.is_some() || self.port.is_some() {
                     return Err(Error::config(name, "members", "given together with an address; use one"));
                 }
@@ -345,7 +375,12 @@ impl BackendConfig {
                 let members = members.into_iter().map(|m| m.into_backend(&self.name)).collect::<Result<Vec<_>, _>>()?;
                 Address::Partitioned(members)
             }
-            None => address(name, self.url, self.host, self.port, self.unix_socket)?,
+            (None, None) => {
+                if self.master.is_some() {
+                    return Err(Error::config(name, "master", "given without `sentinels`"));
+                }
+                address(name, self.url, self.host, self.port, self.unix_socket)?
+            }
         };
         let mut backend = Backend::new(self.name.clone(), address).modes(Modes::from(self.modes));
         if let Some(prefix) = self.prefix {
@@ -375,6 +410,9 @@ impl BackendConfig {
         }
         if let Some(retry) = self.retry_on_timeout {
             backend = backend.retry_on_timeout(retry);
+        }
+        if let Some(password) = self.sentinel_password {
+            backend = backend.sentinel_password(password);
         }
         if let Some(allow) = self.allow_read_without_delete {
             backend = backend.allow_read_without_delete(allow);
@@ -459,6 +497,9 @@ struct SeedSetting {
     session_redis_unix_domain_socket_path: Option<PathBuf>,
     session_redis_url: Option<String>,
     session_redis_pool: Option<Vec<SeedPoolMember>>,
+    /// `[(host, port), ...]`: JSON arrays of two.
+    session_redis_sentinel_list: Option<Vec<(String, u16)>>,
+    session_redis_sentinel_master_alias: Option<String>,
 }
 
 /// One entry of the seed's `SESSION_REDIS_POOL`.
@@ -510,10 +551,12 @@ impl SeedEntry {
             NameOrNumber::Number(n) => n.to_string(),
         };
         let members = s.session_redis_pool.map(|pool| pool.into_iter().map(SeedPoolMember::into_member).collect());
+        let sentinels: Option<Vec<String>> =
+            s.session_redis_sentinel_list.map(|list| list.into_iter().map(|(h, p)| format!("{h}:{p}")).collect());
         let url = set(s.session_redis_url);
         let unix_socket = s.session_redis_unix_domain_socket_path.filter(|p| !p.as_os_str().is_empty());
         let mut host = set(s.session_redis_host);
-        if url.is_none() && unix_socket.is_none() && host.is_none() && members.is_none() {
+        if url.is_none() && unix_socket.is_none() && host.is_none() && members.is_none() && sentinels.is_none() {
             host = Some("localhost".to_owned());
         }
         BackendConfig {
@@ -536,6 +579,9 @@ impl SeedEntry {
             breaker_failures: None,
             breaker_cool_down: None,
             members,
+            sentinels,
+            master: set(s.session_redis_sentinel_master_alias),
+            sentinel_password: None,
         }
     }
 }

@@ -159,3 +159,33 @@ async fn a_forced_failover_under_load_loses_no_saved_session() {
     eprintln!("failover: {} failed requests over a window of {span:?}", errors.load(Ordering::Relaxed));
     assert!(span < Duration::from_secs(10), "the error window is bounded: {span:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_backends_load_from_both_config_shapes() {
+    use std::io::Write;
+    let t = topology().await;
+    let list: Vec<String> = t.sentinels.iter().map(|s| format!("\"127.0.0.1:{}\"", s.port())).collect();
+    let mut toml = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    write!(
+        toml,
+        "[[backends]]\nname = \"ha\"\nmodes = [\"read\", \"write\"]\nsentinels = [{}]\nmaster = \"{MASTER}\"\nsocket_timeout = 0.5\n",
+        list.join(", ")
+    )
+    .unwrap();
+    let store = MultiRedisStore::from_config_file(toml.path()).await.unwrap();
+    acceptance(&store, "sentinel from TOML").await;
+
+    let pairs: Vec<String> = t.sentinels.iter().map(|s| format!("[\"127.0.0.1\", {}]", s.port())).collect();
+    let mut json = tempfile::Builder::new().suffix(".json").tempfile().unwrap();
+    write!(
+        json,
+        r#"[{{"backend": "0", "modes": ["read", "write"], "setting": {{
+             "SESSION_REDIS_SENTINEL_LIST": [{}], "SESSION_REDIS_SENTINEL_MASTER_ALIAS": "{MASTER}",
+             "SESSION_REDIS_DB": 0, "SESSION_REDIS_PREFIX": "s:", "SESSION_REDIS_SOCKET_TIMEOUT": 1}}}}]"#,
+        pairs.join(", ")
+    )
+    .unwrap();
+    let store = MultiRedisStore::from_config_file(json.path()).await.unwrap();
+    acceptance(&store, "sentinel from the seed's JSON").await;
+    drop(t.master);
+}
