@@ -52,6 +52,8 @@ pub enum Address {
         /// The monitored master's name (`SESSION_REDIS_SENTINEL_MASTER_ALIAS`).
         master: String,
     },
+    /// A Redis Cluster, reached through these seed nodes (host, port).
+    Cluster(Vec<(String, u16)>),
 }
 
 impl fmt::Debug for Address {
@@ -64,6 +66,7 @@ impl fmt::Debug for Address {
             Address::Sentinel { sentinels, master } => {
                 f.debug_struct("Sentinel").field("sentinels", sentinels).field("master", master).finish()
             }
+            Address::Cluster(seeds) => f.debug_tuple("Cluster").field(seeds).finish(),
         }
     }
 }
@@ -176,6 +179,18 @@ impl Backend {
     ) -> Backend {
         let sentinels = sentinels.into_iter().map(|(h, p)| (h.into(), p)).collect();
         Backend::new(name, Address::Sentinel { sentinels, master: master.into() })
+    }
+
+    /// A Redis Cluster reached through these seed nodes. `username` and
+    /// `password` apply to every node.
+    ///
+    /// ```
+    /// use tower_sessions_multi_redis_store::Backend;
+    ///
+    /// let cluster = Backend::cluster("cluster", [("10.0.0.1", 7000), ("10.0.0.2", 7000)]);
+    /// ```
+    pub fn cluster<H: Into<String>>(name: impl Into<String>, seeds: impl IntoIterator<Item = (H, u16)>) -> Backend {
+        Backend::new(name, Address::Cluster(seeds.into_iter().map(|(h, p)| (h.into(), p)).collect()))
     }
 
     /// The password of the sentinels themselves (never printed).
@@ -567,7 +582,20 @@ impl Node {
         let (member, inner) = (cursor >> MEMBER_SHIFT, cursor & INNER_MASK);
         let mut cmd = redis::cmd("SCAN");
         cmd.arg(inner).arg("MATCH").arg(pattern).arg("COUNT").arg(count);
-        let (next, keys): (u64, Vec<String>) = self.run("SCAN", member as usize, &cmd, true, None).await?;
+        // A cluster is walked primary after primary (sorted by address).
+        let (members, (next, keys)): (u64, (u64, Vec<String>)) = match self.conn.cluster_primaries().await {
+            Some(primaries) => {
+                let primaries = primaries.map_err(|source| Error::Redis {
+                    backend: self.name.clone(),
+                    op: "CLUSTER NODES",
+                    source,
+                })?;
+                let Some(addr) = primaries.get(member as usize) else { return Ok((0, Vec::new())) };
+                let reply = self.guarded("SCAN", None, true, || self.conn.query_cluster_node(addr, &cmd)).await?;
+                (primaries.len() as u64, reply)
+            }
+            None => (self.conn.members() as u64, self.run("SCAN", member as usize, &cmd, true, None).await?),
+        };
         if next > INNER_MASK {
             return Err(Error::Redis {
                 backend: self.name.clone(),
@@ -576,7 +604,7 @@ impl Node {
             });
         }
         let next = match next {
-            0 if member + 1 < self.conn.members() as u64 => (member + 1) << MEMBER_SHIFT,
+            0 if member + 1 < members => (member + 1) << MEMBER_SHIFT,
             0 => 0,
             inner => (member << MEMBER_SHIFT) | inner,
         };

@@ -207,7 +207,7 @@ impl MemberConfig {
             Address::Url(url) => redact_url(url),
             Address::Tcp { host, port } => format!("{host}:{port}/{}", self.db.unwrap_or(0)),
             Address::Unix(path) => format!("{}/{}", path.display(), self.db.unwrap_or(0)),
-            Address::Partitioned(_) | Address::Sentinel { .. } => String::new(),
+            Address::Partitioned(_) | Address::Sentinel { .. } | Address::Cluster(_) => String::new(),
         });
         let mut member = Backend::new(label, address).weight(self.weight.unwrap_or(1));
         if let Some(db) = self.db {

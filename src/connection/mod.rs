@@ -1,6 +1,7 @@
 //! Connections to one backend's server(s), behind one type the backend uses:
 //! one server, or a partition of several (weighted rendezvous hashing).
 
+mod cluster;
 mod sentinel;
 mod standalone;
 
@@ -21,6 +22,8 @@ pub(crate) enum Connection {
     Partitioned { members: Vec<ConnectionManager>, partition: Partition },
     /// The master that Redis Sentinel names, re-discovered after a failover.
     Sentinel(Box<sentinel::Sentinel>),
+    /// A Redis Cluster.
+    Cluster(Box<cluster::Cluster>),
 }
 
 /// A partition member with the settings it inherits from its backend.
@@ -45,6 +48,7 @@ impl Connection {
                 Ok(Connection::Partitioned { members: managers, partition })
             }
             Address::Sentinel { .. } => Ok(Connection::Sentinel(Box::new(sentinel::Sentinel::open(backend)?))),
+            Address::Cluster(_) => Ok(Connection::Cluster(Box::new(cluster::Cluster::open(backend)?))),
             _ => standalone::open(backend).map(Connection::Standalone),
         }
     }
@@ -52,7 +56,7 @@ impl Connection {
     /// How many servers (members) this connection spans.
     pub(crate) fn members(&self) -> usize {
         match self {
-            Connection::Standalone(_) | Connection::Sentinel(_) => 1,
+            Connection::Standalone(_) | Connection::Sentinel(_) | Connection::Cluster(_) => 1,
             Connection::Partitioned { members, .. } => members.len(),
         }
     }
@@ -60,7 +64,7 @@ impl Connection {
     /// The member that holds session `id`.
     pub(crate) fn member_of(&self, id: &(impl fmt::Display + ?Sized)) -> usize {
         match self {
-            Connection::Standalone(_) | Connection::Sentinel(_) => 0,
+            Connection::Standalone(_) | Connection::Sentinel(_) | Connection::Cluster(_) => 0,
             Connection::Partitioned { partition, .. } => partition.member_of(&id.to_string()),
         }
     }
@@ -69,7 +73,7 @@ impl Connection {
         match self {
             Connection::Standalone(manager) => Some(manager.clone()),
             Connection::Partitioned { members, .. } => Some(members[member.min(members.len() - 1)].clone()),
-            Connection::Sentinel(_) => None,
+            Connection::Sentinel(_) | Connection::Cluster(_) => None,
         }
     }
 
@@ -77,8 +81,29 @@ impl Connection {
     pub(crate) async fn query<T: FromRedisValue>(&self, member: usize, cmd: &Cmd) -> RedisResult<T> {
         match (self, self.manager(member)) {
             (Connection::Sentinel(sentinel), _) => sentinel.query(cmd).await,
+            (Connection::Cluster(cluster), _) => cluster.query(cmd).await,
             (_, Some(mut manager)) => cmd.query_async(&mut manager).await,
             (_, None) => unreachable_connection(),
+        }
+    }
+
+    /// The cluster's primaries, when this is a cluster.
+    pub(crate) async fn cluster_primaries(&self) -> Option<RedisResult<Vec<(String, u16)>>> {
+        match self {
+            Connection::Cluster(cluster) => Some(cluster.primaries().await),
+            _ => None,
+        }
+    }
+
+    /// One command on a cluster node given by address.
+    pub(crate) async fn query_cluster_node<T: FromRedisValue>(
+        &self,
+        addr: &(String, u16),
+        cmd: &Cmd,
+    ) -> RedisResult<T> {
+        match self {
+            Connection::Cluster(cluster) => cluster.query_node(addr, cmd).await,
+            _ => unreachable_connection(),
         }
     }
 
@@ -86,6 +111,7 @@ impl Connection {
     pub(crate) async fn query_pipeline<T: FromRedisValue>(&self, member: usize, pipe: &Pipeline) -> RedisResult<T> {
         match (self, self.manager(member)) {
             (Connection::Sentinel(sentinel), _) => sentinel.query_pipeline(pipe).await,
+            (Connection::Cluster(cluster), _) => cluster.query_pipeline(pipe).await,
             (_, Some(mut manager)) => pipe.query_async(&mut manager).await,
             (_, None) => unreachable_connection(),
         }
@@ -100,6 +126,9 @@ fn unreachable_connection<T>() -> RedisResult<T> {
 pub(crate) fn validate(backend: &Backend) -> Result<(), Error> {
     if let Address::Sentinel { .. } = &backend.address {
         return sentinel::Sentinel::open(backend).map(|_| ());
+    }
+    if let Address::Cluster(_) = &backend.address {
+        return cluster::Cluster::open(backend).map(|_| ());
     }
     let Address::Partitioned(members) = &backend.address else {
         return standalone::connection_info(backend).map(|_| ());

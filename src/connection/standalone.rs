@@ -54,6 +54,9 @@ pub(crate) fn connection_info(backend: &Backend) -> Result<ConnectionInfo, Error
         Address::Sentinel { .. } => {
             return Err(Error::config(name, "sentinels", "a sentinel backend is reached through its sentinels"));
         }
+        Address::Cluster(_) => {
+            return Err(Error::config(name, "cluster", "a cluster backend has no single server"));
+        }
     };
     let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
     if !tls && backend.tls_root_ca.is_some() {
