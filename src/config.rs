@@ -132,6 +132,8 @@ pub struct BackendConfig {
     pub master: Option<String>,
     /// The sentinels' own password (never printed).
     pub sentinel_password: Option<String>,
+    /// Redis Cluster seed nodes as `"host:port"` (instead of `url`/`host`/`unix_socket`).
+    pub cluster: Option<Vec<String>>,
 }
 
 /// One member of a partitioned backend (`[[backends.members]]`).
@@ -248,6 +250,7 @@ impl fmt::Debug for BackendConfig {
             .field("sentinels", &self.sentinels)
             .field("master", &self.master)
             .field("sentinel_password", &self.sentinel_password.as_ref().map(|_| "<redacted>"))
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -343,7 +346,17 @@ impl BackendConfig {
     /// [`Error::Config`] naming the backend and the field.
     pub fn into_backend(self) -> Result<Backend, Error> {
         let name = Some(self.name.as_str());
+        let given = [self.members.is_some(), self.sentinels.is_some(), self.cluster.is_some()];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(Error::config(name, "cluster", "give one of `members`, `sentinels` and `cluster`"));
+        }
         let address = match (self.members, self.sentinels) {
+            _ if self.cluster.is_some() => {
+                if self.url.is_some() || self.host.is_some() || self.unix_socket.is_some() || self.port.is_some() {
+                    return Err(Error::config(name, "cluster", "given together with an address; use one"));
+                }
+                Address::Cluster(host_ports(name, "cluster", self.cluster.as_deref().unwrap_or_default(), 6379)?)
+            }
             (Some(_), Some(_)) => {
                 return Err(Error::config(name, "sentinels", "given together with `members`; use one"));
             }
@@ -354,15 +367,7 @@ impl BackendConfig {
                 let master = self
                     .master
                     .ok_or_else(|| Error::config(name, "master", "a sentinel backend needs the master's name"))?;
-                let sentinels = sentinels
-                    .iter()
-                    .map(|s| {
-                        let (host, port) = s.rsplit_once(':').unwrap_or((s.as_str(), "26379"));
-                        port.parse::<u16>()
-                            .map(|port| (host.to_owned(), port))
-                            .map_err(|_| Error::config(name, "sentinels", format!("`{s}` is not host:port")))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
+                let sentinels = host_ports(name, "sentinels", &sentinels, 26379)?;
                 Address::Sentinel { sentinels, master }
             }
             (Some(members), None) => {
@@ -437,6 +442,24 @@ impl BackendConfig {
         }
         Ok(backend)
     }
+}
+
+/// `"host:port"` strings (the port defaulting to `default_port`).
+fn host_ports(
+    backend: Option<&str>,
+    field: &'static str,
+    list: &[String],
+    default_port: u16,
+) -> Result<Vec<(String, u16)>, Error> {
+    list.iter()
+        .map(|s| match s.rsplit_once(':') {
+            None => Ok((s.clone(), default_port)),
+            Some((host, port)) => port
+                .parse::<u16>()
+                .map(|port| (host.to_owned(), port))
+                .map_err(|_| Error::config(backend, field, format!("`{s}` is not host:port"))),
+        })
+        .collect()
 }
 
 /// A number of seconds from a config file.
@@ -582,6 +605,7 @@ impl SeedEntry {
             sentinels,
             master: set(s.session_redis_sentinel_master_alias),
             sentinel_password: None,
+            cluster: None,
         }
     }
 }

@@ -104,6 +104,17 @@ impl RedisServer {
     ///
     /// As [`start`](Self::start).
     pub fn start_sentinel(name: &str, master_port: u16) -> Result<RedisServer, ServerError> {
+        RedisServer::start_sentinel_with(name, master_port, &[])
+    }
+
+    /// As [`start_sentinel`](Self::start_sentinel), with extra lines for its
+    /// configuration file, e.g. `sentinel auth-pass <name> <password>` or
+    /// `requirepass <password>`.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_sentinel_with(name: &str, master_port: u16, extra_conf: &[&str]) -> Result<RedisServer, ServerError> {
         let mut server = RedisServer {
             child: None,
             port: free_port()?,
@@ -120,6 +131,7 @@ impl RedisServer {
             dir = server.dir.path().display(),
             log = server.log_path().display(),
         );
+        let conf = extra_conf.iter().fold(conf, |conf, line| conf + line + "\n");
         std::fs::write(server.dir.path().join("sentinel.conf"), conf)?;
         server.spawn()?;
         Ok(server)

@@ -177,3 +177,54 @@ async fn a_migration_from_a_standalone_backend_into_a_cluster_moves_everything()
     assert_eq!(report.progress.copied, 1000, "{report:?}");
     assert_eq!(back.stats().await[1].sessions, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_protected_cluster_from_a_config_file() {
+    use std::io::Write;
+    let nodes: Vec<RedisServer> = (0..3)
+        .map(|_| {
+            RedisServer::start_with(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--requirepass",
+                "cluster-pw",
+                "--masterauth",
+                "cluster-pw",
+            ])
+            .unwrap()
+        })
+        .collect();
+    let mut args: Vec<String> =
+        vec!["-a".into(), "cluster-pw".into(), "--no-auth-warning".into(), "--cluster".into(), "create".into()];
+    args.extend(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())));
+    args.extend(["--cluster-replicas".into(), "0".into(), "--cluster-yes".into()]);
+    redis_cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    for _ in 0..100 {
+        let info = redis_cli(&[
+            "-a",
+            "cluster-pw",
+            "--no-auth-warning",
+            "-p",
+            &nodes[0].port().to_string(),
+            "CLUSTER",
+            "INFO",
+        ]);
+        if info.contains("cluster_state:ok") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seeds: Vec<String> = nodes.iter().map(|n| format!("\"127.0.0.1:{}\"", n.port())).collect();
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    write!(
+        file,
+        "[[backends]]\nname = \"cluster\"\nmodes = [\"read\", \"write\"]\ncluster = [{}]\npassword = \"cluster-pw\"\nprefix = \"s:\"\n",
+        seeds.join(", ")
+    )
+    .unwrap();
+    let store = MultiRedisStore::from_config_file(file.path()).await.unwrap();
+    acceptance(&store, "cluster with a password, from a file").await;
+    assert!(!format!("{store:?}").contains("cluster-pw"));
+}

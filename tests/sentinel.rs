@@ -189,3 +189,46 @@ async fn sentinel_backends_load_from_both_config_shapes() {
     acceptance(&store, "sentinel from the seed's JSON").await;
     drop(t.master);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_and_sentinel_passwords_and_a_db() {
+    let master = RedisServer::start_with(&["--requirepass", "master-pw", "--masterauth", "master-pw"]).unwrap();
+    let port = master.port().to_string();
+    let _replica = RedisServer::start_with(&[
+        "--replicaof",
+        "127.0.0.1",
+        &port,
+        "--requirepass",
+        "master-pw",
+        "--masterauth",
+        "master-pw",
+    ])
+    .unwrap();
+    let auth = format!("sentinel auth-pass {MASTER} master-pw");
+    let sentinels: Vec<RedisServer> = (0..3)
+        .map(|_| RedisServer::start_sentinel_with(MASTER, master.port(), &[&auth, "requirepass sentinel-pw"]).unwrap())
+        .collect();
+    let addrs: Vec<(&str, u16)> = sentinels.iter().map(|s| ("127.0.0.1", s.port())).collect();
+    let store = MultiRedisStore::builder()
+        .backend(
+            Backend::sentinel("ha", addrs.clone(), MASTER).password("master-pw").sentinel_password("sentinel-pw").db(3),
+        )
+        .build()
+        .await
+        .unwrap();
+    acceptance(&store, "sentinel with passwords").await;
+    let mut rec = record("ada");
+    store.create(&mut rec).await.unwrap();
+    let url = format!("redis://:master-pw@127.0.0.1:{}/3", master.port());
+    let mut db3 = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let found: bool = redis::cmd("EXISTS").arg(rec.id.to_string()).query_async(&mut db3).await.unwrap();
+    assert!(found, "written to db 3 of the master");
+
+    let wrong = MultiRedisStore::builder()
+        .backend(Backend::sentinel("ha", addrs, MASTER).password("master-pw").sentinel_password("nope"))
+        .build()
+        .await
+        .unwrap();
+    let err = wrong.load(&rec.id).await.unwrap_err().to_string();
+    assert!(err.contains("backend `ha`") && !err.contains("nope"), "{err}");
+}
