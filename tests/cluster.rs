@@ -22,27 +22,31 @@ fn redis_cli(args: &[&str]) -> String {
 
 /// Three primaries, all slots assigned, state ok.
 fn cluster() -> Vec<RedisServer> {
-    let nodes: Vec<RedisServer> = (0..3)
-        .map(|_| {
-            RedisServer::start_with(&[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "3000",
-            ])
-            .unwrap()
-        })
-        .collect();
-    let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+    cluster_with(None)
+}
+
+/// The same, every node requiring `password` when given.
+fn cluster_with(password: Option<&str>) -> Vec<RedisServer> {
+    let mut server_args =
+        vec!["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "3000"];
+    let mut auth: Vec<&str> = Vec::new();
+    if let Some(pw) = password {
+        server_args.extend(["--requirepass", pw, "--masterauth", pw]);
+        auth.extend(["-a", pw, "--no-auth-warning"]);
+    }
+    let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_with(&server_args).unwrap()).collect();
+    let mut args: Vec<String> = auth.iter().map(|a| (*a).to_owned()).collect();
+    args.extend(["--cluster".into(), "create".into()]);
     args.extend(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())));
     args.extend(["--cluster-replicas".into(), "0".into(), "--cluster-yes".into()]);
     redis_cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
     for _ in 0..100 {
-        let ok = nodes
-            .iter()
-            .all(|n| redis_cli(&["-p", &n.port().to_string(), "CLUSTER", "INFO"]).contains("cluster_state:ok"));
+        let ok = nodes.iter().all(|n| {
+            let port = n.port().to_string();
+            let mut info_args = auth.clone();
+            info_args.extend(["-p", &port, "CLUSTER", "INFO"]);
+            redis_cli(&info_args).contains("cluster_state:ok")
+        });
         if ok {
             return nodes;
         }
@@ -181,41 +185,7 @@ async fn a_migration_from_a_standalone_backend_into_a_cluster_moves_everything()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_protected_cluster_from_a_config_file() {
     use std::io::Write;
-    let nodes: Vec<RedisServer> = (0..3)
-        .map(|_| {
-            RedisServer::start_with(&[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--requirepass",
-                "cluster-pw",
-                "--masterauth",
-                "cluster-pw",
-            ])
-            .unwrap()
-        })
-        .collect();
-    let mut args: Vec<String> =
-        vec!["-a".into(), "cluster-pw".into(), "--no-auth-warning".into(), "--cluster".into(), "create".into()];
-    args.extend(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())));
-    args.extend(["--cluster-replicas".into(), "0".into(), "--cluster-yes".into()]);
-    redis_cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    for _ in 0..100 {
-        let info = redis_cli(&[
-            "-a",
-            "cluster-pw",
-            "--no-auth-warning",
-            "-p",
-            &nodes[0].port().to_string(),
-            "CLUSTER",
-            "INFO",
-        ]);
-        if info.contains("cluster_state:ok") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let nodes = cluster_with(Some("cluster-pw"));
     let seeds: Vec<String> = nodes.iter().map(|n| format!("\"127.0.0.1:{}\"", n.port())).collect();
     let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
     write!(
