@@ -108,6 +108,7 @@ pub struct Backend {
     pub(crate) breaker: BreakerConfig,
     pub(crate) weight: u32,
     pub(crate) sentinel_password: Option<String>,
+    pub(crate) tls: bool,
 }
 
 impl Backend {
@@ -129,6 +130,7 @@ impl Backend {
             breaker: BreakerConfig::default(),
             weight: 1,
             sentinel_password: None,
+            tls: false,
         }
     }
 
@@ -191,6 +193,15 @@ impl Backend {
     /// ```
     pub fn cluster<H: Into<String>>(name: impl Into<String>, seeds: impl IntoIterator<Item = (H, u16)>) -> Backend {
         Backend::new(name, Address::Cluster(seeds.into_iter().map(|(h, p)| (h.into(), p)).collect()))
+    }
+
+    /// For a Sentinel backend: reach the sentinels and the master over TLS
+    /// (with [`tls_root_ca`](Self::tls_root_ca) and
+    /// [`tls_client_cert`](Self::tls_client_cert) when given). Needs the `tls`
+    /// feature. URL backends choose TLS with `rediss://`.
+    pub fn tls(mut self, tls: bool) -> Backend {
+        self.tls = tls;
+        self
     }
 
     /// The password of the sentinels themselves (never printed).

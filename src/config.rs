@@ -134,6 +134,8 @@ pub struct BackendConfig {
     pub sentinel_password: Option<String>,
     /// Redis Cluster seed nodes as `"host:port"` (instead of `url`/`host`/`unix_socket`).
     pub cluster: Option<Vec<String>>,
+    /// For a Sentinel backend: TLS to the sentinels and the master.
+    pub tls: Option<bool>,
 }
 
 /// One member of a partitioned backend (`[[backends.members]]`).
@@ -251,6 +253,7 @@ impl fmt::Debug for BackendConfig {
             .field("master", &self.master)
             .field("sentinel_password", &self.sentinel_password.as_ref().map(|_| "<redacted>"))
             .field("cluster", &self.cluster)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -418,6 +421,9 @@ impl BackendConfig {
         }
         if let Some(password) = self.sentinel_password {
             backend = backend.sentinel_password(password);
+        }
+        if let Some(tls) = self.tls {
+            backend = backend.tls(tls);
         }
         if let Some(allow) = self.allow_read_without_delete {
             backend = backend.allow_read_without_delete(allow);
@@ -606,6 +612,7 @@ impl SeedEntry {
             master: set(s.session_redis_sentinel_master_alias),
             sentinel_password: None,
             cluster: None,
+            tls: None,
         }
     }
 }

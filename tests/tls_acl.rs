@@ -142,3 +142,72 @@ async fn an_acl_user_with_limited_rights_works_and_a_wrong_password_names_the_ba
     assert!(msg.contains("WRONGPASS") || msg.to_lowercase().contains("auth"), "{msg}");
     assert!(!msg.contains("wrong-password"), "{msg}");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_backend_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("test CA");
+    let (cert, key) = pki.leaf(&["localhost", "127.0.0.1"]);
+    let ca = write(dir.path(), "ca.pem", &pki.ca_pem);
+    let cert = write(dir.path(), "server.pem", &cert);
+    let key = write(dir.path(), "server.key", &key);
+    let (ca_s, cert_s, key_s) = (ca.display().to_string(), cert.display().to_string(), key.display().to_string());
+    let tls = |port: &str| -> Vec<String> {
+        ["--tls-port", port, "--tls-cert-file", &cert_s, "--tls-key-file", &key_s, "--tls-ca-cert-file", &ca_s]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain(["--tls-auth-clients".to_owned(), "no".to_owned(), "--tls-replication".to_owned(), "yes".to_owned()])
+            .collect()
+    };
+    let master_tls = free_port().to_string();
+    let args = tls(&master_tls);
+    let master = RedisServer::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let replica_tls = free_port().to_string();
+    let mut args = tls(&replica_tls);
+    args.extend(["--replicaof".to_owned(), "127.0.0.1".to_owned(), master_tls.clone()]);
+    let _replica = RedisServer::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let mut sentinel_tls_ports = Vec::new();
+    let sentinels: Vec<RedisServer> = (0..3)
+        .map(|_| {
+            let port = free_port();
+            sentinel_tls_ports.push(port);
+            let lines = [
+                format!("tls-port {port}"),
+                format!("tls-cert-file {cert_s}"),
+                format!("tls-key-file {key_s}"),
+                format!("tls-ca-cert-file {ca_s}"),
+                "tls-auth-clients no".to_owned(),
+                "tls-replication yes".to_owned(),
+            ];
+            let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+            RedisServer::start_sentinel_with("sessions", master_tls.parse().unwrap(), &lines).unwrap()
+        })
+        .collect();
+    let addrs: Vec<(&str, u16)> = sentinel_tls_ports.iter().map(|p| ("127.0.0.1", *p)).collect();
+    let store = MultiRedisStore::builder()
+        .backend(Backend::sentinel("ha", addrs.clone(), "sessions").tls(true).tls_root_ca(pki.ca_pem.clone()))
+        .build()
+        .await
+        .unwrap();
+    acceptance(&store, "sentinel over TLS").await;
+    let mut rec = record("ada");
+    store.create(&mut rec).await.unwrap();
+    let found: bool =
+        redis::cmd("EXISTS").arg(rec.id.to_string()).query_async(&mut common::conn(&master).await).await.unwrap();
+    assert!(found, "written to the master");
+
+    // Another CA: refused, naming the backend.
+    let stranger = Pki::new("another CA");
+    let wrong = MultiRedisStore::builder()
+        .backend(Backend::sentinel("ha", addrs, "sessions").tls(true).tls_root_ca(stranger.ca_pem.clone()))
+        .build()
+        .await
+        .unwrap();
+    let msg = backend_error(wrong.load(&rec.id).await);
+    assert!(msg.contains("backend `ha`"), "{msg}");
+    drop(sentinels);
+}

@@ -3,7 +3,7 @@
 
 mod cluster;
 mod sentinel;
-mod standalone;
+pub(crate) mod standalone;
 
 use std::fmt;
 

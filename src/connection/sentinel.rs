@@ -32,6 +32,8 @@ struct Master {
 }
 
 pub(crate) struct Sentinel {
+    /// The backend's settings, for TLS clients.
+    backend: Backend,
     sentinels: Vec<ConnectionInfo>,
     master_name: String,
     redis: RedisConnectionInfo,
@@ -48,6 +50,15 @@ fn failover_sign(err: &RedisError) -> bool {
         || err.is_connection_refusal()
         || err.is_timeout()
         || err.kind() == ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+}
+
+/// A TCP address, with TLS when asked (verifying the host name).
+fn addr(tls: bool, host: &str, port: u16) -> ConnectionAddr {
+    if tls {
+        ConnectionAddr::TcpTls { host: host.to_owned(), port, insecure: false, tls_params: None }
+    } else {
+        ConnectionAddr::Tcp(host.to_owned(), port)
+    }
 }
 
 fn nodelay(info: ConnectionInfo) -> ConnectionInfo {
@@ -67,6 +78,12 @@ impl Sentinel {
         if master.is_empty() {
             return Err(Error::config(name, "master", "must not be empty"));
         }
+        if backend.tls && cfg!(not(feature = "tls")) {
+            return Err(Error::config(name, "tls", "TLS needs the crate feature `tls`"));
+        }
+        if !backend.tls && (backend.tls_root_ca.is_some() || backend.tls_client.is_some()) {
+            return Err(Error::config(name, "tls", "TLS certificates given but `tls` is off"));
+        }
         let mut sentinel_settings = RedisConnectionInfo::default();
         if let Some(password) = &backend.sentinel_password {
             sentinel_settings = sentinel_settings.set_password(password);
@@ -74,7 +91,7 @@ impl Sentinel {
         let sentinels = sentinels
             .iter()
             .map(|(host, port)| {
-                ConnectionAddr::Tcp(host.clone(), *port)
+                addr(backend.tls, host, *port)
                     .into_connection_info()
                     .map(|info| nodelay(info.set_redis_settings(sentinel_settings.clone())))
                     .map_err(|err| Error::config(name, "sentinels", err.to_string()))
@@ -94,6 +111,7 @@ impl Sentinel {
             .set_connection_timeout(Some(backend.socket_timeout))
             .set_response_timeout(Some(backend.socket_timeout));
         Ok(Sentinel {
+            backend: backend.clone(),
             sentinels,
             master_name: master.clone(),
             redis,
@@ -108,7 +126,7 @@ impl Sentinel {
         let mut last = None;
         for info in &self.sentinels {
             let attempt = async {
-                let client = redis::Client::open(info.clone())?;
+                let client = self.client(info.clone())?;
                 let mut conn = client.get_multiplexed_async_connection_with_config(&self.config).await?;
                 let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
                     .arg("GET-MASTER-ADDR-BY-NAME")
@@ -161,13 +179,21 @@ impl Sentinel {
             }
         }
         let info = nodelay(
-            ConnectionAddr::Tcp(addr.0.clone(), addr.1).into_connection_info()?.set_redis_settings(self.redis.clone()),
+            self::addr(self.backend.tls, &addr.0, addr.1)
+                .into_connection_info()?
+                .set_redis_settings(self.redis.clone()),
         );
-        let conn = redis::Client::open(info)?.get_multiplexed_async_connection_with_config(&self.config).await?;
+        let conn = self.client(info)?.get_multiplexed_async_connection_with_config(&self.config).await?;
         tracing::debug!(host = %addr.0, port = addr.1, "sentinel: connected to the master");
         *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
             Some(Master { addr, conn: conn.clone(), checked: Instant::now() });
         Ok(conn)
+    }
+
+    /// A client for a sentinel or the master, with the backend's TLS settings.
+    fn client(&self, info: ConnectionInfo) -> RedisResult<redis::Client> {
+        super::standalone::client(&self.backend, info)
+            .map_err(|err| RedisError::from((ErrorKind::InvalidClientConfig, "TLS settings", err.to_string())))
     }
 
     fn forget(&self) {

@@ -90,7 +90,7 @@ fn is_tls_url(url: &str) -> bool {
 }
 
 #[cfg(not(feature = "tls"))]
-fn client(backend: &Backend, info: ConnectionInfo) -> Result<redis::Client, Error> {
+pub(crate) fn client(backend: &Backend, info: ConnectionInfo) -> Result<redis::Client, Error> {
     redis::Client::open(info).map_err(|err| Error::config(Some(&backend.name), "url", err.to_string()))
 }
 
@@ -98,7 +98,7 @@ fn client(backend: &Backend, info: ConnectionInfo) -> Result<redis::Client, Erro
 /// default unless the application installed one first), the backend's CA
 /// and client certificate when given, the system's roots otherwise.
 #[cfg(feature = "tls")]
-fn client(backend: &Backend, info: ConnectionInfo) -> Result<redis::Client, Error> {
+pub(crate) fn client(backend: &Backend, info: ConnectionInfo) -> Result<redis::Client, Error> {
     let name = Some(backend.name.as_str());
     if !matches!(info.addr(), ConnectionAddr::TcpTls { .. })
         || (backend.tls_root_ca.is_none() && backend.tls_client.is_none())
