@@ -8,7 +8,8 @@
 //! * [`mode`](Mode): `Mode` / `Modes`, what a backend may do;
 //! * `backend`: [`Backend`], one server's description, and the few commands run on it;
 //! * `breaker`: the per-backend circuit breaker ([`BreakerConfig`]);
-//! * `connection`: standalone connections (reconnecting `ConnectionManager`) and partitions;
+//! * `connection`: one backend's link: standalone (reconnecting `ConnectionManager`),
+//!   partition, Sentinel (master re-checked every second), Redis Cluster;
 //! * `partition`: [`Partition`], weighted rendezvous hashing of session ids over members;
 //! * [`codec`]: the wire format, byte-compatible with `tower-sessions-redis-store`;
 //! * `store`: [`MultiRedisStore`] and **the fan-out rules** of `load`/`create`/`save`/`delete`;
@@ -18,7 +19,9 @@
 //! * `error`: [`Error`], which always names the backend at fault;
 //! * `migrate`: [`Migrator`], the bulk migrator (and `verify`) behind the CLI;
 //! * `stats`: [`BackendStats`], reachability, round trip and session count per backend;
-//! * `testing` (feature `test-util`): throwaway `redis-server` processes.
+//! * `redact`: passwords out of URLs for `Debug`, errors and logs;
+//! * `testing` (feature `test-util`): throwaway `redis-server` processes and sentinels;
+//! * `bin/multi-redis-sessions` (feature `cli`): migrate, verify, stats.
 //!
 //! # Example
 //!
