@@ -17,7 +17,8 @@
 //! ```sh
 //! ./scripts/bench          # builds the anchor, then cargo bench --bench stores
 //! ```
-//! Writes `target/bench-stores.csv` and `benches/stores.svg`.
+//! Writes `target/bench-stores.csv` and `benches/stores.svg`. `BENCH_PIN=1`
+//! pins the servers to CPU 0 and the client to CPU 1 (Linux `taskset`).
 
 #[path = "../examples/shared/app.rs"]
 mod app;
@@ -144,9 +145,27 @@ const CASES: [&str; 5] = [
     "MultiRedisStore, 2 backends, first touch",
 ];
 
+/// With `BENCH_PIN=1`: redis-servers on CPU 0, this process (and the anchor it
+/// starts) on CPU 1, so server and client stop competing for one core.
+fn pin(servers: &[&RedisServer]) {
+    if std::env::var("BENCH_PIN").as_deref() != Ok("1") {
+        return;
+    }
+    let taskset = |cpu: &str, pid: u32| {
+        let ok = std::process::Command::new("taskset").args(["-a", "-p", "-c", cpu, &pid.to_string()]).output();
+        assert!(ok.is_ok_and(|o| o.status.success()), "taskset failed");
+    };
+    for server in servers {
+        taskset("0", server.pid().unwrap());
+    }
+    taskset("1", std::process::id());
+    eprintln!("pinned: redis-server on CPU 0, client on CPU 1");
+}
+
 #[tokio::main]
 async fn main() {
     let (main_server, old_server) = (RedisServer::start().unwrap(), RedisServer::start().unwrap());
+    pin(&[&main_server, &old_server]);
     let one = MultiRedisStore::builder().backend(Backend::url("main", main_server.url())).build().await.unwrap();
     let two = MultiRedisStore::builder()
         .backend(Backend::url("new", main_server.url()).prefix("two:"))
