@@ -568,8 +568,15 @@ impl Node {
         self.guarded(op, deadline, idempotent, || self.conn.query::<T>(member, cmd)).await
     }
 
+    /// The key of session `id` and the member that holds it, formatting the id once.
+    fn route(&self, id: &(impl fmt::Display + ?Sized)) -> (String, usize) {
+        let key = self.key(id);
+        let member = self.conn.member_of(&key[self.prefix.len()..]);
+        (key, member)
+    }
+
     /// The member (of a partitioned backend; else 0) that holds session `id`.
-    pub(crate) fn member_of(&self, id: &(impl fmt::Display + ?Sized)) -> usize {
+    pub(crate) fn member_of(&self, id: &str) -> usize {
         self.conn.member_of(id)
     }
 
@@ -678,7 +685,8 @@ impl Node {
         id: &(impl fmt::Display + ?Sized),
         deadline: Deadline,
     ) -> Result<Option<Vec<u8>>, Error> {
-        self.run("GET", self.member_of(id), redis::cmd("GET").arg(self.key(id)), true, deadline).await
+        let (key, member) = self.route(id);
+        self.run("GET", member, redis::cmd("GET").arg(key), true, deadline).await
     }
 
     /// `SET key value PXAT expiry NX|XX`: whether the value was written.
@@ -690,28 +698,29 @@ impl Node {
         cond: SetIf,
         deadline: Deadline,
     ) -> Result<bool, Error> {
+        let (key, member) = self.route(id);
         let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(id)).arg(value).arg("PXAT").arg(pxat);
+        cmd.arg(key).arg(value).arg("PXAT").arg(pxat);
         let (op, idempotent) = match cond {
             SetIf::Absent => ("SET NX", false),
             SetIf::Present => ("SET XX", true),
         };
         cmd.arg(if cond == SetIf::Absent { "NX" } else { "XX" });
-        let reply: Value = self.run(op, self.member_of(id), &cmd, idempotent, deadline).await?;
+        let reply: Value = self.run(op, member, &cmd, idempotent, deadline).await?;
         Ok(!matches!(reply, Value::Nil))
     }
 
     /// `DEL`: whether a key was removed.
     pub(crate) async fn del(&self, id: &(impl fmt::Display + ?Sized), deadline: Deadline) -> Result<bool, Error> {
-        let removed: u64 =
-            self.run("DEL", self.member_of(id), redis::cmd("DEL").arg(self.key(id)), true, deadline).await?;
+        let (key, member) = self.route(id);
+        let removed: u64 = self.run("DEL", member, redis::cmd("DEL").arg(key), true, deadline).await?;
         Ok(removed > 0)
     }
 
     /// `EXISTS`: whether the key is there.
     pub(crate) async fn exists(&self, id: &(impl fmt::Display + ?Sized), deadline: Deadline) -> Result<bool, Error> {
-        let found: u64 =
-            self.run("EXISTS", self.member_of(id), redis::cmd("EXISTS").arg(self.key(id)), true, deadline).await?;
+        let (key, member) = self.route(id);
+        let found: u64 = self.run("EXISTS", member, redis::cmd("EXISTS").arg(key), true, deadline).await?;
         Ok(found > 0)
     }
 }

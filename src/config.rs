@@ -349,46 +349,39 @@ impl BackendConfig {
     /// [`Error::Config`] naming the backend and the field.
     pub fn into_backend(self) -> Result<Backend, Error> {
         let name = Some(self.name.as_str());
-        let given = [self.members.is_some(), self.sentinels.is_some(), self.cluster.is_some()];
-        if given.iter().filter(|g| **g).count() > 1 {
-            return Err(Error::config(name, "cluster", "give one of `members`, `sentinels` and `cluster`"));
+        // At most one of the multi-server kinds, and then no single address.
+        let kinds = [
+            ("members", self.members.is_some()),
+            ("sentinels", self.sentinels.is_some()),
+            ("cluster", self.cluster.is_some()),
+        ];
+        let mut given = kinds.iter().filter(|(_, is)| *is).map(|(kind, _)| *kind);
+        if let Some(kind) = given.next() {
+            if let Some(other) = given.next() {
+                return Err(Error::config(name, other, format!("given together with `{kind}`; use one")));
+            }
+            if self.url.is_some() || self.host.is_some() || self.unix_socket.is_some() || self.port.is_some() {
+                return Err(Error::config(name, kind, "given together with an address; use one"));
+            }
         }
-        let address = match (self.members, self.sentinels) {
-            _ if self.cluster.is_some() => {
-                if self.url.is_some() || self.host.is_some() || self.unix_socket.is_some() || self.port.is_some() {
-                    return Err(Error::config(name, "cluster", "given together with an address; use one"));
-                }
-                Address::Cluster(host_ports(name, "cluster", self.cluster.as_deref().unwrap_or_default(), 6379)?)
+        if self.master.is_some() && self.sentinels.is_none() {
+            return Err(Error::config(name, "master", "given without `sentinels`"));
+        }
+        let address = if let Some(seeds) = &self.cluster {
+            Address::Cluster(host_ports(name, "cluster", seeds, 6379)?)
+        } else if let Some(sentinels) = &self.sentinels {
+            let master = self
+                .master
+                .clone()
+                .ok_or_else(|| Error::config(name, "master", "a sentinel backend needs the master's name"))?;
+            Address::Sentinel { sentinels: host_ports(name, "sentinels", sentinels, 26379)?, master }
+        } else if let Some(members) = self.members {
+            if self.db.is_some() || self.username.is_some() || self.password.is_some() {
+                return Err(Error::config(name, "members", "give `db`, `username` and `password` per member"));
             }
-            (Some(_), Some(_)) => {
-                return Err(Error::config(name, "sentinels", "given together with `members`; use one"));
-            }
-            (None, Some(sentinels)) => {
-                if self.url.is_some() || self.host.is_some() || self.unix_socket.is_some() || self.port.is_some() {
-                    return Err(Error::config(name, "sentinels", "given together with an address; use one"));
-                }
-                let master = self
-                    .master
-                    .ok_or_else(|| Error::config(name, "master", "a sentinel backend needs the master's name"))?;
-                let sentinels = host_ports(name, "sentinels", &sentinels, 26379)?;
-                Address::Sentinel { sentinels, master }
-            }
-            (Some(members), None) => {
-                if self.url.is_some() || self.host.is_some() || self.unix_socket.is_some() || self.port.is_some() {
-                    return Err(Error::config(name, "members", "given together with an address; use one"));
-                }
-                if self.db.is_some() || self.username.is_some() || self.password.is_some() {
-                    return Err(Error::config(name, "members", "give `db`, `username` and `password` per member"));
-                }
-                let members = members.into_iter().map(|m| m.into_backend(&self.name)).collect::<Result<Vec<_>, _>>()?;
-                Address::Partitioned(members)
-            }
-            (None, None) => {
-                if self.master.is_some() {
-                    return Err(Error::config(name, "master", "given without `sentinels`"));
-                }
-                address(name, self.url, self.host, self.port, self.unix_socket)?
-            }
+            Address::Partitioned(members.into_iter().map(|m| m.into_backend(&self.name)).collect::<Result<_, _>>()?)
+        } else {
+            address(name, self.url, self.host, self.port, self.unix_socket)?
         };
         let mut backend = Backend::new(self.name.clone(), address).modes(Modes::from(self.modes));
         if let Some(prefix) = self.prefix {

@@ -424,7 +424,6 @@ impl Migrator {
 
         // SET NX PXAT on every target, concurrently.
         let targets = self.target_nodes();
-        let count = live.len();
         let replies = join_all(targets.iter().map(|t| {
             let items = live
                 .iter()
@@ -434,7 +433,6 @@ impl Migrator {
                     (t.member_of(id.as_str()), cmd)
                 })
                 .collect();
-            let _ = count;
             t.batch("SET NX", items)
         }))
         .await;

@@ -204,28 +204,14 @@ impl MultiRedisStore {
                 failures.push(err);
                 break;
             }
-            let bytes = match node.get(id, deadline).await {
-                Ok(Some(bytes)) => bytes,
+            let (bytes, record) = match fetch(node, id, deadline).await {
+                Ok(Some(found)) => found,
                 Ok(None) => {
                     node.count(Counter::Miss);
                     continue;
                 }
                 Err(err) => {
-                    tracing::warn!(backend = %node.name, error = %err, "load: backend failed");
-                    writer_failed |= node.modes.can_write();
-                    failures.push(err);
-                    if self.inner.options.read_policy == ReadPolicy::StopOnError {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            let record = match codec::decode(&bytes) {
-                Ok(record) => record,
-                Err(err) => {
-                    let err = Error::Decode { backend: node.name.clone(), reason: err.to_string() };
-                    tracing::warn!(error = %err, "load: undecodable value");
-                    node.count(Counter::Error);
+                    tracing::warn!(error = %err, "load: backend failed");
                     writer_failed |= node.modes.can_write();
                     failures.push(err);
                     if self.inner.options.read_policy == ReadPolicy::StopOnError {
@@ -258,17 +244,12 @@ impl MultiRedisStore {
             // it writes the target before it deletes the source, so the write
             // backends now hold what the source no longer did.
             for node in self.nodes_at(&self.inner.readers).filter(|n| n.modes.can_write()) {
-                match node.get(id, deadline).await {
-                    Ok(Some(bytes)) => match codec::decode(&bytes) {
-                        Ok(record) if codec::is_live(&record) => {
-                            node.count(Counter::Hit);
-                            return Ok(Some(record));
-                        }
-                        Ok(_) => return Ok(None),
-                        Err(err) => {
-                            failures.push(Error::Decode { backend: node.name.clone(), reason: err.to_string() })
-                        }
-                    },
+                match fetch(node, id, deadline).await {
+                    Ok(Some((_, record))) if codec::is_live(&record) => {
+                        node.count(Counter::Hit);
+                        return Ok(Some(record));
+                    }
+                    Ok(Some(_)) => return Ok(None),
                     Ok(None) => {}
                     Err(err) => failures.push(err),
                 }
@@ -476,6 +457,19 @@ impl MultiRedisStore {
             failures.extend(results.into_iter().filter_map(|(_, r)| r.err()));
         }
         if failures.is_empty() { Ok(()) } else { Err(Error::from_failures(failures)) }
+    }
+}
+
+/// `GET` and decode: the stored bytes and the record, if any. An undecodable
+/// value is this backend's [`Error::Decode`].
+async fn fetch(node: &Node, id: &Id, deadline: Deadline) -> Result<Option<(Vec<u8>, Record)>, Error> {
+    let Some(bytes) = node.get(id, deadline).await? else { return Ok(None) };
+    match codec::decode(&bytes) {
+        Ok(record) => Ok(Some((bytes, record))),
+        Err(err) => {
+            node.count(Counter::Error);
+            Err(Error::Decode { backend: node.name.clone(), reason: err.to_string() })
+        }
     }
 }
 

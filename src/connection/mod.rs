@@ -5,8 +5,6 @@ mod cluster;
 mod sentinel;
 pub(crate) mod standalone;
 
-use std::fmt;
-
 use redis::aio::ConnectionManager;
 use redis::{Cmd, FromRedisValue, Pipeline, RedisResult};
 
@@ -62,10 +60,10 @@ impl Connection {
     }
 
     /// The member that holds session `id`.
-    pub(crate) fn member_of(&self, id: &(impl fmt::Display + ?Sized)) -> usize {
+    pub(crate) fn member_of(&self, id: &str) -> usize {
         match self {
             Connection::Standalone(_) | Connection::Sentinel(_) | Connection::Cluster(_) => 0,
-            Connection::Partitioned { partition, .. } => partition.member_of(&id.to_string()),
+            Connection::Partitioned { partition, .. } => partition.member_of(id),
         }
     }
 
