@@ -9,6 +9,9 @@
 //!
 //! Prints a table and writes `target/bench-migrate.csv`.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -66,14 +69,6 @@ fn peak_rss_mb() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-/// User + system CPU seconds of a process so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: f64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
-    ticks / 100.0
-}
-
 fn dbsize(server: &RedisServer) -> u64 {
     let out = Command::new("redis-cli").args(["-p", &server.port().to_string(), "DBSIZE"]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
@@ -128,8 +123,8 @@ async fn main() {
         .await
         .unwrap();
     let rss_before = peak_rss_mb();
-    let cpu = |s: &RedisServer| cpu_seconds(s.pid().unwrap());
-    let cpu_before = (cpu(&old), cpu(&new), cpu_seconds(std::process::id()));
+    let cpu = |s: &RedisServer| support::cpu_seconds(s.pid().unwrap());
+    let cpu_before = (cpu(&old), cpu(&new), support::cpu_seconds(std::process::id()));
     let batch: usize = std::env::var("BENCH_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let migrator =
         Migrator::for_store(&store, MigrateOptions::default().move_sessions(true).batch_size(batch)).unwrap();
@@ -142,7 +137,7 @@ async fn main() {
         "cpu seconds during migration: source redis {:.2}, target redis {:.2}, migrator {:.2} (wall {elapsed:.2})",
         cpu(&old) - cpu_before.0,
         cpu(&new) - cpu_before.1,
-        cpu_seconds(std::process::id()) - cpu_before.2
+        support::cpu_seconds(std::process::id()) - cpu_before.2
     );
     assert!(report.finished && report.is_clean() && report.progress.copied == n as u64, "{report:?}");
     assert_eq!((dbsize(&new), dbsize(&old)), (n as u64, 0));

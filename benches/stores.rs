@@ -22,6 +22,8 @@
 
 #[path = "../examples/shared/app.rs"]
 mod app;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -64,13 +66,6 @@ struct Sample {
     cpu_us: f64,
 }
 
-/// User + system CPU seconds of this process so far.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum::<f64>() / 100.0
-}
-
 fn summarize(mut lat: Vec<u64>, seconds: f64) -> Sample {
     lat.sort_unstable();
     let p = |q: f64| lat[((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1] as f64 / 1000.0;
@@ -85,7 +80,7 @@ where
 {
     let deadline = Instant::now() + Duration::from_millis(MILLIS);
     let started = Instant::now();
-    let cpu_before = cpu_seconds();
+    let cpu_before = support::cpu_seconds(std::process::id());
     let mut tasks = tokio::task::JoinSet::new();
     for t in 0..concurrency {
         let request = request.clone();
@@ -106,7 +101,7 @@ where
         all.extend(r.unwrap());
     }
     let requests = all.len() as f64;
-    let cpu = cpu_seconds() - cpu_before;
+    let cpu = support::cpu_seconds(std::process::id()) - cpu_before;
     Sample { cpu_us: cpu * 1e6 / requests, ..summarize(all, started.elapsed().as_secs_f64()) }
 }
 
