@@ -3,8 +3,10 @@
 //! bytes encoded), from 1, 16 and 64 concurrent tasks.
 //!
 //! * raw redis-rs: the same commands (`GET`, `SET ... PXAT XX`) and the same
-//!   encoding on one multiplexed connection, the floor;
-//! * MultiRedisStore, one backend;
+//!   encoding on one multiplexed connection, the floor: with redis-rs 1.x's
+//!   defaults (Nagle's algorithm on), and with `TCP_NODELAY` like the store;
+//! * MultiRedisStore, one backend (default settings, `TCP_NODELAY`), and the
+//!   same with `tcp_nodelay(false)`;
 //! * MultiRedisStore, `new: read+write, old: read+delete`, session in "new";
 //! * the same, first touch of a session still only in "old" (copy-on-read);
 //! * tower-sessions-redis-store 0.16 (fred, 6-connection pool), the anchor,
@@ -19,6 +21,10 @@
 //! ```
 //! Writes `target/bench-stores.csv` and `benches/stores.svg`. `BENCH_PIN=1`
 //! pins the servers to CPU 0 and the client to CPU 1 (Linux `taskset`).
+//!
+//! For profiling one case: `BENCH_CASES=raw,one` (of anchor, raw,
+//! raw-nodelay, one, one-nagle, two, first), `BENCH_TASKS=64`, `BENCH_MILLIS=5000`, `BENCH_ROUNDS=1`,
+//! `BENCH_HTTP=0`; a partial run leaves the chart alone.
 
 #[path = "../examples/shared/app.rs"]
 mod app;
@@ -39,10 +45,46 @@ use tower_sessions_core::session::{Id, Record};
 use tower_sessions_multi_redis_store::testing::RedisServer;
 use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore, codec};
 
-const MILLIS: u64 = 1500;
 const SESSIONS: usize = 10_000;
-const ROUNDS: usize = 3;
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
+/// Short names of [`CASES`], for `BENCH_CASES`.
+const CASE_KEYS: [&str; 7] = ["anchor", "raw", "raw-nodelay", "one", "one-nagle", "two", "first"];
+
+/// Knobs from the environment (see the module docs); the defaults are the full run.
+struct Knobs {
+    millis: u64,
+    rounds: usize,
+    tasks: Vec<usize>,
+    cases: Vec<bool>,
+    http: bool,
+}
+
+impl Knobs {
+    fn from_env() -> Knobs {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let list = |name: &str| var(name).map(|v| v.split(',').map(str::trim).map(str::to_owned).collect::<Vec<_>>());
+        let tasks = list("BENCH_TASKS")
+            .map_or(CONCURRENCY.to_vec(), |l| l.iter().map(|t| t.parse().expect("BENCH_TASKS: numbers")).collect());
+        let cases = list("BENCH_CASES").map_or(vec![true; CASES.len()], |l| {
+            for name in &l {
+                assert!(CASE_KEYS.contains(&name.as_str()), "BENCH_CASES: unknown case {name}");
+            }
+            CASE_KEYS.iter().map(|k| l.iter().any(|n| n == k)).collect()
+        });
+        Knobs {
+            millis: var("BENCH_MILLIS").map_or(1500, |v| v.parse().expect("BENCH_MILLIS: a number")),
+            rounds: var("BENCH_ROUNDS").map_or(3, |v| v.parse().expect("BENCH_ROUNDS: a number")),
+            tasks,
+            cases,
+            http: var("BENCH_HTTP").as_deref() != Some("0"),
+        }
+    }
+
+    /// Whether this is the full run (the only one that redraws the chart).
+    fn full(&self) -> bool {
+        self.tasks == CONCURRENCY && self.cases.iter().all(|&c| c) && self.http
+    }
+}
 
 fn small_session() -> Record {
     Record {
@@ -72,13 +114,13 @@ fn summarize(mut lat: Vec<u64>, seconds: f64) -> Sample {
     Sample { rps: lat.len() as f64 / seconds, p50_us: p(0.5), p99_us: p(0.99), cpu_us: 0.0 }
 }
 
-/// `concurrency` tasks calling `request(task, i)` for MILLIS ms.
-async fn drive<F, Fut>(concurrency: usize, request: F) -> Sample
+/// `concurrency` tasks calling `request(task, i)` for `millis` ms.
+async fn drive<F, Fut>(millis: u64, concurrency: usize, request: F) -> Sample
 where
     F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send,
 {
-    let deadline = Instant::now() + Duration::from_millis(MILLIS);
+    let deadline = Instant::now() + Duration::from_millis(millis);
     let started = Instant::now();
     let cpu_before = support::cpu_seconds(std::process::id());
     let mut tasks = tokio::task::JoinSet::new();
@@ -111,6 +153,24 @@ async fn store_request(store: MultiRedisStore, id: Id, i: usize) {
     store.save(&rec).await.unwrap();
 }
 
+/// The same request as [`store_request`], in plain redis-rs commands.
+async fn raw_request(mut conn: redis::aio::MultiplexedConnection, id: Id, i: usize) {
+    let key = id.to_string();
+    let bytes: Vec<u8> = conn.get(&key).await.unwrap();
+    let mut rec = codec::decode(&bytes).unwrap();
+    rec.data.insert("n".to_owned(), serde_json::json!(i));
+    let bytes = codec::encode(&rec).unwrap();
+    let _: redis::Value = redis::cmd("SET")
+        .arg(&key)
+        .arg(bytes)
+        .arg("PXAT")
+        .arg(codec::expiry_millis(rec.expiry_date))
+        .arg("XX")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
 fn anchor_binary() -> Option<PathBuf> {
     let path = std::env::var_os("ANCHOR_BIN")
         .map(PathBuf::from)
@@ -118,9 +178,9 @@ fn anchor_binary() -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
-fn anchor(bin: &PathBuf, url: &str, concurrency: usize) -> Sample {
+fn anchor(bin: &PathBuf, url: &str, millis: u64, concurrency: usize) -> Sample {
     let out = std::process::Command::new(bin)
-        .args([url, &concurrency.to_string(), &MILLIS.to_string(), &SESSIONS.to_string()])
+        .args([url, &concurrency.to_string(), &millis.to_string(), &SESSIONS.to_string()])
         .output()
         .expect("run the anchor");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("anchor JSON");
@@ -132,13 +192,23 @@ fn anchor(bin: &PathBuf, url: &str, concurrency: usize) -> Sample {
     }
 }
 
-const CASES: [&str; 5] = [
+const CASES: [&str; 7] = [
     "tower-sessions-redis-store 0.16",
     "raw redis-rs",
+    "raw redis-rs, TCP_NODELAY",
     "MultiRedisStore, 1 backend",
+    "MultiRedisStore, 1 backend, Nagle",
     "MultiRedisStore, 2 backends, in new",
     "MultiRedisStore, 2 backends, first touch",
 ];
+// Indices into CASES.
+const ANCHOR: usize = 0;
+const RAW: usize = 1;
+const RAW_NODELAY: usize = 2;
+const ONE: usize = 3;
+const ONE_NAGLE: usize = 4;
+const TWO: usize = 5;
+const FIRST: usize = 6;
 
 /// With `BENCH_PIN=1`: redis-servers on CPU 0, this process (and the anchor it
 /// starts) on CPU 1, so server and client stop competing for one core.
@@ -159,16 +229,28 @@ fn pin(servers: &[&RedisServer]) {
 
 #[tokio::main]
 async fn main() {
+    let knobs = Knobs::from_env();
     let (main_server, old_server) = (RedisServer::start().unwrap(), RedisServer::start().unwrap());
     pin(&[&main_server, &old_server]);
     let one = MultiRedisStore::builder().backend(Backend::url("main", main_server.url())).build().await.unwrap();
+    let one_nagle = MultiRedisStore::builder()
+        .backend(Backend::url("main", main_server.url()).tcp_nodelay(false))
+        .build()
+        .await
+        .unwrap();
     let two = MultiRedisStore::builder()
         .backend(Backend::url("new", main_server.url()).prefix("two:"))
         .backend(Backend::url("old", old_server.url()).prefix("two:").modes(Modes::READ_DELETE))
         .build()
         .await
         .unwrap();
-    let raw = main_server.client().unwrap().get_multiplexed_async_connection().await.unwrap();
+    let raw_conn = |nodelay: bool| {
+        let info = redis::IntoConnectionInfo::into_connection_info(main_server.url().as_str()).unwrap();
+        let tcp = info.tcp_settings().clone().set_nodelay(nodelay);
+        let client = redis::Client::open(info.set_tcp_settings(tcp)).unwrap();
+        async move { client.get_multiplexed_async_connection().await }
+    };
+    let (raw, raw_nodelay) = (raw_conn(false).await.unwrap(), raw_conn(true).await.unwrap());
     let (mut one_ids, mut two_ids) = (Vec::new(), Vec::new());
     for _ in 0..SESSIONS {
         let mut rec = small_session();
@@ -184,7 +266,9 @@ async fn main() {
     let fresh: Arc<Vec<Id>> = {
         let mut conn = old_server.client().unwrap().get_multiplexed_async_connection().await.unwrap();
         let mut ids = Vec::new();
-        for chunk in 0..60 {
+        let chunks =
+            if knobs.cases[FIRST] { 60 * knobs.millis.div_ceil(1500) * knobs.rounds.div_ceil(3) as u64 } else { 0 };
+        for _ in 0..chunks {
             let mut pipe = redis::pipe();
             for _ in 0..10_000 {
                 let rec = small_session();
@@ -197,60 +281,50 @@ async fn main() {
                 ids.push(rec.id);
             }
             let _: () = pipe.query_async(&mut conn).await.unwrap();
-            let _ = chunk;
         }
         Arc::new(ids)
     };
     let next_fresh = Arc::new(AtomicUsize::new(0));
-    let anchor_bin = anchor_binary();
-    if anchor_bin.is_none() {
+    let anchor_bin = anchor_binary().filter(|_| knobs.cases[ANCHOR]);
+    if anchor_bin.is_none() && knobs.cases[ANCHOR] {
         eprintln!(
             "anchor not built: run ./scripts/bench (or build benches/anchor) to measure tower-sessions-redis-store"
         );
     }
 
     // results[case][concurrency index] = samples of every round
-    let mut results = vec![vec![Vec::new(); CONCURRENCY.len()]; CASES.len()];
-    for round in 0..ROUNDS {
-        for (ci, &c) in CONCURRENCY.iter().enumerate() {
+    let millis = knobs.millis;
+    let mut results = vec![vec![Vec::new(); knobs.tasks.len()]; CASES.len()];
+    for round in 0..knobs.rounds {
+        for (ci, &c) in knobs.tasks.iter().enumerate() {
             if let Some(bin) = &anchor_bin {
-                results[0][ci].push(anchor(bin, &main_server.url(), c));
+                results[ANCHOR][ci].push(anchor(bin, &main_server.url(), millis, c));
             }
-            let (ids, raw) = (one_ids.clone(), raw.clone());
-            results[1][ci].push(
-                drive(c, move |_, i| {
-                    let (mut conn, id) = (raw.clone(), ids[i % ids.len()]);
-                    async move {
-                        let key = id.to_string();
-                        let bytes: Vec<u8> = conn.get(&key).await.unwrap();
-                        let mut rec = codec::decode(&bytes).unwrap();
-                        rec.data.insert("n".to_owned(), serde_json::json!(i));
-                        let bytes = codec::encode(&rec).unwrap();
-                        let _: redis::Value = redis::cmd("SET")
-                            .arg(&key)
-                            .arg(bytes)
-                            .arg("PXAT")
-                            .arg(codec::expiry_millis(rec.expiry_date))
-                            .arg("XX")
-                            .query_async(&mut conn)
-                            .await
-                            .unwrap();
-                    }
-                })
-                .await,
-            );
-            let (store, ids) = (one.clone(), one_ids.clone());
-            results[2][ci].push(drive(c, move |_, i| store_request(store.clone(), ids[i % ids.len()], i)).await);
-            let (store, ids) = (two.clone(), two_ids.clone());
-            results[3][ci].push(drive(c, move |_, i| store_request(store.clone(), ids[i % ids.len()], i)).await);
-            let (store, fresh, next) = (two.clone(), fresh.clone(), next_fresh.clone());
-            results[4][ci].push(
-                drive(c, move |_, i| {
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    store_request(store.clone(), fresh[k % fresh.len()], i)
-                })
-                .await,
-            );
+            for (case, conn) in [(RAW, &raw), (RAW_NODELAY, &raw_nodelay)] {
+                if knobs.cases[case] {
+                    let (ids, conn) = (one_ids.clone(), conn.clone());
+                    results[case][ci]
+                        .push(drive(millis, c, move |_, i| raw_request(conn.clone(), ids[i % ids.len()], i)).await);
+                }
+            }
+            for (case, store, ids) in [(ONE, &one, &one_ids), (ONE_NAGLE, &one_nagle, &one_ids), (TWO, &two, &two_ids)]
+            {
+                if knobs.cases[case] {
+                    let (store, ids) = (store.clone(), ids.clone());
+                    results[case][ci]
+                        .push(drive(millis, c, move |_, i| store_request(store.clone(), ids[i % ids.len()], i)).await);
+                }
+            }
+            if knobs.cases[FIRST] {
+                let (store, fresh, next) = (two.clone(), fresh.clone(), next_fresh.clone());
+                results[FIRST][ci].push(
+                    drive(millis, c, move |_, i| {
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        store_request(store.clone(), fresh[k % fresh.len()], i)
+                    })
+                    .await,
+                );
+            }
             eprintln!("round {round}, concurrency {c} done");
         }
     }
@@ -264,36 +338,43 @@ async fn main() {
     };
     let table: Vec<Vec<Option<Sample>>> = results.iter().map(|per_c| per_c.iter().map(median).collect()).collect();
     println!(
-        "| store | tasks | requests/s | p50 (µs) | p99 (µs) | client CPU (µs/request) | vs tower-sessions-redis-store | vs raw redis-rs |"
+        "| store | tasks | requests/s | p50 (µs) | p99 (µs) | client CPU (µs/request) | vs tower-sessions-redis-store | vs raw redis-rs | vs raw, TCP_NODELAY |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    let mut csv = String::from("store,tasks,requests_per_s,p50_us,p99_us,cpu_us_per_request,ratio_anchor,ratio_raw\n");
-    for (ci, &c) in CONCURRENCY.iter().enumerate() {
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut csv = String::from(
+        "store,tasks,requests_per_s,p50_us,p99_us,cpu_us_per_request,ratio_anchor,ratio_raw,ratio_raw_nodelay\n",
+    );
+    for (ci, &c) in knobs.tasks.iter().enumerate() {
         for (k, name) in CASES.iter().enumerate() {
             let Some(s) = table[k][ci] else { continue };
             let ratio = |base: Option<Sample>| base.map_or(f64::NAN, |b| s.rps / b.rps);
-            let (ra, rr) = (ratio(table[0][ci]), ratio(table[1][ci]));
+            let (ra, rr, rn) = (ratio(table[ANCHOR][ci]), ratio(table[RAW][ci]), ratio(table[RAW_NODELAY][ci]));
             println!(
-                "| {name} | {c} | {:.0} | {:.0} | {:.0} | {:.1} | {ra:.2}x | {rr:.2}x |",
+                "| {name} | {c} | {:.0} | {:.0} | {:.0} | {:.1} | {ra:.2}x | {rr:.2}x | {rn:.2}x |",
                 s.rps, s.p50_us, s.p99_us, s.cpu_us
             );
             csv.push_str(&format!(
-                "{name},{c},{:.0},{:.1},{:.1},{:.2},{ra:.3},{rr:.3}\n",
+                "{name},{c},{:.0},{:.1},{:.1},{:.2},{ra:.3},{rr:.3},{rn:.3}\n",
                 s.rps, s.p50_us, s.p99_us, s.cpu_us
             ));
         }
     }
     let _ = std::fs::create_dir_all("target");
     let _ = std::fs::write("target/bench-stores.csv", &csv);
-    let _ = std::fs::write(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/stores.svg"), chart(&table));
+    if knobs.full() {
+        let _ = std::fs::write(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/stores.svg"), chart(&table));
+    }
+    if !knobs.http {
+        return;
+    }
 
     // End to end over HTTP.
     println!();
     println!("| app store (axum, HTTP, cookies) | clients | requests/s | p50 (µs) | p99 (µs) | vs MemoryStore |");
     println!("|---|---:|---:|---:|---:|---:|");
     for c in [16, 64] {
-        let memory = http(app::app(MemoryStore::default()), c).await;
-        let multi = http(app::app(one.clone()), c).await;
+        let memory = http(millis, app::app(MemoryStore::default()), c).await;
+        let multi = http(millis, app::app(one.clone()), c).await;
         for (name, s) in [("MemoryStore", memory), ("MultiRedisStore, 1 backend", multi)] {
             println!(
                 "| {name} | {c} | {:.0} | {:.0} | {:.0} | {:.2}x |",
@@ -302,15 +383,15 @@ async fn main() {
                 s.p99_us,
                 s.rps / memory.rps
             );
-            csv.push_str(&format!("http {name},{c},{:.0},{:.1},{:.1},{:.2},,\n", s.rps, s.p50_us, s.p99_us, s.cpu_us));
+            csv.push_str(&format!("http {name},{c},{:.0},{:.1},{:.1},{:.2},,,\n", s.rps, s.p50_us, s.p99_us, s.cpu_us));
         }
     }
     let _ = std::fs::write("target/bench-stores.csv", &csv);
 }
 
 /// `clients` users, each with its own cookie jar, logged in, then GET /me
-/// (loads and saves the session) for MILLIS ms.
-async fn http(app: axum::Router, clients: usize) -> Sample {
+/// (loads and saves the session) for `millis` ms.
+async fn http(millis: u64, app: axum::Router, clients: usize) -> Sample {
     let (addr, server) = app::serve(app).await.unwrap();
     let mut users = Vec::new();
     for u in 0..clients {
@@ -319,7 +400,7 @@ async fn http(app: axum::Router, clients: usize) -> Sample {
         users.push(client);
     }
     let users = Arc::new(users);
-    let sample = drive(clients, move |t, _| {
+    let sample = drive(millis, clients, move |t, _| {
         let client = users[t].clone();
         async move {
             let r = client.get(format!("http://{addr}/me")).send().await.unwrap();
@@ -334,7 +415,7 @@ async fn http(app: axum::Router, clients: usize) -> Sample {
 
 /// Grouped bars: requests/s by concurrency for each store.
 fn chart(table: &[Vec<Option<Sample>>]) -> String {
-    let colors = ["#888888", "#1f77b4", "#2ca02c", "#98df8a", "#ff7f0e"];
+    let colors = ["#888888", "#1f77b4", "#aec7e8", "#2ca02c", "#98df8a", "#d62728", "#ff7f0e"];
     let max = table.iter().flatten().flatten().map(|s| s.rps).fold(1.0, f64::max) * 1.1;
     let (w, h, left, bottom) = (760.0, 380.0, 70.0, 330.0);
     let group = (w - left - 20.0) / CONCURRENCY.len() as f64;

@@ -109,6 +109,7 @@ pub struct Backend {
     pub(crate) weight: u32,
     pub(crate) sentinel_password: Option<String>,
     pub(crate) tls: bool,
+    pub(crate) tcp_nodelay: bool,
 }
 
 impl Backend {
@@ -131,6 +132,7 @@ impl Backend {
             weight: 1,
             sentinel_password: None,
             tls: false,
+            tcp_nodelay: true,
         }
     }
 
@@ -253,6 +255,21 @@ impl Backend {
         self
     }
 
+    /// Send each command at once (`TCP_NODELAY`, the default), or let the
+    /// kernel coalesce small writes (Nagle's algorithm, `false`).
+    ///
+    /// Keep the default across a network: with Nagle, a command that spans
+    /// more than one TCP segment (a session over ~1.4 KB) can wait for the
+    /// server's delayed ACK, up to 40 ms on Linux, and many commands in flight
+    /// on one connection wait for ACKs too (redis-rs 2.0 makes `TCP_NODELAY`
+    /// its default for this reason). On loopback, with many concurrent
+    /// requests and small sessions, Nagle's coalescing saves system calls and
+    /// wake-ups: see `BENCHMARKS.md`.
+    pub fn tcp_nodelay(mut self, nodelay: bool) -> Backend {
+        self.tcp_nodelay = nodelay;
+        self
+    }
+
     /// Retry an idempotent command (`GET`, `EXISTS`, `DEL`, `SET XX`) once after
     /// a timeout (default: no). `SET NX` is never retried: its first attempt
     /// may have landed.
@@ -323,6 +340,7 @@ impl fmt::Debug for Backend {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("socket_timeout", &self.socket_timeout)
             .field("retry_on_timeout", &self.retry_on_timeout)
+            .field("tcp_nodelay", &self.tcp_nodelay)
             .field("allow_read_without_delete", &self.allow_read_without_delete)
             .field("tls_root_ca", &self.tls_root_ca.as_ref().map(|_| "<pem>"))
             .field("tls_client", &self.tls_client.as_ref().map(|_| "<pem + redacted key>"))
@@ -511,15 +529,17 @@ impl Node {
             return Err(Error::Unavailable { backend: self.name.clone(), retry_in });
         }
         let attempts = if idempotent && self.retry_on_timeout { 2 } else { 1 };
-        let mut result = Err(Error::Timeout { backend: self.name.clone(), op, after: Duration::ZERO });
-        for _ in 0..attempts {
+        let mut attempt_no = 0;
+        let result = loop {
+            attempt_no += 1;
             // redis-rs bounds connecting and answering (`socket_timeout` each);
             // a timer of our own is armed only for an operation deadline.
-            result = match deadline {
+            let result = match deadline {
                 None => attempt().await.map_err(|source| Error::Redis { backend: self.name.clone(), op, source }),
                 Some(at) => {
                     let bound = self.op_timeout.min(at.saturating_duration_since(tokio::time::Instant::now()));
-                    match tokio::time::timeout(bound, attempt()).await {
+                    // Boxed: a timer is large, and most stores set no deadline.
+                    match Box::pin(tokio::time::timeout(bound, attempt())).await {
                         Ok(Ok(value)) => Ok(value),
                         Ok(Err(source)) => Err(Error::Redis { backend: self.name.clone(), op, source }),
                         Err(_elapsed) => Err(Error::Timeout { backend: self.name.clone(), op, after: bound }),
@@ -527,12 +547,16 @@ impl Node {
                 }
             };
             match &result {
-                Err(err) if err.is_timeout() && deadline.is_none_or(|at| tokio::time::Instant::now() < at) => {
-                    tracing::debug!(backend = %self.name, op, "timed out");
+                Err(err)
+                    if attempt_no < attempts
+                        && err.is_timeout()
+                        && deadline.is_none_or(|at| tokio::time::Instant::now() < at) =>
+                {
+                    tracing::debug!(backend = %self.name, op, "timed out; retrying");
                 }
-                _ => break,
+                _ => break result,
             }
-        }
+        };
         let unreachable = result.as_ref().err().is_some_and(|e| e.is_timeout() || e.is_connection_error());
         if self.breaker.record(&permit, unreachable) {
             self.count(Counter::BreakerTrip);

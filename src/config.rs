@@ -112,6 +112,8 @@ pub struct BackendConfig {
     pub socket_timeout: Option<f64>,
     /// Retry idempotent commands once after a timeout.
     pub retry_on_timeout: Option<bool>,
+    /// `TCP_NODELAY` (default true); see [`Backend::tcp_nodelay`].
+    pub tcp_nodelay: Option<bool>,
     /// Accept a read backend without write or delete.
     pub allow_read_without_delete: Option<bool>,
     /// For `rediss://`: PEM file of the CA to trust instead of the system's roots.
@@ -242,6 +244,7 @@ impl fmt::Debug for BackendConfig {
             .field("prefix", &self.prefix)
             .field("socket_timeout", &self.socket_timeout)
             .field("retry_on_timeout", &self.retry_on_timeout)
+            .field("tcp_nodelay", &self.tcp_nodelay)
             .field("allow_read_without_delete", &self.allow_read_without_delete)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_cert_file", &self.tls_cert_file)
@@ -411,6 +414,9 @@ impl BackendConfig {
         }
         if let Some(retry) = self.retry_on_timeout {
             backend = backend.retry_on_timeout(retry);
+        }
+        if let Some(nodelay) = self.tcp_nodelay {
+            backend = backend.tcp_nodelay(nodelay);
         }
         if let Some(password) = self.sentinel_password {
             backend = backend.sentinel_password(password);
@@ -594,6 +600,7 @@ impl SeedEntry {
             prefix: set(s.session_redis_prefix),
             socket_timeout: s.session_redis_socket_timeout,
             retry_on_timeout: s.session_redis_retry_on_timeout,
+            tcp_nodelay: None,
             allow_read_without_delete: None,
             tls_ca_file: None,
             tls_cert_file: None,

@@ -234,7 +234,8 @@ impl MultiRedisStore {
                 break;
             }
             if !node.modes.can_write() && self.inner.options.copy_on_read != CopyOnRead::Off {
-                self.copy_back(node, id, &bytes, &record, deadline).await;
+                // Boxed: a rare path, kept out of every load's future.
+                Box::pin(self.copy_back(node, id, &bytes, &record, deadline)).await;
             }
             return Ok(Some(record));
         }
@@ -349,23 +350,8 @@ impl MultiRedisStore {
             }
         }
         if !misses.is_empty() && !self.inner.sources.is_empty() {
-            let witnesses = self.sources_holding(sid, &mut failures, deadline).await;
-            if witnesses.is_empty() {
-                // In no source (logged out, expired, moved meanwhile, or only
-                // in other W backends): creating it could resurrect it. A
-                // copy-on-read may just have landed, though: update that one.
-                let retries =
-                    join_all(misses.iter().map(|w| w.set(&sid, &bytes, pxat, SetIf::Present, deadline))).await;
-                for result in retries {
-                    match result {
-                        Ok(true) => written += 1,
-                        Ok(false) => {}
-                        Err(err) => failures.push(err),
-                    }
-                }
-            } else {
-                written += self.fill(&misses, &witnesses, sid, &bytes, pxat, &mut failures, deadline).await;
-            }
+            // Boxed: a rare path, kept out of every save's future.
+            written += Box::pin(self.save_missed(&misses, sid, &bytes, pxat, &mut failures, deadline)).await;
         }
         let any = self.inner.options.write_policy == WritePolicy::Any;
         if failures.is_empty() || (any && written > 0) {
@@ -376,6 +362,37 @@ impl MultiRedisStore {
         } else {
             Err(Error::from_failures(failures))
         }
+    }
+
+    /// The part of `save` for W backends that missed the `SET XX`: fill them
+    /// from a source that holds the session, or only update a copy that
+    /// landed meanwhile. Returns how many of them now hold the saved record.
+    async fn save_missed(
+        &self,
+        misses: &[&Node],
+        sid: &Id,
+        bytes: &[u8],
+        pxat: u64,
+        failures: &mut Vec<Error>,
+        deadline: Deadline,
+    ) -> usize {
+        let witnesses = self.sources_holding(sid, failures, deadline).await;
+        if !witnesses.is_empty() {
+            return self.fill(misses, &witnesses, sid, bytes, pxat, failures, deadline).await;
+        }
+        // In no source (logged out, expired, moved meanwhile, or only in
+        // other W backends): creating it could resurrect it. A copy-on-read
+        // may just have landed, though: update that one.
+        let retries = join_all(misses.iter().map(|w| w.set(sid, bytes, pxat, SetIf::Present, deadline))).await;
+        let mut written = 0;
+        for result in retries {
+            match result {
+                Ok(true) => written += 1,
+                Ok(false) => {}
+                Err(err) => failures.push(err),
+            }
+        }
+        written
     }
 
     /// The sources that hold the session.
@@ -487,14 +504,20 @@ async fn undo(created: &[&Node], sid: &Id) {
 }
 
 /// Runs one store operation in a `session_store` span that records its outcome.
-async fn traced<T>(
+///
+/// Not an `async fn`: that would hold `fut` twice (as an argument and inside
+/// `Instrumented`), doubling the future tower-sessions boxes on every call.
+fn traced<T>(
     op: &'static str,
     fut: impl std::future::Future<Output = Result<T, Error>>,
-) -> session_store::Result<T> {
+) -> impl std::future::Future<Output = session_store::Result<T>> {
+    use futures_util::FutureExt;
     let span = tracing::debug_span!("session_store", op, outcome = tracing::field::Empty);
-    let result = fut.instrument(span.clone()).await;
-    span.record("outcome", if result.is_ok() { "ok" } else { "error" });
-    Ok(result?)
+    let outcome = span.clone();
+    fut.instrument(span).map(move |result| {
+        outcome.record("outcome", if result.is_ok() { "ok" } else { "error" });
+        Ok(result?)
+    })
 }
 
 #[async_trait]
@@ -513,5 +536,34 @@ impl SessionStore for MultiRedisStore {
 
     async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
         traced("delete", self.delete_record(session_id)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// tower-sessions boxes the future of every `load` and `save`, and each
+    /// `.await` level moves its child future by value; past ~1 KB, glibc's
+    /// malloc leaves its per-thread cache for a slow path. The first profile
+    /// of this store found 8 KB futures. Keep them small.
+    #[tokio::test]
+    async fn operation_futures_stay_small() {
+        let store = MultiRedisStore::builder()
+            .backend(crate::Backend::url("new", "redis://127.0.0.1:1"))
+            .backend(crate::Backend::url("old", "redis://127.0.0.1:1").modes(crate::Modes::READ_DELETE))
+            .build()
+            .await
+            .unwrap();
+        let id = Id::default();
+        let record = Record { id, data: Default::default(), expiry_date: time::OffsetDateTime::now_utc() };
+        let sizes = [
+            ("load", std::mem::size_of_val(&*store.load(&id))),
+            ("save", std::mem::size_of_val(&*store.save(&record))),
+            ("delete", std::mem::size_of_val(&*store.delete(&id))),
+        ];
+        for (op, size) in sizes {
+            assert!(size <= 1024, "the future of `{op}` is {size} bytes");
+        }
     }
 }

@@ -32,7 +32,8 @@ impl Cluster {
         let nodes: Vec<String> = seeds.iter().map(|(host, port)| format!("redis://{host}:{port}")).collect();
         let mut builder = ClusterClientBuilder::new(nodes)
             .connection_timeout(backend.socket_timeout)
-            .response_timeout(backend.socket_timeout);
+            .response_timeout(backend.socket_timeout)
+            .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(backend.tcp_nodelay));
         if let Some(username) = &backend.username {
             builder = builder.username(username.clone());
         }

@@ -2,10 +2,11 @@
 //! one server, or a partition of several (weighted rendezvous hashing).
 
 mod cluster;
+mod link;
 mod sentinel;
 pub(crate) mod standalone;
 
-use redis::aio::ConnectionManager;
+use link::Link;
 use redis::{Cmd, FromRedisValue, Pipeline, RedisResult};
 
 use crate::backend::{Address, Backend};
@@ -14,10 +15,11 @@ use crate::partition::Partition;
 
 /// The live connection of one backend.
 pub(crate) enum Connection {
-    /// One server, through a reconnecting `ConnectionManager`.
-    Standalone(ConnectionManager),
+    /// One server (a reconnecting `ConnectionManager` that writes concurrent
+    /// commands together).
+    Standalone(Link),
     /// Several servers; each session lives on the one its id hashes to.
-    Partitioned { members: Vec<ConnectionManager>, partition: Partition },
+    Partitioned { members: Vec<Link>, partition: Partition },
     /// The master that Redis Sentinel names, re-discovered after a failover.
     Sentinel(Box<sentinel::Sentinel>),
     /// A Redis Cluster.
@@ -29,6 +31,7 @@ fn member_of_backend(parent: &Backend, member: &Backend) -> Backend {
     let mut m = member.clone();
     m.name = format!("{}/{}", parent.name, member.name);
     m.socket_timeout = parent.socket_timeout;
+    m.tcp_nodelay = parent.tcp_nodelay;
     m
 }
 
@@ -40,14 +43,14 @@ impl Connection {
                 validate(backend)?;
                 let managers = members
                     .iter()
-                    .map(|m| standalone::open(&member_of_backend(backend, m)))
+                    .map(|m| standalone::open(&member_of_backend(backend, m)).map(Link::new))
                     .collect::<Result<Vec<_>, _>>()?;
                 let partition = Partition::new(members.iter().map(|m| (m.name.as_str(), m.weight)));
                 Ok(Connection::Partitioned { members: managers, partition })
             }
             Address::Sentinel { .. } => Ok(Connection::Sentinel(Box::new(sentinel::Sentinel::open(backend)?))),
             Address::Cluster(_) => Ok(Connection::Cluster(Box::new(cluster::Cluster::open(backend)?))),
-            _ => standalone::open(backend).map(Connection::Standalone),
+            _ => standalone::open(backend).map(|manager| Connection::Standalone(Link::new(manager))),
         }
     }
 
@@ -67,22 +70,29 @@ impl Connection {
         }
     }
 
-    fn manager(&self, member: usize) -> Option<ConnectionManager> {
+    fn link(&self, member: usize) -> Option<&Link> {
         match self {
-            Connection::Standalone(manager) => Some(manager.clone()),
-            Connection::Partitioned { members, .. } => Some(members[member.min(members.len() - 1)].clone()),
+            Connection::Standalone(link) => Some(link),
+            Connection::Partitioned { members, .. } => Some(&members[member.min(members.len() - 1)]),
             Connection::Sentinel(_) | Connection::Cluster(_) => None,
         }
     }
 
     /// Sends one command to a member and reads its reply.
+    ///
+    /// The hot path. One-server backends write concurrent requests' commands
+    /// together (see [`Link`]). The Sentinel and Cluster futures are boxed:
+    /// every `.await` level above moves its child future by value, and
+    /// keeping the store's futures small keeps those moves and the
+    /// allocations of the futures tower-sessions boxes cheap.
     pub(crate) async fn query<T: FromRedisValue>(&self, member: usize, cmd: &Cmd) -> RedisResult<T> {
-        match (self, self.manager(member)) {
-            (Connection::Sentinel(sentinel), _) => sentinel.query(cmd).await,
-            (Connection::Cluster(cluster), _) => cluster.query(cmd).await,
-            (_, Some(mut manager)) => cmd.query_async(&mut manager).await,
-            (_, None) => unreachable_connection(),
-        }
+        let reply = match (self, self.link(member)) {
+            (Connection::Sentinel(sentinel), _) => return Box::pin(sentinel.query(cmd)).await,
+            (Connection::Cluster(cluster), _) => return Box::pin(cluster.query(cmd)).await,
+            (_, Some(link)) => link.query(cmd).await?,
+            (_, None) => return unreachable_connection(),
+        };
+        Ok(redis::from_redis_value(reply.extract_error()?)?)
     }
 
     /// The cluster's primaries, when this is a cluster.
@@ -107,10 +117,10 @@ impl Connection {
 
     /// Sends a pipeline to a member and reads all its replies.
     pub(crate) async fn query_pipeline<T: FromRedisValue>(&self, member: usize, pipe: &Pipeline) -> RedisResult<T> {
-        match (self, self.manager(member)) {
-            (Connection::Sentinel(sentinel), _) => sentinel.query_pipeline(pipe).await,
-            (Connection::Cluster(cluster), _) => cluster.query_pipeline(pipe).await,
-            (_, Some(mut manager)) => pipe.query_async(&mut manager).await,
+        match (self, self.link(member)) {
+            (Connection::Sentinel(sentinel), _) => Box::pin(sentinel.query_pipeline(pipe)).await,
+            (Connection::Cluster(cluster), _) => Box::pin(cluster.query_pipeline(pipe)).await,
+            (_, Some(link)) => pipe.query_async(&mut link.manager()).await,
             (_, None) => unreachable_connection(),
         }
     }

@@ -61,8 +61,9 @@ fn addr(tls: bool, host: &str, port: u16) -> ConnectionAddr {
     }
 }
 
-fn nodelay(info: ConnectionInfo) -> ConnectionInfo {
-    let tcp = info.tcp_settings().clone().set_nodelay(true);
+/// `TCP_NODELAY` as asked (always on for the sentinels themselves).
+fn nodelay(info: ConnectionInfo, on: bool) -> ConnectionInfo {
+    let tcp = info.tcp_settings().clone().set_nodelay(on);
     info.set_tcp_settings(tcp)
 }
 
@@ -93,7 +94,7 @@ impl Sentinel {
             .map(|(host, port)| {
                 addr(backend.tls, host, *port)
                     .into_connection_info()
-                    .map(|info| nodelay(info.set_redis_settings(sentinel_settings.clone())))
+                    .map(|info| nodelay(info.set_redis_settings(sentinel_settings.clone()), true))
                     .map_err(|err| Error::config(name, "sentinels", err.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -182,6 +183,7 @@ impl Sentinel {
             self::addr(self.backend.tls, &addr.0, addr.1)
                 .into_connection_info()?
                 .set_redis_settings(self.redis.clone()),
+            self.backend.tcp_nodelay,
         );
         let conn = self.client(info)?.get_multiplexed_async_connection_with_config(&self.config).await?;
         tracing::debug!(host = %addr.0, port = addr.1, "sentinel: connected to the master");

@@ -78,10 +78,8 @@ pub(crate) fn connection_info(backend: &Backend) -> Result<ConnectionInfo, Error
     if let Some(password) = &backend.password {
         redis = redis.set_password(password);
     }
-    // redis-rs leaves Nagle's algorithm on; a session store sends small
-    // requests and waits for each answer, so turn it off, as other Redis
-    // clients do.
-    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    // redis-rs 1.x leaves Nagle's algorithm on; see `Backend::tcp_nodelay`.
+    let tcp = info.tcp_settings().clone().set_nodelay(backend.tcp_nodelay);
     Ok(info.set_redis_settings(redis).set_tcp_settings(tcp))
 }
 

@@ -1,0 +1,108 @@
+//! Commands of concurrent requests to one server are written together
+//! (automatic pipelining, `src/connection/link.rs`): each request still gets
+//! its own reply, a server error stays with its command, and a dropped
+//! request strands nobody. (That the commands really share one write is a
+//! unit test in that file.)
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{conn, record, servers};
+use tower_sessions_core::SessionStore;
+use tower_sessions_multi_redis_store::testing::RedisServer;
+use tower_sessions_multi_redis_store::{Backend, MultiRedisStore};
+
+async fn store(server: &RedisServer) -> MultiRedisStore {
+    MultiRedisStore::builder().backend(Backend::url("main", server.url())).build().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_each_get_their_own_reply() {
+    let servers = servers(1);
+    let store = store(&servers[0]).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..200 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut rec = record(&format!("user{t}"));
+            store.create(&mut rec).await.unwrap();
+            for round in 0..20 {
+                let mut loaded = store.load(&rec.id).await.unwrap().expect("own session");
+                assert_eq!(loaded, rec, "task {t} got another request's reply");
+                loaded.data.insert("round".to_owned(), serde_json::json!(round));
+                store.save(&loaded).await.unwrap();
+                rec = loaded;
+            }
+            store.delete(&rec.id).await.unwrap();
+            assert_eq!(store.load(&rec.id).await.unwrap(), None);
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_error_stays_with_its_command() {
+    let servers = servers(1);
+    let store = store(&servers[0]).await;
+    // One session key holds a list: GET on it is a WRONGTYPE error.
+    let broken = record("broken");
+    let _: () = redis::cmd("RPUSH")
+        .arg(broken.id.to_string())
+        .arg("x")
+        .query_async(&mut conn(&servers[0]).await)
+        .await
+        .unwrap();
+    let mut good = Vec::new();
+    for u in 0..100 {
+        let mut rec = record(&format!("u{u}"));
+        store.create(&mut rec).await.unwrap();
+        good.push(rec);
+    }
+    let good = Arc::new(good);
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..100 {
+        let (store, good) = (store.clone(), good.clone());
+        tasks.spawn(async move {
+            for _ in 0..20 {
+                let err = store.load(&broken.id).await.expect_err("WRONGTYPE is an error");
+                assert!(err.to_string().contains("main"), "names the backend: {err}");
+                assert_eq!(store.load(&good[t].id).await.unwrap().as_ref(), Some(&good[t]));
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_requests_strand_nobody() {
+    let servers = servers(1);
+    let store = store(&servers[0]).await;
+    let mut rec = record("ada");
+    store.create(&mut rec).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..64 {
+        let (store, rec) = (store.clone(), rec.clone());
+        tasks.spawn(async move {
+            for i in 0..50 {
+                if (t + i) % 2 == 0 {
+                    // Dropped before, during or after its batch is sent.
+                    let cut = std::time::Duration::from_micros((t * 37 + i * 11) as u64 % 300);
+                    let _ = tokio::time::timeout(cut, store.load(&rec.id)).await;
+                } else {
+                    let loaded = tokio::time::timeout(std::time::Duration::from_secs(10), store.load(&rec.id))
+                        .await
+                        .expect("a request queued with dropped ones still completes");
+                    assert_eq!(loaded.unwrap().as_ref(), Some(&rec));
+                }
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
