@@ -5,8 +5,8 @@
 //! * raw redis-rs: the same commands (`GET`, `SET ... PXAT XX`) and the same
 //!   encoding on one multiplexed connection, the floor: with redis-rs 1.x's
 //!   defaults (Nagle's algorithm on), and with `TCP_NODELAY` like the store;
-//! * MultiRedisStore, one backend (default settings, `TCP_NODELAY`), and the
-//!   same with `tcp_nodelay(false)`;
+//! * MultiRedisStore, one backend (default settings, `TCP_NODELAY`), the
+//!   same with `tcp_nodelay(false)`, and with `auto_pipeline(true)`;
 //! * MultiRedisStore, `new: read+write, old: read+delete`, session in "new";
 //! * the same, first touch of a session still only in "old" (copy-on-read);
 //! * tower-sessions-redis-store 0.16 (fred, 6-connection pool), the anchor,
@@ -23,7 +23,7 @@
 //! pins the servers to CPU 0 and the client to CPU 1 (Linux `taskset`).
 //!
 //! For profiling one case: `BENCH_CASES=raw,one` (of anchor, raw,
-//! raw-nodelay, one, one-nagle, two, first), `BENCH_TASKS=64`, `BENCH_MILLIS=5000`, `BENCH_ROUNDS=1`,
+//! raw-nodelay, one, one-nagle, one-pipelined, two, first), `BENCH_TASKS=64`, `BENCH_MILLIS=5000`, `BENCH_ROUNDS=1`,
 //! `BENCH_HTTP=0`; a partial run leaves the chart alone.
 
 #[path = "../examples/shared/app.rs"]
@@ -48,7 +48,7 @@ use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore, codec};
 const SESSIONS: usize = 10_000;
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 /// Short names of [`CASES`], for `BENCH_CASES`.
-const CASE_KEYS: [&str; 7] = ["anchor", "raw", "raw-nodelay", "one", "one-nagle", "two", "first"];
+const CASE_KEYS: [&str; 8] = ["anchor", "raw", "raw-nodelay", "one", "one-nagle", "one-pipelined", "two", "first"];
 
 /// Knobs from the environment (see the module docs); the defaults are the full run.
 struct Knobs {
@@ -192,12 +192,13 @@ fn anchor(bin: &PathBuf, url: &str, millis: u64, concurrency: usize) -> Sample {
     }
 }
 
-const CASES: [&str; 7] = [
+const CASES: [&str; 8] = [
     "tower-sessions-redis-store 0.16",
     "raw redis-rs",
     "raw redis-rs, TCP_NODELAY",
     "MultiRedisStore, 1 backend",
     "MultiRedisStore, 1 backend, Nagle",
+    "MultiRedisStore, 1 backend, auto_pipeline",
     "MultiRedisStore, 2 backends, in new",
     "MultiRedisStore, 2 backends, first touch",
 ];
@@ -207,8 +208,9 @@ const RAW: usize = 1;
 const RAW_NODELAY: usize = 2;
 const ONE: usize = 3;
 const ONE_NAGLE: usize = 4;
-const TWO: usize = 5;
-const FIRST: usize = 6;
+const ONE_PIPELINED: usize = 5;
+const TWO: usize = 6;
+const FIRST: usize = 7;
 
 /// With `BENCH_PIN=1`: redis-servers on CPU 0, this process (and the anchor it
 /// starts) on CPU 1, so server and client stop competing for one core.
@@ -233,11 +235,9 @@ async fn main() {
     let (main_server, old_server) = (RedisServer::start().unwrap(), RedisServer::start().unwrap());
     pin(&[&main_server, &old_server]);
     let one = MultiRedisStore::builder().backend(Backend::url("main", main_server.url())).build().await.unwrap();
-    let one_nagle = MultiRedisStore::builder()
-        .backend(Backend::url("main", main_server.url()).tcp_nodelay(false))
-        .build()
-        .await
-        .unwrap();
+    let one_with = |backend: Backend| MultiRedisStore::builder().backend(backend).build();
+    let one_nagle = one_with(Backend::url("main", main_server.url()).tcp_nodelay(false)).await.unwrap();
+    let one_pipelined = one_with(Backend::url("main", main_server.url()).auto_pipeline(true)).await.unwrap();
     let two = MultiRedisStore::builder()
         .backend(Backend::url("new", main_server.url()).prefix("two:"))
         .backend(Backend::url("old", old_server.url()).prefix("two:").modes(Modes::READ_DELETE))
@@ -415,7 +415,7 @@ async fn http(millis: u64, app: axum::Router, clients: usize) -> Sample {
 
 /// Grouped bars: requests/s by concurrency for each store.
 fn chart(table: &[Vec<Option<Sample>>]) -> String {
-    let colors = ["#888888", "#1f77b4", "#aec7e8", "#2ca02c", "#98df8a", "#d62728", "#ff7f0e"];
+    let colors = ["#888888", "#1f77b4", "#aec7e8", "#2ca02c", "#98df8a", "#9467bd", "#d62728", "#ff7f0e"];
     let max = table.iter().flatten().flatten().map(|s| s.rps).fold(1.0, f64::max) * 1.1;
     let (w, h, left, bottom) = (760.0, 380.0, 70.0, 330.0);
     let group = (w - left - 20.0) / CONCURRENCY.len() as f64;

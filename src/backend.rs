@@ -110,6 +110,7 @@ pub struct Backend {
     pub(crate) sentinel_password: Option<String>,
     pub(crate) tls: bool,
     pub(crate) tcp_nodelay: bool,
+    pub(crate) auto_pipeline: bool,
 }
 
 impl Backend {
@@ -133,6 +134,7 @@ impl Backend {
             sentinel_password: None,
             tls: false,
             tcp_nodelay: true,
+            auto_pipeline: false,
         }
     }
 
@@ -270,6 +272,21 @@ impl Backend {
         self
     }
 
+    /// Write the commands of concurrent requests together (default: no).
+    ///
+    /// A command goes out at once while the connection is idle; while one is
+    /// in flight, the commands of the other tasks ready to run are gathered
+    /// (for at most one turn of the tokio scheduler) and sent as one
+    /// pipeline, each keeping its own reply. It saves system calls, packets
+    /// and server wake-ups when many requests share the connection, and costs
+    /// latency when few do: measure with your load (`BENCHMARKS.md` has this
+    /// machine's figures). For one-server and partitioned backends; Sentinel
+    /// and Cluster backends send each command as it comes.
+    pub fn auto_pipeline(mut self, on: bool) -> Backend {
+        self.auto_pipeline = on;
+        self
+    }
+
     /// Retry an idempotent command (`GET`, `EXISTS`, `DEL`, `SET XX`) once after
     /// a timeout (default: no). `SET NX` is never retried: its first attempt
     /// may have landed.
@@ -341,6 +358,7 @@ impl fmt::Debug for Backend {
             .field("socket_timeout", &self.socket_timeout)
             .field("retry_on_timeout", &self.retry_on_timeout)
             .field("tcp_nodelay", &self.tcp_nodelay)
+            .field("auto_pipeline", &self.auto_pipeline)
             .field("allow_read_without_delete", &self.allow_read_without_delete)
             .field("tls_root_ca", &self.tls_root_ca.as_ref().map(|_| "<pem>"))
             .field("tls_client", &self.tls_client.as_ref().map(|_| "<pem + redacted key>"))

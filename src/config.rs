@@ -114,6 +114,8 @@ pub struct BackendConfig {
     pub retry_on_timeout: Option<bool>,
     /// `TCP_NODELAY` (default true); see [`Backend::tcp_nodelay`].
     pub tcp_nodelay: Option<bool>,
+    /// Write concurrent requests' commands together (default false); see [`Backend::auto_pipeline`].
+    pub auto_pipeline: Option<bool>,
     /// Accept a read backend without write or delete.
     pub allow_read_without_delete: Option<bool>,
     /// For `rediss://`: PEM file of the CA to trust instead of the system's roots.
@@ -245,6 +247,7 @@ impl fmt::Debug for BackendConfig {
             .field("socket_timeout", &self.socket_timeout)
             .field("retry_on_timeout", &self.retry_on_timeout)
             .field("tcp_nodelay", &self.tcp_nodelay)
+            .field("auto_pipeline", &self.auto_pipeline)
             .field("allow_read_without_delete", &self.allow_read_without_delete)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_cert_file", &self.tls_cert_file)
@@ -292,8 +295,15 @@ impl Config {
         toml::from_str(text).map_err(|err: toml::de::Error| {
             let place = err
                 .span()
-                .map(|span| line_col(text, span.start))
-                .map(|(line, col)| format!("line {line}, column {col}: "))
+                .map(|span| {
+                    let (line, col) = line_col(text, span.start);
+                    // The key of that line (never its value, which may be a password).
+                    let key = text.lines().nth(line - 1).and_then(|l| l.split_once('=')).map(|(k, _)| k.trim());
+                    match key {
+                        Some(key) if !key.is_empty() => format!("line {line}, column {col}, key `{key}`: "),
+                        _ => format!("line {line}, column {col}: "),
+                    }
+                })
                 .unwrap_or_default();
             parse_error(format!("{place}{}", err.message().trim_end()))
         })
@@ -417,6 +427,9 @@ impl BackendConfig {
         }
         if let Some(nodelay) = self.tcp_nodelay {
             backend = backend.tcp_nodelay(nodelay);
+        }
+        if let Some(on) = self.auto_pipeline {
+            backend = backend.auto_pipeline(on);
         }
         if let Some(password) = self.sentinel_password {
             backend = backend.sentinel_password(password);
@@ -601,6 +614,7 @@ impl SeedEntry {
             socket_timeout: s.session_redis_socket_timeout,
             retry_on_timeout: s.session_redis_retry_on_timeout,
             tcp_nodelay: None,
+            auto_pipeline: None,
             allow_read_without_delete: None,
             tls_ca_file: None,
             tls_cert_file: None,

@@ -1,8 +1,9 @@
-//! Commands of concurrent requests to one server are written together
-//! (automatic pipelining, `src/connection/link.rs`): each request still gets
-//! its own reply, a server error stays with its command, and a dropped
-//! request strands nobody. (That the commands really share one write is a
-//! unit test in that file.)
+//! With `auto_pipeline`, the commands of concurrent requests to one server
+//! are written together (`src/connection/link.rs`): each request still gets
+//! its own reply, a server error stays with its command, a dropped request
+//! strands nobody, and a frozen server fails the batch within the socket
+//! timeout. (That the commands really share one write is a unit test in that
+//! file.)
 
 mod common;
 
@@ -11,10 +12,10 @@ use std::sync::Arc;
 use common::{conn, record, servers};
 use tower_sessions_core::SessionStore;
 use tower_sessions_multi_redis_store::testing::RedisServer;
-use tower_sessions_multi_redis_store::{Backend, MultiRedisStore};
+use tower_sessions_multi_redis_store::{Backend, BreakerConfig, Config, MultiRedisStore};
 
 async fn store(server: &RedisServer) -> MultiRedisStore {
-    MultiRedisStore::builder().backend(Backend::url("main", server.url())).build().await.unwrap()
+    MultiRedisStore::builder().backend(Backend::url("main", server.url()).auto_pipeline(true)).build().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,4 +106,62 @@ async fn dropped_requests_strand_nobody() {
     while let Some(done) = tasks.join_next().await {
         done.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_fails_every_queued_command_within_the_timeout() {
+    let servers = servers(1);
+    let store = MultiRedisStore::builder()
+        .backend(
+            Backend::url("main", servers[0].url())
+                .auto_pipeline(true)
+                .socket_timeout(std::time::Duration::from_millis(300))
+                .breaker(BreakerConfig::disabled()),
+        )
+        .build()
+        .await
+        .unwrap();
+    let mut rec = record("ada");
+    store.create(&mut rec).await.unwrap();
+    servers[0].freeze().unwrap();
+    let started = std::time::Instant::now();
+    let loads = futures_util::future::join_all((0..32).map(|_| store.load(&rec.id))).await;
+    let waited = started.elapsed();
+    servers[0].thaw().unwrap();
+    for load in loads {
+        let err = load.expect_err("a frozen server is an error, never None");
+        assert!(err.to_string().contains("main"), "{err}");
+    }
+    assert!(waited < std::time::Duration::from_secs(5), "bounded by the socket timeout: {waited:?}");
+    // And the connection recovers once the server answers again.
+    let mut recovered = false;
+    for _ in 0..50 {
+        if store.load(&rec.id).await.is_ok_and(|r| r.as_ref() == Some(&rec)) {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "loads succeed again after the thaw");
+}
+
+#[tokio::test]
+async fn config_files_set_auto_pipeline_and_tcp_nodelay() {
+    let servers = servers(1);
+    let config = Config::from_toml_str(&format!(
+        "[[backends]]\nname = \"main\"\nmodes = [\"read\", \"write\"]\nurl = \"{}\"\nauto_pipeline = true\ntcp_nodelay = false\n",
+        servers[0].url()
+    ))
+    .unwrap();
+    let printed = format!("{config:?}");
+    assert!(printed.contains("auto_pipeline: Some(true)") && printed.contains("tcp_nodelay: Some(false)"), "{printed}");
+    let store = config.into_builder().unwrap().build().await.unwrap();
+    let mut rec = record("ada");
+    store.create(&mut rec).await.unwrap();
+    assert_eq!(store.load(&rec.id).await.unwrap(), Some(rec));
+    let err = Config::from_toml_str(
+        "[[backends]]\nname = \"main\"\nmodes = [\"read\", \"write\"]\nurl = \"redis://h\"\nauto_pipeline = \"yes\"\n",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("auto_pipeline"), "{err}");
 }

@@ -15,8 +15,7 @@ use crate::partition::Partition;
 
 /// The live connection of one backend.
 pub(crate) enum Connection {
-    /// One server (a reconnecting `ConnectionManager` that writes concurrent
-    /// commands together).
+    /// One server, through a reconnecting `ConnectionManager`.
     Standalone(Link),
     /// Several servers; each session lives on the one its id hashes to.
     Partitioned { members: Vec<Link>, partition: Partition },
@@ -32,6 +31,7 @@ fn member_of_backend(parent: &Backend, member: &Backend) -> Backend {
     m.name = format!("{}/{}", parent.name, member.name);
     m.socket_timeout = parent.socket_timeout;
     m.tcp_nodelay = parent.tcp_nodelay;
+    m.auto_pipeline = parent.auto_pipeline;
     m
 }
 
@@ -43,14 +43,16 @@ impl Connection {
                 validate(backend)?;
                 let managers = members
                     .iter()
-                    .map(|m| standalone::open(&member_of_backend(backend, m)).map(Link::new))
+                    .map(|m| {
+                        standalone::open(&member_of_backend(backend, m)).map(|c| Link::new(c, backend.auto_pipeline))
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 let partition = Partition::new(members.iter().map(|m| (m.name.as_str(), m.weight)));
                 Ok(Connection::Partitioned { members: managers, partition })
             }
             Address::Sentinel { .. } => Ok(Connection::Sentinel(Box::new(sentinel::Sentinel::open(backend)?))),
             Address::Cluster(_) => Ok(Connection::Cluster(Box::new(cluster::Cluster::open(backend)?))),
-            _ => standalone::open(backend).map(|manager| Connection::Standalone(Link::new(manager))),
+            _ => standalone::open(backend).map(|c| Connection::Standalone(Link::new(c, backend.auto_pipeline))),
         }
     }
 
@@ -80,8 +82,7 @@ impl Connection {
 
     /// Sends one command to a member and reads its reply.
     ///
-    /// The hot path. One-server backends write concurrent requests' commands
-    /// together (see [`Link`]). The Sentinel and Cluster futures are boxed:
+    /// The hot path. The Sentinel and Cluster futures are boxed:
     /// every `.await` level above moves its child future by value, and
     /// keeping the store's futures small keeps those moves and the
     /// allocations of the futures tower-sessions boxes cheap.
