@@ -307,8 +307,12 @@ async fn main() {
                         .push(drive(millis, c, move |_, i| raw_request(conn.clone(), ids[i % ids.len()], i)).await);
                 }
             }
-            for (case, store, ids) in [(ONE, &one, &one_ids), (ONE_NAGLE, &one_nagle, &one_ids), (TWO, &two, &two_ids)]
-            {
+            for (case, store, ids) in [
+                (ONE, &one, &one_ids),
+                (ONE_NAGLE, &one_nagle, &one_ids),
+                (ONE_PIPELINED, &one_pipelined, &one_ids),
+                (TWO, &two, &two_ids),
+            ] {
                 if knobs.cases[case] {
                     let (store, ids) = (store.clone(), ids.clone());
                     results[case][ci]
