@@ -507,17 +507,23 @@ async fn undo(created: &[&Node], sid: &Id) {
 ///
 /// Not an `async fn`: that would hold `fut` twice (as an argument and inside
 /// `Instrumented`), doubling the future tower-sessions boxes on every call.
+/// When no subscriber wants the span, the future runs bare (entering and
+/// leaving a disabled span on every poll was measurable per request).
 fn traced<T>(
     op: &'static str,
     fut: impl std::future::Future<Output = Result<T, Error>>,
 ) -> impl std::future::Future<Output = session_store::Result<T>> {
     use futures_util::FutureExt;
+    use futures_util::future::Either;
     let span = tracing::debug_span!("session_store", op, outcome = tracing::field::Empty);
+    if span.is_disabled() {
+        return Either::Left(fut.map(|result| Ok(result?)));
+    }
     let outcome = span.clone();
-    fut.instrument(span).map(move |result| {
+    Either::Right(fut.instrument(span).map(move |result| {
         outcome.record("outcome", if result.is_ok() { "ok" } else { "error" });
         Ok(result?)
-    })
+    }))
 }
 
 #[async_trait]
