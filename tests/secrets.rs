@@ -3,30 +3,15 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::record;
+use common::{Captured, record};
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::Id;
 use tower_sessions_multi_redis_store::testing::RedisServer;
 use tower_sessions_multi_redis_store::{Backend, Config, Modes, MultiRedisStore};
 
 const SECRET: &str = "Tr0ub4dor-and-3";
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn failing_connections_log_no_password() {
@@ -73,7 +58,7 @@ async fn failing_connections_log_no_password() {
     printed.push(format!("{config:?}"));
     printed.push(format!("{:?}", config.into_builder().unwrap()));
 
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(logs.contains("backend"), "logs were captured: {logs}");
     assert!(logs.contains("wrong-pass") && logs.contains("dead"), "failures were logged");
     assert!(!logs.contains(SECRET), "password in the logs:\n{logs}");

@@ -3,26 +3,10 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
-use common::{record, servers};
+use common::{Captured, record, servers};
 use tower_sessions_core::SessionStore;
 use tower_sessions_multi_redis_store::{Backend, MultiRedisStore};
 use tracing_subscriber::fmt::format::FmtSpan;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn operations_run_in_spans_with_their_outcome() {
@@ -50,7 +34,7 @@ async fn operations_run_in_spans_with_their_outcome() {
         .unwrap();
     dead.load(&rec.id).await.unwrap_err();
 
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     for op in ["create", "load", "save", "delete"] {
         let span = format!("session_store{{op=\"{op}\" outcome=\"ok\"}}");
         assert!(text.lines().any(|l| l.contains(&span) && l.contains(" close ")), "no closed `{span}` in:\n{text}");

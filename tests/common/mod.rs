@@ -135,3 +135,25 @@ pub async fn acceptance(store: &MultiRedisStore, label: &str) {
     reloaded.flush().await.unwrap();
     assert_eq!(store.load(&cycled).await.unwrap(), None, "{label}: flush");
 }
+
+/// A `tracing_subscriber` writer that keeps what was logged, for tests that
+/// read the logs.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
