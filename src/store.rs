@@ -261,8 +261,8 @@ impl MultiRedisStore {
 
     /// Copy-on-read of a record found in `source` (not in W) into every W backend.
     async fn copy_back(&self, source: &Node, sid: &Id, bytes: &[u8], record: &Record, deadline: Deadline) {
-        let pxat = codec::expiry_millis(record.expiry_date);
-        let results = self.fan_out(&self.inner.writers, |w| w.set(sid, bytes, pxat, SetIf::Absent, deadline)).await;
+        let write = Write { sid, bytes, pxat: codec::expiry_millis(record.expiry_date), deadline };
+        let results = self.fan_out(&self.inner.writers, |w| write.on(w, SetIf::Absent)).await;
         let mut created = Vec::new();
         let mut complete = true;
         for (w, result) in results {
@@ -303,9 +303,8 @@ impl MultiRedisStore {
             self.check_deadline("create", deadline)?;
             let sid = record.id;
             let bytes = encode(record)?;
-            let pxat = codec::expiry_millis(record.expiry_date);
-            let results =
-                self.fan_out(&self.inner.writers, |w| w.set(&sid, &bytes, pxat, SetIf::Absent, deadline)).await;
+            let write = Write { sid: &sid, bytes: &bytes, pxat: codec::expiry_millis(record.expiry_date), deadline };
+            let results = self.fan_out(&self.inner.writers, |w| write.on(w, SetIf::Absent)).await;
             let mut created = Vec::new();
             let mut failures = Vec::new();
             let mut collided = false;
@@ -334,11 +333,14 @@ impl MultiRedisStore {
 
     /// `save`: see the module docs.
     async fn save_record(&self, record: &Record) -> Result<(), Error> {
-        let sid = &record.id;
         let bytes = encode(record)?;
-        let pxat = codec::expiry_millis(record.expiry_date);
-        let deadline = self.deadline();
-        let results = self.fan_out(&self.inner.writers, |w| w.set(sid, &bytes, pxat, SetIf::Present, deadline)).await;
+        let write = Write {
+            sid: &record.id,
+            bytes: &bytes,
+            pxat: codec::expiry_millis(record.expiry_date),
+            deadline: self.deadline(),
+        };
+        let results = self.fan_out(&self.inner.writers, |w| write.on(w, SetIf::Present)).await;
         let mut misses = Vec::new();
         let mut failures = Vec::new();
         let mut written = 0;
@@ -351,7 +353,7 @@ impl MultiRedisStore {
         }
         if !misses.is_empty() && !self.inner.sources.is_empty() {
             // Boxed: a rare path, kept out of every save's future.
-            written += Box::pin(self.save_missed(&misses, sid, &bytes, pxat, &mut failures, deadline)).await;
+            written += Box::pin(self.save_missed(&misses, write, &mut failures)).await;
         }
         let any = self.inner.options.write_policy == WritePolicy::Any;
         if failures.is_empty() || (any && written > 0) {
@@ -367,23 +369,15 @@ impl MultiRedisStore {
     /// The part of `save` for W backends that missed the `SET XX`: fill them
     /// from a source that holds the session, or only update a copy that
     /// landed meanwhile. Returns how many of them now hold the saved record.
-    async fn save_missed(
-        &self,
-        misses: &[&Node],
-        sid: &Id,
-        bytes: &[u8],
-        pxat: u64,
-        failures: &mut Vec<Error>,
-        deadline: Deadline,
-    ) -> usize {
-        let witnesses = self.sources_holding(sid, failures, deadline).await;
+    async fn save_missed(&self, misses: &[&Node], write: Write<'_>, failures: &mut Vec<Error>) -> usize {
+        let witnesses = self.sources_holding(write.sid, failures, write.deadline).await;
         if !witnesses.is_empty() {
-            return self.fill(misses, &witnesses, sid, bytes, pxat, failures, deadline).await;
+            return self.fill(misses, &witnesses, write, failures).await;
         }
         // In no source (logged out, expired, moved meanwhile, or only in
         // other W backends): creating it could resurrect it. A copy-on-read
         // may just have landed, though: update that one.
-        let retries = join_all(misses.iter().map(|w| w.set(sid, bytes, pxat, SetIf::Present, deadline))).await;
+        let retries = join_all(misses.iter().map(|w| write.on(w, SetIf::Present))).await;
         let mut written = 0;
         for result in retries {
             match result {
@@ -412,23 +406,13 @@ impl MultiRedisStore {
     /// Writes a saved record into the W backends that missed it, then checks a
     /// witness still holds the session and undoes the writes if none does.
     /// Returns how many backends now hold the saved record.
-    #[allow(clippy::too_many_arguments)]
-    async fn fill(
-        &self,
-        targets: &[&Node],
-        witnesses: &[&Node],
-        sid: &Id,
-        bytes: &[u8],
-        pxat: u64,
-        failures: &mut Vec<Error>,
-        deadline: Deadline,
-    ) -> usize {
+    async fn fill(&self, targets: &[&Node], witnesses: &[&Node], write: Write<'_>, failures: &mut Vec<Error>) -> usize {
         let results = join_all(targets.iter().map(|w| async move {
-            if w.set(sid, bytes, pxat, SetIf::Absent, deadline).await? {
+            if write.on(w, SetIf::Absent).await? {
                 return Ok(true);
             }
             // Someone (a copy-on-read) was faster, maybe with older data: ours wins.
-            w.set(sid, bytes, pxat, SetIf::Present, deadline).await.map(|_| false)
+            write.on(w, SetIf::Present).await.map(|_| false)
         }))
         .await;
         let mut created = Vec::new();
@@ -443,7 +427,7 @@ impl MultiRedisStore {
         if created.is_empty() {
             return updated;
         }
-        let checks = join_all(witnesses.iter().map(|n| n.exists(sid, None))).await;
+        let checks = join_all(witnesses.iter().map(|n| n.exists(write.sid, None))).await;
         if checks.iter().any(|c| matches!(c, Ok(true))) {
             for w in &created {
                 w.count(Counter::Copy);
@@ -454,7 +438,7 @@ impl MultiRedisStore {
             // could not answer: undo either way; the second case is a failure,
             // not a save that "succeeded" without being written.
             tracing::debug!("save could not confirm its copies; undoing them");
-            undo(&created, sid).await;
+            undo(&created, write.sid).await;
             failures.extend(checks.into_iter().filter_map(Result::err));
             updated
         }
@@ -474,6 +458,22 @@ impl MultiRedisStore {
             failures.extend(results.into_iter().filter_map(|(_, r)| r.err()));
         }
         if failures.is_empty() { Ok(()) } else { Err(Error::from_failures(failures)) }
+    }
+}
+
+/// One record's `SET ... PXAT`, encoded once for every backend it goes to.
+#[derive(Clone, Copy)]
+struct Write<'a> {
+    sid: &'a Id,
+    bytes: &'a [u8],
+    pxat: u64,
+    deadline: Deadline,
+}
+
+impl Write<'_> {
+    /// The `SET` on `node`, `NX` or `XX`: whether it wrote.
+    fn on<'s>(&'s self, node: &'s Node, cond: SetIf) -> impl std::future::Future<Output = Result<bool, Error>> + 's {
+        node.set(self.sid, self.bytes, self.pxat, cond, self.deadline)
     }
 }
 
