@@ -25,6 +25,13 @@ pub(crate) enum Connection {
     Cluster(Box<cluster::Cluster>),
 }
 
+/// The server (or client) one command goes to.
+enum Route<'a> {
+    Link(&'a Link),
+    Sentinel(&'a sentinel::Sentinel),
+    Cluster(&'a cluster::Cluster),
+}
+
 /// A partition member with the settings it inherits from its backend.
 fn member_of_backend(parent: &Backend, member: &Backend) -> Backend {
     let mut m = member.clone();
@@ -72,11 +79,13 @@ impl Connection {
         }
     }
 
-    fn link(&self, member: usize) -> Option<&Link> {
+    /// Where a command for `member` goes.
+    fn route(&self, member: usize) -> Route<'_> {
         match self {
-            Connection::Standalone(link) => Some(link),
-            Connection::Partitioned { members, .. } => Some(&members[member.min(members.len() - 1)]),
-            Connection::Sentinel(_) | Connection::Cluster(_) => None,
+            Connection::Standalone(link) => Route::Link(link),
+            Connection::Partitioned { members, .. } => Route::Link(&members[member.min(members.len() - 1)]),
+            Connection::Sentinel(sentinel) => Route::Sentinel(sentinel),
+            Connection::Cluster(cluster) => Route::Cluster(cluster),
         }
     }
 
@@ -87,11 +96,10 @@ impl Connection {
     /// keeping the store's futures small keeps those moves and the
     /// allocations of the futures tower-sessions boxes cheap.
     pub(crate) async fn query<T: FromRedisValue>(&self, member: usize, cmd: &Cmd) -> RedisResult<T> {
-        let reply = match (self, self.link(member)) {
-            (Connection::Sentinel(sentinel), _) => return Box::pin(sentinel.query(cmd)).await,
-            (Connection::Cluster(cluster), _) => return Box::pin(cluster.query(cmd)).await,
-            (_, Some(link)) => link.query(cmd).await?,
-            (_, None) => return unreachable_connection(),
+        let reply = match self.route(member) {
+            Route::Link(link) => link.query(cmd).await?,
+            Route::Sentinel(sentinel) => return Box::pin(sentinel.query(cmd)).await,
+            Route::Cluster(cluster) => return Box::pin(cluster.query(cmd)).await,
         };
         Ok(redis::from_redis_value(reply.extract_error()?)?)
     }
@@ -118,11 +126,10 @@ impl Connection {
 
     /// Sends a pipeline to a member and reads all its replies.
     pub(crate) async fn query_pipeline<T: FromRedisValue>(&self, member: usize, pipe: &Pipeline) -> RedisResult<T> {
-        match (self, self.link(member)) {
-            (Connection::Sentinel(sentinel), _) => Box::pin(sentinel.query_pipeline(pipe)).await,
-            (Connection::Cluster(cluster), _) => Box::pin(cluster.query_pipeline(pipe)).await,
-            (_, Some(link)) => pipe.query_async(&mut link.manager()).await,
-            (_, None) => unreachable_connection(),
+        match self.route(member) {
+            Route::Link(link) => pipe.query_async(&mut link.manager()).await,
+            Route::Sentinel(sentinel) => Box::pin(sentinel.query_pipeline(pipe)).await,
+            Route::Cluster(cluster) => Box::pin(cluster.query_pipeline(pipe)).await,
         }
     }
 }
