@@ -28,6 +28,8 @@
 
 #[path = "../examples/shared/app.rs"]
 mod app;
+#[path = "support/session.rs"]
+mod session;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -38,12 +40,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use time::OffsetDateTime;
 use tower_sessions::MemoryStore;
 use tower_sessions_core::SessionStore;
-use tower_sessions_core::session::{Id, Record};
+use tower_sessions_core::session::Id;
 use tower_sessions_multi_redis_store::testing::RedisServer;
 use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore, codec};
+
+use session::small_session;
 
 const SESSIONS: usize = 10_000;
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
@@ -83,19 +86,6 @@ impl Knobs {
     /// Whether this is the full run (the only one that redraws the chart).
     fn full(&self) -> bool {
         self.tasks == CONCURRENCY && self.cases.iter().all(|&c| c) && self.http
-    }
-}
-
-fn small_session() -> Record {
-    Record {
-        id: Id::default(),
-        data: [
-            ("user_id".to_owned(), serde_json::json!(42)),
-            ("name".to_owned(), serde_json::json!("Ada Lovelace")),
-            ("csrf".to_owned(), serde_json::json!("f3b1c2d4e5f60718293a4b5c6d7e8f90f3b1c2d4e5f60718293a4b5c6d7e8f90")),
-        ]
-        .into(),
-        expiry_date: OffsetDateTime::now_utc() + time::Duration::hours(1),
     }
 }
 

@@ -3,26 +3,17 @@
 //! save of a random session) for `millis` ms; prints one JSON line with the
 //! request count, seconds and every latency percentile the main bench needs.
 
+#[path = "../../support/session.rs"]
+mod session;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tower_sessions_core::session::{Id, Record};
 use tower_sessions_core::SessionStore;
 use tower_sessions_redis_store::fred::prelude::*;
 use tower_sessions_redis_store::RedisStore;
 
-fn small_session() -> Record {
-    Record {
-        id: Id::default(),
-        data: [
-            ("user_id".to_owned(), serde_json::json!(42)),
-            ("name".to_owned(), serde_json::json!("Ada Lovelace")),
-            ("csrf".to_owned(), serde_json::json!("f3b1c2d4e5f60718293a4b5c6d7e8f90f3b1c2d4e5f60718293a4b5c6d7e8f90")),
-        ]
-        .into(),
-        expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
-    }
-}
+use session::small_session;
 
 #[tokio::main]
 async fn main() {
