@@ -103,6 +103,7 @@ impl Cluster {
     pub(crate) async fn query_node<T: FromRedisValue>(&self, addr: &(String, u16), cmd: &Cmd) -> RedisResult<T> {
         let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: addr.0.clone(), port: addr.1 });
         let value = self.connection().await?.route_command(cmd.clone(), routing).await?;
-        redis::from_redis_value(value).map_err(RedisError::from)
+        // An error reply is an error of its kind, not a parse error.
+        redis::from_redis_value(value.extract_error()?).map_err(RedisError::from)
     }
 }

@@ -12,7 +12,7 @@
 use std::sync::RwLock;
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, FromRedisValue, IntoConnectionInfo,
     Pipeline, RedisConnectionInfo, RedisError, RedisResult,
@@ -50,6 +50,13 @@ fn failover_sign(err: &RedisError) -> bool {
         || err.is_connection_refusal()
         || err.is_timeout()
         || err.kind() == ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+}
+
+/// One command on the master's connection. `query_async` turns an error
+/// reply into an error of its kind, so a `READONLY` from a demoted master is
+/// a [`failover_sign`] (converting the raw reply made it a parse error).
+async fn send<T: FromRedisValue>(mut conn: MultiplexedConnection, cmd: &Cmd) -> RedisResult<T> {
+    cmd.query_async(&mut conn).await
 }
 
 /// A TCP address, with TLS when asked (verifying the host name).
@@ -224,14 +231,28 @@ impl Sentinel {
     }
 
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
-        self.with_master(|mut conn| async move {
-            let value = conn.req_packed_command(cmd).await?;
-            redis::from_redis_value(value).map_err(RedisError::from)
-        })
-        .await
+        self.with_master(|conn| send(conn, cmd)).await
     }
 
     pub(crate) async fn query_pipeline<T: FromRedisValue>(&self, pipe: &Pipeline) -> RedisResult<T> {
         self.with_master(|mut conn| async move { pipe.query_async(&mut conn).await }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::RedisServer;
+
+    /// A demoted master answers writes with `READONLY`: that must read as a
+    /// sign of failover (ask the sentinels again), not as a parse error.
+    #[tokio::test]
+    async fn a_readonly_reply_is_a_sign_of_failover() {
+        let master = RedisServer::start().unwrap();
+        let port = master.port().to_string();
+        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).unwrap();
+        let conn = replica.client().unwrap().get_multiplexed_async_connection().await.unwrap();
+        let err = send::<()>(conn, redis::cmd("SET").arg("k").arg("v")).await.unwrap_err();
+        assert!(failover_sign(&err), "{err:?}");
     }
 }
