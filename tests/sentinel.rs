@@ -232,3 +232,28 @@ async fn master_and_sentinel_passwords_and_a_db() {
     let err = wrong.load(&rec.id).await.unwrap_err().to_string();
     assert!(err.contains("backend `ha`") && !err.contains("nope"), "{err}");
 }
+
+#[tokio::test]
+async fn master_rechecks_reuse_the_sentinel_connection() {
+    let t = topology().await;
+    let store = store(&t).await;
+    let mut rec = record("ada");
+    store.create(&mut rec).await.unwrap();
+    // Three and a half seconds of use: at least three re-checks of the master.
+    let until = Instant::now() + Duration::from_millis(3500);
+    while Instant::now() < until {
+        assert_eq!(store.load(&rec.id).await.unwrap().as_ref(), Some(&rec));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The store's connection to the first sentinel asked for the master
+    // last and has lived through every re-check.
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut conn(&t.sentinels[0]).await).await.unwrap();
+    let askers: Vec<&str> = clients.lines().filter(|l| l.contains("cmd=sentinel|get-master-addr-by-name")).collect();
+    assert_eq!(askers.len(), 1, "one connection asks for the master:\n{clients}");
+    let age: u64 = askers[0]
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("age="))
+        .and_then(|a| a.parse().ok())
+        .expect("CLIENT LIST has age=");
+    assert!(age >= 3, "the asking connection is {age} s old: re-checks opened new ones\n{clients}");
+}

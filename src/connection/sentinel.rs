@@ -39,6 +39,8 @@ pub(crate) struct Sentinel {
     redis: RedisConnectionInfo,
     config: AsyncConnectionConfig,
     current: RwLock<Option<Master>>,
+    /// Open connections to the sentinels (by index), kept between re-checks.
+    sentinel_conns: std::sync::Mutex<Vec<Option<MultiplexedConnection>>>,
     /// One discovery at a time.
     discovering: tokio::sync::Mutex<()>,
 }
@@ -120,22 +122,33 @@ impl Sentinel {
             .set_response_timeout(Some(backend.socket_timeout));
         Ok(Sentinel {
             backend: backend.clone(),
-            sentinels,
             master_name: master.clone(),
             redis,
             config,
+            sentinel_conns: std::sync::Mutex::new(vec![None; sentinels.len()]),
+            sentinels,
             current: RwLock::new(None),
             discovering: tokio::sync::Mutex::new(()),
         })
     }
 
     /// The master's address as the first sentinel that answers names it.
+    /// Connections to the sentinels are kept, so a re-check is one round trip.
     async fn master_addr(&self) -> RedisResult<(String, u16)> {
         let mut last = None;
-        for info in &self.sentinels {
+        for (i, info) in self.sentinels.iter().enumerate() {
             let attempt = async {
-                let client = self.client(info.clone())?;
-                let mut conn = client.get_multiplexed_async_connection_with_config(&self.config).await?;
+                let mut conn = match self.sentinel_conn(i) {
+                    Some(conn) => conn,
+                    None => {
+                        let conn = self
+                            .client(info.clone())?
+                            .get_multiplexed_async_connection_with_config(&self.config)
+                            .await?;
+                        self.set_sentinel_conn(i, Some(conn.clone()));
+                        conn
+                    }
+                };
                 let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
                     .arg("GET-MASTER-ADDR-BY-NAME")
                     .arg(&self.master_name)
@@ -145,10 +158,26 @@ impl Sentinel {
             };
             match attempt.await {
                 Ok(addr) => return Ok(addr),
-                Err(err) => last = Some(err),
+                Err(err) => {
+                    // Reconnect to this sentinel next time.
+                    self.set_sentinel_conn(i, None);
+                    last = Some(err);
+                }
             }
         }
         Err(last.unwrap_or_else(|| RedisError::from((ErrorKind::Client, "no sentinel"))))
+    }
+
+    fn sentinel_conn(&self, i: usize) -> Option<MultiplexedConnection> {
+        let conns = self.sentinel_conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        conns.get(i).cloned().flatten()
+    }
+
+    fn set_sentinel_conn(&self, i: usize, conn: Option<MultiplexedConnection>) {
+        let mut conns = self.sentinel_conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(slot) = conns.get_mut(i) {
+            *slot = conn;
+        }
     }
 
     fn snapshot(&self) -> Option<(MultiplexedConnection, bool)> {
