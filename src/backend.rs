@@ -444,7 +444,21 @@ pub(crate) struct Node {
     counters: [AtomicU64; 6],
     last_ok: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// The `metrics` handles of the counters, registered once.
+    #[cfg(feature = "metrics")]
+    metrics: [metrics::Counter; 6],
 }
+
+/// The `metrics` names of the counters, in [`Counter`] order.
+#[cfg(feature = "metrics")]
+const METRIC_NAMES: [&str; 6] = [
+    "tower_sessions_redis_hits_total",
+    "tower_sessions_redis_misses_total",
+    "tower_sessions_redis_copies_total",
+    "tower_sessions_redis_errors_total",
+    "tower_sessions_redis_timeouts_total",
+    "tower_sessions_redis_breaker_trips_total",
+];
 
 impl fmt::Debug for Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -472,6 +486,8 @@ impl Node {
             counters: Default::default(),
             last_ok: AtomicBool::new(true),
             last_error: Mutex::new(None),
+            #[cfg(feature = "metrics")]
+            metrics: METRIC_NAMES.map(|name| metrics::counter!(name, "backend" => backend.name.clone())),
         })
     }
 
@@ -493,17 +509,7 @@ impl Node {
     pub(crate) fn count(&self, counter: Counter) {
         self.counters[counter as usize].fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
-        {
-            let name = match counter {
-                Counter::Hit => "tower_sessions_redis_hits_total",
-                Counter::Miss => "tower_sessions_redis_misses_total",
-                Counter::Copy => "tower_sessions_redis_copies_total",
-                Counter::Error => "tower_sessions_redis_errors_total",
-                Counter::Timeout => "tower_sessions_redis_timeouts_total",
-                Counter::BreakerTrip => "tower_sessions_redis_breaker_trips_total",
-            };
-            metrics::counter!(name, "backend" => self.name.clone()).increment(1);
-        }
+        self.metrics[counter as usize].increment(1);
     }
 
     /// What the store saw of this backend.
