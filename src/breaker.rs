@@ -84,11 +84,14 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+/// `HalfOpen`: a probe went out at `since`. Its request may be dropped
+/// before it reports (a client that went away): after another cool-down
+/// without a report, the next command probes instead.
 #[derive(Debug)]
 enum State {
     Closed { failures: u32 },
     Open { until: Instant },
-    HalfOpen,
+    HalfOpen { since: Instant },
 }
 
 /// What [`Breaker::allow`] decided.
@@ -132,11 +135,20 @@ impl Breaker {
                 if now < until {
                     Permit::Refused(until - now)
                 } else {
-                    *state = State::HalfOpen;
+                    *state = State::HalfOpen { since: now };
                     Permit::Probe
                 }
             }
-            State::HalfOpen => Permit::Refused(Duration::ZERO),
+            State::HalfOpen { since } => {
+                let now = Instant::now();
+                if now < since + self.config.cool_down {
+                    Permit::Refused(Duration::ZERO)
+                } else {
+                    // The probe never reported: probe again.
+                    *state = State::HalfOpen { since: now };
+                    Permit::Probe
+                }
+            }
         }
     }
 
@@ -160,7 +172,7 @@ impl Breaker {
                 }
                 false
             }
-            (State::HalfOpen, true) if *permit == Permit::Probe => {
+            (State::HalfOpen { .. }, true) if *permit == Permit::Probe => {
                 *state = open;
                 true
             }
@@ -183,7 +195,7 @@ impl Breaker {
             State::Closed { .. } => BreakerState::Closed,
             State::Open { until } if Instant::now() >= until => BreakerState::HalfOpen,
             State::Open { .. } => BreakerState::Open,
-            State::HalfOpen => BreakerState::HalfOpen,
+            State::HalfOpen { .. } => BreakerState::HalfOpen,
         }
     }
 }
@@ -220,6 +232,23 @@ mod tests {
         let probe = b.allow();
         assert!(!b.record(&probe, false));
         assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(b.allow(), Permit::Go);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_dropped_before_it_reports_does_not_keep_the_breaker_half_open() {
+        let b = breaker();
+        for _ in 0..3 {
+            b.record(&b.allow(), true);
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        // The probe's request is cancelled: no record() follows.
+        assert_eq!(b.allow(), Permit::Probe);
+        assert!(matches!(b.allow(), Permit::Refused(_)), "still one probe at a time");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let probe = b.allow();
+        assert_eq!(probe, Permit::Probe, "a new probe after another cool-down");
+        assert!(!b.record(&probe, false));
         assert_eq!(b.allow(), Permit::Go);
     }
 
