@@ -22,6 +22,10 @@
 //! removed by the second round. Either way a logout stays a logout, across
 //! processes, without locks. (A W backend is never a witness: its copy may be
 //! another request's copy about to be undone.)
+//!
+//! A copy and its check run in a task of their own (copy-on-read, and a
+//! `save` filling W backends), so a request dropped mid-way, such as a
+//! client that went away, cannot leave a copy behind unchecked.
 
 use std::fmt;
 use std::path::Path;
@@ -199,7 +203,8 @@ impl MultiRedisStore {
         // A failed write backend may hold a newer copy than any later backend
         // except another write backend that every save reached.
         let mut writer_failed = false;
-        for node in self.nodes_at(&self.inner.readers) {
+        for &index in &self.inner.readers {
+            let node = &self.inner.nodes[index];
             if let Err(err) = self.check_deadline("load", deadline) {
                 failures.push(err);
                 break;
@@ -234,8 +239,13 @@ impl MultiRedisStore {
                 break;
             }
             if !node.modes.can_write() && self.inner.options.copy_on_read != CopyOnRead::Off {
-                // Boxed: a rare path, kept out of every load's future.
-                Box::pin(self.copy_back(node, id, &bytes, &record, deadline)).await;
+                // In a task of its own: a load dropped mid-way (a client that
+                // went away) must not leave a copy behind unchecked.
+                let (store, id, pxat) = (self.clone(), *id, codec::expiry_millis(record.expiry_date));
+                let copy = tokio::spawn(async move { store.copy_back(index, &id, &bytes, pxat, deadline).await });
+                // The copy is best effort: its failures are logged, and the
+                // record is served either way.
+                let _ = copy.await;
             }
             return Ok(Some(record));
         }
@@ -259,9 +269,10 @@ impl MultiRedisStore {
         if failures.is_empty() { Ok(None) } else { Err(Error::from_failures(failures)) }
     }
 
-    /// Copy-on-read of a record found in `source` (not in W) into every W backend.
-    async fn copy_back(&self, source: &Node, sid: &Id, bytes: &[u8], record: &Record, deadline: Deadline) {
-        let write = Write { sid, bytes, pxat: codec::expiry_millis(record.expiry_date), deadline };
+    /// Copy-on-read of a record found in backend `source` (not in W) into every W backend.
+    async fn copy_back(&self, source: usize, sid: &Id, bytes: &[u8], pxat: u64, deadline: Deadline) {
+        let source = &self.inner.nodes[source];
+        let write = Write { sid, bytes, pxat, deadline };
         let results = self.fan_out(&self.inner.writers, |w| write.on(w, SetIf::Absent)).await;
         let mut created = Vec::new();
         let mut complete = true;
@@ -344,16 +355,40 @@ impl MultiRedisStore {
         let mut misses = Vec::new();
         let mut failures = Vec::new();
         let mut written = 0;
-        for (w, result) in results {
+        for (&index, (_, result)) in self.inner.writers.iter().zip(results) {
             match result {
                 Ok(true) => written += 1,
-                Ok(false) => misses.push(w),
+                Ok(false) => misses.push(index),
                 Err(err) => failures.push(err),
             }
         }
         if !misses.is_empty() && !self.inner.sources.is_empty() {
-            // Boxed: a rare path, kept out of every save's future.
-            written += Box::pin(self.save_missed(&misses, write, &mut failures)).await;
+            // In a task of its own: a save dropped mid-way must not leave a
+            // filled copy behind unchecked.
+            let (store, sid, pxat, deadline) = (self.clone(), record.id, write.pxat, write.deadline);
+            let first_missed = self.inner.nodes[misses[0]].name.clone();
+            let fill = tokio::spawn(async move {
+                let mut failures = Vec::new();
+                let write = Write { sid: &sid, bytes: &bytes, pxat, deadline };
+                let written = store.save_missed(&misses, write, &mut failures).await;
+                (written, failures)
+            });
+            match fill.await {
+                Ok((filled, errors)) => {
+                    written += filled;
+                    failures.extend(errors);
+                }
+                // Only if it panicked or the runtime is shutting down: not a save.
+                Err(err) => failures.push(Error::Redis {
+                    backend: first_missed,
+                    op: "SET NX",
+                    source: redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "the task filling write backends ended",
+                        err.to_string(),
+                    )),
+                }),
+            }
         }
         let any = self.inner.options.write_policy == WritePolicy::Any;
         if failures.is_empty() || (any && written > 0) {
@@ -369,10 +404,11 @@ impl MultiRedisStore {
     /// The part of `save` for W backends that missed the `SET XX`: fill them
     /// from a source that holds the session, or only update a copy that
     /// landed meanwhile. Returns how many of them now hold the saved record.
-    async fn save_missed(&self, misses: &[&Node], write: Write<'_>, failures: &mut Vec<Error>) -> usize {
+    async fn save_missed(&self, misses: &[usize], write: Write<'_>, failures: &mut Vec<Error>) -> usize {
+        let misses: Vec<&Node> = misses.iter().map(|&i| &self.inner.nodes[i]).collect();
         let witnesses = self.sources_holding(write.sid, failures, write.deadline).await;
         if !witnesses.is_empty() {
-            return self.fill(misses, &witnesses, write, failures).await;
+            return self.fill(&misses, &witnesses, write, failures).await;
         }
         // In no source (logged out, expired, moved meanwhile, or only in
         // other W backends): creating it could resurrect it. A copy-on-read
