@@ -169,15 +169,16 @@ async fn a_save_whose_copy_cannot_be_confirmed_fails_instead_of_pretending() {
     assert_eq!(app.load(&rec.id).await.unwrap(), Some(rec), "the session is intact in old");
 }
 
-/// A load dropped while its copy-on-read waits for the source check (a client
-/// that went away) must still finish the check: here the source loses the
-/// session between the copy and the check, so the copy must be undone.
+/// A load (copy-on-read) or a save (filling "new" from "old") dropped while
+/// its copy waits for the check against the source (a client that went away)
+/// must still finish the check: here the source loses the session between
+/// the copy and the check, so the copy must be undone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_load_dropped_during_its_copy_check_still_checks_the_copy() {
+async fn a_request_dropped_during_its_copy_check_still_checks_the_copy() {
     let servers = servers(2);
     let (new, old) = (&servers[0], &servers[1]);
     let proxy = DelayProxy::start(old.port(), Duration::from_millis(300)).await;
-    for policy in [CopyOnRead::Copy, CopyOnRead::Move] {
+    for (policy, saving) in [(CopyOnRead::Copy, false), (CopyOnRead::Move, false), (CopyOnRead::Off, true)] {
         let store = store(new.url(), proxy.url(), policy).await;
         // Warm the proxied connection so timings below are one hop each.
         store.load(&record("warm").id).await.unwrap();
@@ -185,8 +186,9 @@ async fn a_load_dropped_during_its_copy_check_still_checks_the_copy() {
         let key = rec.id.to_string();
         raw_set(old, &key, &codec::encode(&rec).unwrap()).await;
 
-        // t=0: GET "old" arrives at t=300; the copy lands in "new" at once;
-        // the check is sent then and reaches "old" at t~600.
+        // t=0: GET (load) or EXISTS (save) reaches "old" at t=300; the copy
+        // lands in "new" at once; the check is sent then and reaches "old" at
+        // t~600.
         let watcher = {
             let (new_conn, mut old_conn, key) = (conn(new).await, conn(old).await, key.clone());
             tokio::spawn(async move {
@@ -204,8 +206,9 @@ async fn a_load_dropped_during_its_copy_check_still_checks_the_copy() {
             })
         };
         // t=450: the request is dropped while the check is on its way.
-        let dropped = tokio::time::timeout(Duration::from_millis(450), store.load(&rec.id)).await;
-        assert!(dropped.is_err(), "{policy:?}: the load was to be cut short during its check");
+        let request = async { if saving { store.save(&rec).await } else { store.load(&rec.id).await.map(|_| ()) } };
+        let dropped = tokio::time::timeout(Duration::from_millis(450), request).await;
+        assert!(dropped.is_err(), "{policy:?}: the request was to be cut short during its check");
         assert!(watcher.await.unwrap(), "{policy:?}: the copy landed in new");
         // The check (and the undo) finish anyway.
         tokio::time::sleep(Duration::from_millis(600)).await;
