@@ -5,8 +5,9 @@
 //! * raw redis-rs: the same commands (`GET`, `SET ... PXAT XX`) and the same
 //!   encoding on one multiplexed connection, the floor: with redis-rs 1.x's
 //!   defaults (Nagle's algorithm on), and with `TCP_NODELAY` like the store;
-//! * MultiRedisStore, one backend (default settings, `TCP_NODELAY`), the
-//!   same with `tcp_nodelay(false)`, and with `auto_pipeline(true)`;
+//! * MultiRedisStore, one backend: default settings (`TCP_NODELAY`,
+//!   `auto_pipeline`), the same with `tcp_nodelay(false)`, and with
+//!   `auto_pipeline(false)` (every command handed to redis-rs as it comes);
 //! * MultiRedisStore, `new: read+write, old: read+delete`, session in "new";
 //! * the same, first touch of a session still only in "old" (copy-on-read);
 //! * tower-sessions-redis-store 0.16 (fred, 6-connection pool), the anchor,
@@ -23,8 +24,11 @@
 //! pins the servers to CPU 0 and the client to CPU 1 (Linux `taskset`).
 //!
 //! For profiling one case: `BENCH_CASES=raw,one` (of anchor, raw,
-//! raw-nodelay, one, one-nagle, one-pipelined, two, first), `BENCH_TASKS=64`, `BENCH_MILLIS=5000`, `BENCH_ROUNDS=1`,
-//! `BENCH_HTTP=0`; a partial run leaves the chart alone.
+//! raw-nodelay, one, one-nagle, one-direct, two, first), `BENCH_TASKS=64`,
+//! `BENCH_MILLIS=5000`, `BENCH_ROUNDS=1`, `BENCH_HTTP=0`; a partial run leaves
+//! the chart alone. `BENCH_LINK=veth` puts the servers behind a veth link
+//! (root only; see `support/veth.rs`), `BENCH_PAD=n` adds `n` bytes to the
+//! session.
 
 #[path = "../examples/shared/app.rs"]
 mod app;
@@ -32,6 +36,8 @@ mod app;
 mod session;
 #[path = "support/mod.rs"]
 mod support;
+#[path = "support/veth.rs"]
+mod veth;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -51,7 +57,7 @@ use session::small_session;
 const SESSIONS: usize = 10_000;
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 /// Short names of [`CASES`], for `BENCH_CASES`.
-const CASE_KEYS: [&str; 8] = ["anchor", "raw", "raw-nodelay", "one", "one-nagle", "one-pipelined", "two", "first"];
+const CASE_KEYS: [&str; 8] = ["anchor", "raw", "raw-nodelay", "one", "one-nagle", "one-direct", "two", "first"];
 
 /// Knobs from the environment (see the module docs); the defaults are the full run.
 struct Knobs {
@@ -60,6 +66,8 @@ struct Knobs {
     tasks: Vec<usize>,
     cases: Vec<bool>,
     http: bool,
+    /// Loopback and the standard session (no `BENCH_LINK=veth`, no `BENCH_PAD`).
+    standard: bool,
 }
 
 impl Knobs {
@@ -80,12 +88,13 @@ impl Knobs {
             tasks,
             cases,
             http: var("BENCH_HTTP").as_deref() != Some("0"),
+            standard: var("BENCH_LINK").is_none_or(|l| l == "lo") && var("BENCH_PAD").is_none(),
         }
     }
 
     /// Whether this is the full run (the only one that redraws the chart).
     fn full(&self) -> bool {
-        self.tasks == CONCURRENCY && self.cases.iter().all(|&c| c) && self.http
+        self.tasks == CONCURRENCY && self.cases.iter().all(|&c| c) && self.http && self.standard
     }
 }
 
@@ -169,7 +178,12 @@ fn anchor_binary() -> Option<PathBuf> {
 }
 
 fn anchor(bin: &PathBuf, url: &str, millis: u64, concurrency: usize) -> Sample {
-    let out = std::process::Command::new(bin)
+    let mut command = std::process::Command::new(bin);
+    if pinned() {
+        // Like this process: one worker on its one core.
+        command.env("TOKIO_WORKER_THREADS", "1");
+    }
+    let out = command
         .args([url, &concurrency.to_string(), &millis.to_string(), &SESSIONS.to_string()])
         .output()
         .expect("run the anchor");
@@ -188,7 +202,7 @@ const CASES: [&str; 8] = [
     "raw redis-rs, TCP_NODELAY",
     "MultiRedisStore, 1 backend",
     "MultiRedisStore, 1 backend, Nagle",
-    "MultiRedisStore, 1 backend, auto_pipeline",
+    "MultiRedisStore, 1 backend, no auto_pipeline",
     "MultiRedisStore, 2 backends, in new",
     "MultiRedisStore, 2 backends, first touch",
 ];
@@ -198,44 +212,96 @@ const RAW: usize = 1;
 const RAW_NODELAY: usize = 2;
 const ONE: usize = 3;
 const ONE_NAGLE: usize = 4;
-const ONE_PIPELINED: usize = 5;
+const ONE_DIRECT: usize = 5;
 const TWO: usize = 6;
 const FIRST: usize = 7;
 
+/// Whether `BENCH_PIN=1` asks for pinning.
+fn pinned() -> bool {
+    std::env::var("BENCH_PIN").as_deref() == Ok("1")
+}
+
 /// With `BENCH_PIN=1`: redis-servers on CPU 0, this process (and the anchor it
 /// starts) on CPU 1, so server and client stop competing for one core.
-fn pin(servers: &[&RedisServer]) {
-    if std::env::var("BENCH_PIN").as_deref() != Ok("1") {
+fn pin(servers: [u32; 2]) {
+    if !pinned() {
         return;
     }
     let taskset = |cpu: &str, pid: u32| {
         let ok = std::process::Command::new("taskset").args(["-a", "-p", "-c", cpu, &pid.to_string()]).output();
         assert!(ok.is_ok_and(|o| o.status.success()), "taskset failed");
     };
-    for server in servers {
-        taskset("0", server.pid().unwrap());
+    for pid in servers {
+        taskset("0", pid);
     }
     taskset("1", std::process::id());
-    eprintln!("pinned: redis-server on CPU 0, client on CPU 1");
+    eprintln!("pinned: redis-server on CPU 0, client on CPU 1 (one runtime worker thread)");
 }
 
-#[tokio::main]
-async fn main() {
+/// The two servers of a run ("main" and "old"): on loopback, or with
+/// `BENCH_LINK=veth` across a veth link (see `support/veth.rs`).
+enum Servers {
+    Loopback(RedisServer, RedisServer),
+    // Fields drop in order: the servers, then their namespace.
+    Veth { main: veth::NsServer, old: veth::NsServer, _link: veth::Veth },
+}
+
+impl Servers {
+    fn start() -> Servers {
+        match std::env::var("BENCH_LINK").as_deref() {
+            Ok("veth") => {
+                let link = veth::Veth::create().expect("BENCH_LINK=veth needs Linux, root and iproute2");
+                let start = |port| link.start_server(port).expect("redis-server in the namespace");
+                let (main, old) = (start(7001), start(7002));
+                eprintln!("link: veth, servers at {}", link.server_ip);
+                Servers::Veth { main, old, _link: link }
+            }
+            Ok("lo") | Err(_) => Servers::Loopback(RedisServer::start().unwrap(), RedisServer::start().unwrap()),
+            Ok(other) => panic!("BENCH_LINK: `lo` or `veth`, not `{other}`"),
+        }
+    }
+
+    fn urls(&self) -> (String, String) {
+        match self {
+            Servers::Loopback(main, old) => (main.url(), old.url()),
+            Servers::Veth { main, old, .. } => (main.url(), old.url()),
+        }
+    }
+
+    fn pids(&self) -> [u32; 2] {
+        match self {
+            Servers::Loopback(main, old) => [main.pid().unwrap(), old.pid().unwrap()],
+            Servers::Veth { main, old, .. } => [main.pid(), old.pid()],
+        }
+    }
+}
+
+fn main() {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if pinned() {
+        // One core, one worker: two workers on one core only trade it back and forth.
+        runtime.worker_threads(1);
+    }
+    runtime.enable_all().build().unwrap().block_on(run());
+}
+
+async fn run() {
     let knobs = Knobs::from_env();
-    let (main_server, old_server) = (RedisServer::start().unwrap(), RedisServer::start().unwrap());
-    pin(&[&main_server, &old_server]);
-    let one = MultiRedisStore::builder().backend(Backend::url("main", main_server.url())).build().await.unwrap();
+    let servers = Servers::start();
+    pin(servers.pids());
+    let (main_url, old_url) = servers.urls();
+    let one = MultiRedisStore::builder().backend(Backend::url("main", main_url.clone())).build().await.unwrap();
     let one_with = |backend: Backend| MultiRedisStore::builder().backend(backend).build();
-    let one_nagle = one_with(Backend::url("main", main_server.url()).tcp_nodelay(false)).await.unwrap();
-    let one_pipelined = one_with(Backend::url("main", main_server.url()).auto_pipeline(true)).await.unwrap();
+    let one_nagle = one_with(Backend::url("main", main_url.clone()).tcp_nodelay(false)).await.unwrap();
+    let one_direct = one_with(Backend::url("main", main_url.clone()).auto_pipeline(false)).await.unwrap();
     let two = MultiRedisStore::builder()
-        .backend(Backend::url("new", main_server.url()).prefix("two:"))
-        .backend(Backend::url("old", old_server.url()).prefix("two:").modes(Modes::READ_DELETE))
+        .backend(Backend::url("new", main_url.clone()).prefix("two:"))
+        .backend(Backend::url("old", old_url.clone()).prefix("two:").modes(Modes::READ_DELETE))
         .build()
         .await
         .unwrap();
     let raw_conn = |nodelay: bool| {
-        let info = redis::IntoConnectionInfo::into_connection_info(main_server.url().as_str()).unwrap();
+        let info = redis::IntoConnectionInfo::into_connection_info(main_url.as_str()).unwrap();
         let tcp = info.tcp_settings().clone().set_nodelay(nodelay);
         let client = redis::Client::open(info.set_tcp_settings(tcp)).unwrap();
         async move { client.get_multiplexed_async_connection().await }
@@ -254,7 +320,7 @@ async fn main() {
     let (one_ids, two_ids) = (Arc::new(one_ids), Arc::new(two_ids));
     // Sessions only in "old", one per first-touch request.
     let fresh: Arc<Vec<Id>> = {
-        let mut conn = old_server.client().unwrap().get_multiplexed_async_connection().await.unwrap();
+        let mut conn = redis::Client::open(old_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
         let mut ids = Vec::new();
         let chunks =
             if knobs.cases[FIRST] { 60 * knobs.millis.div_ceil(1500) * knobs.rounds.div_ceil(3) as u64 } else { 0 };
@@ -288,7 +354,7 @@ async fn main() {
     for round in 0..knobs.rounds {
         for (ci, &c) in knobs.tasks.iter().enumerate() {
             if let Some(bin) = &anchor_bin {
-                results[ANCHOR][ci].push(anchor(bin, &main_server.url(), millis, c));
+                results[ANCHOR][ci].push(anchor(bin, &main_url, millis, c));
             }
             for (case, conn) in [(RAW, &raw), (RAW_NODELAY, &raw_nodelay)] {
                 if knobs.cases[case] {
@@ -300,7 +366,7 @@ async fn main() {
             for (case, store, ids) in [
                 (ONE, &one, &one_ids),
                 (ONE_NAGLE, &one_nagle, &one_ids),
-                (ONE_PIPELINED, &one_pipelined, &one_ids),
+                (ONE_DIRECT, &one_direct, &one_ids),
                 (TWO, &two, &two_ids),
             ] {
                 if knobs.cases[case] {

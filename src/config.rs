@@ -114,7 +114,7 @@ pub struct BackendConfig {
     pub retry_on_timeout: Option<bool>,
     /// `TCP_NODELAY` (default true); see [`Backend::tcp_nodelay`].
     pub tcp_nodelay: Option<bool>,
-    /// Write concurrent requests' commands together (default false); see [`Backend::auto_pipeline`].
+    /// Write concurrent requests' commands together when busy (default true); see [`Backend::auto_pipeline`].
     pub auto_pipeline: Option<bool>,
     /// Accept a read backend without write or delete.
     pub allow_read_without_delete: Option<bool>,

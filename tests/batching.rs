@@ -1,5 +1,5 @@
-//! With `auto_pipeline`, the commands of concurrent requests to one server
-//! are written together (`src/connection/link.rs`): each request still gets
+//! With `auto_pipeline` (the default), the commands of concurrent requests to
+//! one busy server are written together (`src/connection/link.rs`): each request still gets
 //! its own reply, a server error stays with its command, a dropped request
 //! strands nobody, and a frozen server fails the batch within the socket
 //! timeout. (That the commands really share one write is a unit test in that
@@ -149,12 +149,16 @@ async fn a_frozen_server_fails_every_queued_command_within_the_timeout() {
 async fn config_files_set_auto_pipeline_and_tcp_nodelay() {
     let servers = servers(1);
     let config = Config::from_toml_str(&format!(
-        "[[backends]]\nname = \"main\"\nmodes = [\"read\", \"write\"]\nurl = \"{}\"\nauto_pipeline = true\ntcp_nodelay = false\n",
+        "[[backends]]\nname = \"main\"\nmodes = [\"read\", \"write\"]\nurl = \"{}\"\nauto_pipeline = false\ntcp_nodelay = false\n",
         servers[0].url()
     ))
     .unwrap();
     let printed = format!("{config:?}");
-    assert!(printed.contains("auto_pipeline: Some(true)") && printed.contains("tcp_nodelay: Some(false)"), "{printed}");
+    assert!(
+        printed.contains("auto_pipeline: Some(false)") && printed.contains("tcp_nodelay: Some(false)"),
+        "{printed}"
+    );
+    // Both off: every command handed to the connection as it comes.
     let store = config.into_builder().unwrap().build().await.unwrap();
     let mut rec = record("ada");
     store.create(&mut rec).await.unwrap();

@@ -5,8 +5,10 @@
 
 use tower_sessions_core::session::{Id, Record};
 
+/// A fresh session (new id, expiring in an hour). `BENCH_PAD=n` adds a field
+/// of `n` bytes, for larger sessions (the anchor inherits the variable).
 pub fn small_session() -> Record {
-    Record {
+    let mut record = Record {
         id: Id::default(),
         data: [
             ("user_id".to_owned(), serde_json::json!(42)),
@@ -15,5 +17,10 @@ pub fn small_session() -> Record {
         ]
         .into(),
         expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+    };
+    let pad = std::env::var("BENCH_PAD").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+    if pad > 0 {
+        record.data.insert("notes".to_owned(), serde_json::json!("n".repeat(pad)));
     }
+    record
 }

@@ -1,28 +1,26 @@
 //! One server's connection: a reconnecting `ConnectionManager` that, with
-//! [`Backend::auto_pipeline`](crate::Backend::auto_pipeline), writes the
-//! commands of concurrent requests together.
+//! [`Backend::auto_pipeline`](crate::Backend::auto_pipeline) (the default),
+//! writes the commands of concurrent requests together once the connection
+//! is busy.
 //!
-//! redis-rs writes each command as soon as it is queued, so many requests in
-//! flight on one connection cost one `writev` (and, with `TCP_NODELAY`, one
-//! packet and one wake-up of the server) per command. A `Link` sends a
-//! command at once when the connection is idle. Otherwise the command is
-//! queued, and the first command of a queue spawns a flush task, which
-//! yields (`tokio::task::yield_now`: the runtime runs its other ready tasks,
-//! which queue their commands) and then sends the queue as one pipeline.
-//! Nothing waits for a timer or for earlier replies, and the next batch can
-//! start while this one is in flight. The wait is at most one turn of the
-//! runtime's scheduler (tokio wakes yielded tasks whenever it polls for I/O).
+//! redis-rs hands each command to its connection task as it comes, and under
+//! tokio's multi-thread scheduler that task usually runs at once, so many
+//! requests in flight on one connection cost one `writev` (and, with
+//! `TCP_NODELAY`, one packet and one wake-up of the server) per command.
 //!
-//! It pays when the client is busy with many commands in flight (many
-//! concurrent requests per connection, `TCP_NODELAY`): fewer system calls,
-//! packets and server wake-ups. With fewer requests in flight it costs
-//! latency, since the server no longer works on the first command while the
-//! client prepares the rest. `BENCHMARKS.md` has both.
+//! The rule here: a command goes out at once when nothing is in flight.
+//! Otherwise it joins the next batch, which is sent, as one pipeline, once it
+//! holds at least half as many commands as are in flight, or when an answer
+//! leaves it at least that large (at the latest when everything in flight is
+//! answered). So with one or two commands in flight nothing waits; under load
+//! the commands settle into a few batches that take turns, one being served
+//! while the client prepares the next, and a command waits at most until
+//! half of what was in flight is answered. Nothing waits for a timer.
 //!
 //! Each command keeps its own reply, server errors included; a connection
-//! error or timeout is every command's error of that batch. The flush runs
-//! in its own task, so a request dropped mid-way (a client that went away)
-//! never strands the commands queued with it.
+//! error or timeout is every command's error of that batch. Batches are sent
+//! from a task of their own, so a request dropped mid-way (a client that went
+//! away) never strands the commands queued with it.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -33,13 +31,39 @@ use tokio::sync::oneshot;
 /// What is in flight and what waits.
 #[derive(Default)]
 struct State {
-    /// Commands sent straight to the connection and not answered yet.
-    direct: usize,
-    /// The next batch, whose flush task is spawned.
+    /// Commands written and not answered yet (on their own or in batches).
+    in_flight: usize,
+    /// The next batch.
     queue: Option<Batch>,
     /// Writes so far (direct commands and batches), for the tests.
     #[cfg(test)]
     sends: usize,
+}
+
+impl State {
+    /// The queued batch, when it is due: once it holds as many commands as
+    /// are in flight (so two batches of about equal size alternate, one on
+    /// the server while the client prepares the other), or when nothing is
+    /// in flight. Counts it as in flight.
+    fn due(&mut self) -> Option<Batch> {
+        let len = self.queue.as_ref().map_or(0, |b| b.waiters.len());
+        if len == 0 || 2 * len < self.in_flight {
+            return None;
+        }
+        self.in_flight += len;
+        #[cfg(test)]
+        {
+            self.sends += 1;
+        }
+        self.queue.take()
+    }
+
+    /// `count` commands in flight were answered (or dropped): the batch
+    /// that is due now, if any.
+    fn answered(&mut self, count: usize) -> Option<Batch> {
+        self.in_flight -= count;
+        self.due()
+    }
 }
 
 /// Commands waiting to be sent together.
@@ -64,12 +88,23 @@ pub(crate) struct Link {
     state: Option<Arc<Mutex<State>>>,
 }
 
-/// Counts a direct command as answered, even when its request is dropped.
-struct DirectGuard<'a>(&'a Mutex<State>);
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Counts a direct command as answered once it is (or its request is
+/// dropped), and sends the queued batch if that made it due.
+struct DirectGuard<'a> {
+    link: &'a Link,
+    state: &'a Arc<Mutex<State>>,
+}
 
 impl Drop for DirectGuard<'_> {
     fn drop(&mut self) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).direct -= 1;
+        let next = lock(self.state).answered(1);
+        if let Some(batch) = next {
+            start_flush(self.link.manager.clone(), self.state.clone(), batch);
+        }
     }
 }
 
@@ -83,16 +118,16 @@ impl Link {
         self.manager.clone()
     }
 
-    /// Sends one command, at once when the connection is idle, else with the
-    /// others queued by the tasks ready to run; reads its reply.
+    /// Sends one command, at once when nothing is in flight, else in the
+    /// next batch; reads its reply.
     pub(crate) async fn query(&self, cmd: &Cmd) -> RedisResult<Value> {
         let Some(shared) = &self.state else {
             return send(self.manager.clone(), cmd).await;
         };
         let receiver = {
-            let mut state = shared.lock().unwrap_or_else(PoisonError::into_inner);
-            if state.direct == 0 && state.queue.is_none() {
-                state.direct += 1;
+            let mut state = lock(shared);
+            if state.in_flight == 0 && state.queue.is_none() {
+                state.in_flight += 1;
                 #[cfg(test)]
                 {
                     state.sends += 1;
@@ -100,23 +135,23 @@ impl Link {
                 None
             } else {
                 let (reply, receiver) = oneshot::channel();
-                let first = state.queue.is_none();
                 let batch = state.queue.get_or_insert_with(Batch::new);
                 batch.pipe.add_command(cmd.clone());
                 batch.waiters.push(reply);
-                if first {
-                    tokio::spawn(flush(self.manager.clone(), shared.clone()));
+                if let Some(batch) = state.due() {
+                    drop(state);
+                    start_flush(self.manager.clone(), shared.clone(), batch);
                 }
                 Some(receiver)
             }
         };
         let Some(receiver) = receiver else {
-            let _answered = DirectGuard(shared);
+            let _answered = DirectGuard { link: self, state: shared };
             return send(self.manager.clone(), cmd).await;
         };
         match receiver.await {
             Ok(reply) => reply,
-            // Only if the runtime shut down under the flush task.
+            // Only if the runtime shut down before the batch was sent.
             Err(_) => Err(redis::RedisError::from((redis::ErrorKind::Io, "the batch was dropped unsent"))),
         }
     }
@@ -129,43 +164,55 @@ async fn send(mut manager: ConnectionManager, cmd: &Cmd) -> RedisResult<Value> {
     Box::pin(async move { manager.send_packed_command(cmd).await }).await
 }
 
-/// Lets the tasks that are ready to run queue their commands, then sends the
-/// queue as one pipeline.
-async fn flush(mut manager: ConnectionManager, state: Arc<Mutex<State>>) {
-    // `yield_now` rather than a self-wake (back of the run queue): with its
-    // longer wait, batches are larger; at 64 tasks, 90k requests/s against 61k.
-    tokio::task::yield_now().await;
-    let Some(batch) = ({
-        let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
-        #[cfg(test)]
-        {
-            state.sends += 1;
+/// Sends `batch` from a task of its own, so that no request's drop can
+/// strand the commands queued with it.
+fn start_flush(manager: ConnectionManager, state: Arc<Mutex<State>>, batch: Batch) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(flush(manager, state, batch));
         }
-        state.queue.take()
-    }) else {
-        return;
-    };
-    let count = batch.waiters.len();
-    match manager.send_packed_commands(&batch.pipe, 0, count).await {
-        Ok(replies) if replies.len() == count => {
-            for (waiter, reply) in batch.waiters.into_iter().zip(replies) {
-                let _ = waiter.send(Ok(reply));
+        // Dropped outside a runtime (it is shutting down): nothing can be
+        // sent any more. The waiters see their batch dropped unsent.
+        Err(_) => {
+            let mut state = lock(&state);
+            let mut count = batch.waiters.len();
+            while let Some(next) = state.answered(count) {
+                count = next.waiters.len();
             }
         }
-        Ok(replies) => {
-            let err = redis::RedisError::from((
-                redis::ErrorKind::Client,
-                "pipeline reply count mismatch",
-                format!("{} replies for {count} commands", replies.len()),
-            ));
-            for waiter in batch.waiters {
-                let _ = waiter.send(Err(err.clone()));
+    }
+}
+
+/// Sends `batch`, then each next batch that its answer makes due.
+async fn flush(mut manager: ConnectionManager, state: Arc<Mutex<State>>, mut batch: Batch) {
+    loop {
+        let count = batch.waiters.len();
+        match manager.send_packed_commands(&batch.pipe, 0, count).await {
+            Ok(replies) if replies.len() == count => {
+                for (waiter, reply) in batch.waiters.into_iter().zip(replies) {
+                    let _ = waiter.send(Ok(reply));
+                }
+            }
+            Ok(replies) => {
+                let err = redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "pipeline reply count mismatch",
+                    format!("{} replies for {count} commands", replies.len()),
+                ));
+                for waiter in batch.waiters {
+                    let _ = waiter.send(Err(err.clone()));
+                }
+            }
+            Err(err) => {
+                for waiter in batch.waiters {
+                    let _ = waiter.send(Err(err.clone()));
+                }
             }
         }
-        Err(err) => {
-            for waiter in batch.waiters {
-                let _ = waiter.send(Err(err.clone()));
-            }
+        let next = lock(&state).answered(count);
+        match next {
+            Some(next) => batch = next,
+            None => return,
         }
     }
 }
@@ -191,15 +238,18 @@ mod tests {
         let set: Vec<Cmd> = (0..64).map(|i| redis::cmd("SET").arg(format!("k{i}")).arg(i).clone()).collect();
         let replies = futures_util::future::join_all(set.iter().map(|cmd| link.query(cmd))).await;
         assert!(replies.iter().all(|r| matches!(r, Ok(Value::Okay))), "{replies:?}");
-        // The first went straight out; the 63 queued meanwhile went together.
-        assert_eq!(sends(&link), 2, "64 commands queued in one poll: one direct, one batch");
+        // 64 commands in one poll, before any answer: the first went straight
+        // out, then each batch left once it held half as many commands as
+        // were in flight (1, 1, 2, 3, 4, 6, 9, 14, 21), and the last 2 once
+        // the rest was answered.
+        assert_eq!(sends(&link), 11, "one direct command and ten batches");
 
         // Mixed with a server error: each reply is its own command's.
         let _: () = redis::cmd("RPUSH").arg("list").arg("x").query_async(&mut link.manager()).await.unwrap();
         let mut get: Vec<Cmd> = (0..64).map(|i| redis::cmd("GET").arg(format!("k{i}")).clone()).collect();
         get[7] = redis::cmd("GET").arg("list").clone();
         let replies = futures_util::future::join_all(get.iter().map(|cmd| link.query(cmd))).await;
-        assert_eq!(sends(&link), 4);
+        assert_eq!(sends(&link), 22);
         for (i, reply) in replies.into_iter().enumerate() {
             let reply = reply.unwrap().extract_error();
             if i == 7 {
@@ -219,7 +269,8 @@ mod tests {
             assert_eq!(reply, Value::Int(i + 1));
         }
         assert_eq!(sends(&link), 5);
-        assert!(link.state.as_ref().unwrap().lock().unwrap().queue.is_none(), "no flush task was needed");
+        let state = link.state.as_ref().unwrap().lock().unwrap();
+        assert!(state.queue.is_none() && state.in_flight == 0, "nothing queued, nothing left in flight");
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -230,5 +281,31 @@ mod tests {
         let cmds: Vec<Cmd> = (0..8).map(|_| redis::cmd("PING")).collect();
         let replies = futures_util::future::join_all(cmds.iter().map(|cmd| link.query(cmd))).await;
         assert!(replies.iter().all(Result::is_err), "{replies:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn requests_dropped_mid_way_leave_nothing_in_flight() {
+        use futures_util::FutureExt;
+
+        let server = RedisServer::start().unwrap();
+        let link = link(&server).await;
+        let cmds: Vec<Cmd> = (0..64).map(|i| redis::cmd("SET").arg(format!("d{i}")).arg(i).clone()).collect();
+        // One poll, then every request is dropped: the direct one mid-way,
+        // the queued ones with their batches already handed to tasks.
+        assert!(futures_util::future::join_all(cmds.iter().map(|cmd| link.query(cmd))).now_or_never().is_none());
+        // The batches still go out and are counted as answered.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let state = link.state.as_ref().unwrap().lock().unwrap();
+            if state.in_flight == 0 && state.queue.is_none() {
+                break;
+            }
+            drop(state);
+            assert!(tokio::time::Instant::now() < deadline, "commands stuck in flight");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let sent = sends(&link);
+        assert_eq!(link.query(redis::cmd("GET").arg("d63")).await.unwrap(), Value::BulkString(b"63".to_vec()));
+        assert_eq!(sends(&link), sent + 1, "an idle connection again: the next command goes straight out");
     }
 }
