@@ -296,11 +296,13 @@ mod tests {
         // The batches still go out and are counted as answered.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
-            let state = link.state.as_ref().unwrap().lock().unwrap();
-            if state.in_flight == 0 && state.queue.is_none() {
+            let idle = {
+                let state = link.state.as_ref().unwrap().lock().unwrap();
+                state.in_flight == 0 && state.queue.is_none()
+            };
+            if idle {
                 break;
             }
-            drop(state);
             assert!(tokio::time::Instant::now() < deadline, "commands stuck in flight");
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
