@@ -10,12 +10,13 @@
 //!
 //! The rule here: a command goes out at once when nothing is in flight.
 //! Otherwise it joins the next batch, which is sent, as one pipeline, once it
-//! holds at least half as many commands as are in flight, or when an answer
-//! leaves it at least that large (at the latest when everything in flight is
-//! answered). So with one or two commands in flight nothing waits; under load
-//! the commands settle into a few batches that take turns, one being served
-//! while the client prepares the next, and a command waits at most until
-//! half of what was in flight is answered. Nothing waits for a timer.
+//! holds at least a third as many commands as are in flight, or when an
+//! answer leaves it at least that large (at the latest when everything in
+//! flight is answered). So with up to three commands in flight nothing
+//! waits; under load the commands settle into a few batches that take turns,
+//! some being served while the client prepares the next, and a command waits
+//! at most until two thirds of what was in flight is answered. Nothing waits
+//! for a timer. (Half and a quarter were measured too: `BENCHMARKS.md`.)
 //!
 //! Each command keeps its own reply, server errors included; a connection
 //! error or timeout is every command's error of that batch. Batches are sent
@@ -41,13 +42,13 @@ struct State {
 }
 
 impl State {
-    /// The queued batch, when it is due: once it holds as many commands as
-    /// are in flight (so two batches of about equal size alternate, one on
-    /// the server while the client prepares the other), or when nothing is
-    /// in flight. Counts it as in flight.
+    /// The queued batch, when it is due: once it holds a third as many
+    /// commands as are in flight (so a few batches of about equal size take
+    /// turns, some on the server while the client prepares the next), or when
+    /// nothing is in flight. Counts it as in flight.
     fn due(&mut self) -> Option<Batch> {
         let len = self.queue.as_ref().map_or(0, |b| b.waiters.len());
-        if len == 0 || 2 * len < self.in_flight {
+        if len == 0 || 3 * len < self.in_flight {
             return None;
         }
         self.in_flight += len;
@@ -239,17 +240,16 @@ mod tests {
         let replies = futures_util::future::join_all(set.iter().map(|cmd| link.query(cmd))).await;
         assert!(replies.iter().all(|r| matches!(r, Ok(Value::Okay))), "{replies:?}");
         // 64 commands in one poll, before any answer: the first went straight
-        // out, then each batch left once it held half as many commands as
-        // were in flight (1, 1, 2, 3, 4, 6, 9, 14, 21), and the last 2 once
-        // the rest was answered.
-        assert_eq!(sends(&link), 11, "one direct command and ten batches");
+        // out, then each batch left once it held a third as many commands as
+        // were in flight (1, 1, 1, 2, 2, 3, 4, 5, 7, 9, 12, 16).
+        assert_eq!(sends(&link), 13, "one direct command and twelve batches");
 
         // Mixed with a server error: each reply is its own command's.
         let _: () = redis::cmd("RPUSH").arg("list").arg("x").query_async(&mut link.manager()).await.unwrap();
         let mut get: Vec<Cmd> = (0..64).map(|i| redis::cmd("GET").arg(format!("k{i}")).clone()).collect();
         get[7] = redis::cmd("GET").arg("list").clone();
         let replies = futures_util::future::join_all(get.iter().map(|cmd| link.query(cmd))).await;
-        assert_eq!(sends(&link), 22);
+        assert_eq!(sends(&link), 26);
         for (i, reply) in replies.into_iter().enumerate() {
             let reply = reply.unwrap().extract_error();
             if i == 7 {
