@@ -752,8 +752,9 @@ impl Node {
         deadline: Deadline,
     ) -> Result<bool, Error> {
         let (key, member) = self.route(id);
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key).arg(value).arg("PXAT").arg(pxat);
+        // Sized up front: the value is most of the command.
+        let mut cmd = redis::Cmd::with_capacity(6, key.len() + value.len() + 32);
+        cmd.arg("SET").arg(key).arg(value).arg("PXAT").arg(pxat);
         let (op, idempotent) = match cond {
             SetIf::Absent => ("SET NX", false),
             SetIf::Present => ("SET XX", true),
