@@ -27,11 +27,14 @@
 //! raw-nodelay, one, one-nagle, one-direct, two, first), `BENCH_TASKS=64`,
 //! `BENCH_MILLIS=5000`, `BENCH_ROUNDS=1`, `BENCH_HTTP=0`; a partial run leaves
 //! the chart alone. `BENCH_LINK=veth` puts the servers behind a veth link
-//! (root only; see `support/veth.rs`), `BENCH_PAD=n` adds `n` bytes to the
-//! session.
+//! (root only; see `support/veth.rs`), `BENCH_DELAY_MS=n` puts a proxy that
+//! delays every chunk by `n` ms each way in front of each server
+//! (`support/delay.rs`), `BENCH_PAD=n` adds `n` bytes to the session.
 
 #[path = "../examples/shared/app.rs"]
 mod app;
+#[path = "support/delay.rs"]
+mod delay;
 #[path = "support/session.rs"]
 mod session;
 #[path = "support/mod.rs"]
@@ -66,7 +69,8 @@ struct Knobs {
     tasks: Vec<usize>,
     cases: Vec<bool>,
     http: bool,
-    /// Loopback and the standard session (no `BENCH_LINK=veth`, no `BENCH_PAD`).
+    /// Loopback, no proxy, the standard session (no `BENCH_LINK=veth`,
+    /// `BENCH_DELAY_MS` or `BENCH_PAD`).
     standard: bool,
 }
 
@@ -88,7 +92,9 @@ impl Knobs {
             tasks,
             cases,
             http: var("BENCH_HTTP").as_deref() != Some("0"),
-            standard: var("BENCH_LINK").is_none_or(|l| l == "lo") && var("BENCH_PAD").is_none(),
+            standard: var("BENCH_LINK").is_none_or(|l| l == "lo")
+                && var("BENCH_PAD").is_none()
+                && var("BENCH_DELAY_MS").is_none(),
         }
     }
 
@@ -261,10 +267,19 @@ impl Servers {
         }
     }
 
+    /// The servers' URLs; with `BENCH_DELAY_MS`, those of delaying proxies.
     fn urls(&self) -> (String, String) {
-        match self {
+        let (main, old) = match self {
             Servers::Loopback(main, old) => (main.url(), old.url()),
             Servers::Veth { main, old, .. } => (main.url(), old.url()),
+        };
+        match std::env::var("BENCH_DELAY_MS").ok().filter(|v| !v.is_empty()) {
+            Some(ms) => {
+                let delay = Duration::from_millis(ms.parse().expect("BENCH_DELAY_MS: a number"));
+                eprintln!("each server behind a proxy holding every chunk {delay:?} each way");
+                (delay::start(&main, delay), delay::start(&old, delay))
+            }
+            None => (main, old),
         }
     }
 
@@ -307,15 +322,22 @@ async fn run() {
         async move { client.get_multiplexed_async_connection().await }
     };
     let (raw, raw_nodelay) = (raw_conn(false).await.unwrap(), raw_conn(true).await.unwrap());
-    let (mut one_ids, mut two_ids) = (Vec::new(), Vec::new());
-    for _ in 0..SESSIONS {
-        let mut rec = small_session();
-        one.create(&mut rec).await.unwrap();
-        one_ids.push(rec.id);
-        let mut rec = small_session();
-        two.create(&mut rec).await.unwrap();
-        two_ids.push(rec.id);
-    }
+    // Created 100 at a time (a slow link would make one at a time slow).
+    let create = |store: MultiRedisStore| async move {
+        let mut ids = Vec::with_capacity(SESSIONS);
+        for _ in 0..SESSIONS / 100 {
+            ids.extend(
+                futures_util::future::join_all((0..100).map(|_| async {
+                    let mut rec = small_session();
+                    store.create(&mut rec).await.unwrap();
+                    rec.id
+                }))
+                .await,
+            );
+        }
+        ids
+    };
+    let (one_ids, two_ids) = (create(one.clone()).await, create(two.clone()).await);
     eprintln!("session size: {} bytes", codec::encode(&small_session()).unwrap().len());
     let (one_ids, two_ids) = (Arc::new(one_ids), Arc::new(two_ids));
     // Sessions only in "old", one per first-touch request.

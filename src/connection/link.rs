@@ -9,14 +9,20 @@
 //! `TCP_NODELAY`, one packet and one wake-up of the server) per command.
 //!
 //! The rule here: a command goes out at once when nothing is in flight.
-//! Otherwise it joins the next batch, which is sent, as one pipeline, once it
-//! holds at least a third as many commands as are in flight, or when an
-//! answer leaves it at least that large (at the latest when everything in
-//! flight is answered). So with up to three commands in flight nothing
-//! waits; under load the commands settle into a few batches that take turns,
-//! some being served while the client prepares the next, and a command waits
-//! at most until two thirds of what was in flight is answered. Nothing waits
-//! for a timer. (Half and a quarter were measured too: `BENCHMARKS.md`.)
+//! Otherwise it joins the next batch, which is sent, as one pipeline, as soon
+//! as one of these holds:
+//! * it holds at least a third as many commands as are in flight (when a
+//!   command joins it, or when answers shrink what is in flight);
+//! * the runtime has run the other tasks that were ready when the batch was
+//!   started (a flush task spawned with the batch yields once, then sends it
+//!   whatever its size).
+//!
+//! The first keeps a busy client and the server both at work: under load the
+//! commands settle into a few batches that take turns, some being served
+//! while the client prepares the next. The second bounds the wait to one
+//! turn of the scheduler, so across a slow link nothing waits for a round
+//! trip. Nothing waits for a timer. (Other rules were measured too:
+//! `BENCHMARKS.md`.)
 //!
 //! Each command keeps its own reply, server errors included; a connection
 //! error or timeout is every command's error of that batch. Batches are sent
@@ -36,6 +42,9 @@ struct State {
     in_flight: usize,
     /// The next batch.
     queue: Option<Batch>,
+    /// Batches started so far: tells a batch's idle flush whether the queue
+    /// is still its batch.
+    started: u64,
     /// Writes so far (direct commands and batches), for the tests.
     #[cfg(test)]
     sends: usize,
@@ -51,12 +60,18 @@ impl State {
         if len == 0 || 3 * len < self.in_flight {
             return None;
         }
-        self.in_flight += len;
+        self.take()
+    }
+
+    /// The queued batch, counted as in flight.
+    fn take(&mut self) -> Option<Batch> {
+        let batch = self.queue.take()?;
+        self.in_flight += batch.waiters.len();
         #[cfg(test)]
         {
             self.sends += 1;
         }
-        self.queue.take()
+        Some(batch)
     }
 
     /// `count` commands in flight were answered (or dropped): the batch
@@ -136,6 +151,14 @@ impl Link {
                 None
             } else {
                 let (reply, receiver) = oneshot::channel();
+                if state.queue.is_none() {
+                    state.started += 1;
+                    // Outside a runtime there is no idle flush; the batch
+                    // still leaves when answers make it due.
+                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                        runtime.spawn(flush_when_idle(self.manager.clone(), shared.clone(), state.started));
+                    }
+                }
                 let batch = state.queue.get_or_insert_with(Batch::new);
                 batch.pipe.add_command(cmd.clone());
                 batch.waiters.push(reply);
@@ -181,6 +204,22 @@ fn start_flush(manager: ConnectionManager, state: Arc<Mutex<State>>, batch: Batc
                 count = next.waiters.len();
             }
         }
+    }
+}
+
+/// Lets the tasks that were ready run (they may add to the batch), then
+/// sends batch number `started` if it is still waiting.
+async fn flush_when_idle(manager: ConnectionManager, state: Arc<Mutex<State>>, started: u64) {
+    tokio::task::yield_now().await;
+    let batch = {
+        let mut state = lock(&state);
+        if state.started != started {
+            return;
+        }
+        state.take()
+    };
+    if let Some(batch) = batch {
+        flush(manager, state, batch).await;
     }
 }
 
@@ -309,5 +348,31 @@ mod tests {
         let sent = sends(&link);
         assert_eq!(link.query(redis::cmd("GET").arg("d63")).await.unwrap(), Value::BulkString(b"63".to_vec()));
         assert_eq!(sends(&link), sent + 1, "an idle connection again: the next command goes straight out");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_batch_leaves_once_the_ready_tasks_ran_without_waiting_for_answers() {
+        let server = RedisServer::start().unwrap();
+        let link = Arc::new(link(&server).await);
+        // The server answers nothing for a while (less than the connection's
+        // 500 ms response timeout); what the client sends meanwhile shows.
+        let _: () = redis::cmd("CLIENT")
+            .arg(&["PAUSE", "250", "ALL"])
+            .query_async(&mut server.client().unwrap().get_multiplexed_async_connection().await.unwrap())
+            .await
+            .unwrap();
+        let requests = tokio::spawn({
+            let link = link.clone();
+            async move {
+                let cmds: Vec<Cmd> = (0..5).map(|i| redis::cmd("SET").arg(format!("p{i}")).arg(i).clone()).collect();
+                futures_util::future::join_all(cmds.iter().map(|cmd| link.query(cmd))).await
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // One direct, three batches of one (each due at once), and the fifth,
+        // not due against the four in flight, sent by its idle flush.
+        assert_eq!(sends(&link), 5, "the last batch left before any answer");
+        let replies = requests.await.unwrap();
+        assert!(replies.iter().all(|r| matches!(r, Ok(Value::Okay))), "{replies:?}");
     }
 }
