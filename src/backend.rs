@@ -282,7 +282,7 @@ impl Backend {
     /// has run the other tasks that were ready: a command waits at most one
     /// turn of the tokio scheduler, never for a timer or a round trip. Under
     /// load that means far fewer system calls, packets and server wake-ups:
-    /// on this project's machine one connection does 1.5-2.4x the requests at
+    /// on this project's machine one connection does 1.3-2.1x the requests at
     /// 64 concurrent requests, and no fewer at 1 and 16, on loopback, across
     /// a veth link and behind a slow proxy (`BENCHMARKS.md`). `false` hands
     /// every command to the connection as it comes. For one-server and
