@@ -50,16 +50,14 @@ impl Connection {
                 validate(backend)?;
                 let managers = members
                     .iter()
-                    .map(|m| {
-                        standalone::open(&member_of_backend(backend, m)).map(|c| Link::new(c, backend.auto_pipeline))
-                    })
+                    .map(|m| standalone::open(&member_of_backend(backend, m)))
                     .collect::<Result<Vec<_>, _>>()?;
                 let partition = Partition::new(members.iter().map(|m| (m.name.as_str(), m.weight)));
                 Ok(Connection::Partitioned { members: managers, partition })
             }
             Address::Sentinel { .. } => Ok(Connection::Sentinel(Box::new(sentinel::Sentinel::open(backend)?))),
             Address::Cluster(_) => Ok(Connection::Cluster(Box::new(cluster::Cluster::open(backend)?))),
-            _ => standalone::open(backend).map(|c| Connection::Standalone(Link::new(c, backend.auto_pipeline))),
+            _ => standalone::open(backend).map(Connection::Standalone),
         }
     }
 

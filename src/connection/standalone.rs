@@ -6,6 +6,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
+use super::link::Link;
 use crate::backend::{Address, Backend};
 use crate::error::Error;
 
@@ -149,8 +150,9 @@ fn check_pem(backend: &Backend) -> Result<(), Error> {
     Ok(())
 }
 
-/// A lazily connecting manager: building a store never waits for a server.
-pub(crate) fn open(backend: &Backend) -> Result<ConnectionManager, Error> {
+/// A lazily connecting manager, behind a [`Link`] with the backend's
+/// `auto_pipeline`: building a store never waits for a server.
+pub(crate) fn open(backend: &Backend) -> Result<Link, Error> {
     let info = connection_info(backend)?;
     let client = client(backend, info)?;
     let config = ConnectionManagerConfig::new()
@@ -159,9 +161,10 @@ pub(crate) fn open(backend: &Backend) -> Result<ConnectionManager, Error> {
         .set_number_of_retries(0)
         .set_min_delay(Duration::from_millis(10))
         .set_max_delay(Duration::from_millis(200));
-    ConnectionManager::new_lazy_with_config(client, config).map_err(|err| Error::Redis {
+    let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(|err| Error::Redis {
         backend: backend.name.clone(),
         op: "connect",
         source: err,
-    })
+    })?;
+    Ok(Link::new(manager, backend.auto_pipeline))
 }
