@@ -227,20 +227,21 @@ async fn flush_when_idle(manager: ConnectionManager, state: Arc<Mutex<State>>, s
 async fn flush(mut manager: ConnectionManager, state: Arc<Mutex<State>>, mut batch: Batch) {
     loop {
         let count = batch.waiters.len();
-        match manager.send_packed_commands(&batch.pipe, 0, count).await {
-            Ok(replies) if replies.len() == count => {
-                for (waiter, reply) in batch.waiters.into_iter().zip(replies) {
-                    let _ = waiter.send(Ok(reply));
-                }
-            }
-            Ok(replies) => {
-                let err = redis::RedisError::from((
+        let replies = manager.send_packed_commands(&batch.pipe, 0, count).await.and_then(|replies| {
+            if replies.len() == count {
+                Ok(replies)
+            } else {
+                Err(redis::RedisError::from((
                     redis::ErrorKind::Client,
                     "pipeline reply count mismatch",
                     format!("{} replies for {count} commands", replies.len()),
-                ));
-                for waiter in batch.waiters {
-                    let _ = waiter.send(Err(err.clone()));
+                )))
+            }
+        });
+        match replies {
+            Ok(replies) => {
+                for (waiter, reply) in batch.waiters.into_iter().zip(replies) {
+                    let _ = waiter.send(Ok(reply));
                 }
             }
             Err(err) => {
