@@ -752,15 +752,14 @@ impl Node {
         cond: SetIf,
         deadline: Deadline,
     ) -> Result<bool, Error> {
+        let (op, flag, idempotent) = match cond {
+            SetIf::Absent => ("SET NX", "NX", false),
+            SetIf::Present => ("SET XX", "XX", true),
+        };
         let (key, member) = self.route(id);
         // Sized up front: the value is most of the command.
         let mut cmd = redis::Cmd::with_capacity(6, key.len() + value.len() + 32);
-        cmd.arg("SET").arg(key).arg(value).arg("PXAT").arg(pxat);
-        let (op, idempotent) = match cond {
-            SetIf::Absent => ("SET NX", false),
-            SetIf::Present => ("SET XX", true),
-        };
-        cmd.arg(if cond == SetIf::Absent { "NX" } else { "XX" });
+        cmd.arg("SET").arg(key).arg(value).arg("PXAT").arg(pxat).arg(flag);
         let reply: Value = self.run(op, member, &cmd, idempotent, deadline).await?;
         Ok(!matches!(reply, Value::Nil))
     }
