@@ -9,8 +9,8 @@
 //! * `backend`: [`Backend`], one server's description, and the few commands run on it;
 //! * `breaker`: the per-backend circuit breaker ([`BreakerConfig`]);
 //! * `connection`: one backend's link: standalone (reconnecting `ConnectionManager`,
-//!   optionally writing concurrent commands together, `link.rs`), partition, Sentinel
-//!   (master re-checked every second), Redis Cluster;
+//!   writing concurrent commands together once busy unless `auto_pipeline` is off,
+//!   `link.rs`), partition, Sentinel (master re-checked every second), Redis Cluster;
 //! * `partition`: [`Partition`], weighted rendezvous hashing of session ids over members;
 //! * [`codec`]: the wire format, byte-compatible with `tower-sessions-redis-store`;
 //! * `store`: [`MultiRedisStore`] and **the fan-out rules** of `load`/`create`/`save`/`delete`;
