@@ -39,9 +39,8 @@ async fn concurrent_requests_each_get_their_own_reply() {
             assert_eq!(store.load(&rec.id).await.unwrap(), None);
         });
     }
-    while let Some(done) = tasks.join_next().await {
-        done.unwrap();
-    }
+    // Panics if a task panicked (a failed assertion inside it).
+    tasks.join_all().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,9 +73,8 @@ async fn a_server_error_stays_with_its_command() {
             }
         });
     }
-    while let Some(done) = tasks.join_next().await {
-        done.unwrap();
-    }
+    // Panics if a task panicked (a failed assertion inside it).
+    tasks.join_all().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,9 +101,8 @@ async fn dropped_requests_strand_nobody() {
             }
         });
     }
-    while let Some(done) = tasks.join_next().await {
-        done.unwrap();
-    }
+    // Panics if a task panicked (a failed assertion inside it).
+    tasks.join_all().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
