@@ -69,9 +69,14 @@ struct Knobs {
     tasks: Vec<usize>,
     cases: Vec<bool>,
     http: bool,
-    /// Loopback, no proxy, the standard session (no `BENCH_LINK=veth`,
-    /// `BENCH_DELAY_MS` or `BENCH_PAD`).
-    standard: bool,
+    /// `BENCH_PIN=1`.
+    pin: bool,
+    /// `BENCH_LINK=veth` (else loopback).
+    veth: bool,
+    /// `BENCH_DELAY_MS`.
+    delay: Option<Duration>,
+    /// `BENCH_PAD` (read by `support/session.rs`, which the anchor shares).
+    pad: bool,
 }
 
 impl Knobs {
@@ -92,15 +97,21 @@ impl Knobs {
             tasks,
             cases,
             http: var("BENCH_HTTP").as_deref() != Some("0"),
-            standard: var("BENCH_LINK").is_none_or(|l| l == "lo")
-                && var("BENCH_PAD").is_none()
-                && var("BENCH_DELAY_MS").is_none(),
+            pin: var("BENCH_PIN").as_deref() == Some("1"),
+            veth: match var("BENCH_LINK").as_deref() {
+                None | Some("lo") => false,
+                Some("veth") => true,
+                Some(other) => panic!("BENCH_LINK: `lo` or `veth`, not `{other}`"),
+            },
+            delay: var("BENCH_DELAY_MS").map(|v| Duration::from_millis(v.parse().expect("BENCH_DELAY_MS: a number"))),
+            pad: var("BENCH_PAD").is_some(),
         }
     }
 
     /// Whether this is the full run (the only one that redraws the chart).
     fn full(&self) -> bool {
-        self.tasks == CONCURRENCY && self.cases.iter().all(|&c| c) && self.http && self.standard
+        let standard = !self.veth && self.delay.is_none() && !self.pad;
+        self.tasks == CONCURRENCY && self.cases.iter().all(|&c| c) && self.http && standard
     }
 }
 
@@ -183,9 +194,9 @@ fn anchor_binary() -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
-fn anchor(bin: &PathBuf, url: &str, millis: u64, concurrency: usize) -> Sample {
+fn anchor(bin: &PathBuf, url: &str, millis: u64, concurrency: usize, pinned: bool) -> Sample {
     let mut command = std::process::Command::new(bin);
-    if pinned() {
+    if pinned {
         // Like this process: one worker on its one core.
         command.env("TOKIO_WORKER_THREADS", "1");
     }
@@ -222,17 +233,9 @@ const ONE_DIRECT: usize = 5;
 const TWO: usize = 6;
 const FIRST: usize = 7;
 
-/// Whether `BENCH_PIN=1` asks for pinning.
-fn pinned() -> bool {
-    std::env::var("BENCH_PIN").as_deref() == Ok("1")
-}
-
 /// With `BENCH_PIN=1`: redis-servers on CPU 0, this process (and the anchor it
 /// starts) on CPU 1, so server and client stop competing for one core.
 fn pin(servers: [u32; 2]) {
-    if !pinned() {
-        return;
-    }
     let taskset = |cpu: &str, pid: u32| {
         let ok = std::process::Command::new("taskset").args(["-a", "-p", "-c", cpu, &pid.to_string()]).output();
         assert!(ok.is_ok_and(|o| o.status.success()), "taskset failed");
@@ -244,67 +247,65 @@ fn pin(servers: [u32; 2]) {
     eprintln!("pinned: redis-server on CPU 0, client on CPU 1 (one runtime worker thread)");
 }
 
-/// The two servers of a run ("main" and "old"): on loopback, or with
-/// `BENCH_LINK=veth` across a veth link (see `support/veth.rs`).
-enum Servers {
-    Loopback(RedisServer, RedisServer),
+/// The two servers of a run ("main" and "old"), and the URLs the client uses.
+struct Servers {
+    urls: (String, String),
+    pids: [u32; 2],
+    _running: Running,
+}
+
+/// The server processes (and their namespace), kept until the run ends.
+enum Running {
+    Loopback { _servers: [RedisServer; 2] },
     // Fields drop in order: the servers, then their namespace.
-    Veth { main: veth::NsServer, old: veth::NsServer, _link: veth::Veth },
+    Veth { _servers: [veth::NsServer; 2], _link: veth::Veth },
 }
 
 impl Servers {
-    fn start() -> Servers {
-        match std::env::var("BENCH_LINK").as_deref() {
-            Ok("veth") => {
-                let link = veth::Veth::create().expect("BENCH_LINK=veth needs Linux, root and iproute2");
-                let start = |port| link.start_server(port).expect("redis-server in the namespace");
-                let (main, old) = (start(7001), start(7002));
-                eprintln!("link: veth, servers at {}", link.server_ip);
-                Servers::Veth { main, old, _link: link }
-            }
-            Ok("lo") | Err(_) => Servers::Loopback(RedisServer::start().unwrap(), RedisServer::start().unwrap()),
-            Ok(other) => panic!("BENCH_LINK: `lo` or `veth`, not `{other}`"),
-        }
-    }
-
-    /// The servers' URLs; with `BENCH_DELAY_MS`, those of delaying proxies.
-    fn urls(&self) -> (String, String) {
-        let (main, old) = match self {
-            Servers::Loopback(main, old) => (main.url(), old.url()),
-            Servers::Veth { main, old, .. } => (main.url(), old.url()),
+    /// On loopback, or across a veth link (`support/veth.rs`); with
+    /// `BENCH_DELAY_MS`, each behind a delaying proxy (`support/delay.rs`).
+    fn start(knobs: &Knobs) -> Servers {
+        let (urls, pids, running) = if knobs.veth {
+            let link = veth::Veth::create().expect("BENCH_LINK=veth needs Linux, root and iproute2");
+            let start = |port| link.start_server(port).expect("redis-server in the namespace");
+            let servers = [start(7001), start(7002)];
+            eprintln!("link: veth, servers at {}", link.server_ip);
+            let urls = (servers[0].url(), servers[1].url());
+            let pids = [servers[0].pid(), servers[1].pid()];
+            (urls, pids, Running::Veth { _servers: servers, _link: link })
+        } else {
+            let servers = [RedisServer::start().unwrap(), RedisServer::start().unwrap()];
+            let urls = (servers[0].url(), servers[1].url());
+            let pids = [servers[0].pid().unwrap(), servers[1].pid().unwrap()];
+            (urls, pids, Running::Loopback { _servers: servers })
         };
-        match std::env::var("BENCH_DELAY_MS").ok().filter(|v| !v.is_empty()) {
-            Some(ms) => {
-                let delay = Duration::from_millis(ms.parse().expect("BENCH_DELAY_MS: a number"));
+        let urls = match knobs.delay {
+            Some(delay) => {
                 eprintln!("each server behind a proxy holding every chunk {delay:?} each way");
-                (delay::start(&main, delay), delay::start(&old, delay))
+                (delay::start(&urls.0, delay), delay::start(&urls.1, delay))
             }
-            None => (main, old),
-        }
-    }
-
-    fn pids(&self) -> [u32; 2] {
-        match self {
-            Servers::Loopback(main, old) => [main.pid().unwrap(), old.pid().unwrap()],
-            Servers::Veth { main, old, .. } => [main.pid(), old.pid()],
-        }
+            None => urls,
+        };
+        Servers { urls, pids, _running: running }
     }
 }
 
 fn main() {
+    let knobs = Knobs::from_env();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if pinned() {
+    if knobs.pin {
         // One core, one worker: two workers on one core only trade it back and forth.
         runtime.worker_threads(1);
     }
-    runtime.enable_all().build().unwrap().block_on(run());
+    runtime.enable_all().build().unwrap().block_on(run(knobs));
 }
 
-async fn run() {
-    let knobs = Knobs::from_env();
-    let servers = Servers::start();
-    pin(servers.pids());
-    let (main_url, old_url) = servers.urls();
+async fn run(knobs: Knobs) {
+    let servers = Servers::start(&knobs);
+    if knobs.pin {
+        pin(servers.pids);
+    }
+    let (main_url, old_url) = servers.urls.clone();
     let one = MultiRedisStore::builder().backend(Backend::url("main", main_url.clone())).build().await.unwrap();
     let one_with = |backend: Backend| MultiRedisStore::builder().backend(backend).build();
     let one_nagle = one_with(Backend::url("main", main_url.clone()).tcp_nodelay(false)).await.unwrap();
@@ -376,7 +377,7 @@ async fn run() {
     for round in 0..knobs.rounds {
         for (ci, &c) in knobs.tasks.iter().enumerate() {
             if let Some(bin) = &anchor_bin {
-                results[ANCHOR][ci].push(anchor(bin, &main_url, millis, c));
+                results[ANCHOR][ci].push(anchor(bin, &main_url, millis, c, knobs.pin));
             }
             for (case, conn) in [(RAW, &raw), (RAW_NODELAY, &raw_nodelay)] {
                 if knobs.cases[case] {
