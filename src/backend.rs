@@ -389,6 +389,28 @@ pub(crate) enum SetIf {
     Present,
 }
 
+/// What a conditional copy into a write backend found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Copied {
+    /// The session was missing and is now written.
+    Written,
+    /// The session was there: kept (a copy) or overwritten (a fill).
+    Present,
+    /// A logout left a tombstone: nothing written.
+    Tombstoned,
+}
+
+impl Copied {
+    /// From the reply of [`COPY`](crate::tombstone::COPY) or [`FILL`](crate::tombstone::FILL).
+    pub(crate) fn from_reply(reply: i64) -> Copied {
+        match reply {
+            1 => Copied::Written,
+            0 => Copied::Present,
+            _ => Copied::Tombstoned,
+        }
+    }
+}
+
 /// Counts of what happened on one backend since the store was built.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
@@ -495,11 +517,6 @@ impl Node {
             #[cfg(feature = "metrics")]
             metrics: METRIC_NAMES.map(|name| metrics::counter!(name, "backend" => backend.name.clone())),
         })
-    }
-
-    /// The hard bound of one command.
-    pub(crate) fn op_timeout(&self) -> Duration {
-        self.op_timeout
     }
 
     /// The Redis key of a session id: the prefix, then the id.
@@ -684,7 +701,7 @@ impl Node {
     }
 
     /// Sends commands, each to its member, in one pipeline per member (run
-    /// concurrently, bounded by the timeout scaled for their length). Replies
+    /// concurrently). Replies
     /// come back in order; a command's error is its reply.
     pub(crate) async fn batch(&self, op: &'static str, items: Vec<(usize, Cmd)>) -> Result<Vec<Value>, Error> {
         let len = items.len();
@@ -701,8 +718,10 @@ impl Node {
             pipe.add_command(cmd);
             order.push(i);
         }
-        let scale = 1 + u32::try_from(len / 1000).unwrap_or(u32::MAX);
-        let deadline = tokio::time::Instant::now() + self.op_timeout * scale;
+        // Bounded as one command (redis-rs's response timeout covers a whole
+        // pipeline); the migrator's batches are idempotent, so one that
+        // timed out is reported and redone.
+        let deadline = tokio::time::Instant::now() + self.op_timeout;
         let replies =
             futures_util::future::join_all(pipes.iter().enumerate().filter(|(_, (_, order))| !order.is_empty()).map(
                 |(member, (pipe, order))| async move {
@@ -762,6 +781,78 @@ impl Node {
         cmd.arg("SET").arg(key).arg(value).arg("PXAT").arg(pxat).arg(flag);
         let reply: Value = self.run(op, member, &cmd, idempotent, deadline).await?;
         Ok(!matches!(reply, Value::Nil))
+    }
+
+    /// One of the [`tombstone`](crate::tombstone) scripts on session `id`,
+    /// routed to the member that holds the session: `EVAL script 2 key
+    /// tombstone args...`, or `EVAL script 1 key args...` without `tombstone`.
+    pub(crate) fn script(
+        &self,
+        script: &str,
+        id: &(impl fmt::Display + ?Sized),
+        tombstone: bool,
+        args: &[&[u8]],
+    ) -> (usize, Cmd) {
+        let (key, member) = self.route(id);
+        let mut cmd = redis::Cmd::with_capacity(5 + args.len(), script.len() + 2 * key.len() + 64);
+        cmd.arg("EVAL").arg(script);
+        if tombstone {
+            let tomb = crate::tombstone::tombstone_key(&key, self.conn.is_cluster());
+            cmd.arg(2).arg(key).arg(tomb);
+        } else {
+            cmd.arg(1).arg(key);
+        }
+        for arg in args {
+            cmd.arg(*arg);
+        }
+        (member, cmd)
+    }
+
+    /// Writes a session unless a logout left a tombstone
+    /// ([`COPY`](crate::tombstone::COPY), or [`FILL`](crate::tombstone::FILL)
+    /// with `overwrite`). Idempotent in effect: run twice, the key holds the
+    /// same value, so it may be retried.
+    pub(crate) async fn copy(
+        &self,
+        id: &(impl fmt::Display + ?Sized),
+        value: &[u8],
+        pxat: u64,
+        overwrite: bool,
+        deadline: Deadline,
+    ) -> Result<Copied, Error> {
+        let (op, script) =
+            if overwrite { ("FILL", crate::tombstone::FILL) } else { ("COPY", crate::tombstone::COPY) };
+        let pxat = pxat.to_string();
+        let (member, cmd) = self.script(script, id, true, &[value, pxat.as_bytes()]);
+        let reply: i64 = self.run(op, member, &cmd, true, deadline).await?;
+        Ok(Copied::from_reply(reply))
+    }
+
+    /// Deletes a session and leaves its tombstone, living at least `keep` and
+    /// as long as the session would have ([`LOGOUT`](crate::tombstone::LOGOUT)):
+    /// the tombstone's time to live. Idempotent.
+    pub(crate) async fn logout(
+        &self,
+        id: &(impl fmt::Display + ?Sized),
+        keep: Duration,
+        deadline: Deadline,
+    ) -> Result<Duration, Error> {
+        let keep = keep.as_millis().max(1).to_string();
+        let (member, cmd) = self.script(crate::tombstone::LOGOUT, id, true, &[keep.as_bytes()]);
+        let ttl: u64 = self.run("LOGOUT", member, &cmd, true, deadline).await?;
+        Ok(Duration::from_millis(ttl))
+    }
+
+    /// Deletes a session from a backend that is not written
+    /// ([`FORGET`](crate::tombstone::FORGET)): how long it had to live, if it was there.
+    pub(crate) async fn forget(
+        &self,
+        id: &(impl fmt::Display + ?Sized),
+        deadline: Deadline,
+    ) -> Result<Option<Duration>, Error> {
+        let (member, cmd) = self.script(crate::tombstone::FORGET, id, false, &[]);
+        let ttl: i64 = self.run("FORGET", member, &cmd, true, deadline).await?;
+        Ok(u64::try_from(ttl).ok().map(Duration::from_millis))
     }
 
     /// `DEL`: whether a key was removed.

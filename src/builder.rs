@@ -12,6 +12,10 @@ use crate::store::{CopyOnRead, MultiRedisStore, Options, ReadPolicy, WritePolicy
 /// random ids is already astronomically unlikely).
 pub const DEFAULT_CREATE_ATTEMPTS: usize = 8;
 
+/// The least time a logout's tombstone lives when none is configured (it
+/// also lives at least as long as the session would have).
+pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
+
 /// Describes a [`MultiRedisStore`]; [`build`](Self::build) validates it.
 ///
 /// ```
@@ -38,6 +42,7 @@ pub struct MultiRedisStoreBuilder {
     write_policy: WritePolicy,
     deadline: Option<Duration>,
     create_attempts: Option<usize>,
+    tombstone_ttl: Option<Duration>,
 }
 
 impl MultiRedisStoreBuilder {
@@ -86,6 +91,16 @@ impl MultiRedisStoreBuilder {
         self
     }
 
+    /// The least time the tombstone a logout leaves in each write backend
+    /// lives (default [`DEFAULT_TOMBSTONE_TTL`]). It lives at least as long
+    /// as the session would have anyway; this bounds how late a copy or a
+    /// save's write, sent before the logout and held up in the network or a
+    /// frozen server, may land and still be refused.
+    pub fn tombstone_ttl(mut self, ttl: Duration) -> Self {
+        self.tombstone_ttl = Some(ttl);
+        self
+    }
+
     /// Checks every rule that does not need the network.
     ///
     /// # Errors
@@ -97,6 +112,9 @@ impl MultiRedisStoreBuilder {
         }
         if self.deadline == Some(Duration::ZERO) {
             return Err(Error::config(None, "deadline", "must be greater than zero"));
+        }
+        if self.tombstone_ttl.is_some_and(|t| t.as_millis() == 0) {
+            return Err(Error::config(None, "tombstone_ttl", "must be at least a millisecond"));
         }
         if self.create_attempts == Some(0) {
             return Err(Error::config(None, "create_attempts", "must be at least 1"));
@@ -122,6 +140,14 @@ impl MultiRedisStoreBuilder {
                     "modes",
                     "a `read` backend must also have `write` or `delete`, or a logout leaves the session \
                      loadable there (set allow_read_without_delete to accept that)",
+                ));
+            }
+            if matches!(b.address, crate::Address::Cluster(_)) && !crate::tombstone::prefix_fits_cluster(&b.prefix) {
+                return Err(Error::config(
+                    name,
+                    "prefix",
+                    "a `}` without a hash tag `{...}` before it: a logout's tombstone could not share the \
+                     session's hash slot",
                 ));
             }
             crate::connection::validate(b)?;
@@ -159,6 +185,7 @@ impl MultiRedisStoreBuilder {
                 write_policy: self.write_policy,
                 deadline: self.deadline,
                 create_attempts: self.create_attempts.unwrap_or(DEFAULT_CREATE_ATTEMPTS),
+                tombstone_ttl: self.tombstone_ttl.unwrap_or(DEFAULT_TOMBSTONE_TTL),
             },
         ))
     }

@@ -79,6 +79,8 @@ pub struct Config {
     pub write_policy: WritePolicy,
     /// Seconds bounding each store operation (default: none).
     pub deadline: Option<f64>,
+    /// Seconds a logout's tombstone lives at least (default one hour).
+    pub tombstone_ttl: Option<f64>,
     /// The backends, in order.
     pub backends: Vec<BackendConfig>,
 }
@@ -329,6 +331,7 @@ impl Config {
             read_policy: ReadPolicy::default(),
             write_policy: WritePolicy::default(),
             deadline: None,
+            tombstone_ttl: None,
             backends: seed.into_iter().map(SeedEntry::into_backend_config).collect(),
         })
     }
@@ -346,6 +349,9 @@ impl Config {
             .write_policy(self.write_policy);
         if let Some(seconds) = self.deadline {
             builder = builder.deadline(seconds_field(None, "deadline", seconds)?);
+        }
+        if let Some(seconds) = self.tombstone_ttl {
+            builder = builder.tombstone_ttl(seconds_field(None, "tombstone_ttl", seconds)?);
         }
         for backend in self.backends {
             builder = builder.backend(backend.into_backend()?);

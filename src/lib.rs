@@ -14,6 +14,8 @@
 //! * `partition`: [`Partition`], weighted rendezvous hashing of session ids over members;
 //! * [`codec`]: the wire format, byte-compatible with `tower-sessions-redis-store`;
 //! * `store`: [`MultiRedisStore`] and **the fan-out rules** of `load`/`create`/`save`/`delete`;
+//! * `tombstone`: what a logout leaves in each write backend, and the scripts that
+//!   copy a session into a write backend only where no logout did;
 //! * `policy`: [`CopyOnRead`], [`ReadPolicy`], [`WritePolicy`];
 //! * `builder`: [`MultiRedisStoreBuilder`], validation of the whole shape;
 //! * `config`: [`Config`], TOML/JSON files, including the seed Django package's shape;
@@ -75,12 +77,13 @@ mod policy;
 mod redact;
 mod stats;
 mod store;
+mod tombstone;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
 pub use backend::{Address, Backend, BackendCounters, BackendHealth, DEFAULT_SOCKET_TIMEOUT};
 pub use breaker::{BreakerConfig, BreakerState, DEFAULT_COOL_DOWN, DEFAULT_FAILURE_THRESHOLD};
-pub use builder::{DEFAULT_CREATE_ATTEMPTS, MultiRedisStoreBuilder};
+pub use builder::{DEFAULT_CREATE_ATTEMPTS, DEFAULT_TOMBSTONE_TTL, MultiRedisStoreBuilder};
 pub use config::{BackendConfig, Config};
 pub use error::Error;
 pub use migrate::{

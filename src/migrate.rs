@@ -6,19 +6,21 @@
 //!
 //! 1. pipelined `GET`s; values that are not session records are counted and
 //!    reported by key, never copied; expired records are skipped;
-//! 2. per target, pipelined `SET NX PXAT <record expiry>`: a session written
-//!    or updated on the target meanwhile is never overwritten;
-//! 3. a copy this run created is checked against the source, as copy-on-read
-//!    does: with `move`, `DEL` on the source (1 = moved; 0 = a logout raced
-//!    the copy, which is then undone); without, `EXISTS`;
-//! 4. with `move`, a session the targets already held (copied by the app's
-//!    copy-on-read) is deleted from the source after a grace period, once the
-//!    copy that app instance made has passed its own check.
+//! 2. per target, pipelined copies as copy-on-read makes them: `SET NX PXAT
+//!    <record expiry>` unless a logout left a tombstone there (see
+//!    `tombstone.rs`), so a session written or updated on the target
+//!    meanwhile is never overwritten, and one logged out is never brought
+//!    back, however late the copy lands;
+//! 3. with `move`, one pipelined `DEL` on the source of the sessions every
+//!    target now holds (or that a logout tombstoned: the move finishes a
+//!    logout that failed on the source). Nothing is checked or undone: a copy is final, so a
+//!    `DEL` whose reply is lost, or a batch that timed out, loses nothing and
+//!    is reported as failed; a later run redoes it.
 //!
-//! Memory stays bounded by the batch size (plus the grace queue, itself
-//! bounded). The returned cursor resumes an interrupted run.
+//! Memory stays bounded by the batch size. The returned cursor resumes an
+//! interrupted run.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::future::Future;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -29,10 +31,11 @@ use redis::Value;
 use serde::Serialize;
 use tower_sessions_core::session::Id;
 
-use crate::backend::Node;
+use crate::backend::{Copied, Node};
 use crate::codec;
 use crate::error::Error;
 use crate::store::MultiRedisStore;
+use crate::tombstone;
 
 /// The batch size used when none is given.
 pub const DEFAULT_BATCH_SIZE: usize = 1000;
@@ -40,8 +43,6 @@ pub const DEFAULT_BATCH_SIZE: usize = 1000;
 /// How many keys a report lists by name, per kind (counts are always complete).
 pub const DEFAULT_MAX_LISTED: usize = 1000;
 
-/// Most deferred source deletions kept in memory before the run waits.
-const MAX_DEFERRED: usize = 100_000;
 
 /// How a migration runs.
 ///
@@ -59,7 +60,6 @@ pub struct MigrateOptions {
     move_sessions: bool,
     rate_limit: Option<u32>,
     cursor: u64,
-    grace: Option<Duration>,
     max_listed: usize,
 }
 
@@ -71,7 +71,6 @@ impl Default for MigrateOptions {
             move_sessions: false,
             rate_limit: None,
             cursor: 0,
-            grace: None,
             max_listed: DEFAULT_MAX_LISTED,
         }
     }
@@ -105,14 +104,6 @@ impl MigrateOptions {
     /// Resume from a cursor a previous run reported (default 0: from the start).
     pub fn cursor(mut self, cursor: u64) -> Self {
         self.cursor = cursor;
-        self
-    }
-
-    /// How long a session found already copied waits before it is deleted from
-    /// the source (default: twice the longest command bound of the backends,
-    /// which outlasts the check of a concurrent copy-on-read).
-    pub fn grace(mut self, grace: Duration) -> Self {
-        self.grace = Some(grace);
         self
     }
 
@@ -300,12 +291,6 @@ impl Migrator {
         self.targets.iter().map(|&i| &self.store.nodes()[i]).collect()
     }
 
-    fn grace(&self) -> Duration {
-        self.options
-            .grace
-            .unwrap_or_else(|| 2 * self.store.nodes().iter().map(Node::op_timeout).max().unwrap_or_default())
-    }
-
     /// Runs until the source is fully scanned or `shutdown` completes (checked
     /// between batches). `on_progress` is called after every batch.
     ///
@@ -327,7 +312,6 @@ impl Migrator {
                 corrupt_keys: Vec::new(),
                 failures: Vec::new(),
             },
-            deferred: VecDeque::new(),
             previous: HashSet::new(),
             max_listed: self.options.max_listed,
         };
@@ -345,10 +329,7 @@ impl Migrator {
                     cursor => self.read(cursor).await.map(Some),
                 }
             };
-            let writing = async {
-                self.write(batch.live, &mut run).await;
-                self.delete_due(&mut run, false).await;
-            };
+            let writing = self.write(batch.live, &mut run);
             let (next_batch, ()) = futures_util::future::join(reading, writing).await;
             run.report.progress.cursor = next;
             on_progress(&run.report.progress);
@@ -368,17 +349,14 @@ impl Migrator {
                 }
             }
         }
-        if run.report.finished {
-            self.delete_due(&mut run, true).await;
-            on_progress(&run.report.progress);
-        }
         Ok(run.report)
     }
 
     /// The read stage: one `SCAN` and the values of its session keys.
     async fn read(&self, cursor: u64) -> Result<ReadBatch, Error> {
         let source = self.source_node();
-        let (next, keys) = source.scan(cursor, self.options.batch_size).await?;
+        let (next, mut keys) = source.scan(cursor, self.options.batch_size).await?;
+        keys.retain(|k| !tombstone::is_tombstone(k));
         let mut batch = ReadBatch { next, scanned: keys.len() as u64, ..ReadBatch::default() };
         let keys: Vec<String> =
             keys.into_iter().filter(|k| source.id_of(k).is_some_and(|id| Id::from_str(id).is_ok())).collect();
@@ -406,14 +384,16 @@ impl Migrator {
                 Ok(expiry) => {
                     let id = source.id_of(&key).unwrap_or_default().to_owned();
                     let pxat = codec::expiry_millis(expiry);
-                    batch.live.push((key, id, bytes, pxat));
+                    batch.live.push(Live { key, id, bytes, pxat });
                 }
             }
         }
         Ok(batch)
     }
 
-    /// The write stage: copy a batch of live sessions, check, move.
+    /// The write stage: copy a batch of live sessions into every target
+    /// unless a logout left a tombstone there; with `move`, then delete from
+    /// the source those every target holds.
     async fn write(&self, live: Vec<Live>, run: &mut Run) {
         if live.is_empty() {
             return;
@@ -421,128 +401,84 @@ impl Migrator {
         if self.options.dry_run {
             return self.dry_run(&live, run).await;
         }
-
-        // SET NX PXAT on every target, concurrently.
         let targets = self.target_nodes();
         let replies = join_all(targets.iter().map(|t| {
             let items = live
                 .iter()
-                .map(|(_, id, bytes, pxat)| {
-                    let mut cmd = redis::cmd("SET");
-                    cmd.arg(t.key(id)).arg(bytes).arg("PXAT").arg(*pxat).arg("NX");
-                    (t.member_of(id.as_str()), cmd)
+                .map(|s| {
+                    let pxat = s.pxat.to_string();
+                    t.script(tombstone::COPY, &s.id, true, &[&s.bytes, pxat.as_bytes()])
                 })
                 .collect();
-            t.batch("SET NX", items)
+            // Copies are idempotent in effect, so a batch with an unknown
+            // outcome is simply reported and redone by a later run.
+            t.batch("COPY", items)
         }))
         .await;
 
-        enum Check {
-            Delete,
-            Exists,
-        }
-        let mut checks = Vec::new(); // (live index, created on targets, check, failed)
-        for (i, (key, id, ..)) in live.iter().enumerate() {
-            let mut created = Vec::new();
-            let mut held = 0;
+        // Indices into `live` of the sessions the source may drop: every
+        // target holds them, or a logout left its tombstone.
+        let mut moved = Vec::new();
+        for (i, session) in live.iter().enumerate() {
+            let mut written = false;
+            let mut logged_out = false;
             let mut error = None;
             for (t, reply) in replies.iter().enumerate() {
-                match reply {
-                    Ok(values) => match values.get(i) {
-                        Some(Value::Nil) => held += 1,
-                        Some(Value::ServerError(err)) => error = Some(format!("{}: {err:?}", targets[t].name)),
-                        Some(_) => created.push(t),
-                        None => error = Some(format!("{}: missing reply", targets[t].name)),
+                match reply.as_ref().map(|values| values.get(i)) {
+                    Ok(Some(Value::Int(reply))) => match Copied::from_reply(*reply) {
+                        Copied::Written => written = true,
+                        Copied::Present => {}
+                        Copied::Tombstoned => logged_out = true,
                     },
+                    Ok(other) => error = Some(format!("{}: unexpected reply {other:?}", targets[t].name)),
                     Err(err) => error = Some(err.to_string()),
                 }
             }
-            if let Some(reason) = &error {
-                run.failure(key.clone(), reason.clone());
-            }
-            if !created.is_empty() {
-                let check = if self.options.move_sessions && error.is_none() && held == 0 {
-                    Check::Delete
-                } else {
-                    Check::Exists
-                };
-                checks.push((i, created, check, error.is_some()));
-            } else if error.is_none() {
-                if run.previous.contains(id) {
+            if let Some(reason) = error {
+                run.failure(session.key.clone(), reason);
+            } else if logged_out {
+                // A logout ran (and may have failed on the source): the
+                // session is not to be copied, and a move finishes the
+                // logout in the source.
+                run.report.progress.skipped += 1;
+                moved.push(i);
+            } else {
+                if written {
+                    run.report.progress.copied += 1;
+                } else if run.previous.contains(&session.id) {
                     // SCAN returned it again (the table shrinks as we move);
                     // this run copied it in the previous batch.
                     run.report.progress.skipped += 1;
                 } else {
                     run.report.progress.already_present += 1;
-                    if self.options.move_sessions {
-                        run.defer(id.clone(), self.grace());
-                    }
                 }
+                moved.push(i);
             }
         }
-        run.previous = live.iter().map(|(_, id, ..)| id.clone()).collect();
-        if checks.is_empty() {
+        run.previous = live.iter().map(|s| s.id.clone()).collect();
+        if !self.options.move_sessions || moved.is_empty() {
             return;
         }
-
-        // Check each copy against the source, as copy-on-read does.
+        // Every target holds these now (written, or a copy that no undo will
+        // ever remove) or they were logged out, so a DEL that fails or runs
+        // late loses nothing.
         let source = self.source_node();
-        let items = checks
-            .iter()
-            .map(|(i, _, check, _)| {
-                let (key, id, ..) = &live[*i];
-                let mut cmd = redis::cmd(if matches!(check, Check::Delete) { "DEL" } else { "EXISTS" });
-                cmd.arg(key);
-                (source.member_of(id.as_str()), cmd)
-            })
-            .collect();
-        let found = source.batch("DEL/EXISTS", items).await.and_then(|v| typed::<u64>(source, "DEL/EXISTS", v));
-        let found: Vec<u64> = match found {
-            Ok(found) => found,
+        match batch_of::<u64>(source, "DEL", moved.iter().map(|&i| live[i].id.as_str())).await {
+            Ok(removed) => run.report.progress.removed_from_source += removed.iter().sum::<u64>(),
             Err(err) => {
-                // The check's outcome is unknown. Where it was EXISTS the source
-                // is untouched: undo the copy (a later run redoes it). Where it
-                // was DEL the source may be gone already: keep the copy, or the
-                // session could be lost. Both are reported as failed.
-                let keys: Vec<String> = checks.iter().map(|(i, ..)| live[*i].0.clone()).collect();
+                let keys: Vec<String> = moved.iter().map(|&i| live[i].key.clone()).collect();
                 run.fail_all(&keys, &err);
-                checks.iter_mut().for_each(|(.., failed)| *failed = true);
-                checks.iter().map(|(_, _, check, _)| u64::from(matches!(check, Check::Delete))).collect()
-            }
-        };
-        let mut undo: Vec<Vec<&str>> = vec![Vec::new(); targets.len()];
-        for ((i, created, check, failed), found) in checks.iter().zip(found) {
-            let (_, id, ..) = &live[*i];
-            if found == 0 {
-                // The source lost it while we copied: a logout. Undo.
-                for t in created {
-                    undo[*t].push(id);
-                }
-                if !failed {
-                    run.report.progress.skipped += 1;
-                }
-            } else if !failed {
-                run.report.progress.copied += 1;
-                if matches!(check, Check::Delete) {
-                    run.report.progress.removed_from_source += 1;
-                }
             }
         }
-        join_all(targets.iter().zip(undo).filter(|(_, ids)| !ids.is_empty()).map(|(t, ids)| async move {
-            if let Err(err) = batch_of::<u64>(t, "DEL", ids.iter().copied()).await {
-                tracing::warn!(error = %err, "migrate: could not undo copies that raced a logout");
-            }
-        }))
-        .await;
     }
 
     /// Dry run: count what would be copied.
     async fn dry_run(&self, live: &[Live], run: &mut Run) {
         let targets = self.target_nodes();
         let replies =
-            join_all(targets.iter().map(|t| batch_of::<u64>(t, "EXISTS", live.iter().map(|(_, id, ..)| id.as_str()))))
+            join_all(targets.iter().map(|t| batch_of::<u64>(t, "EXISTS", live.iter().map(|s| s.id.as_str()))))
                 .await;
-        for (i, (key, ..)) in live.iter().enumerate() {
+        for (i, Live { key, .. }) in live.iter().enumerate() {
             let mut missing = false;
             for reply in &replies {
                 match reply {
@@ -558,59 +494,6 @@ impl Migrator {
                 run.report.progress.copied += 1;
             } else if replies.iter().all(Result::is_ok) {
                 run.report.progress.already_present += 1;
-            }
-        }
-    }
-
-    /// Deletes from the source the sessions whose grace has passed (all of
-    /// them, waiting as needed, when `all`), if every target still holds them.
-    async fn delete_due(&self, run: &mut Run, all: bool) {
-        loop {
-            let now = Instant::now();
-            let must_wait = all || run.deferred.len() > MAX_DEFERRED;
-            let front = match run.deferred.front() {
-                Some((due, _)) => *due,
-                None => return,
-            };
-            if front > now {
-                if !must_wait {
-                    return;
-                }
-                tokio::time::sleep(front - now).await;
-            }
-            let now = Instant::now();
-            let mut due = Vec::new();
-            while let Some((when, _)) = run.deferred.front() {
-                if *when > now || due.len() >= self.options.batch_size {
-                    break;
-                }
-                if let Some((_, id)) = run.deferred.pop_front() {
-                    due.push(id);
-                }
-            }
-            self.delete_from_source(&due, run).await;
-        }
-    }
-
-    async fn delete_from_source(&self, ids: &[String], run: &mut Run) {
-        let source = self.source_node();
-        let targets = self.target_nodes();
-        let replies =
-            join_all(targets.iter().map(|t| batch_of::<u64>(t, "EXISTS", ids.iter().map(String::as_str)))).await;
-        // Only where every target still holds it (else a later run retries).
-        let confirmed: Vec<&str> = ids
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| replies.iter().all(|r| matches!(r, Ok(found) if found.get(*i) == Some(&1))))
-            .map(|(_, id)| id.as_str())
-            .collect();
-        if confirmed.is_empty() {
-            return;
-        }
-        match batch_of::<u64>(source, "DEL", confirmed).await {
-            Ok(removed) => run.report.progress.removed_from_source += removed.iter().sum::<u64>(),
-            Err(err) => {
-                tracing::warn!(error = %err, "migrate: deleting copied sessions from the source failed; a later run retries")
             }
         }
     }
@@ -699,8 +582,17 @@ async fn batch_of<'a, T: redis::FromRedisValue>(
     typed(node, op, values)
 }
 
-/// A live session read from the source: key, id, value, `PXAT`.
-type Live = (String, String, Vec<u8>, u64);
+/// A live session read from the source.
+struct Live {
+    /// Its key in the source.
+    key: String,
+    /// Its session id.
+    id: String,
+    /// The stored value.
+    bytes: Vec<u8>,
+    /// Its expiry (`PXAT`).
+    pxat: u64,
+}
 
 /// What the read stage produced for one batch.
 #[derive(Default)]
@@ -717,8 +609,6 @@ struct ReadBatch {
 /// The state of one run.
 struct Run {
     report: Report,
-    /// Sessions to delete from the source once their grace has passed.
-    deferred: VecDeque<(Instant, String)>,
     /// Ids of the batch written last (SCAN may return a key twice).
     previous: HashSet<String>,
     max_listed: usize,
@@ -755,9 +645,5 @@ impl Run {
         if self.report.corrupt_keys.len() < self.max_listed {
             self.report.corrupt_keys.push(key);
         }
-    }
-
-    fn defer(&mut self, id: String, grace: Duration) {
-        self.deferred.push_back((Instant::now() + grace, id));
     }
 }

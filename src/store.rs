@@ -8,24 +8,52 @@
 //! | op | rule |
 //! |---|---|
 //! | `load` | Ask R in order; the first live record wins; when none has it and there are sources, ask the W backends once more (a move may have run between the reads). An error or an undecodable value does not stop the search, but if nothing is found after one, the result is `Err`, never "not found"; and after a W backend failed, only a W backend that every save reached (write policy `all`) may answer, never a source, whose copy may be older. |
-//! | copy-on-read | When the winner is not in W: `SET NX PXAT` into every W backend (never overwrites); then check the source still holds the session (`Move`: delete it from the source) and undo the copy if it vanished meanwhile (a logout raced the copy). |
-//! | `create` | `SET NX PXAT` on every W backend at once; on a collision undo this attempt's writes and draw a new id; any error undoes and fails. |
-//! | `save` | `SET XX PXAT` on every W backend at once. Where it missed, and the session lives in a source (a not-yet-migrated session), write it there too (`SET NX`, then `SET XX` if a copy-on-read was faster); where it lives in no source, write nothing: no resurrection. |
-//! | `delete` | `DEL` on every D backend at once; when there are sources, `DEL` again on every W backend once the first round is done. Any failure is an `Err` naming the backends. |
+//! | copy-on-read | When the winner is a source: *copy* it into every W backend (`SET NX PXAT`, unless a logout left a tombstone there: never overwrites, never resurrects). With `Move`, once every W backend holds it, `DEL` it from the source. Nothing is checked or undone afterwards. |
+//! | `create` | `SET NX PXAT` on every W backend at once; on a collision undo this attempt's writes (its id is fresh: nobody else holds it) and draw a new id; any error undoes and fails. |
+//! | `save` | `SET XX PXAT` on every W backend at once. Where it missed, and the session lives elsewhere (another W backend took the update, or a source holds it), *fill* those backends (`SET`, unless tombstoned); where it lives nowhere, only `SET XX` again (a move may just have put it there): never create it. |
+//! | `delete` | One round, at once: on every W backend, delete the session and leave a *tombstone* beside it in the same script; on every other D backend, delete it. Any failure is an `Err` naming the backends. |
 //!
-//! Why the second round: every copy into a W backend (copy-on-read, or a
-//! `save` filling a W backend that missed) is made from a *source*, which the
-//! store never writes, and checks *after* writing that the source still holds
-//! the session, undoing the copy otherwise. A copy that lands after the second
-//! round started was written after the first round had removed the session
-//! from the source, so its check undoes it; a copy that landed earlier is
-//! removed by the second round. Either way a logout stays a logout, across
-//! processes, without locks. (A W backend is never a witness: its copy may be
-//! another request's copy about to be undone.)
+//! # Why this keeps a logout a logout, and loses nothing
 //!
-//! A copy and its check run in a task of their own (copy-on-read, and a
-//! `save` filling W backends), so a request dropped mid-way, such as a
-//! client that went away, cannot leave a copy behind unchecked.
+//! The invariants (DESIGN.md): I1 once `delete` returned Ok no load finds the
+//! session; I2 once `save` returned Ok a later load sees it or a later save;
+//! I3 a live session never loads as "not found"; I4 what a move removes from
+//! a source every W backend holds; I5 a command that failed or timed out may
+//! still run, at any later time.
+//!
+//! * **Only copies could bring a session back.** The store never writes a
+//!   source, a `save` only overwrites (`XX`) what is there, and `create` uses
+//!   fresh ids. Every other write into a W backend is a copy or a fill, and
+//!   each is one script that writes nothing where a tombstone is
+//!   (`tombstone.rs`). A logout's script removes the session and leaves the
+//!   tombstone atomically, so on each W backend a copy lands either before
+//!   it (and is removed by it) or after it (and is refused), whenever it was
+//!   sent and however often it is retried. The tombstone lives as long as
+//!   the session would have, however long it lived in a source (the logout
+//!   learns that from the source's `DEL` and lengthens the tombstones), and
+//!   at least [`tombstone_ttl`](crate::MultiRedisStoreBuilder::tombstone_ttl):
+//!   a copy landing after that carries an expiry already past. A fill
+//!   carries the save's own expiry, so only a fill held up in flight longer
+//!   than both could land after its tombstone. (I1, I5)
+//! * **Nothing is undone, so nothing newer is deleted.** A copy never has to
+//!   be checked against its source and taken back: a copy whose outcome is
+//!   unknown (timed out, connection killed) is harmless both ways, and may
+//!   be retried. (I2, I5)
+//! * **A move deletes the source last.** Copy-on-read `Move` and the
+//!   migrator delete a session from a source only once every W backend
+//!   answered that it holds it, so a lost or late `DEL` loses nothing; and a
+//!   load that missed in W and then in the source asks W again, where the
+//!   move put it before deleting it. (I3, I4)
+//! * **Saves never go back.** A save that missed a W backend fills it with
+//!   its own record (overwriting a copy, which is older); a copy never
+//!   overwrites. What remains: a save that returned `Err` may still land
+//!   later (I5) and overwrite a later save made through *another*
+//!   connection; on one connection commands keep their order. The session's
+//!   value format (`tower-sessions-redis-store`'s) has no room for a version
+//!   to refuse it.
+//!
+//! A copy runs on the request's own time: a request dropped mid-way leaves
+//! either no copy or a final one, never one waiting for a check.
 
 use std::fmt;
 use std::path::Path;
@@ -39,7 +67,7 @@ use tower_sessions_core::session::{Id, Record};
 use tower_sessions_core::{SessionStore, session_store};
 use tracing::Instrument;
 
-use crate::backend::{BackendHealth, Counter, Deadline, Node, SetIf};
+use crate::backend::{BackendHealth, Copied, Counter, Deadline, Node, SetIf};
 use crate::builder::MultiRedisStoreBuilder;
 use crate::codec;
 use crate::error::Error;
@@ -75,6 +103,7 @@ pub(crate) struct Options {
     pub(crate) write_policy: WritePolicy,
     pub(crate) deadline: Option<Duration>,
     pub(crate) create_attempts: usize,
+    pub(crate) tombstone_ttl: Duration,
 }
 
 pub(crate) struct Inner {
@@ -83,10 +112,10 @@ pub(crate) struct Inner {
     readers: Vec<usize>,
     /// W.
     writers: Vec<usize>,
-    /// D (with `delete` or `write`).
-    deleters: Vec<usize>,
     /// R without W: where not-yet-migrated sessions are copied from.
     sources: Vec<usize>,
+    /// D without W: where a logout deletes without leaving a tombstone.
+    delete_only: Vec<usize>,
     options: Options,
 }
 
@@ -121,9 +150,9 @@ impl MultiRedisStore {
         };
         let readers = select(|n| n.modes.can_read());
         let writers = select(|n| n.modes.can_write());
-        let deleters = select(|n| n.modes.can_delete());
         let sources = select(|n| n.modes.can_read() && !n.modes.can_write());
-        MultiRedisStore { inner: Arc::new(Inner { nodes, readers, writers, deleters, sources, options }) }
+        let delete_only = select(|n| n.modes.can_delete() && !n.modes.can_write());
+        MultiRedisStore { inner: Arc::new(Inner { nodes, readers, writers, sources, delete_only, options }) }
     }
 
     /// The live backends, in configured order.
@@ -239,13 +268,11 @@ impl MultiRedisStore {
                 break;
             }
             if !node.modes.can_write() && self.inner.options.copy_on_read != CopyOnRead::Off {
-                // In a task of its own: a load dropped mid-way (a client that
-                // went away) must not leave a copy behind unchecked.
-                let (store, id, pxat) = (self.clone(), *id, codec::expiry_millis(record.expiry_date));
-                let copy = tokio::spawn(async move { store.copy_back(index, &id, &bytes, pxat, deadline).await });
-                // The copy is best effort: its failures are logged, and the
-                // record is served either way.
-                let _ = copy.await;
+                // Best effort: its failures are logged, and the record is
+                // served either way. Nothing is checked or undone after it,
+                // so a load dropped mid-way leaves nothing to clean up.
+                // Boxed: only a first touch pays for it, not every load's future.
+                Box::pin(self.copy_back(index, id, &bytes, codec::expiry_millis(record.expiry_date), deadline)).await;
             }
             return Ok(Some(record));
         }
@@ -269,40 +296,31 @@ impl MultiRedisStore {
         if failures.is_empty() { Ok(None) } else { Err(Error::from_failures(failures)) }
     }
 
-    /// Copy-on-read of a record found in backend `source` (not in W) into every W backend.
+    /// Copy-on-read of a record found in backend `source` (not in W) into
+    /// every W backend, unless a logout left a tombstone there; with `Move`,
+    /// then off the source once every W backend holds it.
     async fn copy_back(&self, source: usize, sid: &Id, bytes: &[u8], pxat: u64, deadline: Deadline) {
         let source = &self.inner.nodes[source];
-        let write = Write { sid, bytes, pxat, deadline };
-        let results = self.fan_out(&self.inner.writers, |w| write.on(w, SetIf::Absent)).await;
-        let mut created = Vec::new();
-        let mut complete = true;
+        let results = self.fan_out(&self.inner.writers, |w| w.copy(sid, bytes, pxat, false, deadline)).await;
+        let mut held_by_every_writer = true;
         for (w, result) in results {
             match result {
-                Ok(true) => created.push(w),
-                Ok(false) => {}
+                Ok(Copied::Written) => w.count(Counter::Copy),
+                Ok(Copied::Present) => {}
+                // A logout is under way; it removes the source's copy itself.
+                Ok(Copied::Tombstoned) => held_by_every_writer = false,
                 Err(err) => {
-                    complete = false;
+                    held_by_every_writer = false;
                     tracing::warn!(backend = %w.name, error = %err, "copy-on-read failed");
                 }
             }
         }
-        if created.is_empty() {
-            // Every reachable W backend already had it: whoever wrote it checks.
-            return;
-        }
-        // The check is never cut short by the deadline: an unchecked copy
-        // could outlive a logout.
-        let moving = self.inner.options.copy_on_read == CopyOnRead::Move && complete && source.modes.can_delete();
-        let still_there = if moving { source.del(sid, None).await } else { source.exists(sid, None).await };
-        if matches!(still_there, Ok(true)) {
-            for w in &created {
-                w.count(Counter::Copy);
+        if self.inner.options.copy_on_read == CopyOnRead::Move && held_by_every_writer && source.modes.can_delete() {
+            // Every W backend holds the session now, so whether this DEL runs,
+            // fails or runs late, nothing is lost.
+            if let Err(err) = source.del(sid, deadline).await {
+                tracing::debug!(error = %err, "copy-on-read move: the source keeps its copy for now");
             }
-        } else {
-            // The session left the source while we copied it: a logout raced
-            // the copy, which would resurrect it (see "Why the second round").
-            tracing::debug!(source = %source.name, "copy-on-read raced a delete; undoing the copy");
-            undo(&created, sid).await;
         }
     }
 
@@ -352,148 +370,112 @@ impl MultiRedisStore {
             deadline: self.deadline(),
         };
         let results = self.fan_out(&self.inner.writers, |w| write.on(w, SetIf::Present)).await;
-        let mut misses = Vec::new();
-        let mut failures = Vec::new();
-        let mut written = 0;
+        let mut tally = Tally::default();
+        let mut missed = Vec::new();
         for (&index, (_, result)) in self.inner.writers.iter().zip(results) {
             match result {
-                Ok(true) => written += 1,
-                Ok(false) => misses.push(index),
-                Err(err) => failures.push(err),
+                Ok(false) => missed.push(index),
+                other => tally.add(other.map(|_| ())),
             }
         }
-        if !misses.is_empty() && !self.inner.sources.is_empty() {
-            // In a task of its own: a save dropped mid-way must not leave a
-            // filled copy behind unchecked.
-            let (store, sid, pxat, deadline) = (self.clone(), record.id, write.pxat, write.deadline);
-            let first_missed = self.inner.nodes[misses[0]].name.clone();
-            let fill = tokio::spawn(async move {
-                let mut failures = Vec::new();
-                let write = Write { sid: &sid, bytes: &bytes, pxat, deadline };
-                let written = store.save_missed(&misses, write, &mut failures).await;
-                (written, failures)
-            });
-            match fill.await {
-                Ok((filled, errors)) => {
-                    written += filled;
-                    failures.extend(errors);
-                }
-                // Only if it panicked or the runtime is shutting down: not a save.
-                Err(err) => failures.push(Error::Redis {
-                    backend: first_missed,
-                    op: "SET NX",
-                    source: redis::RedisError::from((
-                        redis::ErrorKind::Client,
-                        "the task filling write backends ended",
-                        err.to_string(),
-                    )),
-                }),
-            }
+        if !missed.is_empty() {
+            self.save_missed(&missed, write, &mut tally).await;
         }
         let any = self.inner.options.write_policy == WritePolicy::Any;
-        if failures.is_empty() || (any && written > 0) {
-            for err in &failures {
+        if tally.failures.is_empty() || (any && tally.done > 0) {
+            for err in &tally.failures {
                 tracing::warn!(error = %err, "save: a write backend failed (write policy `any`)");
             }
             Ok(())
         } else {
-            Err(Error::from_failures(failures))
+            Err(Error::from_failures(tally.failures))
         }
     }
 
-    /// The part of `save` for W backends that missed the `SET XX`: fill them
-    /// from a source that holds the session, or only update a copy that
-    /// landed meanwhile. Returns how many of them now hold the saved record.
-    async fn save_missed(&self, misses: &[usize], write: Write<'_>, failures: &mut Vec<Error>) -> usize {
-        let misses: Vec<&Node> = misses.iter().map(|&i| &self.inner.nodes[i]).collect();
-        let witnesses = self.sources_holding(write.sid, failures, write.deadline).await;
-        if !witnesses.is_empty() {
-            return self.fill(&misses, &witnesses, write, failures).await;
-        }
-        // In no source (logged out, expired, moved meanwhile, or only in
-        // other W backends): creating it could resurrect it. A copy-on-read
-        // may just have landed, though: update that one.
-        let retries = join_all(misses.iter().map(|w| write.on(w, SetIf::Present))).await;
-        let mut written = 0;
-        for result in retries {
-            match result {
-                Ok(true) => written += 1,
-                Ok(false) => {}
-                Err(err) => failures.push(err),
+    /// The part of `save` for the W backends whose `SET XX` missed.
+    async fn save_missed(&self, missed: &[usize], write: Write<'_>, tally: &mut Tally) {
+        // Where the session lives elsewhere (a W backend took the update, or
+        // a source holds it), write it into these too, unless a logout left
+        // a tombstone there.
+        let mut alive = tally.done > 0;
+        if !alive {
+            let found = self.fan_out(&self.inner.sources, |n| n.exists(write.sid, write.deadline)).await;
+            for (_, result) in found {
+                match result {
+                    Ok(there) => alive |= there,
+                    Err(err) => tally.failures.push(err),
+                }
             }
         }
-        written
-    }
-
-    /// The sources that hold the session.
-    async fn sources_holding<'a>(&'a self, sid: &Id, failures: &mut Vec<Error>, deadline: Deadline) -> Vec<&'a Node> {
-        let found = self.fan_out(&self.inner.sources, |n| n.exists(sid, deadline)).await;
-        let mut holding = Vec::new();
-        for (node, result) in found {
-            match result {
-                Ok(true) => holding.push(node),
-                Ok(false) => {}
-                Err(err) => failures.push(err),
-            }
-        }
-        holding
-    }
-
-    /// Writes a saved record into the W backends that missed it, then checks a
-    /// witness still holds the session and undoes the writes if none does.
-    /// Returns how many backends now hold the saved record.
-    async fn fill(&self, targets: &[&Node], witnesses: &[&Node], write: Write<'_>, failures: &mut Vec<Error>) -> usize {
-        let results = join_all(targets.iter().map(|w| async move {
-            if write.on(w, SetIf::Absent).await? {
-                return Ok(true);
-            }
-            // Someone (a copy-on-read) was faster, maybe with older data: ours wins.
-            write.on(w, SetIf::Present).await.map(|_| false)
-        }))
-        .await;
-        let mut created = Vec::new();
-        let mut updated = 0;
-        for (w, result) in targets.iter().zip(results) {
-            match result {
-                Ok(true) => created.push(*w),
-                Ok(false) => updated += 1,
-                Err(err) => failures.push(err),
-            }
-        }
-        if created.is_empty() {
-            return updated;
-        }
-        let checks = join_all(witnesses.iter().map(|n| n.exists(write.sid, None))).await;
-        if checks.iter().any(|c| matches!(c, Ok(true))) {
-            for w in &created {
-                w.count(Counter::Copy);
-            }
-            updated + created.len()
+        let (sid, bytes, pxat, deadline) = (write.sid, write.bytes, write.pxat, write.deadline);
+        let results = if alive {
+            self.fan_out(missed, |w| async move { w.copy(sid, bytes, pxat, true, deadline).await.map(|c| c != Copied::Tombstoned) })
+                .await
         } else {
-            // Gone from every witness (a logout raced the save), or a witness
-            // could not answer: undo either way; the second case is a failure,
-            // not a save that "succeeded" without being written.
-            tracing::debug!("save could not confirm its copies; undoing them");
-            undo(&created, write.sid).await;
-            failures.extend(checks.into_iter().filter_map(Result::err));
-            updated
+            // In no source either: logged out, expired, or just moved into
+            // the W backends (a move writes them before it deletes the
+            // source, so a copy is there by now): update such a copy only.
+            self.fan_out(missed, |w| write.on(w, SetIf::Present)).await
+        };
+        for (_, result) in results {
+            match result {
+                Ok(true) => tally.done += 1,
+                // Tombstoned, or nowhere: a logout won. Nothing to write.
+                Ok(false) => {}
+                Err(err) => tally.failures.push(err),
+            }
         }
     }
 
     /// `delete`: see the module docs.
     async fn delete_record(&self, id: &Id) -> Result<(), Error> {
         let deadline = self.deadline();
+        let keep = self.inner.options.tombstone_ttl;
+        let (tombstones, forgotten) = futures_util::future::join(
+            self.fan_out(&self.inner.writers, |w| w.logout(id, keep, deadline)),
+            self.fan_out(&self.inner.delete_only, |n| n.forget(id, deadline)),
+        )
+        .await;
         let mut failures = Vec::new();
-        let rounds: &[&[usize]] = if self.inner.sources.is_empty() {
-            &[&self.inner.deleters]
-        } else {
-            &[&self.inner.deleters, &self.inner.writers]
-        };
-        for round in rounds {
-            let results = self.fan_out(round, |n| n.del(id, deadline)).await;
+        let mut shortest_tombstone = Duration::MAX;
+        for (_, result) in tombstones {
+            match result {
+                Ok(ttl) => shortest_tombstone = shortest_tombstone.min(ttl),
+                Err(err) => failures.push(err),
+            }
+        }
+        let mut longest_elsewhere = Duration::ZERO;
+        for (_, result) in forgotten {
+            match result {
+                Ok(ttl) => longest_elsewhere = longest_elsewhere.max(ttl.unwrap_or_default()),
+                Err(err) => failures.push(err),
+            }
+        }
+        if failures.is_empty() && longest_elsewhere > shortest_tombstone {
+            // A copy made from a source carries the source's expiry: the
+            // tombstones must outlive it (rare: a session that lived longer
+            // in a source than in the W backends and than `tombstone_ttl`).
+            let results = self.fan_out(&self.inner.writers, |w| w.logout(id, longest_elsewhere, deadline)).await;
             failures.extend(results.into_iter().filter_map(|(_, r)| r.err()));
         }
         if failures.is_empty() { Ok(()) } else { Err(Error::from_failures(failures)) }
+    }
+}
+
+/// Successes and failures of one fan-out.
+#[derive(Default)]
+struct Tally {
+    /// Backends that did what was asked.
+    done: usize,
+    failures: Vec<Error>,
+}
+
+impl Tally {
+    fn add(&mut self, result: Result<(), Error>) {
+        match result {
+            Ok(()) => self.done += 1,
+            Err(err) => self.failures.push(err),
+        }
     }
 }
 
@@ -530,7 +512,10 @@ fn encode(record: &Record) -> Result<Vec<u8>, Error> {
     codec::encode(record).map_err(|err| Error::Encode(err.to_string()))
 }
 
-/// Best-effort removal of keys this operation created (never cut short).
+/// Removes what a failed `create` attempt wrote. Only for `create`: the id
+/// is freshly drawn, so nobody else can hold it (a write whose outcome is
+/// unknown and lands later leaves a session nobody has the id of, which
+/// expires).
 async fn undo(created: &[&Node], sid: &Id) {
     for (node, result) in created.iter().zip(join_all(created.iter().map(|n| n.del(sid, None))).await) {
         if let Err(err) = result {

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rustix::process::{Pid, Signal, kill_process};
 use tempfile::TempDir;
 
 /// Why a test server could not be started.
@@ -306,7 +307,7 @@ impl RedisServer {
     ///
     /// When the signal cannot be sent.
     pub fn freeze(&self) -> Result<(), ServerError> {
-        self.signal("-STOP")
+        self.signal(Signal::STOP)
     }
 
     /// Resumes a frozen server with SIGCONT.
@@ -315,17 +316,31 @@ impl RedisServer {
     ///
     /// When the signal cannot be sent.
     pub fn thaw(&self) -> Result<(), ServerError> {
-        self.signal("-CONT")
+        self.signal(Signal::CONT)
     }
 
-    fn signal(&self, signal: &str) -> Result<(), ServerError> {
-        let pid = self.pid().ok_or_else(|| io::Error::other("server is not running"))?;
-        let status = Command::new("kill").arg(signal).arg(pid.to_string()).status()?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(io::Error::other(format!("kill {signal} {pid} failed: {status}")).into())
-        }
+    /// Freezes the server now and thaws it after `duration`, from a thread of
+    /// its own (join the handle to wait for the thaw).
+    ///
+    /// # Errors
+    ///
+    /// When the signal cannot be sent.
+    pub fn freeze_for(&self, duration: Duration) -> Result<std::thread::JoinHandle<()>, ServerError> {
+        let child = self.child.as_ref().ok_or_else(|| io::Error::other("server is not running"))?;
+        let pid = Pid::from_child(child);
+        self.freeze()?;
+        Ok(std::thread::spawn(move || {
+            std::thread::sleep(duration);
+            let _ = kill_process(pid, Signal::CONT);
+        }))
+    }
+
+    /// Sends a signal with the `kill` system call (no `kill` program needed:
+    /// minimal images lack procps).
+    fn signal(&self, signal: Signal) -> Result<(), ServerError> {
+        let child = self.child.as_ref().ok_or_else(|| io::Error::other("server is not running"))?;
+        kill_process(Pid::from_child(child), signal).map_err(io::Error::from)?;
+        Ok(())
     }
 
     /// A redis-rs client for this server, to look at its keys directly.
@@ -340,10 +355,8 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        if let Some(pid) = self.pid() {
-            // A frozen process ignores nothing but SIGKILL; make sure it dies.
-            let _ = Command::new("kill").arg("-CONT").arg(pid.to_string()).status();
-        }
+        // SIGKILL ends a frozen process too; SIGCONT first lets it go at once.
+        let _ = self.thaw();
         self.kill();
     }
 }

@@ -71,7 +71,7 @@ async fn stats_verify_migrate_verify() {
     let text = String::from_utf8_lossy(&verify.stdout);
     assert!(text.contains("old -> new: checked 250  missing 250"), "{text}");
 
-    let migrate = cli(&["migrate", "--config", path, "--move", "--json", "--grace-ms", "10"]);
+    let migrate = cli(&["migrate", "--config", path, "--move", "--json"]);
     assert!(migrate.status.success(), "{migrate:?}");
     let report = json(&migrate);
     assert_eq!(report["finished"], true);

@@ -11,13 +11,12 @@ mod common;
 #[path = "../examples/shared/app.rs"]
 mod app;
 
-use common::{conn, pttl, servers};
-use redis::AsyncCommands;
+use common::{pttl, servers};
 use tower_sessions_multi_redis_store::testing::RedisServer;
 use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore};
 
 async fn keys(server: &RedisServer) -> Vec<String> {
-    conn(server).await.keys("*").await.unwrap()
+    common::session_keys(server).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

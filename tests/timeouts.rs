@@ -22,12 +22,7 @@ async fn store(server: &RedisServer, retry: bool) -> MultiRedisStore {
 
 /// Freezes `server` now and thaws it after `ms`.
 fn freeze_for(server: &RedisServer, ms: u64) -> std::thread::JoinHandle<()> {
-    server.freeze().unwrap();
-    let pid = server.pid().unwrap();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(ms));
-        let _ = std::process::Command::new("kill").arg("-CONT").arg(pid.to_string()).status();
-    })
+    server.freeze_for(Duration::from_millis(ms)).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -119,6 +119,7 @@ async fn an_acl_user_with_limited_rights_works_and_a_wrong_password_names_the_ba
         .arg("+set")
         .arg("+del")
         .arg("+exists")
+        .arg("+eval")
         .arg("+ping")
         .query_async(&mut common::conn(&server).await)
         .await

@@ -74,10 +74,6 @@ struct MigrateArgs {
     /// Resume from the cursor an interrupted run printed.
     #[arg(long, default_value_t = 0)]
     cursor: u64,
-    /// Milliseconds before a session found already copied is deleted from the
-    /// source [default: twice the longest backend timeout].
-    #[arg(long)]
-    grace_ms: Option<u64>,
 }
 
 #[tokio::main]
@@ -149,14 +145,11 @@ fn progress_line(p: &Progress) -> String {
 }
 
 async fn migrate(args: MigrateArgs) -> Result<ExitCode, Error> {
-    let mut options = MigrateOptions::default()
+    let options = MigrateOptions::default()
         .move_sessions(args.move_sessions)
         .dry_run(args.dry_run)
         .rate_limit(args.rate)
         .cursor(args.cursor);
-    if let Some(ms) = args.grace_ms {
-        options = options.grace(Duration::from_millis(ms));
-    }
     let migrator = migrator(&args.pair, options).await?;
     let json = args.pair.common.json;
     let bar = if json { ProgressBar::hidden() } else { ProgressBar::new_spinner() };

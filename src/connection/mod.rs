@@ -69,6 +69,11 @@ impl Connection {
         }
     }
 
+    /// Whether this is a Redis Cluster (whose scripts touch one hash slot).
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Connection::Cluster(_))
+    }
+
     /// The member that holds session `id`.
     pub(crate) fn member_of(&self, id: &str) -> usize {
         match self {

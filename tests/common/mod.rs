@@ -53,6 +53,12 @@ pub async fn pttl(server: &RedisServer, key: &str) -> i64 {
     conn(server).await.pttl(key).await.unwrap()
 }
 
+/// The session keys on `server` (without the tombstones logouts leave).
+pub async fn session_keys(server: &RedisServer) -> Vec<String> {
+    let keys: Vec<String> = conn(server).await.keys("*").await.unwrap();
+    keys.into_iter().filter(|k| !k.ends_with(":tombstone")).collect()
+}
+
 pub async fn exists(server: &RedisServer, key: &str) -> bool {
     conn(server).await.exists(key).await.unwrap()
 }

@@ -1,0 +1,115 @@
+//! Tombstones: what a logout leaves in every write backend, and the scripts
+//! that write a session into a write backend only where no logout did.
+//!
+//! A logout runs [`LOGOUT`] on each write backend: it removes the session and,
+//! in the same atomic step, leaves a tombstone key beside it that lives at
+//! least as long as the session would have. Every copy of a session into a
+//! write backend (copy-on-read, a save filling a backend that missed it, the
+//! migrator) runs [`COPY`] or [`FILL`], which write nothing where a tombstone
+//! is. So a copy that is late, retried, or lands after the logout returned
+//! can never bring the session back, and no copy ever needs to be checked or
+//! undone (the check-and-undo this replaces could undo newer writes, and an
+//! undo whose reply was lost left the outcome unknown).
+//!
+//! The tombstone key is the session key followed by [`TOMBSTONE_SUFFIX`], so
+//! it falls under the same key prefix (ACL key patterns, `SCAN MATCH`). On a
+//! Redis Cluster it must also share the session key's hash slot (a script
+//! may only touch keys of one slot): there, a key without a hash tag of its
+//! own is wrapped in one, `{<key>}:tombstone`.
+
+/// What every tombstone key ends with (a session id never holds a `:`).
+pub(crate) const TOMBSTONE_SUFFIX: &str = ":tombstone";
+
+/// The tombstone key of a session key, on a cluster or not.
+pub(crate) fn tombstone_key(key: &str, cluster: bool) -> String {
+    let mut tomb = String::with_capacity(key.len() + TOMBSTONE_SUFFIX.len() + 2);
+    if cluster && hash_tag(key).is_none() {
+        tomb.push('{');
+        tomb.push_str(key);
+        tomb.push('}');
+    } else {
+        tomb.push_str(key);
+    }
+    tomb.push_str(TOMBSTONE_SUFFIX);
+    tomb
+}
+
+/// Whether a key found by `SCAN` is a tombstone, not a session.
+pub(crate) fn is_tombstone(key: &str) -> bool {
+    key.ends_with(TOMBSTONE_SUFFIX)
+}
+
+/// Redis Cluster's hash tag of `key`: what stands between the first `{` and
+/// the first `}` after it, if not empty.
+pub(crate) fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let len = key[open + 1..].find('}')?;
+    (len > 0).then(|| &key[open + 1..open + 1 + len])
+}
+
+/// Whether a key prefix lets a cluster tombstone share the session's hash
+/// slot: it must not hold a `}` unless the key gets a hash tag of its own
+/// (the id itself never holds braces).
+pub(crate) fn prefix_fits_cluster(prefix: &str) -> bool {
+    hash_tag(prefix).is_some() || !prefix.contains('}')
+}
+
+/// `KEYS[1]` session, `KEYS[2]` its tombstone; `ARGV[1]` value, `ARGV[2]`
+/// `PXAT`. `SET NX` unless tombstoned: 1 written, 0 already there (a copy or
+/// a newer save: never overwritten), -1 tombstoned (a logout ran).
+pub(crate) const COPY: &str = "\
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+if redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2], 'NX') then return 1 end
+return 0";
+
+/// As [`COPY`], but a key already there is overwritten (`SET XX`): a save's
+/// own record, newer than any copy made from a source. 1 written where it
+/// was missing, 0 overwritten, -1 tombstoned.
+pub(crate) const FILL: &str = "\
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+if redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2], 'NX') then return 1 end
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2], 'XX')
+return 0";
+
+/// `KEYS[1]` session, `KEYS[2]` its tombstone; `ARGV[1]` the least time the
+/// tombstone lives (ms). Deletes the session and leaves (or lengthens, never
+/// shortens) the tombstone, living as long as the session would have and at
+/// least `ARGV[1]`. Returns the tombstone's time to live (ms). Idempotent.
+pub(crate) const LOGOUT: &str = "\
+local keep = tonumber(ARGV[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > keep then keep = ttl end
+ttl = redis.call('PTTL', KEYS[2])
+if ttl > keep then keep = ttl end
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], '1', 'PX', keep)
+return keep";
+
+/// `KEYS[1]` session in a backend that is not written (a source). Deletes it
+/// and returns how long it had to live (ms; negative when absent), so the
+/// tombstones in the write backends can be made to outlive any copy of it.
+pub(crate) const FORGET: &str = "\
+local ttl = redis.call('PTTL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return ttl";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tombstone_shares_the_session_keys_hash_slot_and_prefix() {
+        for key in ["abc", "sess:abc", "{user1}:abc", "a{b}c", "a{}b", "x}y"] {
+            let plain = tombstone_key(key, false);
+            assert!(plain.starts_with(key) && is_tombstone(&plain), "{plain}");
+            if !prefix_fits_cluster(key) {
+                assert!(key.contains('}') && hash_tag(key).is_none(), "{key}");
+                continue;
+            }
+            let tomb = tombstone_key(key, true);
+            assert!(is_tombstone(&tomb));
+            assert_eq!(hash_tag(&tomb), Some(hash_tag(key).unwrap_or(key)), "{key} -> {tomb}");
+        }
+        assert!(!is_tombstone("sess:AAAAAAAAAAAAAAAAAAAAAA"));
+    }
+}

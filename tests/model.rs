@@ -1,0 +1,457 @@
+//! The invariants I1-I5 of DESIGN.md, checked against a model of every user
+//! while everything that can race does: three store instances built
+//! separately from one configuration file (three app processes), the bulk
+//! migrator moving sessions from "old" to "new", users who load, change and
+//! save their session and now and then log out while another tab saves
+//! through another instance, readers loading random sessions through random
+//! instances, and faults injected into both servers.
+//!
+//! Every answer is checked against the model of its session, taken when the
+//! request started and when it ended:
+//! * I1: a session whose logout returned Ok before the load started is not found;
+//! * I2: a load returns at least the last version whose save returned Ok
+//!   before the load started, and never a version nobody tried to save;
+//! * I3: "not found" only once a logout of the session has started;
+//! * I4: at the end, every session not logged out loads, with an acknowledged
+//!   (or later attempted) version, and "old" holds none of them after a final
+//!   migration; no logged-out session is left in either server.
+//!
+//! Errors are allowed only while faults are injected. One case is counted
+//! and printed rather than failed, because the store cannot prevent it (see
+//! "Saves never go back" in store.rs): a load returning the version of a save
+//! that *returned an error*, older than a later acknowledged save: that
+//! failed save's command ran after the later one, on another connection. Each run prints its
+//! seed; `MODEL_SEED=<n>` replays one, `MODEL_SEEDS=<n>` runs more seeds and
+//! `MODEL_MILLIS=<n>` runs longer.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Rng, conn};
+use tower_sessions_core::SessionStore;
+use tower_sessions_core::session::{Id, Record};
+use tower_sessions_multi_redis_store::testing::RedisServer;
+use tower_sessions_multi_redis_store::{MigrateOptions, Migrator, MultiRedisStore, codec};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// No fault: no request may fail.
+    None,
+    /// `CLIENT KILL TYPE normal` on both servers every 400 ms.
+    KillConnections,
+    /// `CLIENT PAUSE 250 WRITE` on both servers every 400 ms, with a 100 ms
+    /// socket timeout: writes time out and run later.
+    PauseWrites,
+    /// SIGSTOP of "old" for 300 ms every 700 ms, with a 100 ms socket timeout.
+    FreezeSource,
+}
+
+/// What the model knows of one session.
+#[derive(Clone, Debug, Default)]
+struct Model {
+    /// The highest version whose save (or create) returned Ok.
+    acked: u64,
+    /// The highest version any save tried to write.
+    attempted: u64,
+    /// A logout of it started.
+    logout_started: bool,
+    /// A logout of it returned Ok.
+    logged_out: bool,
+    /// Versions whose save returned an error (and may land at any time).
+    failed: Vec<u64>,
+}
+
+#[derive(Default)]
+struct World {
+    models: Mutex<HashMap<Id, Model>>,
+    ids: Mutex<Vec<Id>>,
+    violations: Mutex<Vec<String>>,
+    loads: AtomicU64,
+    errors: AtomicU64,
+    logouts: AtomicU64,
+    saves: AtomicU64,
+    /// Loads that returned a version older than an acknowledged one, whose
+    /// own save had failed: that save's command ran after the later one.
+    late_failed_saves: AtomicU64,
+}
+
+impl World {
+    fn model(&self, id: &Id) -> Model {
+        self.models.lock().unwrap().get(id).cloned().unwrap_or_default()
+    }
+
+    fn update(&self, id: Id, f: impl FnOnce(&mut Model)) {
+        f(self.models.lock().unwrap().entry(id).or_default());
+    }
+
+    fn track(&self, id: Id, model: Model) {
+        self.models.lock().unwrap().insert(id, model);
+        self.ids.lock().unwrap().push(id);
+    }
+
+    fn violation(&self, what: String) {
+        self.violations.lock().unwrap().push(what);
+    }
+
+    /// Loads `id` through `store` and checks the answer against the model.
+    /// Returns the version found, if any.
+    async fn checked_load(&self, store: &MultiRedisStore, id: Id, who: &str) -> Option<u64> {
+        let before = self.model(&id);
+        let result = store.load(&id).await;
+        let after = self.model(&id);
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Err(_) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Ok(None) => {
+                if !after.logout_started {
+                    self.violation(format!("I3 {who}: {id} not found, never logged out ({after:?})"));
+                }
+                None
+            }
+            Ok(Some(record)) => {
+                let v = version(&record);
+                if before.logged_out {
+                    self.violation(format!("I1 {who}: {id} loaded (v{v}) after its logout returned"));
+                } else if v < before.acked && after.failed.contains(&v) {
+                    // A save that returned Err whose command still ran, after
+                    // a later save that went through another connection (a
+                    // paused server serves its clients in the order they were
+                    // blocked, not their commands). Known; see store.rs.
+                    self.late_failed_saves.fetch_add(1, Ordering::Relaxed);
+                } else if v < before.acked {
+                    self.violation(format!("I2 {who}: {id} loaded v{v}, older than acknowledged v{}", before.acked));
+                } else if v > after.attempted {
+                    self.violation(format!("{who}: {id} loaded v{v}, never written ({after:?})"));
+                }
+                Some(v)
+            }
+        }
+    }
+}
+
+fn version(record: &Record) -> u64 {
+    record.data.get("v").and_then(serde_json::Value::as_u64).unwrap_or(u64::MAX)
+}
+
+fn record(id: Id, v: u64) -> Record {
+    Record {
+        id,
+        data: [("v".to_owned(), serde_json::json!(v)), ("pad".to_owned(), serde_json::json!("x".repeat(64)))].into(),
+        expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+    }
+}
+
+/// One seeded run; returns the violations found.
+async fn run(seed: u64, fault: Fault, millis: u64) -> Vec<String> {
+    const PRELOADED: u64 = 1500;
+    const USERS: usize = 12;
+    const READERS: usize = 3;
+    let new = RedisServer::start().expect("redis-server");
+    let old = Arc::new(RedisServer::start().expect("redis-server"));
+    let timeout = match fault {
+        Fault::PauseWrites | Fault::FreezeSource => 0.1,
+        Fault::None | Fault::KillConnections => 1.0,
+    };
+    let path = new.dir().join("sessions.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[backends]]\nname = \"new\"\nmodes = [\"read\", \"write\"]\nurl = \"{}\"\nsocket_timeout = {timeout}\n\
+             breaker_failures = 0\n\n\
+             [[backends]]\nname = \"old\"\nmodes = [\"read\", \"delete\"]\nurl = \"{}\"\nsocket_timeout = {timeout}\n\
+             breaker_failures = 0\n",
+            new.url(),
+            old.url()
+        ),
+    )
+    .unwrap();
+    // Three app instances and the migrator's, each built on its own.
+    let mut instances = Vec::new();
+    for _ in 0..4 {
+        instances.push(MultiRedisStore::from_config_file(&path).await.unwrap());
+    }
+    let migrator_store = instances.pop().unwrap();
+    let instances = Arc::new(instances);
+
+    // Sessions written by tower-sessions-redis-store into "old", version 0.
+    let world = Arc::new(World::default());
+    {
+        let mut old_conn = conn(&old).await;
+        let mut pipe = redis::pipe();
+        for _ in 0..PRELOADED {
+            let rec = record(Id::default(), 0);
+            pipe.cmd("SET").arg(rec.id.to_string()).arg(codec::encode(&rec).unwrap()).arg("EX").arg(3600).ignore();
+            world.track(rec.id, Model::default());
+        }
+        let _: () = pipe.query_async(&mut old_conn).await.unwrap();
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = tokio::task::JoinSet::new();
+
+    // The migrator, across the whole run, restarted from its cursor when a
+    // fault stops it.
+    {
+        let (stop, store) = (stop.clone(), migrator_store.clone());
+        let rate = u32::try_from(PRELOADED * 1000 / millis.max(1)).unwrap_or(u32::MAX);
+        tasks.spawn(async move {
+            let mut cursor = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let options =
+                    MigrateOptions::default().move_sessions(true).batch_size(50).rate_limit(Some(rate)).cursor(cursor);
+                let migrator = Migrator::for_store(&store, options).unwrap();
+                let stopping = {
+                    let stop = stop.clone();
+                    async move {
+                        while !stop.load(Ordering::Relaxed) {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                };
+                match migrator.run(|_| {}, stopping).await {
+                    Ok(report) if report.finished => cursor = 0,
+                    Ok(report) => cursor = report.progress.cursor,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+    }
+
+    // Users: each follows one session at a time; after a logout, logs in again.
+    for user in 0..USERS {
+        let (stop, world, instances) = (stop.clone(), world.clone(), instances.clone());
+        let mut rng = Rng(seed ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(user as u64 + 1)) | 1);
+        tasks.spawn(async move {
+            // Each user owns its sessions: the preloaded ones at its stride,
+            // then those it logs in with.
+            let own: Vec<Id> = world.ids.lock().unwrap().iter().skip(user).step_by(USERS).copied().collect();
+            let mut own = own.into_iter().cycle();
+            let mut id = own.next().unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                let store = &instances[rng.below(instances.len())];
+                if world.model(&id).logout_started {
+                    id = own.next().unwrap();
+                    continue;
+                }
+                let who = format!("user {user}");
+                world.checked_load(store, id, &who).await;
+                if rng.below(10) == 0 {
+                    // Log out while another tab saves through another instance.
+                    let v = {
+                        let mut models = world.models.lock().unwrap();
+                        let m = models.entry(id).or_default();
+                        m.logout_started = true;
+                        m.attempted += 1;
+                        m.attempted
+                    };
+                    let tab = instances[rng.below(instances.len())].clone();
+                    let logout = instances[rng.below(instances.len())].clone();
+                    let (saved, logged_out) =
+                        tokio::join!(async { tab.save(&record(id, v)).await }, async { logout.delete(&id).await });
+                    world.saves.fetch_add(1, Ordering::Relaxed);
+                    world.logouts.fetch_add(1, Ordering::Relaxed);
+                    if saved.is_err() {
+                        world.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    match logged_out {
+                        Ok(()) => world.update(id, |m| m.logged_out = true),
+                        Err(_) => {
+                            world.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    // The user's own next request, through any instance.
+                    let store = &instances[rng.below(instances.len())];
+                    world.checked_load(store, id, &format!("{who} after logout")).await;
+                    // Log in again.
+                    let mut fresh = record(Id::default(), 1);
+                    match store.create(&mut fresh).await {
+                        Ok(()) => {
+                            world.track(fresh.id, Model { acked: 1, attempted: 1, ..Model::default() });
+                            id = fresh.id;
+                        }
+                        Err(_) => {
+                            world.errors.fetch_add(1, Ordering::Relaxed);
+                            id = own.next().unwrap();
+                        }
+                    }
+                } else {
+                    let v = {
+                        let mut models = world.models.lock().unwrap();
+                        let m = models.entry(id).or_default();
+                        m.attempted += 1;
+                        m.attempted
+                    };
+                    let result = store.save(&record(id, v)).await;
+                    world.saves.fetch_add(1, Ordering::Relaxed);
+                    match result {
+                        Ok(()) => world.update(id, |m| m.acked = m.acked.max(v)),
+                        Err(_) => {
+                            world.errors.fetch_add(1, Ordering::Relaxed);
+                            world.update(id, |m| m.failed.push(v));
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    // Readers: random sessions through random instances.
+    for reader in 0..READERS {
+        let (stop, world, instances) = (stop.clone(), world.clone(), instances.clone());
+        let mut rng = Rng(seed.rotate_left(17 + reader as u32) | 1);
+        tasks.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let id = {
+                    let ids = world.ids.lock().unwrap();
+                    ids[rng.below(ids.len())]
+                };
+                let store = &instances[rng.below(instances.len())];
+                world.checked_load(store, id, &format!("reader {reader}")).await;
+            }
+        });
+    }
+
+    // Faults, until the traffic stops.
+    let faults = {
+        let stop = stop.clone();
+        let (new_client, old_client) = (new.client().unwrap(), old.client().unwrap());
+        let old = old.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match fault {
+                    Fault::None => tokio::time::sleep(Duration::from_millis(100)).await,
+                    Fault::KillConnections => {
+                        tokio::time::sleep(Duration::from_millis(400)).await;
+                        for client in [&new_client, &old_client] {
+                            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+                            let _: redis::RedisResult<u64> =
+                                redis::cmd("CLIENT").arg(&["KILL", "TYPE", "normal"][..]).query_async(&mut c).await;
+                        }
+                    }
+                    Fault::PauseWrites => {
+                        tokio::time::sleep(Duration::from_millis(150)).await;
+                        for client in [&new_client, &old_client] {
+                            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+                            let _: () =
+                                redis::cmd("CLIENT").arg(&["PAUSE", "250", "WRITE"][..]).query_async(&mut c).await.unwrap();
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    Fault::FreezeSource => {
+                        tokio::time::sleep(Duration::from_millis(400)).await;
+                        old.freeze().unwrap();
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        old.thaw().unwrap();
+                    }
+                }
+            }
+        })
+    };
+
+    tokio::time::sleep(Duration::from_millis(millis)).await;
+    stop.store(true, Ordering::Relaxed);
+    faults.await.unwrap();
+    while let Some(task) = tasks.join_next().await {
+        task.unwrap();
+    }
+    let during = world.violations.lock().unwrap().len();
+
+    // Late commands (timed out, paused) land now; then the final sweep
+    // through a fresh instance, after a last migration.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let fresh = MultiRedisStore::from_config_file(&path).await.unwrap();
+    let report = Migrator::for_store(&fresh, MigrateOptions::default().move_sessions(true))
+        .unwrap()
+        .run(|_| {}, std::future::pending())
+        .await
+        .unwrap();
+    if !report.is_clean() {
+        world.violation(format!("final migration not clean: {:?}", report.failures.first()));
+    }
+    let ids = world.ids.lock().unwrap().clone();
+    let (mut new_conn, mut old_conn) = (conn(&new).await, conn(&old).await);
+    let mut live = 0;
+    for id in &ids {
+        let found = world.checked_load(&fresh, *id, "final sweep").await;
+        let m = world.model(id);
+        let key = id.to_string();
+        let in_old: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut old_conn).await.unwrap();
+        let in_new: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut new_conn).await.unwrap();
+        if in_old {
+            world.violation(format!("I4 final: {id} still in old after the final migration ({m:?})"));
+        }
+        if m.logged_out && (in_new || in_old) {
+            world.violation(format!("I1 final: {id} still stored after its logout returned"));
+        }
+        if !m.logout_started {
+            live += 1;
+            if found.is_none() {
+                world.violation(format!("I4 final: live {id} lost ({m:?})"));
+            }
+        }
+    }
+    let errors = world.errors.load(Ordering::Relaxed);
+    if fault == Fault::None && errors > 0 {
+        world.violation(format!("{errors} requests failed without any fault"));
+    }
+    let violations = world.violations.lock().unwrap().clone();
+    eprintln!(
+        "model seed={seed} fault={fault:?}: {} loads, {} saves, {} logouts, {errors} errors, {live} live sessions \
+         checked at the end, {} violations ({during} during the run), {} loads of a failed save that ran late",
+        world.loads.load(Ordering::Relaxed),
+        world.saves.load(Ordering::Relaxed),
+        world.logouts.load(Ordering::Relaxed),
+        violations.len(),
+        world.late_failed_saves.load(Ordering::Relaxed),
+    );
+    violations
+}
+
+/// Runs `fault` over several seeds; fails listing the first violations.
+async fn check(fault: Fault) {
+    let millis = std::env::var("MODEL_MILLIS").ok().and_then(|s| s.parse().ok()).unwrap_or(1500);
+    let seeds: Vec<u64> = match std::env::var("MODEL_SEED").ok().and_then(|s| s.parse().ok()) {
+        Some(seed) => vec![seed],
+        None => {
+            let n = std::env::var("MODEL_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+            let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+            (0..n).map(|i| base.wrapping_add(i * 0x9E37_79B9)).collect()
+        }
+    };
+    for seed in seeds {
+        let violations = run(seed, fault, millis).await;
+        assert!(
+            violations.is_empty(),
+            "seed {seed} ({fault:?}): {} violations, first: {:#?}",
+            violations.len(),
+            &violations[..violations.len().min(10)]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariants_hold_without_faults() {
+    check(Fault::None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariants_hold_while_connections_are_killed() {
+    check(Fault::KillConnections).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariants_hold_while_writes_are_paused_past_the_socket_timeout() {
+    check(Fault::PauseWrites).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariants_hold_while_the_source_is_frozen() {
+    check(Fault::FreezeSource).await;
+}
