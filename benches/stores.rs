@@ -10,6 +10,7 @@
 //!   `auto_pipeline(false)` (every command handed to redis-rs as it comes);
 //! * MultiRedisStore, `new: read+write, old: read+delete`, session in "new";
 //! * the same, first touch of a session still only in "old" (copy-on-read);
+//! * the same, a logout (`delete`) of a session still only in "old";
 //! * tower-sessions-redis-store 0.16 (fred, 6-connection pool), the anchor,
 //!   run as a subprocess (`benches/anchor`, built by `scripts/bench`).
 //!
@@ -24,7 +25,7 @@
 //! pins the servers to CPU 0 and the client to CPU 1 (Linux `taskset`).
 //!
 //! For profiling one case: `BENCH_CASES=raw,one` (of anchor, raw,
-//! raw-nodelay, one, one-nagle, one-direct, two, first), `BENCH_TASKS=64`,
+//! raw-nodelay, one, one-nagle, one-direct, two, first, logout), `BENCH_TASKS=64`,
 //! `BENCH_MILLIS=5000`, `BENCH_ROUNDS=1`, `BENCH_HTTP=0`; a partial run leaves
 //! the chart alone. `BENCH_LINK=veth` puts the servers behind a veth link
 //! (root only; see `support/veth.rs`), `BENCH_DELAY_MS=n` puts a proxy that
@@ -60,7 +61,8 @@ use session::small_session;
 const SESSIONS: usize = 10_000;
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 /// Short names of [`CASES`], for `BENCH_CASES`.
-const CASE_KEYS: [&str; 8] = ["anchor", "raw", "raw-nodelay", "one", "one-nagle", "one-direct", "two", "first"];
+const CASE_KEYS: [&str; 9] =
+    ["anchor", "raw", "raw-nodelay", "one", "one-nagle", "one-direct", "two", "first", "logout"];
 
 /// Knobs from the environment (see the module docs); the defaults are the full run.
 struct Knobs {
@@ -213,7 +215,7 @@ fn anchor(bin: &PathBuf, url: &str, millis: u64, concurrency: usize, pinned: boo
     }
 }
 
-const CASES: [&str; 8] = [
+const CASES: [&str; 9] = [
     "tower-sessions-redis-store 0.16",
     "raw redis-rs",
     "raw redis-rs, TCP_NODELAY",
@@ -222,6 +224,7 @@ const CASES: [&str; 8] = [
     "MultiRedisStore, 1 backend, no auto_pipeline",
     "MultiRedisStore, 2 backends, in new",
     "MultiRedisStore, 2 backends, first touch",
+    "MultiRedisStore, 2 backends, logout",
 ];
 // Indices into CASES.
 const ANCHOR: usize = 0;
@@ -232,6 +235,7 @@ const ONE_NAGLE: usize = 4;
 const ONE_DIRECT: usize = 5;
 const TWO: usize = 6;
 const FIRST: usize = 7;
+const LOGOUT: usize = 8;
 
 /// With `BENCH_PIN=1`: redis-servers on CPU 0, this process (and the anchor it
 /// starts) on CPU 1, so server and client stop competing for one core.
@@ -341,28 +345,39 @@ async fn run(knobs: Knobs) {
     let (one_ids, two_ids) = (create(one.clone()).await, create(two.clone()).await);
     eprintln!("session size: {} bytes", codec::encode(&small_session()).unwrap().len());
     let (one_ids, two_ids) = (Arc::new(one_ids), Arc::new(two_ids));
-    // Sessions only in "old", one per first-touch request.
-    let fresh: Arc<Vec<Id>> = {
-        let mut conn = redis::Client::open(old_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-        let mut ids = Vec::new();
-        let chunks =
-            if knobs.cases[FIRST] { 60 * knobs.millis.div_ceil(1500) * knobs.rounds.div_ceil(3) as u64 } else { 0 };
-        for _ in 0..chunks {
-            let mut pipe = redis::pipe();
-            for _ in 0..10_000 {
-                let rec = small_session();
-                pipe.cmd("SET")
-                    .arg(format!("two:{}", rec.id))
-                    .arg(codec::encode(&rec).unwrap())
-                    .arg("EX")
-                    .arg(3600)
-                    .ignore();
-                ids.push(rec.id);
+    // Sessions only in "old", one per first-touch (or logout) request.
+    let old_only = |wanted: bool, per_request_speed: u64| {
+        let old_url = old_url.clone();
+        async move {
+            let mut conn =
+                redis::Client::open(old_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+            let mut ids = Vec::new();
+            let chunks = if wanted {
+                60 * per_request_speed * knobs.millis.div_ceil(1500) * knobs.rounds.div_ceil(3) as u64
+            } else {
+                0
+            };
+            for _ in 0..chunks {
+                let mut pipe = redis::pipe();
+                for _ in 0..10_000 {
+                    let rec = small_session();
+                    pipe.cmd("SET")
+                        .arg(format!("two:{}", rec.id))
+                        .arg(codec::encode(&rec).unwrap())
+                        .arg("EX")
+                        .arg(3600)
+                        .ignore();
+                    ids.push(rec.id);
+                }
+                let _: () = pipe.query_async(&mut conn).await.unwrap();
             }
-            let _: () = pipe.query_async(&mut conn).await.unwrap();
+            Arc::new(ids)
         }
-        Arc::new(ids)
     };
+    let fresh: Arc<Vec<Id>> = old_only(knobs.cases[FIRST], 1).await;
+    // A logout is one round trip, where a first touch is several.
+    let doomed: Arc<Vec<Id>> = old_only(knobs.cases[LOGOUT], 3).await;
+    let next_doomed = Arc::new(AtomicUsize::new(0));
     let next_fresh = Arc::new(AtomicUsize::new(0));
     let anchor_bin = anchor_binary().filter(|_| knobs.cases[ANCHOR]);
     if anchor_bin.is_none() && knobs.cases[ANCHOR] {
@@ -408,10 +423,23 @@ async fn run(knobs: Knobs) {
                     .await,
                 );
             }
+            if knobs.cases[LOGOUT] {
+                // A logout of a session not yet migrated (in "old" only).
+                let (store, doomed, next) = (two.clone(), doomed.clone(), next_doomed.clone());
+                results[LOGOUT][ci].push(
+                    drive(millis, c, move |_, _| {
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        let (store, id) = (store.clone(), doomed[k % doomed.len()]);
+                        async move { store.delete(&id).await.unwrap() }
+                    })
+                    .await,
+                );
+            }
             eprintln!("round {round}, concurrency {c} done");
         }
     }
     assert!(next_fresh.load(Ordering::Relaxed) <= fresh.len(), "ran out of first-touch sessions");
+    assert!(next_doomed.load(Ordering::Relaxed) <= doomed.len(), "ran out of sessions to log out");
 
     // The median round by requests/s.
     let median = |samples: &Vec<Sample>| -> Option<Sample> {
@@ -498,7 +526,7 @@ async fn http(millis: u64, app: axum::Router, clients: usize) -> Sample {
 
 /// Grouped bars: requests/s by concurrency for each store.
 fn chart(table: &[Vec<Option<Sample>>]) -> String {
-    let colors = ["#888888", "#1f77b4", "#aec7e8", "#2ca02c", "#98df8a", "#9467bd", "#d62728", "#ff7f0e"];
+    let colors = ["#888888", "#1f77b4", "#aec7e8", "#2ca02c", "#98df8a", "#9467bd", "#d62728", "#ff7f0e", "#8c564b"];
     let max = table.iter().flatten().flatten().map(|s| s.rps).fold(1.0, f64::max) * 1.1;
     let (w, h, left, bottom) = (760.0, 380.0, 70.0, 330.0);
     let group = (w - left - 20.0) / CONCURRENCY.len() as f64;

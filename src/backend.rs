@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use std::future::Future;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Instant;
 
 use redis::{Cmd, FromRedisValue, Pipeline, Value};
@@ -19,6 +19,7 @@ use crate::connection::Connection;
 use crate::error::Error;
 use crate::mode::Modes;
 use crate::redact::redact_url;
+use crate::scripts::{COPY, FILL, FORGET, LOGOUT, Lua, SAVE};
 
 /// The socket timeout used when none is configured: bounds connecting and
 /// every command.
@@ -372,6 +373,12 @@ impl fmt::Debug for Backend {
     }
 }
 
+/// Our wall clock, in ms since the Unix epoch.
+fn epoch_millis() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// The instant an operation must be done by, if any. Commands that undo or
 /// check a copy get `None`: they are never cut short.
 pub(crate) type Deadline = Option<tokio::time::Instant>;
@@ -379,15 +386,6 @@ pub(crate) type Deadline = Option<tokio::time::Instant>;
 /// Bits of a composite SCAN cursor that hold the member of a partitioned backend.
 const MEMBER_SHIFT: u32 = 56;
 const INNER_MASK: u64 = (1 << MEMBER_SHIFT) - 1;
-
-/// The condition of a `SET`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum SetIf {
-    /// `NX`: only when the key does not exist.
-    Absent,
-    /// `XX`: only when the key exists.
-    Present,
-}
 
 /// What a conditional copy into a write backend found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -401,7 +399,7 @@ pub(crate) enum Copied {
 }
 
 impl Copied {
-    /// From the reply of [`COPY`](crate::tombstone::COPY) or [`FILL`](crate::tombstone::FILL).
+    /// From the reply code of [`COPY`](crate::scripts::COPY) or [`FILL`](crate::scripts::FILL).
     pub(crate) fn from_reply(reply: i64) -> Copied {
         match reply {
             1 => Copied::Written,
@@ -467,6 +465,14 @@ pub(crate) struct Node {
     conn: Connection,
     /// Hard bound of one command: connecting plus answering.
     op_timeout: Duration,
+    /// How long redis-rs waits for an answer.
+    socket_timeout: Duration,
+    /// The server's clock minus ours, in ms, at least (learnt from the
+    /// replies of the scripts that return the server's time); `i64::MIN`
+    /// until the first one.
+    clock_offset: AtomicI64,
+    /// Whether saves carry a deadline the server enforces.
+    refuse_late_writes: bool,
     retry_on_timeout: bool,
     breaker: Breaker,
     counters: [AtomicU64; 6],
@@ -502,13 +508,16 @@ impl fmt::Debug for Node {
 impl Node {
     /// Prepares the connection; nothing is sent over the network yet, so a
     /// store can be built while one of its servers is down.
-    pub(crate) fn connect(backend: &Backend) -> Result<Node, Error> {
+    pub(crate) fn connect(backend: &Backend, refuse_late_writes: bool) -> Result<Node, Error> {
         Ok(Node {
             name: backend.name.clone(),
             modes: backend.modes,
             prefix: backend.prefix.clone(),
             conn: Connection::open(backend)?,
             op_timeout: backend.socket_timeout * 2,
+            socket_timeout: backend.socket_timeout,
+            clock_offset: AtomicI64::new(i64::MIN),
+            refuse_late_writes,
             retry_on_timeout: backend.retry_on_timeout,
             breaker: Breaker::new(backend.breaker),
             counters: Default::default(),
@@ -762,42 +771,45 @@ impl Node {
         self.run("GET", member, redis::cmd("GET").arg(key), true, deadline).await
     }
 
-    /// `SET key value PXAT expiry NX|XX`: whether the value was written.
-    pub(crate) async fn set(
+    /// `SET key value PXAT expiry NX`: whether the value was written. Not
+    /// retried: its first attempt may have landed.
+    pub(crate) async fn set_new(
         &self,
         id: &(impl fmt::Display + ?Sized),
         value: &[u8],
         pxat: u64,
-        cond: SetIf,
         deadline: Deadline,
     ) -> Result<bool, Error> {
-        let (op, flag, idempotent) = match cond {
-            SetIf::Absent => ("SET NX", "NX", false),
-            SetIf::Present => ("SET XX", "XX", true),
-        };
         let (key, member) = self.route(id);
         // Sized up front: the value is most of the command.
         let mut cmd = redis::Cmd::with_capacity(6, key.len() + value.len() + 32);
-        cmd.arg("SET").arg(key).arg(value).arg("PXAT").arg(pxat).arg(flag);
-        let reply: Value = self.run(op, member, &cmd, idempotent, deadline).await?;
+        cmd.arg("SET").arg(key).arg(value).arg("PXAT").arg(pxat).arg("NX");
+        let reply: Value = self.run("SET NX", member, &cmd, false, deadline).await?;
         Ok(!matches!(reply, Value::Nil))
     }
 
-    /// One of the [`tombstone`](crate::tombstone) scripts on session `id`,
-    /// routed to the member that holds the session: `EVAL script 2 key
-    /// tombstone args...`, or `EVAL script 1 key args...` without `tombstone`.
+    /// One of the [`scripts`](crate::scripts) on session `id`, routed to the
+    /// member that holds the session: `EVALSHA sha 2 key tombstone args...`,
+    /// or `... 1 key args...` without `tombstone`; `EVAL` with the body when
+    /// `body` (the server does not know the script yet, or a pipeline that
+    /// cannot fall back).
     pub(crate) fn script(
         &self,
-        script: &str,
+        script: &Lua,
+        body: bool,
         id: &(impl fmt::Display + ?Sized),
         tombstone: bool,
         args: &[&[u8]],
     ) -> (usize, Cmd) {
         let (key, member) = self.route(id);
-        let mut cmd = redis::Cmd::with_capacity(5 + args.len(), script.len() + 2 * key.len() + 64);
-        cmd.arg("EVAL").arg(script);
+        let mut cmd = redis::Cmd::with_capacity(5 + args.len(), 2 * key.len() + 128);
+        if body {
+            cmd.arg("EVAL").arg(script.code);
+        } else {
+            cmd.arg("EVALSHA").arg(script.sha());
+        }
         if tombstone {
-            let tomb = crate::tombstone::tombstone_key(&key, self.conn.is_cluster());
+            let tomb = crate::scripts::tombstone_key(&key, self.conn.is_cluster());
             cmd.arg(2).arg(key).arg(tomb);
         } else {
             cmd.arg(1).arg(key);
@@ -808,28 +820,140 @@ impl Node {
         (member, cmd)
     }
 
+    /// Runs a script by its SHA1, and again with its body when the server
+    /// answers `NOSCRIPT` (it ran nothing, so resending is safe; it is not a
+    /// failure of the backend). Every script here is idempotent in effect,
+    /// so it may also be retried.
+    async fn run_script<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        script: &Lua,
+        id: &(impl fmt::Display + ?Sized),
+        tombstone: bool,
+        args: &[&[u8]],
+        deadline: Deadline,
+    ) -> Result<T, Error> {
+        let (member, by_sha) = self.script(script, false, id, tombstone, args);
+        let attempt = || async {
+            match self.conn.query::<T>(member, &by_sha).await {
+                Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    let (_, with_body) = self.script(script, true, id, tombstone, args);
+                    // Boxed: rare (once per server and script), and large.
+                    Box::pin(self.conn.query::<T>(member, &with_body)).await
+                }
+                other => other,
+            }
+        };
+        self.guarded(op, deadline, true, attempt).await
+    }
+
     /// Writes a session unless a logout left a tombstone
-    /// ([`COPY`](crate::tombstone::COPY), or [`FILL`](crate::tombstone::FILL)
-    /// with `overwrite`). Idempotent in effect: run twice, the key holds the
-    /// same value, so it may be retried.
+    /// ([`COPY`](crate::scripts::COPY): never overwrites). Idempotent in
+    /// effect, so it may be retried.
     pub(crate) async fn copy(
         &self,
         id: &(impl fmt::Display + ?Sized),
         value: &[u8],
         pxat: u64,
-        overwrite: bool,
         deadline: Deadline,
     ) -> Result<Copied, Error> {
-        let (op, script) =
-            if overwrite { ("FILL", crate::tombstone::FILL) } else { ("COPY", crate::tombstone::COPY) };
         let pxat = pxat.to_string();
-        let (member, cmd) = self.script(script, id, true, &[value, pxat.as_bytes()]);
-        let reply: i64 = self.run(op, member, &cmd, true, deadline).await?;
+        let reply: i64 = self.run_script("COPY", &COPY, id, true, &[value, pxat.as_bytes()], deadline).await?;
         Ok(Copied::from_reply(reply))
     }
 
+    /// Whether a logout left its tombstone for session `id`.
+    pub(crate) async fn tombstoned(
+        &self,
+        id: &(impl fmt::Display + ?Sized),
+        deadline: Deadline,
+    ) -> Result<bool, Error> {
+        let (key, member) = self.route(id);
+        let tomb = crate::scripts::tombstone_key(&key, self.conn.is_cluster());
+        let found: u64 = self.run("EXISTS", member, redis::cmd("EXISTS").arg(tomb), true, deadline).await?;
+        Ok(found > 0)
+    }
+
+    /// A save's `SET XX`, refused by the server past the moment we give up
+    /// on it ([`SAVE`](crate::scripts::SAVE)): whether the key was there.
+    pub(crate) async fn save(
+        &self,
+        id: &(impl fmt::Display + ?Sized),
+        value: &[u8],
+        pxat: u64,
+        deadline: Deadline,
+    ) -> Result<bool, Error> {
+        if !self.refuse_late_writes {
+            let (key, member) = self.route(id);
+            let mut cmd = redis::Cmd::with_capacity(6, key.len() + value.len() + 32);
+            cmd.arg("SET").arg(key).arg(value).arg("PXAT").arg(pxat).arg("XX");
+            let reply: Value = self.run("SET XX", member, &cmd, true, deadline).await?;
+            return Ok(!matches!(reply, Value::Nil));
+        }
+        // Boxed: keeps every save's future small (tower-sessions boxes it too).
+        let code = Box::pin(self.run_timed("SAVE", &SAVE, false, id, value, pxat, deadline)).await?;
+        Ok(code == 1)
+    }
+
+    /// A save's record written where a backend missed it, over any copy,
+    /// unless tombstoned or past the moment we give up on it
+    /// ([`FILL`](crate::scripts::FILL)).
+    pub(crate) async fn fill(
+        &self,
+        id: &(impl fmt::Display + ?Sized),
+        value: &[u8],
+        pxat: u64,
+        deadline: Deadline,
+    ) -> Result<Copied, Error> {
+        let code = self.run_timed("FILL", &FILL, true, id, value, pxat, deadline).await?;
+        Ok(Copied::from_reply(code))
+    }
+
+    /// Runs [`SAVE`](crate::scripts::SAVE) or [`FILL`](crate::scripts::FILL)
+    /// with a deadline on the server's clock, and learns the server's clock
+    /// from the reply. "Too late" is this backend's timeout: nothing was written.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_timed(
+        &self,
+        op: &'static str,
+        script: &Lua,
+        tombstone: bool,
+        id: &(impl fmt::Display + ?Sized),
+        value: &[u8],
+        pxat: u64,
+        deadline: Deadline,
+    ) -> Result<i64, Error> {
+        let server_deadline = if self.refuse_late_writes { self.server_deadline() } else { 0 };
+        let (pxat, server_deadline) = (pxat.to_string(), server_deadline.to_string());
+        let args: [&[u8]; 3] = [value, pxat.as_bytes(), server_deadline.as_bytes()];
+        let (code, server_now): (i64, i64) = self.run_script(op, script, id, tombstone, &args, deadline).await?;
+        self.saw_server_time(server_now);
+        if code == -2 {
+            return Err(Error::Timeout { backend: self.name.clone(), op, after: self.socket_timeout });
+        }
+        Ok(code)
+    }
+
+    /// The moment, on the server's clock (ms since the epoch), after which a
+    /// command sent now must not run: when redis-rs gives up waiting for it.
+    /// 0 (none) until the server's clock is known.
+    fn server_deadline(&self) -> u64 {
+        let offset = self.clock_offset.load(Ordering::Relaxed);
+        if offset == i64::MIN {
+            return 0;
+        }
+        let bound = i64::try_from(self.socket_timeout.as_millis()).unwrap_or(i64::MAX);
+        u64::try_from(epoch_millis().saturating_add(offset).saturating_add(bound)).unwrap_or(0)
+    }
+
+    /// A reply carried the server's clock, read before the reply was sent:
+    /// the offset is at least that minus our clock now.
+    fn saw_server_time(&self, server_ms: i64) {
+        self.clock_offset.store(server_ms.saturating_sub(epoch_millis()), Ordering::Relaxed);
+    }
+
     /// Deletes a session and leaves its tombstone, living at least `keep` and
-    /// as long as the session would have ([`LOGOUT`](crate::tombstone::LOGOUT)):
+    /// as long as the session would have ([`LOGOUT`](crate::scripts::LOGOUT)):
     /// the tombstone's time to live. Idempotent.
     pub(crate) async fn logout(
         &self,
@@ -838,20 +962,19 @@ impl Node {
         deadline: Deadline,
     ) -> Result<Duration, Error> {
         let keep = keep.as_millis().max(1).to_string();
-        let (member, cmd) = self.script(crate::tombstone::LOGOUT, id, true, &[keep.as_bytes()]);
-        let ttl: u64 = self.run("LOGOUT", member, &cmd, true, deadline).await?;
+        // Boxed, as every rare path: keeps `delete`'s future small.
+        let ttl: u64 = Box::pin(self.run_script("LOGOUT", &LOGOUT, id, true, &[keep.as_bytes()], deadline)).await?;
         Ok(Duration::from_millis(ttl))
     }
 
     /// Deletes a session from a backend that is not written
-    /// ([`FORGET`](crate::tombstone::FORGET)): how long it had to live, if it was there.
+    /// ([`FORGET`](crate::scripts::FORGET)): how long it had to live, if it was there.
     pub(crate) async fn forget(
         &self,
         id: &(impl fmt::Display + ?Sized),
         deadline: Deadline,
     ) -> Result<Option<Duration>, Error> {
-        let (member, cmd) = self.script(crate::tombstone::FORGET, id, false, &[]);
-        let ttl: i64 = self.run("FORGET", member, &cmd, true, deadline).await?;
+        let ttl: i64 = Box::pin(self.run_script("FORGET", &FORGET, id, false, &[], deadline)).await?;
         Ok(u64::try_from(ttl).ok().map(Duration::from_millis))
     }
 

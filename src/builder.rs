@@ -43,6 +43,7 @@ pub struct MultiRedisStoreBuilder {
     deadline: Option<Duration>,
     create_attempts: Option<usize>,
     tombstone_ttl: Option<Duration>,
+    keep_late_writes: bool,
 }
 
 impl MultiRedisStoreBuilder {
@@ -101,6 +102,24 @@ impl MultiRedisStoreBuilder {
         self
     }
 
+    /// Whether a save carries a deadline that the server enforces (default
+    /// `true`): the moment its sender gives up waiting for the answer. Past
+    /// it, the server refuses the write, so a save that timed out either ran
+    /// before or never runs. Without it, a save that timed out on one app
+    /// instance can still run after a later save of the same session
+    /// through another instance (a paused or frozen server resumes a whole
+    /// connection at a time) and undo it: the user's last change is lost, or
+    /// a privilege that change removed comes back.
+    ///
+    /// It makes a save a short script (`EVALSHA`) reading the server's clock
+    /// instead of a bare `SET XX`: about twice a `SET`'s server time
+    /// (`BENCHMARKS.md`). Turn it off only with a single app instance, or
+    /// when losing a change after a timeout is acceptable.
+    pub fn refuse_late_writes(mut self, refuse: bool) -> Self {
+        self.keep_late_writes = !refuse;
+        self
+    }
+
     /// Checks every rule that does not need the network.
     ///
     /// # Errors
@@ -142,7 +161,7 @@ impl MultiRedisStoreBuilder {
                      loadable there (set allow_read_without_delete to accept that)",
                 ));
             }
-            if matches!(b.address, crate::Address::Cluster(_)) && !crate::tombstone::prefix_fits_cluster(&b.prefix) {
+            if matches!(b.address, crate::Address::Cluster(_)) && !crate::scripts::prefix_fits_cluster(&b.prefix) {
                 return Err(Error::config(
                     name,
                     "prefix",
@@ -176,7 +195,9 @@ impl MultiRedisStoreBuilder {
     /// [`Error::Config`] naming the backend and the field at fault.
     pub async fn build(self) -> Result<MultiRedisStore, Error> {
         self.validate()?;
-        let nodes = self.backends.iter().map(Node::connect).collect::<Result<Vec<_>, _>>()?;
+        let refuse_late_writes = !self.keep_late_writes;
+        let nodes =
+            self.backends.iter().map(|b| Node::connect(b, refuse_late_writes)).collect::<Result<Vec<_>, _>>()?;
         Ok(MultiRedisStore::from_nodes(
             nodes,
             Options {

@@ -81,6 +81,8 @@ pub struct Config {
     pub deadline: Option<f64>,
     /// Seconds a logout's tombstone lives at least (default one hour).
     pub tombstone_ttl: Option<f64>,
+    /// Whether the server refuses a save once its sender gave up on it (default true).
+    pub refuse_late_writes: Option<bool>,
     /// The backends, in order.
     pub backends: Vec<BackendConfig>,
 }
@@ -332,6 +334,7 @@ impl Config {
             write_policy: WritePolicy::default(),
             deadline: None,
             tombstone_ttl: None,
+            refuse_late_writes: None,
             backends: seed.into_iter().map(SeedEntry::into_backend_config).collect(),
         })
     }
@@ -349,6 +352,9 @@ impl Config {
             .write_policy(self.write_policy);
         if let Some(seconds) = self.deadline {
             builder = builder.deadline(seconds_field(None, "deadline", seconds)?);
+        }
+        if let Some(refuse) = self.refuse_late_writes {
+            builder = builder.refuse_late_writes(refuse);
         }
         if let Some(seconds) = self.tombstone_ttl {
             builder = builder.tombstone_ttl(seconds_field(None, "tombstone_ttl", seconds)?);

@@ -14,8 +14,8 @@
 //! * `partition`: [`Partition`], weighted rendezvous hashing of session ids over members;
 //! * [`codec`]: the wire format, byte-compatible with `tower-sessions-redis-store`;
 //! * `store`: [`MultiRedisStore`] and **the fan-out rules** of `load`/`create`/`save`/`delete`;
-//! * `tombstone`: what a logout leaves in each write backend, and the scripts that
-//!   copy a session into a write backend only where no logout did;
+//! * `scripts`: the Lua scripts every session write runs: a logout's tombstone,
+//!   copies that write only where no logout did, saves refused past their deadline;
 //! * `policy`: [`CopyOnRead`], [`ReadPolicy`], [`WritePolicy`];
 //! * `builder`: [`MultiRedisStoreBuilder`], validation of the whole shape;
 //! * `config`: [`Config`], TOML/JSON files, including the seed Django package's shape;
@@ -75,9 +75,9 @@ mod mode;
 mod partition;
 mod policy;
 mod redact;
+mod scripts;
 mod stats;
 mod store;
-mod tombstone;
 #[cfg(feature = "test-util")]
 pub mod testing;
 

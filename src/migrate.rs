@@ -34,15 +34,14 @@ use tower_sessions_core::session::Id;
 use crate::backend::{Copied, Node};
 use crate::codec;
 use crate::error::Error;
+use crate::scripts;
 use crate::store::MultiRedisStore;
-use crate::tombstone;
 
 /// The batch size used when none is given.
 pub const DEFAULT_BATCH_SIZE: usize = 1000;
 
 /// How many keys a report lists by name, per kind (counts are always complete).
 pub const DEFAULT_MAX_LISTED: usize = 1000;
-
 
 /// How a migration runs.
 ///
@@ -356,7 +355,7 @@ impl Migrator {
     async fn read(&self, cursor: u64) -> Result<ReadBatch, Error> {
         let source = self.source_node();
         let (next, mut keys) = source.scan(cursor, self.options.batch_size).await?;
-        keys.retain(|k| !tombstone::is_tombstone(k));
+        keys.retain(|k| !scripts::is_tombstone(k));
         let mut batch = ReadBatch { next, scanned: keys.len() as u64, ..ReadBatch::default() };
         let keys: Vec<String> =
             keys.into_iter().filter(|k| source.id_of(k).is_some_and(|id| Id::from_str(id).is_ok())).collect();
@@ -407,7 +406,8 @@ impl Migrator {
                 .iter()
                 .map(|s| {
                     let pxat = s.pxat.to_string();
-                    t.script(tombstone::COPY, &s.id, true, &[&s.bytes, pxat.as_bytes()])
+                    // With its body: a pipeline cannot fall back on NOSCRIPT.
+                    t.script(&scripts::COPY, true, &s.id, true, &[&s.bytes, pxat.as_bytes()])
                 })
                 .collect();
             // Copies are idempotent in effect, so a batch with an unknown
@@ -476,8 +476,7 @@ impl Migrator {
     async fn dry_run(&self, live: &[Live], run: &mut Run) {
         let targets = self.target_nodes();
         let replies =
-            join_all(targets.iter().map(|t| batch_of::<u64>(t, "EXISTS", live.iter().map(|s| s.id.as_str()))))
-                .await;
+            join_all(targets.iter().map(|t| batch_of::<u64>(t, "EXISTS", live.iter().map(|s| s.id.as_str())))).await;
         for (i, Live { key, .. }) in live.iter().enumerate() {
             let mut missing = false;
             for reply in &replies {

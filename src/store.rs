@@ -67,7 +67,7 @@ use tower_sessions_core::session::{Id, Record};
 use tower_sessions_core::{SessionStore, session_store};
 use tracing::Instrument;
 
-use crate::backend::{BackendHealth, Copied, Counter, Deadline, Node, SetIf};
+use crate::backend::{BackendHealth, Copied, Counter, Deadline, Node};
 use crate::builder::MultiRedisStoreBuilder;
 use crate::codec;
 use crate::error::Error;
@@ -267,12 +267,9 @@ impl MultiRedisStore {
                 tracing::debug!(backend = %node.name, "load: record expired");
                 break;
             }
-            if !node.modes.can_write() && self.inner.options.copy_on_read != CopyOnRead::Off {
-                // Best effort: its failures are logged, and the record is
-                // served either way. Nothing is checked or undone after it,
-                // so a load dropped mid-way leaves nothing to clean up.
+            if !node.modes.can_write() {
                 // Boxed: only a first touch pays for it, not every load's future.
-                Box::pin(self.copy_back(index, id, &bytes, codec::expiry_millis(record.expiry_date), deadline)).await;
+                return Box::pin(self.found_in_source(index, id, &bytes, record, deadline)).await;
             }
             return Ok(Some(record));
         }
@@ -296,32 +293,64 @@ impl MultiRedisStore {
         if failures.is_empty() { Ok(None) } else { Err(Error::from_failures(failures)) }
     }
 
-    /// Copy-on-read of a record found in backend `source` (not in W) into
-    /// every W backend, unless a logout left a tombstone there; with `Move`,
-    /// then off the source once every W backend holds it.
-    async fn copy_back(&self, source: usize, sid: &Id, bytes: &[u8], pxat: u64, deadline: Deadline) {
+    /// A record found in backend `source` (not in W): copy it into every W
+    /// backend, unless a logout left a tombstone there (with copy-on-read
+    /// `off`, only look for tombstones); with `Move`, then delete it from the
+    /// source once every W backend holds it.
+    ///
+    /// A tombstone in any W backend means a logout ran, and the source's copy
+    /// is what it left behind (its `DEL` there failed, or is under way): the
+    /// session is logged out, and this older copy is not served. When no W
+    /// backend could answer, we cannot tell: fail rather than serve it.
+    async fn found_in_source(
+        &self,
+        source: usize,
+        sid: &Id,
+        bytes: &[u8],
+        record: Record,
+        deadline: Deadline,
+    ) -> Result<Option<Record>, Error> {
         let source = &self.inner.nodes[source];
-        let results = self.fan_out(&self.inner.writers, |w| w.copy(sid, bytes, pxat, false, deadline)).await;
+        let pxat = codec::expiry_millis(record.expiry_date);
+        let policy = self.inner.options.copy_on_read;
+        let results = self
+            .fan_out(&self.inner.writers, |w| async move {
+                match policy {
+                    CopyOnRead::Off => {
+                        w.tombstoned(sid, deadline).await.map(|t| if t { Copied::Tombstoned } else { Copied::Present })
+                    }
+                    _ => w.copy(sid, bytes, pxat, deadline).await,
+                }
+            })
+            .await;
         let mut held_by_every_writer = true;
+        let mut failures = Vec::new();
         for (w, result) in results {
             match result {
                 Ok(Copied::Written) => w.count(Counter::Copy),
                 Ok(Copied::Present) => {}
-                // A logout is under way; it removes the source's copy itself.
-                Ok(Copied::Tombstoned) => held_by_every_writer = false,
+                Ok(Copied::Tombstoned) => {
+                    tracing::debug!(backend = %w.name, "load: logged out (tombstone); the source's copy is stale");
+                    return Ok(None);
+                }
                 Err(err) => {
                     held_by_every_writer = false;
                     tracing::warn!(backend = %w.name, error = %err, "copy-on-read failed");
+                    failures.push(err);
                 }
             }
         }
-        if self.inner.options.copy_on_read == CopyOnRead::Move && held_by_every_writer && source.modes.can_delete() {
+        if failures.len() == self.inner.writers.len() {
+            return Err(Error::from_failures(failures));
+        }
+        if policy == CopyOnRead::Move && held_by_every_writer && source.modes.can_delete() {
             // Every W backend holds the session now, so whether this DEL runs,
             // fails or runs late, nothing is lost.
             if let Err(err) = source.del(sid, deadline).await {
                 tracing::debug!(error = %err, "copy-on-read move: the source keeps its copy for now");
             }
         }
+        Ok(Some(record))
     }
 
     /// `create`: see the module docs.
@@ -333,7 +362,7 @@ impl MultiRedisStore {
             let sid = record.id;
             let bytes = encode(record)?;
             let write = Write { sid: &sid, bytes: &bytes, pxat: codec::expiry_millis(record.expiry_date), deadline };
-            let results = self.fan_out(&self.inner.writers, |w| write.on(w, SetIf::Absent)).await;
+            let results = self.fan_out(&self.inner.writers, |w| write.create_on(w)).await;
             let mut created = Vec::new();
             let mut failures = Vec::new();
             let mut collided = false;
@@ -369,7 +398,8 @@ impl MultiRedisStore {
             pxat: codec::expiry_millis(record.expiry_date),
             deadline: self.deadline(),
         };
-        let results = self.fan_out(&self.inner.writers, |w| write.on(w, SetIf::Present)).await;
+        let results =
+            self.fan_out(&self.inner.writers, |w| w.save(write.sid, write.bytes, write.pxat, write.deadline)).await;
         let mut tally = Tally::default();
         let mut missed = Vec::new();
         for (&index, (_, result)) in self.inner.writers.iter().zip(results) {
@@ -379,7 +409,8 @@ impl MultiRedisStore {
             }
         }
         if !missed.is_empty() {
-            self.save_missed(&missed, write, &mut tally).await;
+            // Boxed: rare (a session not in every W backend yet), and large.
+            Box::pin(self.save_missed(&missed, write, &mut tally)).await;
         }
         let any = self.inner.options.write_policy == WritePolicy::Any;
         if tally.failures.is_empty() || (any && tally.done > 0) {
@@ -409,13 +440,15 @@ impl MultiRedisStore {
         }
         let (sid, bytes, pxat, deadline) = (write.sid, write.bytes, write.pxat, write.deadline);
         let results = if alive {
-            self.fan_out(missed, |w| async move { w.copy(sid, bytes, pxat, true, deadline).await.map(|c| c != Copied::Tombstoned) })
-                .await
+            self.fan_out(missed, |w| async move {
+                w.fill(sid, bytes, pxat, deadline).await.map(|c| c != Copied::Tombstoned)
+            })
+            .await
         } else {
             // In no source either: logged out, expired, or just moved into
             // the W backends (a move writes them before it deletes the
             // source, so a copy is there by now): update such a copy only.
-            self.fan_out(missed, |w| write.on(w, SetIf::Present)).await
+            self.fan_out(missed, |w| w.save(sid, bytes, pxat, deadline)).await
         };
         for (_, result) in results {
             match result {
@@ -489,9 +522,9 @@ struct Write<'a> {
 }
 
 impl Write<'_> {
-    /// The `SET` on `node`, `NX` or `XX`: whether it wrote.
-    fn on<'s>(&'s self, node: &'s Node, cond: SetIf) -> impl std::future::Future<Output = Result<bool, Error>> + 's {
-        node.set(self.sid, self.bytes, self.pxat, cond, self.deadline)
+    /// `create`'s `SET NX` on `node`: whether it wrote.
+    fn create_on<'s>(&'s self, node: &'s Node) -> impl std::future::Future<Output = Result<bool, Error>> + 's {
+        node.set_new(self.sid, self.bytes, self.pxat, self.deadline)
     }
 }
 

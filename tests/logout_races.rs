@@ -1,218 +1,280 @@
-//! Show 4, made deterministic: the exact interleavings in which a copy into
-//! a write backend could outlive a logout, forced with real servers.
+//! Forced interleavings, one per way a write of unknown outcome (timed out,
+//! reply lost, held up in the network) used to bring back a logout, revert a
+//! save or lose a session. Each holds one command in a proxy in front of one
+//! server, for one app instance, while another instance goes on.
 //!
-//! * `CLIENT PAUSE <ms> WRITE` on the old server holds the logout's `DEL`
-//!   there while reads go on: a copy lands in "new" after the logout cleared
-//!   it, and its check still sees the session in "old". The logout's second
-//!   round must remove it.
-//! * A delaying proxy in front of "new" for one app instance: its copy lands
-//!   after another instance's logout finished entirely. The copy's check must
-//!   find the session gone from "old" and undo it.
+//! * a copy-on-read whose copy times out and lands after a logout returned;
+//! * a `Move` whose `DEL` on the source loses its reply (and the migrator's);
+//! * a copy whose check against the source fails while another instance saves;
+//! * a save that times out and lands after a later save through another instance;
+//! * a logout whose `DEL` on the source fails, leaving the source's older copy;
+//! * the migrator copying while logouts finish first.
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::proxy::DelayProxy;
-use common::{conn, exists, raw_set, record, servers};
+use common::{exists, raw_get, raw_set, record, servers};
 use tower_sessions_core::SessionStore;
-use tower_sessions_multi_redis_store::{Backend, CopyOnRead, Modes, MultiRedisStore, codec};
+use tower_sessions_core::session::Record;
+use tower_sessions_multi_redis_store::testing::RedisServer;
+use tower_sessions_multi_redis_store::{Backend, CopyOnRead, MigrateOptions, Migrator, Modes, MultiRedisStore, codec};
 
-async fn store(new_url: String, old_url: String, policy: CopyOnRead) -> MultiRedisStore {
+const SHORT: Duration = Duration::from_millis(200);
+const HELD: Duration = Duration::from_millis(500);
+
+/// An app instance: `new: read+write`, `old: read+delete`, at these URLs.
+async fn instance(new: String, old: String, policy: CopyOnRead, timeout: Duration) -> MultiRedisStore {
     MultiRedisStore::builder()
-        .backend(Backend::url("new", new_url))
-        .backend(Backend::url("old", old_url).modes(Modes::READ_DELETE))
+        .backend(Backend::url("new", new).socket_timeout(timeout))
+        .backend(Backend::url("old", old).modes(Modes::READ_DELETE).socket_timeout(timeout))
         .copy_on_read(policy)
         .build()
         .await
         .unwrap()
 }
 
+/// `rec`, only in "old", as tower-sessions-redis-store wrote it.
+async fn in_old(old: &RedisServer, rec: &Record) {
+    raw_set(old, &rec.id.to_string(), &codec::encode(rec).unwrap()).await;
+}
+
+/// Watches `key` on `server` until `stop`: whether it ever appeared.
+fn watch(server: &RedisServer, key: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<bool> {
+    let client = server.client().unwrap();
+    tokio::spawn(async move {
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        while !stop.load(Ordering::Relaxed) {
+            let there: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await.unwrap();
+            if there {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        false
+    })
+}
+
+fn version(record: &Record) -> Option<i64> {
+    record.data.get("v").and_then(serde_json::Value::as_i64)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_copy_landing_while_the_logout_is_half_done_is_removed_by_its_second_round() {
+async fn a_copy_that_times_out_and_lands_after_the_logout_never_shows() {
     let servers = servers(2);
     let (new, old) = (&servers[0], &servers[1]);
     for policy in [CopyOnRead::Copy, CopyOnRead::Move] {
-        // Two app instances (two connections each): one logs out, the other
-        // serves the same users. (Within one instance the multiplexed
-        // connection to "old" already queues reads behind the paused DEL.)
-        let app = store(new.url(), old.url(), policy).await;
-        let other = store(new.url(), old.url(), policy).await;
-        let (loaded, saved) = (record("loaded"), record("saved"));
-        for rec in [&loaded, &saved] {
-            raw_set(old, &rec.id.to_string(), &codec::encode(rec).unwrap()).await;
-        }
+        // Instance A's writes to "new" are held in the network past its timeout.
+        let proxy = DelayProxy::holding(new.port(), &[b"EVAL", b"$2\r\nNX\r\n"], HELD).await;
+        let a = instance(proxy.url(), old.url(), policy, SHORT).await;
+        let b = instance(new.url(), old.url(), policy, Duration::from_secs(2)).await;
+        let rec = record("ada");
+        in_old(old, &rec).await;
+        let key = rec.id.to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = watch(new, key.clone(), stop.clone());
 
-        // Writes on "old" wait 400 ms; reads do not.
-        let _: () =
-            redis::cmd("CLIENT").arg("PAUSE").arg(400).arg("WRITE").query_async(&mut conn(old).await).await.unwrap();
-        let logouts = {
-            let app = app.clone();
-            let ids = [loaded.id, saved.id];
-            tokio::spawn(async move {
-                for id in ids {
-                    let app = app.clone();
-                    tokio::spawn(async move { app.delete(&id).await }).await.unwrap().unwrap();
-                }
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        // Meanwhile requests of the same users: a load copies into "new", a
-        // save fills "new"; both check "old", where the session still is.
-        let copy = {
-            let other = other.clone();
-            tokio::spawn(async move { other.load(&loaded.id).await })
-        };
-        let mut modified = saved.clone();
-        modified.data.insert("cart".into(), serde_json::json!(1));
-        let fill = {
-            let other = other.clone();
-            tokio::spawn(async move { other.save(&modified).await })
-        };
-        assert!(copy.await.unwrap().unwrap().is_some(), "found before the logout finished");
-        fill.await.unwrap().unwrap();
-        if policy == CopyOnRead::Copy {
-            // (With Move the loader's own DEL on "old" waits for the pause,
-            // finds the session gone and undoes the copy before returning.)
-            assert!(exists(new, &loaded.id.to_string()).await, "the copy landed during the logout");
-        }
-        logouts.await.unwrap();
-
-        for rec in [&loaded, &saved] {
-            let key = rec.id.to_string();
-            assert!(!exists(new, &key).await, "{policy:?}: resurrected in new");
-            assert!(!exists(old, &key).await, "{policy:?}: still in old");
-            assert_eq!(app.load(&rec.id).await.unwrap(), None);
-        }
+        proxy.hold(true);
+        // A finds the session in "old"; its copy into "new" times out (A
+        // cannot tell whether it ran; it fails closed).
+        let _ = a.load(&rec.id).await;
+        // B logs the user out, entirely, while A's copy is still on its way.
+        b.delete(&rec.id).await.unwrap();
+        assert_eq!(b.load(&rec.id).await.unwrap(), None);
+        // The copy reaches "new" now: refused by the logout's tombstone.
+        tokio::time::sleep(HELD + SHORT).await;
+        stop.store(true, Ordering::Relaxed);
+        assert!(!seen.await.unwrap(), "{policy:?}: the late copy showed in new");
+        assert!(!exists(new, &key).await && !exists(old, &key).await, "{policy:?}: resurrected");
+        assert_eq!(b.load(&rec.id).await.unwrap(), None, "{policy:?}");
+        assert_eq!(a.load(&rec.id).await.unwrap(), None, "{policy:?}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_copy_landing_after_a_finished_logout_is_undone() {
+async fn a_move_whose_source_del_loses_its_reply_loses_nothing() {
     let servers = servers(2);
     let (new, old) = (&servers[0], &servers[1]);
-    let proxy = DelayProxy::start(new.port(), Duration::from_millis(150)).await;
-    for policy in [CopyOnRead::Copy, CopyOnRead::Move] {
-        // Two app instances: a slow path to "new" for the first only.
-        let slow = store(proxy.url(), old.url(), policy).await;
-        let fast = store(new.url(), old.url(), policy).await;
-        let (loaded, saved) = (record("loaded"), record("saved"));
-        for rec in [&loaded, &saved] {
-            raw_set(old, &rec.id.to_string(), &codec::encode(rec).unwrap()).await;
-        }
-        // Warm the proxied connection so timings below are one hop each.
-        slow.load(&record("warm").id).await.unwrap();
+    // Instance A's `DEL` on "old" is held past its timeout.
+    let proxy = DelayProxy::holding(old.port(), &[b"$3\r\nDEL\r\n"], HELD).await;
+    let a = instance(new.url(), proxy.url(), CopyOnRead::Move, SHORT).await;
+    let b = instance(new.url(), old.url(), CopyOnRead::Move, Duration::from_secs(2)).await;
+    let rec = record("ada");
+    in_old(old, &rec).await;
+    proxy.hold(true);
+    assert_eq!(a.load(&rec.id).await.unwrap(), Some(rec.clone()), "served while the DEL is held");
+    tokio::time::sleep(HELD + SHORT).await;
+    let key = rec.id.to_string();
+    assert!(!exists(old, &key).await, "the held DEL ran");
+    assert_eq!(b.load(&rec.id).await.unwrap(), Some(rec.clone()), "moved, not lost");
+    assert_eq!(a.load(&rec.id).await.unwrap(), Some(rec.clone()));
 
-        // t=0: GET/SET XX on "new" reach it at t=150; at t~150 "old" is read
-        // and the copy is sent, landing at t~300.
-        let copy = {
-            let slow = slow.clone();
-            tokio::spawn(async move { slow.load(&loaded.id).await })
-        };
-        let mut modified = saved.clone();
-        modified.data.insert("cart".into(), serde_json::json!(1));
-        let fill = {
-            let slow = slow.clone();
-            tokio::spawn(async move { slow.save(&modified).await })
-        };
-        // t=220: the other instance logs both users out, entirely.
-        tokio::time::sleep(Duration::from_millis(220)).await;
-        fast.delete(&loaded.id).await.unwrap();
-        fast.delete(&saved.id).await.unwrap();
-        assert!(!exists(new, &loaded.id.to_string()).await);
-
-        let _ = copy.await.unwrap();
-        let _ = fill.await.unwrap();
-        // Undo travels the slow path too.
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        for rec in [&loaded, &saved] {
-            let key = rec.id.to_string();
-            assert!(!exists(new, &key).await, "{policy:?}: resurrected in new");
-            assert_eq!(fast.load(&rec.id).await.unwrap(), None);
-        }
+    // The migrator's DEL batch, the same way: reported as failed, nothing lost.
+    proxy.hold(false);
+    let records: Vec<Record> = (0..20).map(|i| record(&format!("user{i}"))).collect();
+    for rec in &records {
+        in_old(old, rec).await;
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_save_whose_copy_cannot_be_confirmed_fails_instead_of_pretending() {
-    let servers = servers(2);
-    let (new, old) = (&servers[0], &servers[1]);
-    let proxy = DelayProxy::start(new.port(), Duration::from_millis(150)).await;
-    let app = MultiRedisStore::builder()
-        .backend(Backend::url("new", proxy.url()))
-        .backend(Backend::url("old", old.url()).modes(Modes::READ_DELETE).socket_timeout(Duration::from_millis(200)))
-        .copy_on_read(CopyOnRead::Off)
-        .build()
+    let m = instance(new.url(), proxy.url(), CopyOnRead::Copy, SHORT).await;
+    m.load(&records[0].id).await.unwrap(); // connected
+    proxy.hold(true);
+    let report = Migrator::for_store(&m, MigrateOptions::default().move_sessions(true))
+        .unwrap()
+        .run(|_| {}, std::future::pending())
         .await
         .unwrap();
-    app.load(&record("warm").id).await.unwrap(); // connected
-    let rec = record("ada");
-    raw_set(old, &rec.id.to_string(), &codec::encode(&rec).unwrap()).await;
-    let mut modified = rec.clone();
-    modified.data.insert("cart".into(), serde_json::json!(1));
-
-    // t=0 SET XX "new" (lands at 150: miss), EXISTS "old" (yes), SET NX "new"
-    // (lands at ~300), then EXISTS "old" to confirm: "old" is frozen by then.
-    let save = tokio::spawn({
-        let app = app.clone();
-        let modified = modified.clone();
-        async move { app.save(&modified).await }
-    });
-    tokio::time::sleep(Duration::from_millis(220)).await;
-    old.freeze().unwrap();
-    let result = save.await.unwrap();
-    old.thaw().unwrap();
-    let err = result.expect_err("an unconfirmed save is not a success").to_string();
-    assert!(err.contains("backend `old`"), "{err}");
-    tokio::time::sleep(Duration::from_millis(400)).await; // the undo travels the slow path
-    assert!(!exists(new, &rec.id.to_string()).await, "the unconfirmed copy was undone");
-    assert_eq!(app.load(&rec.id).await.unwrap(), Some(rec), "the session is intact in old");
+    assert!(report.progress.failed > 0, "the DEL batch timed out: {:?}", report.progress);
+    tokio::time::sleep(HELD + SHORT).await;
+    proxy.hold(false);
+    for rec in &records {
+        assert_eq!(b.load(&rec.id).await.unwrap().as_ref(), Some(rec), "lost");
+        assert!(exists(new, &rec.id.to_string()).await);
+    }
+    let again = Migrator::for_store(&m, MigrateOptions::default().move_sessions(true))
+        .unwrap()
+        .run(|_| {}, std::future::pending())
+        .await
+        .unwrap();
+    assert!(again.finished && again.is_clean(), "{again:?}");
+    assert!(common::session_keys(old).await.is_empty());
 }
 
-/// A load (copy-on-read) or a save (filling "new" from "old") dropped while
-/// its copy waits for the check against the source (a client that went away)
-/// must still finish the check: here the source loses the session between
-/// the copy and the check, so the copy must be undone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_dropped_during_its_copy_check_still_checks_the_copy() {
+async fn a_copy_whose_source_cannot_answer_never_deletes_a_newer_save() {
     let servers = servers(2);
     let (new, old) = (&servers[0], &servers[1]);
-    let proxy = DelayProxy::start(old.port(), Duration::from_millis(300)).await;
-    for (policy, saving) in [(CopyOnRead::Copy, false), (CopyOnRead::Move, false), (CopyOnRead::Off, true)] {
-        let store = store(new.url(), proxy.url(), policy).await;
-        // Warm the proxied connection so timings below are one hop each.
-        store.load(&record("warm").id).await.unwrap();
-        let rec = record("ada");
-        let key = rec.id.to_string();
-        raw_set(old, &key, &codec::encode(&rec).unwrap()).await;
-
-        // t=0: GET (load) or EXISTS (save) reaches "old" at t=300; the copy
-        // lands in "new" at once; the check is sent then and reaches "old" at
-        // t~600.
-        let watcher = {
-            let (new_conn, mut old_conn, key) = (conn(new).await, conn(old).await, key.clone());
-            tokio::spawn(async move {
-                let mut new_conn = new_conn;
-                for _ in 0..400 {
-                    let copied: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut new_conn).await.unwrap();
-                    if copied {
-                        // The source loses the session before the check arrives.
-                        let _: () = redis::cmd("DEL").arg(&key).query_async(&mut old_conn).await.unwrap();
-                        return true;
-                    }
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                false
-            })
-        };
-        // t=450: the request is dropped while the check is on its way.
-        let request = async { if saving { store.save(&rec).await } else { store.load(&rec.id).await.map(|_| ()) } };
-        let dropped = tokio::time::timeout(Duration::from_millis(450), request).await;
-        assert!(dropped.is_err(), "{policy:?}: the request was to be cut short during its check");
-        assert!(watcher.await.unwrap(), "{policy:?}: the copy landed in new");
-        // The check (and the undo) finish anyway.
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        assert!(!exists(new, &key).await, "{policy:?}: an unchecked copy stayed in new");
-        assert!(!exists(old, &key).await);
+    // Instance A's reads of "old" are slow after its first one: once a
+    // copy-on-read used to check the source after copying, and undo the copy
+    // (with whatever was saved over it) when the check failed.
+    let proxy = DelayProxy::holding(old.port(), &[b"$6\r\nEXISTS\r\n"], HELD).await;
+    let a = instance(new.url(), proxy.url(), CopyOnRead::Copy, SHORT).await;
+    let b = instance(new.url(), old.url(), CopyOnRead::Copy, Duration::from_secs(2)).await;
+    let mut rec = record("ada");
+    rec.data.insert("v".into(), serde_json::json!(1));
+    in_old(old, &rec).await;
+    proxy.hold(true);
+    let load = tokio::spawn({
+        let a = a.clone();
+        async move { a.load(&rec.id).await }
+    });
+    // As soon as the copy is in "new", B saves v2 over it.
+    let key = rec.id.to_string();
+    while !exists(new, &key).await {
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    let mut v2 = rec.clone();
+    v2.data.insert("v".into(), serde_json::json!(2));
+    b.save(&v2).await.unwrap();
+    let _ = load.await.unwrap();
+    tokio::time::sleep(HELD + SHORT).await;
+    let loaded = b.load(&rec.id).await.unwrap().expect("still logged in");
+    assert_eq!(version(&loaded), Some(2), "the acknowledged save was undone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_that_times_out_never_lands_over_a_later_save() {
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    let proxy = DelayProxy::holding(new.port(), &[b"\r\n"], HELD).await;
+    let a = instance(proxy.url(), old.url(), CopyOnRead::Copy, SHORT).await;
+    let b = instance(new.url(), old.url(), CopyOnRead::Copy, Duration::from_secs(2)).await;
+    let mut rec = record("ada");
+    rec.data.insert("v".into(), serde_json::json!(1));
+    a.create(&mut rec).await.unwrap();
+    a.save(&rec).await.unwrap(); // A has seen the server's clock
+
+    // A's save of v2 is held past A's timeout: A reports an error.
+    proxy.hold(true);
+    let mut v2 = rec.clone();
+    v2.data.insert("v".into(), serde_json::json!(2));
+    assert!(a.save(&v2).await.is_err(), "timed out");
+    // The user goes on, through B: v3 is acknowledged.
+    let mut v3 = rec.clone();
+    v3.data.insert("v".into(), serde_json::json!(3));
+    b.save(&v3).await.unwrap();
+    // v2 reaches the server now, after its deadline: refused.
+    tokio::time::sleep(HELD + SHORT).await;
+    let loaded = b.load(&rec.id).await.unwrap().expect("logged in");
+    assert_eq!(version(&loaded), Some(3), "a save that timed out landed over a later one");
+    assert_eq!(raw_get(new, &rec.id.to_string()).await, Some(codec::encode(&v3).unwrap()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_that_fails_on_the_source_never_serves_the_sources_older_copy() {
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    // Instance A's logout reaches "new", but its `DEL` on "old" times out.
+    let proxy = DelayProxy::holding(old.port(), &[b"EVAL", b"$3\r\nDEL\r\n"], HELD).await;
+    for policy in [CopyOnRead::Copy, CopyOnRead::Off] {
+        let a = instance(new.url(), proxy.url(), policy, SHORT).await;
+        let b = instance(new.url(), old.url(), policy, Duration::from_secs(2)).await;
+        let mut rec = record("ada");
+        rec.data.insert("v".into(), serde_json::json!(0));
+        in_old(old, &rec).await;
+        // Saved (v1) into "new"; "old" keeps v0 until the migration.
+        let mut v1 = rec.clone();
+        v1.data.insert("v".into(), serde_json::json!(1));
+        b.save(&v1).await.unwrap();
+        assert_eq!(b.load(&rec.id).await.unwrap().as_ref().and_then(version), Some(1));
+
+        proxy.hold(true);
+        assert!(a.delete(&rec.id).await.is_err(), "{policy:?}: the logout did not finish");
+        proxy.hold(false);
+        // The session is half logged out: gone from "new", v0 still in "old"
+        // until the held DEL lands. It must not come back as v0.
+        let loaded = b.load(&rec.id).await.unwrap();
+        assert_eq!(loaded, None, "{policy:?}: served the source's older copy");
+        tokio::time::sleep(HELD + SHORT).await;
+        assert_eq!(b.load(&rec.id).await.unwrap(), None, "{policy:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migrators_late_copies_never_bring_back_a_logout() {
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    // The migrator's copies reach "new" late (within its timeout), and its
+    // `DEL`s on "old" later still (past it: the batch fails).
+    let to_new = DelayProxy::holding(new.port(), &[b"EVAL", b"$2\r\nNX\r\n"], Duration::from_millis(300)).await;
+    let to_old = DelayProxy::holding(old.port(), &[b"$3\r\nDEL\r\n"], HELD).await;
+    let m = instance(to_new.url(), to_old.url(), CopyOnRead::Copy, Duration::from_millis(400)).await;
+    let b = instance(new.url(), old.url(), CopyOnRead::Copy, Duration::from_secs(2)).await;
+    let records: Vec<Record> = (0..40).map(|i| record(&format!("user{i}"))).collect();
+    for rec in &records {
+        in_old(old, rec).await;
+    }
+    to_new.hold(true);
+    to_old.hold(true);
+    let migrate = |m: MultiRedisStore| async move {
+        Migrator::for_store(&m, MigrateOptions::default().move_sessions(true))
+            .unwrap()
+            .run(|_| {}, std::future::pending())
+            .await
+            .unwrap()
+    };
+    let run = tokio::spawn(migrate(m.clone()));
+    // The copies were read from "old" and are on their way: half the users
+    // log out, and their logouts finish first.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for rec in &records[..20] {
+        b.delete(&rec.id).await.unwrap();
+    }
+    let report = run.await.unwrap();
+    assert!(report.progress.failed > 0, "the DEL batch timed out: {:?}", report.progress);
+    tokio::time::sleep(HELD).await;
+    to_new.hold(false);
+    to_old.hold(false);
+    let again = migrate(m).await;
+    assert!(again.finished && again.is_clean(), "{again:?}");
+    for rec in &records[..20] {
+        assert_eq!(b.load(&rec.id).await.unwrap(), None, "resurrected by the migrator");
+        assert!(!exists(new, &rec.id.to_string()).await);
+    }
+    for rec in &records[20..] {
+        assert_eq!(b.load(&rec.id).await.unwrap().as_ref(), Some(rec));
+    }
+    assert!(common::session_keys(old).await.is_empty(), "the move left sessions in old");
 }

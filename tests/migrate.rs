@@ -119,14 +119,9 @@ async fn migrate_move_under_live_traffic_loses_nothing_and_resurrects_nothing() 
         });
     }
 
-    let migrator = Migrator::for_store(
-        &app,
-        MigrateOptions::default()
-            .move_sessions(true)
-            .batch_size(50)
-            .rate_limit(Some(4000)),
-    )
-    .unwrap();
+    let migrator =
+        Migrator::for_store(&app, MigrateOptions::default().move_sessions(true).batch_size(50).rate_limit(Some(4000)))
+            .unwrap();
     assert_eq!((migrator.source(), migrator.targets()), ("old", vec!["new"]));
     let report = migrator.run(|_| {}, std::future::pending()).await.unwrap();
     migration_done.store(true, Ordering::Relaxed);

@@ -120,14 +120,11 @@ async fn copy_on_read_and_migration_into_a_partition() {
     }
     // One user comes back: copied into its member.
     assert_eq!(app.load(&records[0].id).await.unwrap(), Some(records[0].clone()));
-    let report = Migrator::for_store(
-        &app,
-        MigrateOptions::default().move_sessions(true),
-    )
-    .unwrap()
-    .run(|_| {}, std::future::pending())
-    .await
-    .unwrap();
+    let report = Migrator::for_store(&app, MigrateOptions::default().move_sessions(true))
+        .unwrap()
+        .run(|_| {}, std::future::pending())
+        .await
+        .unwrap();
     assert!(report.finished && report.is_clean(), "{report:?}");
     assert_eq!(report.progress.copied + report.progress.already_present, 500);
     assert!(keys(old).await.is_empty());

@@ -120,6 +120,9 @@ async fn an_acl_user_with_limited_rights_works_and_a_wrong_password_names_the_ba
         .arg("+del")
         .arg("+exists")
         .arg("+eval")
+        .arg("+evalsha")
+        .arg("+time")
+        .arg("+pttl")
         .arg("+ping")
         .query_async(&mut common::conn(&server).await)
         .await

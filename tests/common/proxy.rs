@@ -1,7 +1,12 @@
-//! A TCP proxy that delays everything a client sends by a fixed time: a slow
-//! network path to one server, for one store only.
+//! A TCP proxy in front of one server, for one store only: it delays what
+//! the client sends by a fixed time (a slow network path), or, with
+//! [`DelayProxy::holding`], only the chunks that contain a given command
+//! name, while `hold` is on: a command held up in the network while others
+//! pass, which is how a write comes to land after its sender gave up on it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -10,19 +15,48 @@ use tokio::task::JoinHandle;
 
 pub struct DelayProxy {
     pub addr: SocketAddr,
+    hold: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
+/// Which chunks to delay.
+#[derive(Clone, Copy)]
+struct Rule {
+    delay: Duration,
+    /// Only chunks holding one of these (and only while `hold` is on); else every chunk.
+    needles: Option<&'static [&'static [u8]]>,
+}
+
 impl DelayProxy {
+    /// Delays every chunk by `delay`.
     pub async fn start(upstream_port: u16, delay: Duration) -> DelayProxy {
+        DelayProxy::spawn(upstream_port, Rule { delay, needles: None }, true).await
+    }
+
+    /// Delays by `delay` the chunks that contain one of `needles` (e.g.
+    /// `b"EVALSHA"`), once [`hold`](Self::hold) is on; nothing at first.
+    pub async fn holding(upstream_port: u16, needles: &'static [&'static [u8]], delay: Duration) -> DelayProxy {
+        DelayProxy::spawn(upstream_port, Rule { delay, needles: Some(needles) }, false).await
+    }
+
+    async fn spawn(upstream_port: u16, rule: Rule, hold: bool) -> DelayProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(pipe(client, upstream_port, delay));
+        let hold = Arc::new(AtomicBool::new(hold));
+        let task = tokio::spawn({
+            let hold = hold.clone();
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    tokio::spawn(pipe(client, upstream_port, rule, hold.clone()));
+                }
             }
         });
-        DelayProxy { addr, task }
+        DelayProxy { addr, hold, task }
+    }
+
+    /// Turns holding on or off (for [`holding`](Self::holding) proxies).
+    pub fn hold(&self, on: bool) {
+        self.hold.store(on, Ordering::SeqCst);
     }
 
     pub fn url(&self) -> String {
@@ -36,7 +70,7 @@ impl Drop for DelayProxy {
     }
 }
 
-async fn pipe(client: TcpStream, upstream_port: u16, delay: Duration) {
+async fn pipe(client: TcpStream, upstream_port: u16, rule: Rule, hold: Arc<AtomicBool>) {
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)).await else {
         return;
     };
@@ -45,8 +79,15 @@ async fn pipe(client: TcpStream, upstream_port: u16, delay: Duration) {
     let upstream = async move {
         let mut buf = vec![0u8; 64 * 1024];
         while let Ok(n @ 1..) = client_read.read(&mut buf).await {
-            tokio::time::sleep(delay).await;
-            if server_write.write_all(&buf[..n]).await.is_err() {
+            let chunk = &buf[..n];
+            let delayed = hold.load(Ordering::SeqCst)
+                && rule.needles.is_none_or(|needles| {
+                    needles.iter().any(|needle| chunk.windows(needle.len()).any(|w| w == *needle))
+                });
+            if delayed {
+                tokio::time::sleep(rule.delay).await;
+            }
+            if server_write.write_all(chunk).await.is_err() {
                 break;
             }
         }

@@ -1,5 +1,7 @@
-//! Tombstones: what a logout leaves in every write backend, and the scripts
-//! that write a session into a write backend only where no logout did.
+//! The Lua scripts that make session writes safe when outcomes are unknown,
+//! and the keys they touch: tombstones, and write deadlines.
+//!
+//! # Tombstones
 //!
 //! A logout runs [`LOGOUT`] on each write backend: it removes the session and,
 //! in the same atomic step, leaves a tombstone key beside it that lives at
@@ -16,6 +18,40 @@
 //! Redis Cluster it must also share the session key's hash slot (a script
 //! may only touch keys of one slot): there, a key without a hash tag of its
 //! own is wrapped in one, `{<key>}:tombstone`.
+
+//! # Write deadlines
+//!
+//! A command that timed out may still run later: redis-rs cannot take back
+//! what it sent, and a paused or frozen server runs what waited in its
+//! buffers when it resumes, a whole connection at a time, so a save that
+//! timed out on one app instance can run *after* a later save of the same
+//! session through another instance, and undo it. So a save (and a fill,
+//! which overwrites too) carries a deadline on the server's clock, the
+//! moment its sender gives up on it, and the script refuses to write once
+//! the server's clock is past it: a save that timed out either ran before
+//! its sender gave up or never runs. Each backend learns how far the
+//! server's clock is from its own from the time every such script returns,
+//! taking the lower bound (the reply left the server before it arrived), so
+//! the deadline errs early, never late.
+
+/// A Lua script, sent as `EVALSHA` (its body only when the server does not
+/// know it yet: after a restart, a failover or `SCRIPT FLUSH`).
+pub(crate) struct Lua {
+    /// The body.
+    pub(crate) code: &'static str,
+    sha: std::sync::OnceLock<String>,
+}
+
+impl Lua {
+    const fn new(code: &'static str) -> Lua {
+        Lua { code, sha: std::sync::OnceLock::new() }
+    }
+
+    /// The SHA1 that `EVALSHA` names the script by.
+    pub(crate) fn sha(&self) -> &str {
+        self.sha.get_or_init(|| redis::Script::new(self.code).get_hash().to_owned())
+    }
+}
 
 /// What every tombstone key ends with (a session id never holds a `:`).
 pub(crate) const TOMBSTONE_SUFFIX: &str = ":tombstone";
@@ -57,25 +93,46 @@ pub(crate) fn prefix_fits_cluster(prefix: &str) -> bool {
 /// `KEYS[1]` session, `KEYS[2]` its tombstone; `ARGV[1]` value, `ARGV[2]`
 /// `PXAT`. `SET NX` unless tombstoned: 1 written, 0 already there (a copy or
 /// a newer save: never overwritten), -1 tombstoned (a logout ran).
-pub(crate) const COPY: &str = "\
+pub(crate) static COPY: Lua = Lua::new(
+    "\
 if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 if redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2], 'NX') then return 1 end
-return 0";
+return 0",
+);
+
+/// `KEYS[1]` session; `ARGV[1]` value, `ARGV[2]` `PXAT`, `ARGV[3]` deadline
+/// (server clock, ms; 0: none). `SET XX` unless past the deadline. Returns
+/// `{1 written | 0 missing | -2 too late, server time}`.
+pub(crate) static SAVE: Lua = Lua::new(concat!(
+    "local t = redis.call('TIME')\n",
+    "local now = t[1] * 1000 + math.floor(t[2] / 1000)\n",
+    "local deadline = tonumber(ARGV[3])\n",
+    "if deadline > 0 and now > deadline then return {-2, now} end\n",
+    "if redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2], 'XX') then return {1, now} end\n",
+    "return {0, now}"
+));
 
 /// As [`COPY`], but a key already there is overwritten (`SET XX`): a save's
-/// own record, newer than any copy made from a source. 1 written where it
-/// was missing, 0 overwritten, -1 tombstoned.
-pub(crate) const FILL: &str = "\
-if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
-if redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2], 'NX') then return 1 end
-redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2], 'XX')
-return 0";
+/// own record, newer than any copy made from a source; and, as [`SAVE`], not
+/// past the deadline `ARGV[3]`. Returns `{1 written where missing | 0
+/// overwritten | -1 tombstoned | -2 too late, server time}`.
+pub(crate) static FILL: Lua = Lua::new(concat!(
+    "local t = redis.call('TIME')\n",
+    "local now = t[1] * 1000 + math.floor(t[2] / 1000)\n",
+    "local deadline = tonumber(ARGV[3])\n",
+    "if deadline > 0 and now > deadline then return {-2, now} end\n",
+    "if redis.call('EXISTS', KEYS[2]) == 1 then return {-1, now} end\n",
+    "if redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2], 'NX') then return {1, now} end\n",
+    "redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2], 'XX')\n",
+    "return {0, now}"
+));
 
 /// `KEYS[1]` session, `KEYS[2]` its tombstone; `ARGV[1]` the least time the
 /// tombstone lives (ms). Deletes the session and leaves (or lengthens, never
 /// shortens) the tombstone, living as long as the session would have and at
 /// least `ARGV[1]`. Returns the tombstone's time to live (ms). Idempotent.
-pub(crate) const LOGOUT: &str = "\
+pub(crate) static LOGOUT: Lua = Lua::new(
+    "\
 local keep = tonumber(ARGV[1])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > keep then keep = ttl end
@@ -83,15 +140,18 @@ ttl = redis.call('PTTL', KEYS[2])
 if ttl > keep then keep = ttl end
 redis.call('DEL', KEYS[1])
 redis.call('SET', KEYS[2], '1', 'PX', keep)
-return keep";
+return keep",
+);
 
 /// `KEYS[1]` session in a backend that is not written (a source). Deletes it
 /// and returns how long it had to live (ms; negative when absent), so the
 /// tombstones in the write backends can be made to outlive any copy of it.
-pub(crate) const FORGET: &str = "\
+pub(crate) static FORGET: Lua = Lua::new(
+    "\
 local ttl = redis.call('PTTL', KEYS[1])
 redis.call('DEL', KEYS[1])
-return ttl";
+return ttl",
+);
 
 #[cfg(test)]
 mod tests {
