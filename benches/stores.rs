@@ -11,6 +11,7 @@
 //! * MultiRedisStore, `new: read+write, old: read+delete`, session in "new";
 //! * the same, first touch of a session still only in "old" (copy-on-read);
 //! * the same, a logout (`delete`) of a session still only in "old";
+//! * one backend with `refuse_late_writes(false)`: saves as a bare `SET XX`;
 //! * tower-sessions-redis-store 0.16 (fred, 6-connection pool), the anchor,
 //!   run as a subprocess (`benches/anchor`, built by `scripts/bench`).
 //!
@@ -25,7 +26,7 @@
 //! pins the servers to CPU 0 and the client to CPU 1 (Linux `taskset`).
 //!
 //! For profiling one case: `BENCH_CASES=raw,one` (of anchor, raw,
-//! raw-nodelay, one, one-nagle, one-direct, two, first, logout), `BENCH_TASKS=64`,
+//! raw-nodelay, one, one-nagle, one-direct, two, first, logout, one-unguarded), `BENCH_TASKS=64`,
 //! `BENCH_MILLIS=5000`, `BENCH_ROUNDS=1`, `BENCH_HTTP=0`; a partial run leaves
 //! the chart alone. `BENCH_LINK=veth` puts the servers behind a veth link
 //! (root only; see `support/veth.rs`), `BENCH_DELAY_MS=n` puts a proxy that
@@ -61,8 +62,8 @@ use session::small_session;
 const SESSIONS: usize = 10_000;
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 /// Short names of [`CASES`], for `BENCH_CASES`.
-const CASE_KEYS: [&str; 9] =
-    ["anchor", "raw", "raw-nodelay", "one", "one-nagle", "one-direct", "two", "first", "logout"];
+const CASE_KEYS: [&str; 10] =
+    ["anchor", "raw", "raw-nodelay", "one", "one-nagle", "one-direct", "two", "first", "logout", "one-unguarded"];
 
 /// Knobs from the environment (see the module docs); the defaults are the full run.
 struct Knobs {
@@ -215,7 +216,7 @@ fn anchor(bin: &PathBuf, url: &str, millis: u64, concurrency: usize, pinned: boo
     }
 }
 
-const CASES: [&str; 9] = [
+const CASES: [&str; 10] = [
     "tower-sessions-redis-store 0.16",
     "raw redis-rs",
     "raw redis-rs, TCP_NODELAY",
@@ -225,6 +226,7 @@ const CASES: [&str; 9] = [
     "MultiRedisStore, 2 backends, in new",
     "MultiRedisStore, 2 backends, first touch",
     "MultiRedisStore, 2 backends, logout",
+    "MultiRedisStore, 1 backend, refuse_late_writes(false)",
 ];
 // Indices into CASES.
 const ANCHOR: usize = 0;
@@ -236,6 +238,7 @@ const ONE_DIRECT: usize = 5;
 const TWO: usize = 6;
 const FIRST: usize = 7;
 const LOGOUT: usize = 8;
+const ONE_UNGUARDED: usize = 9;
 
 /// With `BENCH_PIN=1`: redis-servers on CPU 0, this process (and the anchor it
 /// starts) on CPU 1, so server and client stop competing for one core.
@@ -314,6 +317,12 @@ async fn run(knobs: Knobs) {
     let one_with = |backend: Backend| MultiRedisStore::builder().backend(backend).build();
     let one_nagle = one_with(Backend::url("main", main_url.clone()).tcp_nodelay(false)).await.unwrap();
     let one_direct = one_with(Backend::url("main", main_url.clone()).auto_pipeline(false)).await.unwrap();
+    let one_unguarded = MultiRedisStore::builder()
+        .backend(Backend::url("main", main_url.clone()))
+        .refuse_late_writes(false)
+        .build()
+        .await
+        .unwrap();
     let two = MultiRedisStore::builder()
         .backend(Backend::url("new", main_url.clone()).prefix("two:"))
         .backend(Backend::url("old", old_url.clone()).prefix("two:").modes(Modes::READ_DELETE))
@@ -405,6 +414,7 @@ async fn run(knobs: Knobs) {
                 (ONE, &one, &one_ids),
                 (ONE_NAGLE, &one_nagle, &one_ids),
                 (ONE_DIRECT, &one_direct, &one_ids),
+                (ONE_UNGUARDED, &one_unguarded, &one_ids),
                 (TWO, &two, &two_ids),
             ] {
                 if knobs.cases[case] {
@@ -526,7 +536,8 @@ async fn http(millis: u64, app: axum::Router, clients: usize) -> Sample {
 
 /// Grouped bars: requests/s by concurrency for each store.
 fn chart(table: &[Vec<Option<Sample>>]) -> String {
-    let colors = ["#888888", "#1f77b4", "#aec7e8", "#2ca02c", "#98df8a", "#9467bd", "#d62728", "#ff7f0e", "#8c564b"];
+    let colors =
+        ["#888888", "#1f77b4", "#aec7e8", "#2ca02c", "#98df8a", "#9467bd", "#d62728", "#ff7f0e", "#8c564b", "#17becf"];
     let max = table.iter().flatten().flatten().map(|s| s.rps).fold(1.0, f64::max) * 1.1;
     let (w, h, left, bottom) = (760.0, 380.0, 70.0, 330.0);
     let group = (w - left - 20.0) / CONCURRENCY.len() as f64;

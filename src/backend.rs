@@ -379,8 +379,7 @@ fn epoch_millis() -> i64 {
     i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// The instant an operation must be done by, if any. Commands that undo or
-/// check a copy get `None`: they are never cut short.
+/// The instant an operation must be done by, if any.
 pub(crate) type Deadline = Option<tokio::time::Instant>;
 
 /// Bits of a composite SCAN cursor that hold the member of a partitioned backend.
@@ -923,7 +922,7 @@ impl Node {
         pxat: u64,
         deadline: Deadline,
     ) -> Result<i64, Error> {
-        let server_deadline = if self.refuse_late_writes { self.server_deadline() } else { 0 };
+        let server_deadline = if self.refuse_late_writes { self.server_deadline(deadline) } else { 0 };
         let (pxat, server_deadline) = (pxat.to_string(), server_deadline.to_string());
         let args: [&[u8]; 3] = [value, pxat.as_bytes(), server_deadline.as_bytes()];
         let (code, server_now): (i64, i64) = self.run_script(op, script, id, tombstone, &args, deadline).await?;
@@ -935,21 +934,27 @@ impl Node {
     }
 
     /// The moment, on the server's clock (ms since the epoch), after which a
-    /// command sent now must not run: when redis-rs gives up waiting for it.
+    /// command sent now must not run: when we give up waiting for it (redis-rs
+    /// after the socket timeout, or sooner at the operation's `deadline`).
     /// 0 (none) until the server's clock is known.
-    fn server_deadline(&self) -> u64 {
+    fn server_deadline(&self, deadline: Deadline) -> u64 {
         let offset = self.clock_offset.load(Ordering::Relaxed);
         if offset == i64::MIN {
             return 0;
         }
-        let bound = i64::try_from(self.socket_timeout.as_millis()).unwrap_or(i64::MAX);
+        let wait = match deadline {
+            Some(at) => self.socket_timeout.min(at.saturating_duration_since(tokio::time::Instant::now())),
+            None => self.socket_timeout,
+        };
+        let bound = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
         u64::try_from(epoch_millis().saturating_add(offset).saturating_add(bound)).unwrap_or(0)
     }
 
     /// A reply carried the server's clock, read before the reply was sent:
     /// the offset is at least that minus our clock now.
     fn saw_server_time(&self, server_ms: i64) {
-        self.clock_offset.store(server_ms.saturating_sub(epoch_millis()), Ordering::Relaxed);
+        // Less one: both clocks were read truncated to the millisecond.
+        self.clock_offset.store(server_ms.saturating_sub(epoch_millis()).saturating_sub(1), Ordering::Relaxed);
     }
 
     /// Deletes a session and leaves its tombstone, living at least `keep` and

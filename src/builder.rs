@@ -79,8 +79,7 @@ impl MultiRedisStoreBuilder {
     }
 
     /// An overall bound of each store operation, on top of the backends'
-    /// timeouts (default: none). Checks of copies already made are never cut
-    /// short, so an operation can overrun it by one command.
+    /// timeouts (default: none).
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
         self

@@ -8,9 +8,9 @@
 //! | op | rule |
 //! |---|---|
 //! | `load` | Ask R in order; the first live record wins; when none has it and there are sources, ask the W backends once more (a move may have run between the reads). An error or an undecodable value does not stop the search, but if nothing is found after one, the result is `Err`, never "not found"; and after a W backend failed, only a W backend that every save reached (write policy `all`) may answer, never a source, whose copy may be older. |
-//! | copy-on-read | When the winner is a source: *copy* it into every W backend (`SET NX PXAT`, unless a logout left a tombstone there: never overwrites, never resurrects). With `Move`, once every W backend holds it, `DEL` it from the source. Nothing is checked or undone afterwards. |
+//! | copy-on-read | When the winner is a source: *copy* it into every W backend (`SET NX PXAT`, unless a logout left a tombstone there: never overwrites, never resurrects; with policy `Off`, only look for tombstones). A tombstone in any W backend: "not found" (a logout ran, and the source's copy is what its failed or pending `DEL` left); no W backend answering: `Err`. With `Move`, once every W backend holds it, `DEL` it from the source. Nothing is checked or undone afterwards. |
 //! | `create` | `SET NX PXAT` on every W backend at once; on a collision undo this attempt's writes (its id is fresh: nobody else holds it) and draw a new id; any error undoes and fails. |
-//! | `save` | `SET XX PXAT` on every W backend at once. Where it missed, and the session lives elsewhere (another W backend took the update, or a source holds it), *fill* those backends (`SET`, unless tombstoned); where it lives nowhere, only `SET XX` again (a move may just have put it there): never create it. |
+//! | `save` | `SET XX PXAT` on every W backend at once, refused by the server past the moment we stop waiting for it. Where it missed, and the session lives elsewhere (another W backend took the update, or a source holds it), *fill* those backends (`SET`, unless tombstoned, same deadline); where it lives nowhere, only `SET XX` again (a move may just have put it there): never create it. |
 //! | `delete` | One round, at once: on every W backend, delete the session and leave a *tombstone* beside it in the same script; on every other D backend, delete it. Any failure is an `Err` naming the backends. |
 //!
 //! # Why this keeps a logout a logout, and loses nothing
@@ -44,13 +44,23 @@
 //!   answered that it holds it, so a lost or late `DEL` loses nothing; and a
 //!   load that missed in W and then in the source asks W again, where the
 //!   move put it before deleting it. (I3, I4)
+//! * **A logout half done is not undone by the source.** A logout whose
+//!   `DEL` on a source failed leaves the session's older copy there, while
+//!   the W backends hold a tombstone: a load that finds a record in a source
+//!   copies it (or, with `Off`, asks) and answers "not found" on a
+//!   tombstone; it fails when no W backend answers, since one of them might
+//!   hold one. (I1, I2)
 //! * **Saves never go back.** A save that missed a W backend fills it with
 //!   its own record (overwriting a copy, which is older); a copy never
-//!   overwrites. What remains: a save that returned `Err` may still land
-//!   later (I5) and overwrite a later save made through *another*
-//!   connection; on one connection commands keep their order. The session's
-//!   value format (`tower-sessions-redis-store`'s) has no room for a version
-//!   to refuse it.
+//!   overwrites. A save that timed out could still run later (I5), after a
+//!   later save through *another* connection (a paused or frozen server
+//!   resumes a connection at a time), and undo it: so each save (and fill)
+//!   carries the moment its sender stops waiting, on the server's clock,
+//!   and the server refuses it after that (`scripts.rs`, "Write
+//!   deadlines"). The session's value format, `tower-sessions-redis-store`'s,
+//!   has no room for a version that would refuse it otherwise. With
+//!   [`refuse_late_writes(false)`](crate::MultiRedisStoreBuilder::refuse_late_writes)
+//!   this guard is off. (I2, I5)
 //!
 //! A copy runs on the request's own time: a request dropped mid-way leaves
 //! either no copy or a final one, never one waiting for a check.
