@@ -8,18 +8,19 @@ use std::time::Duration;
 
 use std::future::Future;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use redis::{Cmd, FromRedisValue, Pipeline, Value};
 use serde::Serialize;
 
 use crate::breaker::{Breaker, BreakerConfig, BreakerState, Permit};
+use crate::clock::{self, ServerClocks};
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::mode::Modes;
 use crate::redact::redact_url;
-use crate::scripts::{COPY, FILL, FORGET, LOGOUT, Lua, SAVE};
+use crate::scripts::{COPY, FILL, LOGOUT, Lua, SAVE};
 
 /// The socket timeout used when none is configured: bounds connecting and
 /// every command.
@@ -373,12 +374,6 @@ impl fmt::Debug for Backend {
     }
 }
 
-/// Our wall clock, in ms since the Unix epoch.
-fn epoch_millis() -> i64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// The instant an operation must be done by, if any.
 pub(crate) type Deadline = Option<tokio::time::Instant>;
 
@@ -387,23 +382,28 @@ const MEMBER_SHIFT: u32 = 56;
 const INNER_MASK: u64 = (1 << MEMBER_SHIFT) - 1;
 
 /// What a conditional copy into a write backend found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Copied {
     /// The session was missing and is now written.
     Written,
-    /// The session was there: kept (a copy) or overwritten (a fill).
-    Present,
+    /// The session was there: kept (a copy; with its value when asked for)
+    /// or overwritten (a fill).
+    Present(Option<Vec<u8>>),
     /// A logout left a tombstone: nothing written.
     Tombstoned,
 }
 
 impl Copied {
-    /// From the reply code of [`COPY`](crate::scripts::COPY) or [`FILL`](crate::scripts::FILL).
-    pub(crate) fn from_reply(reply: i64) -> Copied {
+    /// From the reply of [`COPY`](crate::scripts::COPY) or the code of
+    /// [`FILL`](crate::scripts::FILL); `None` for "too late" or a reply of
+    /// another shape.
+    pub(crate) fn from_reply(reply: Value) -> Option<Copied> {
         match reply {
-            1 => Copied::Written,
-            0 => Copied::Present,
-            _ => Copied::Tombstoned,
+            Value::Int(1) => Some(Copied::Written),
+            Value::Int(0) => Some(Copied::Present(None)),
+            Value::Int(-1) => Some(Copied::Tombstoned),
+            Value::BulkString(bytes) => Some(Copied::Present(Some(bytes))),
+            _ => None,
         }
     }
 }
@@ -466,12 +466,12 @@ pub(crate) struct Node {
     op_timeout: Duration,
     /// How long redis-rs waits for an answer.
     socket_timeout: Duration,
-    /// The server's clock minus ours, in ms, at least (learnt from the
-    /// replies of the scripts that return the server's time); `i64::MIN`
-    /// until the first one.
-    clock_offset: AtomicI64,
+    /// What we know of the servers' clocks, for write deadlines.
+    clocks: ServerClocks,
     /// Whether saves carry a deadline the server enforces.
     refuse_late_writes: bool,
+    /// How long a logout's tombstone lives.
+    tombstone_ttl: Duration,
     retry_on_timeout: bool,
     breaker: Breaker,
     counters: [AtomicU64; 6],
@@ -507,16 +507,19 @@ impl fmt::Debug for Node {
 impl Node {
     /// Prepares the connection; nothing is sent over the network yet, so a
     /// store can be built while one of its servers is down.
-    pub(crate) fn connect(backend: &Backend, refuse_late_writes: bool) -> Result<Node, Error> {
+    pub(crate) fn connect(backend: &Backend, refuse_late_writes: bool, tombstone_ttl: Duration) -> Result<Node, Error> {
+        let conn = Connection::open(backend)?;
+        let shared_clock = matches!(backend.address, Address::Sentinel { .. } | Address::Cluster(_));
         Ok(Node {
             name: backend.name.clone(),
             modes: backend.modes,
             prefix: backend.prefix.clone(),
-            conn: Connection::open(backend)?,
+            clocks: ServerClocks::new(conn.members(), shared_clock),
+            conn,
             op_timeout: backend.socket_timeout * 2,
             socket_timeout: backend.socket_timeout,
-            clock_offset: AtomicI64::new(i64::MIN),
             refuse_late_writes,
+            tombstone_ttl,
             retry_on_timeout: backend.retry_on_timeout,
             breaker: Breaker::new(backend.breaker),
             counters: Default::default(),
@@ -846,19 +849,66 @@ impl Node {
         self.guarded(op, deadline, true, attempt).await
     }
 
-    /// Writes a session unless a logout left a tombstone
-    /// ([`COPY`](crate::scripts::COPY): never overwrites). Idempotent in
+    /// Learns the clock of the server holding session key `key`'s member
+    /// with `TIME`, unless known: a write must never go out without a deadline.
+    async fn know_clock(&self, member: usize, deadline: Deadline) -> Result<(), Error> {
+        if self.clocks.known(member) {
+            return Ok(());
+        }
+        let (secs, micros): (i64, i64) = self.run("TIME", member, &redis::cmd("TIME"), true, deadline).await?;
+        self.clocks.observe(member, secs.saturating_mul(1000).saturating_add(micros / 1000));
+        Ok(())
+    }
+
+    /// Learns the clocks of every member this backend routes to (for the
+    /// migrator's batches).
+    pub(crate) async fn know_clocks(&self) -> Result<(), Error> {
+        for member in 0..self.conn.members() {
+            self.know_clock(member, None).await?;
+        }
+        Ok(())
+    }
+
+    /// The `COPY` of session `id` into this backend, given the time
+    /// ([`clock::now_ms`]) it was read from its source: its deadline is half
+    /// a tombstone's life after that (`scripts.rs`). `None` while this
+    /// member's clock is unknown (see [`know_clocks`](Self::know_clocks)).
+    pub(crate) fn copy_cmd(
+        &self,
+        id: &str,
+        value: &[u8],
+        pxat: u64,
+        read_at: i64,
+        existing: bool,
+    ) -> Option<(usize, Cmd)> {
+        let member = self.conn.member_of(id);
+        let at = self.clocks.deadline(member, read_at, self.tombstone_ttl / 2)?.to_string();
+        let pxat = pxat.to_string();
+        let existing: &[u8] = if existing { b"1" } else { b"0" };
+        Some(self.script(&COPY, true, id, true, &[value, pxat.as_bytes(), at.as_bytes(), existing]))
+    }
+
+    /// Writes a session read from a source at `read_at` unless a logout left
+    /// a tombstone ([`COPY`](crate::scripts::COPY): never overwrites; with
+    /// `existing`, hands back the value that was there). Idempotent in
     /// effect, so it may be retried.
     pub(crate) async fn copy(
         &self,
         id: &(impl fmt::Display + ?Sized),
         value: &[u8],
         pxat: u64,
+        read_at: i64,
+        existing: bool,
         deadline: Deadline,
     ) -> Result<Copied, Error> {
+        let member = self.route(id).1;
+        self.know_clock(member, deadline).await?;
+        let at = self.clocks.deadline(member, read_at, self.tombstone_ttl / 2).unwrap_or(0).to_string();
         let pxat = pxat.to_string();
-        let reply: i64 = self.run_script("COPY", &COPY, id, true, &[value, pxat.as_bytes()], deadline).await?;
-        Ok(Copied::from_reply(reply))
+        let flag: &[u8] = if existing { b"1" } else { b"0" };
+        let reply: Value =
+            self.run_script("COPY", &COPY, id, true, &[value, pxat.as_bytes(), at.as_bytes(), flag], deadline).await?;
+        Copied::from_reply(reply).ok_or_else(|| self.late("COPY"))
     }
 
     /// Whether a logout left its tombstone for session `id`.
@@ -890,27 +940,30 @@ impl Node {
             return Ok(!matches!(reply, Value::Nil));
         }
         // Boxed: keeps every save's future small (tower-sessions boxes it too).
-        let code = Box::pin(self.run_timed("SAVE", &SAVE, false, id, value, pxat, deadline)).await?;
+        let code = Box::pin(self.run_timed("SAVE", &SAVE, false, id, value, pxat, clock::now_ms(), deadline)).await?;
         Ok(code == 1)
     }
 
     /// A save's record written where a backend missed it, over any copy,
-    /// unless tombstoned or past the moment we give up on it
-    /// ([`FILL`](crate::scripts::FILL)).
+    /// unless tombstoned or past the moment the save (begun at `from`, a
+    /// [`clock::now_ms`] reading) gives up ([`FILL`](crate::scripts::FILL)).
     pub(crate) async fn fill(
         &self,
         id: &(impl fmt::Display + ?Sized),
         value: &[u8],
         pxat: u64,
+        from: i64,
         deadline: Deadline,
     ) -> Result<Copied, Error> {
-        let code = self.run_timed("FILL", &FILL, true, id, value, pxat, deadline).await?;
-        Ok(Copied::from_reply(code))
+        let code = self.run_timed("FILL", &FILL, true, id, value, pxat, from, deadline).await?;
+        Copied::from_reply(Value::Int(code)).ok_or_else(|| self.late("FILL"))
     }
 
     /// Runs [`SAVE`](crate::scripts::SAVE) or [`FILL`](crate::scripts::FILL)
-    /// with a deadline on the server's clock, and learns the server's clock
-    /// from the reply. "Too late" is this backend's timeout: nothing was written.
+    /// with a deadline on the server's clock: `from` (a [`clock::now_ms`]
+    /// reading) plus how long we wait for the answer. Learns the server's
+    /// clock from the reply. "Too late" is this backend's timeout: nothing
+    /// was written.
     #[allow(clippy::too_many_arguments)]
     async fn run_timed(
         &self,
@@ -920,67 +973,45 @@ impl Node {
         id: &(impl fmt::Display + ?Sized),
         value: &[u8],
         pxat: u64,
+        from: i64,
         deadline: Deadline,
     ) -> Result<i64, Error> {
-        let server_deadline = if self.refuse_late_writes { self.server_deadline(deadline) } else { 0 };
-        let (pxat, server_deadline) = (pxat.to_string(), server_deadline.to_string());
-        let args: [&[u8]; 3] = [value, pxat.as_bytes(), server_deadline.as_bytes()];
+        let member = self.route(id).1;
+        let at = if self.refuse_late_writes {
+            self.know_clock(member, deadline).await?;
+            // We stop waiting after the socket timeout, or sooner at the
+            // operation's deadline.
+            let wait = match deadline {
+                Some(at) => self.socket_timeout.min(at.saturating_duration_since(tokio::time::Instant::now())),
+                None => self.socket_timeout,
+            };
+            self.clocks.deadline(member, from, wait).unwrap_or(0)
+        } else {
+            u64::MAX
+        };
+        let (pxat, at) = (pxat.to_string(), at.to_string());
+        let args: [&[u8]; 3] = [value, pxat.as_bytes(), at.as_bytes()];
         let (code, server_now): (i64, i64) = self.run_script(op, script, id, tombstone, &args, deadline).await?;
-        self.saw_server_time(server_now);
+        self.clocks.observe(member, server_now);
         if code == -2 {
-            return Err(Error::Timeout { backend: self.name.clone(), op, after: self.socket_timeout });
+            return Err(self.late(op));
         }
         Ok(code)
     }
 
-    /// The moment, on the server's clock (ms since the epoch), after which a
-    /// command sent now must not run: when we give up waiting for it (redis-rs
-    /// after the socket timeout, or sooner at the operation's `deadline`).
-    /// 0 (none) until the server's clock is known.
-    fn server_deadline(&self, deadline: Deadline) -> u64 {
-        let offset = self.clock_offset.load(Ordering::Relaxed);
-        if offset == i64::MIN {
-            return 0;
-        }
-        let wait = match deadline {
-            Some(at) => self.socket_timeout.min(at.saturating_duration_since(tokio::time::Instant::now())),
-            None => self.socket_timeout,
-        };
-        let bound = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
-        u64::try_from(epoch_millis().saturating_add(offset).saturating_add(bound)).unwrap_or(0)
+    /// The error of a write the server refused as too late: a timeout, and
+    /// nothing was written.
+    fn late(&self, op: &'static str) -> Error {
+        Error::Timeout { backend: self.name.clone(), op, after: self.socket_timeout }
     }
 
-    /// A reply carried the server's clock, read before the reply was sent:
-    /// the offset is at least that minus our clock now.
-    fn saw_server_time(&self, server_ms: i64) {
-        // Less one: both clocks were read truncated to the millisecond.
-        self.clock_offset.store(server_ms.saturating_sub(epoch_millis()).saturating_sub(1), Ordering::Relaxed);
-    }
-
-    /// Deletes a session and leaves its tombstone, living at least `keep` and
-    /// as long as the session would have ([`LOGOUT`](crate::scripts::LOGOUT)):
-    /// the tombstone's time to live. Idempotent.
-    pub(crate) async fn logout(
-        &self,
-        id: &(impl fmt::Display + ?Sized),
-        keep: Duration,
-        deadline: Deadline,
-    ) -> Result<Duration, Error> {
-        let keep = keep.as_millis().max(1).to_string();
+    /// Deletes a session and leaves its tombstone for `keep`
+    /// ([`LOGOUT`](crate::scripts::LOGOUT)). Idempotent.
+    pub(crate) async fn logout(&self, id: &(impl fmt::Display + ?Sized), deadline: Deadline) -> Result<(), Error> {
+        let keep = self.tombstone_ttl.as_millis().max(1).to_string();
         // Boxed, as every rare path: keeps `delete`'s future small.
-        let ttl: u64 = Box::pin(self.run_script("LOGOUT", &LOGOUT, id, true, &[keep.as_bytes()], deadline)).await?;
-        Ok(Duration::from_millis(ttl))
-    }
-
-    /// Deletes a session from a backend that is not written
-    /// ([`FORGET`](crate::scripts::FORGET)): how long it had to live, if it was there.
-    pub(crate) async fn forget(
-        &self,
-        id: &(impl fmt::Display + ?Sized),
-        deadline: Deadline,
-    ) -> Result<Option<Duration>, Error> {
-        let ttl: i64 = Box::pin(self.run_script("FORGET", &FORGET, id, false, &[], deadline)).await?;
-        Ok(u64::try_from(ttl).ok().map(Duration::from_millis))
+        let _: i64 = Box::pin(self.run_script("LOGOUT", &LOGOUT, id, true, &[keep.as_bytes()], deadline)).await?;
+        Ok(())
     }
 
     /// `DEL`: whether a key was removed.

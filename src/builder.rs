@@ -12,8 +12,7 @@ use crate::store::{CopyOnRead, MultiRedisStore, Options, ReadPolicy, WritePolicy
 /// random ids is already astronomically unlikely).
 pub const DEFAULT_CREATE_ATTEMPTS: usize = 8;
 
-/// The least time a logout's tombstone lives when none is configured (it
-/// also lives at least as long as the session would have).
+/// How long a logout's tombstone lives when none is configured.
 pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
 
 /// Describes a [`MultiRedisStore`]; [`build`](Self::build) validates it.
@@ -91,11 +90,11 @@ impl MultiRedisStoreBuilder {
         self
     }
 
-    /// The least time the tombstone a logout leaves in each write backend
-    /// lives (default [`DEFAULT_TOMBSTONE_TTL`]). It lives at least as long
-    /// as the session would have anyway; this bounds how late a copy or a
-    /// save's write, sent before the logout and held up in the network or a
-    /// frozen server, may land and still be refused.
+    /// How long the tombstone a logout leaves in each write backend lives
+    /// (default [`DEFAULT_TOMBSTONE_TTL`]; at least four socket timeouts). A
+    /// copy of a session into a write backend is refused by the server once
+    /// half this time has passed since the session was read from its source,
+    /// so no copy, however late, outlives the tombstone it must meet.
     pub fn tombstone_ttl(mut self, ttl: Duration) -> Self {
         self.tombstone_ttl = Some(ttl);
         self
@@ -168,6 +167,14 @@ impl MultiRedisStoreBuilder {
                      session's hash slot",
                 ));
             }
+            if self.tombstone_ttl.is_some_and(|t| t < 4 * b.socket_timeout) {
+                return Err(Error::config(
+                    name,
+                    "tombstone_ttl",
+                    "must be at least four times every backend's socket_timeout: a copy may arrive up to \
+                     half a tombstone's life after it was read",
+                ));
+            }
             crate::connection::validate(b)?;
         }
         if !self.backends.iter().any(|b| b.modes.can_read()) {
@@ -195,8 +202,12 @@ impl MultiRedisStoreBuilder {
     pub async fn build(self) -> Result<MultiRedisStore, Error> {
         self.validate()?;
         let refuse_late_writes = !self.keep_late_writes;
-        let nodes =
-            self.backends.iter().map(|b| Node::connect(b, refuse_late_writes)).collect::<Result<Vec<_>, _>>()?;
+        let tombstone_ttl = self.tombstone_ttl.unwrap_or(DEFAULT_TOMBSTONE_TTL);
+        let nodes = self
+            .backends
+            .iter()
+            .map(|b| Node::connect(b, refuse_late_writes, tombstone_ttl))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(MultiRedisStore::from_nodes(
             nodes,
             Options {
@@ -205,7 +216,6 @@ impl MultiRedisStoreBuilder {
                 write_policy: self.write_policy,
                 deadline: self.deadline,
                 create_attempts: self.create_attempts.unwrap_or(DEFAULT_CREATE_ATTEMPTS),
-                tombstone_ttl: self.tombstone_ttl.unwrap_or(DEFAULT_TOMBSTONE_TTL),
             },
         ))
     }

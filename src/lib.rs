@@ -15,7 +15,8 @@
 //! * [`codec`]: the wire format, byte-compatible with `tower-sessions-redis-store`;
 //! * `store`: [`MultiRedisStore`] and **the fan-out rules** of `load`/`create`/`save`/`delete`;
 //! * `scripts`: the Lua scripts every session write runs: a logout's tombstone,
-//!   copies that write only where no logout did, saves refused past their deadline;
+//!   copies that write only where no logout did, writes refused past their deadline;
+//! * `clock`: what a backend knows of its servers' clocks, for those deadlines;
 //! * `policy`: [`CopyOnRead`], [`ReadPolicy`], [`WritePolicy`];
 //! * `builder`: [`MultiRedisStoreBuilder`], validation of the whole shape;
 //! * `config`: [`Config`], TOML/JSON files, including the seed Django package's shape;
@@ -66,6 +67,7 @@
 mod backend;
 mod breaker;
 mod builder;
+mod clock;
 pub mod codec;
 mod config;
 mod connection;

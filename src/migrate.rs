@@ -247,6 +247,28 @@ impl Migrator {
         if indices.is_empty() {
             return Err(Error::config(None, "to", "no target backend"));
         }
+        if options.move_sessions {
+            // A move deletes from the source what every target holds: that is
+            // safe only when the targets are all the backends the store writes
+            // (else a write backend that did not get the copy misses it), and
+            // the source is not one of them (else its `DEL` could remove a
+            // save it received after the copy was read).
+            let nodes = store.nodes();
+            if nodes[source].modes.can_write() {
+                return Err(Error::config(
+                    Some(&nodes[source].name),
+                    "from",
+                    "a move needs a source the store does not write (read+delete)",
+                ));
+            }
+            if let Some(missing) = nodes.iter().enumerate().find(|(i, n)| n.modes.can_write() && !indices.contains(i)) {
+                return Err(Error::config(
+                    Some(&missing.1.name),
+                    "to",
+                    "a move needs every write backend among the targets",
+                ));
+            }
+        }
         Ok(Migrator { store: store.clone(), source, targets: indices, options })
     }
 
@@ -328,7 +350,7 @@ impl Migrator {
                     cursor => self.read(cursor).await.map(Some),
                 }
             };
-            let writing = self.write(batch.live, &mut run);
+            let writing = self.write(batch.live, batch.read_at, &mut run);
             let (next_batch, ()) = futures_util::future::join(reading, writing).await;
             run.report.progress.cursor = next;
             on_progress(&run.report.progress);
@@ -364,6 +386,7 @@ impl Migrator {
             return Ok(batch);
         }
         let ids = keys.iter().map(|k| source.id_of(k).unwrap_or_default());
+        batch.read_at = crate::clock::now_ms();
         let values: Vec<Option<Vec<u8>>> = match batch_of(source, "GET", ids).await {
             Ok(values) => values,
             Err(err) => {
@@ -393,7 +416,7 @@ impl Migrator {
     /// The write stage: copy a batch of live sessions into every target
     /// unless a logout left a tombstone there; with `move`, then delete from
     /// the source those every target holds.
-    async fn write(&self, live: Vec<Live>, run: &mut Run) {
+    async fn write(&self, live: Vec<Live>, read_at: i64, run: &mut Run) {
         if live.is_empty() {
             return;
         }
@@ -401,18 +424,20 @@ impl Migrator {
             return self.dry_run(&live, run).await;
         }
         let targets = self.target_nodes();
-        let replies = join_all(targets.iter().map(|t| {
-            let items = live
-                .iter()
-                .map(|s| {
-                    let pxat = s.pxat.to_string();
-                    // With its body: a pipeline cannot fall back on NOSCRIPT.
-                    t.script(&scripts::COPY, true, &s.id, true, &[&s.bytes, pxat.as_bytes()])
-                })
-                .collect();
+        let live_ref = &live;
+        let replies = join_all(targets.iter().map(|t| async move {
+            // Copies carry a deadline on the target's clock (`scripts.rs`).
+            t.know_clocks().await?;
+            let mut items = Vec::with_capacity(live_ref.len());
+            for s in live_ref {
+                let Some(item) = t.copy_cmd(&s.id, &s.bytes, s.pxat, read_at, false) else {
+                    return Err(Error::config(Some(&t.name), "clock", "the server's clock is not known"));
+                };
+                items.push(item);
+            }
             // Copies are idempotent in effect, so a batch with an unknown
             // outcome is simply reported and redone by a later run.
-            t.batch("COPY", items)
+            t.batch("COPY", items).await
         }))
         .await;
 
@@ -425,10 +450,13 @@ impl Migrator {
             let mut error = None;
             for (t, reply) in replies.iter().enumerate() {
                 match reply.as_ref().map(|values| values.get(i)) {
-                    Ok(Some(Value::Int(reply))) => match Copied::from_reply(*reply) {
-                        Copied::Written => written = true,
-                        Copied::Present => {}
-                        Copied::Tombstoned => logged_out = true,
+                    Ok(Some(reply)) => match Copied::from_reply(reply.clone()) {
+                        Some(Copied::Written) => written = true,
+                        Some(Copied::Present(_)) => {}
+                        Some(Copied::Tombstoned) => logged_out = true,
+                        None => {
+                            error = Some(format!("{}: copy refused: read too long ago ({reply:?})", targets[t].name))
+                        }
                     },
                     Ok(other) => error = Some(format!("{}: unexpected reply {other:?}", targets[t].name)),
                     Err(err) => error = Some(err.to_string()),
@@ -603,6 +631,9 @@ struct ReadBatch {
     corrupt: Vec<String>,
     failed: Vec<(String, String)>,
     live: Vec<Live>,
+    /// When (`clock::now_ms`) the values were read: copies are refused by
+    /// the targets past half a tombstone's life after it.
+    read_at: i64,
 }
 
 /// The state of one run.

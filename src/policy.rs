@@ -51,6 +51,8 @@ pub enum WritePolicy {
     /// (the default).
     #[default]
     All,
-    /// One write backend is enough; the failures are logged and counted.
+    /// One write backend is enough, provided it includes the first backend
+    /// that reads and writes (`load` asks it first); the failures are logged
+    /// and counted.
     Any,
 }

@@ -4,35 +4,38 @@
 //! # Tombstones
 //!
 //! A logout runs [`LOGOUT`] on each write backend: it removes the session and,
-//! in the same atomic step, leaves a tombstone key beside it that lives at
-//! least as long as the session would have. Every copy of a session into a
-//! write backend (copy-on-read, a save filling a backend that missed it, the
-//! migrator) runs [`COPY`] or [`FILL`], which write nothing where a tombstone
-//! is. So a copy that is late, retried, or lands after the logout returned
-//! can never bring the session back, and no copy ever needs to be checked or
-//! undone (the check-and-undo this replaces could undo newer writes, and an
-//! undo whose reply was lost left the outcome unknown).
+//! in the same atomic step, leaves a tombstone key beside it, living
+//! `tombstone_ttl` (default one hour). Every copy of a session into a write
+//! backend (copy-on-read, a save filling a backend that missed it, the
+//! migrator) runs [`COPY`] or [`FILL`], which write nothing where a
+//! tombstone is. So a copy that is late, retried, or lands after the logout
+//! returned cannot bring the session back, and no copy ever needs to be
+//! checked or undone (the check-and-undo this replaces could undo newer
+//! writes, and an undo whose reply was lost left the outcome unknown).
 //!
 //! The tombstone key is the session key followed by [`TOMBSTONE_SUFFIX`], so
 //! it falls under the same key prefix (ACL key patterns, `SCAN MATCH`). On a
 //! Redis Cluster it must also share the session key's hash slot (a script
 //! may only touch keys of one slot): there, a key without a hash tag of its
 //! own is wrapped in one, `{<key>}:tombstone`.
-
+//!
 //! # Write deadlines
 //!
-//! A command that timed out may still run later: redis-rs cannot take back
-//! what it sent, and a paused or frozen server runs what waited in its
-//! buffers when it resumes, a whole connection at a time, so a save that
-//! timed out on one app instance can run *after* a later save of the same
-//! session through another instance, and undo it. So a save (and a fill,
-//! which overwrites too) carries a deadline on the server's clock, the
-//! moment its sender gives up on it, and the script refuses to write once
-//! the server's clock is past it: a save that timed out either ran before
-//! its sender gave up or never runs. Each backend learns how far the
-//! server's clock is from its own from the time every such script returns,
-//! taking the lower bound (the reply left the server before it arrived), so
-//! the deadline errs early, never late.
+//! A command may still run long after it was sent: redis-rs cannot take
+//! back what it sent, and a paused or frozen server runs what waited in its
+//! buffers when it resumes, a whole connection at a time. Every script that
+//! writes a session therefore carries a deadline on the server's clock
+//! (`clock.rs` says how we know it) and writes nothing past it:
+//!
+//! * a save ([`SAVE`], and [`FILL`] for a backend it missed): the moment
+//!   its sender stops waiting for it. A save that timed out either ran
+//!   before its sender gave up or never runs, so it cannot run after a later
+//!   save through another instance and undo it.
+//! * a copy ([`COPY`]): half the tombstone's lifetime after the session was
+//!   read from its source. A logout that removed the session from the source
+//!   came after that read, and its tombstone outlives the copy's deadline,
+//!   so a copy meets the tombstone or is refused, however late it arrives;
+//!   and this holds whatever the session's own expiry.
 
 /// A Lua script, sent as `EVALSHA` (its body only when the server does not
 /// know it yet: after a restart, a failover or `SCRIPT FLUSH`).
@@ -91,23 +94,27 @@ pub(crate) fn prefix_fits_cluster(prefix: &str) -> bool {
 }
 
 /// `KEYS[1]` session, `KEYS[2]` its tombstone; `ARGV[1]` value, `ARGV[2]`
-/// `PXAT`. `SET NX` unless tombstoned: 1 written, 0 already there (a copy or
-/// a newer save: never overwritten), -1 tombstoned (a logout ran).
-pub(crate) static COPY: Lua = Lua::new(
-    "\
-if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
-if redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2], 'NX') then return 1 end
-return 0",
-);
+/// `PXAT`, `ARGV[3]` deadline (server clock, ms), `ARGV[4]` `1` to get back
+/// the value a key already there holds. `SET NX` unless tombstoned or past
+/// the deadline: `1` written, `-1` tombstoned (a logout ran), `-2` too late;
+/// when the key was there (a copy, or a newer save: never overwritten), `0`,
+/// or its value with `ARGV[4]`.
+pub(crate) static COPY: Lua = Lua::new(concat!(
+    "local t = redis.call('TIME')\n",
+    "if t[1] * 1000 + math.floor(t[2] / 1000) > tonumber(ARGV[3]) then return -2 end\n",
+    "if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end\n",
+    "if redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2], 'NX') then return 1 end\n",
+    "if ARGV[4] == '1' then return redis.call('GET', KEYS[1]) or 0 end\n",
+    "return 0"
+));
 
 /// `KEYS[1]` session; `ARGV[1]` value, `ARGV[2]` `PXAT`, `ARGV[3]` deadline
-/// (server clock, ms; 0: none). `SET XX` unless past the deadline. Returns
-/// `{1 written | 0 missing | -2 too late, server time}`.
+/// (server clock, ms). `SET XX` unless past the deadline. Returns `{1
+/// written | 0 missing | -2 too late, server time}`.
 pub(crate) static SAVE: Lua = Lua::new(concat!(
     "local t = redis.call('TIME')\n",
     "local now = t[1] * 1000 + math.floor(t[2] / 1000)\n",
-    "local deadline = tonumber(ARGV[3])\n",
-    "if deadline > 0 and now > deadline then return {-2, now} end\n",
+    "if now > tonumber(ARGV[3]) then return {-2, now} end\n",
     "if redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2], 'XX') then return {1, now} end\n",
     "return {0, now}"
 ));
@@ -119,39 +126,23 @@ pub(crate) static SAVE: Lua = Lua::new(concat!(
 pub(crate) static FILL: Lua = Lua::new(concat!(
     "local t = redis.call('TIME')\n",
     "local now = t[1] * 1000 + math.floor(t[2] / 1000)\n",
-    "local deadline = tonumber(ARGV[3])\n",
-    "if deadline > 0 and now > deadline then return {-2, now} end\n",
+    "if now > tonumber(ARGV[3]) then return {-2, now} end\n",
     "if redis.call('EXISTS', KEYS[2]) == 1 then return {-1, now} end\n",
     "if redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2], 'NX') then return {1, now} end\n",
     "redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2], 'XX')\n",
     "return {0, now}"
 ));
 
-/// `KEYS[1]` session, `KEYS[2]` its tombstone; `ARGV[1]` the least time the
-/// tombstone lives (ms). Deletes the session and leaves (or lengthens, never
-/// shortens) the tombstone, living as long as the session would have and at
-/// least `ARGV[1]`. Returns the tombstone's time to live (ms). Idempotent.
-pub(crate) static LOGOUT: Lua = Lua::new(
-    "\
-local keep = tonumber(ARGV[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > keep then keep = ttl end
-ttl = redis.call('PTTL', KEYS[2])
-if ttl > keep then keep = ttl end
-redis.call('DEL', KEYS[1])
-redis.call('SET', KEYS[2], '1', 'PX', keep)
-return keep",
-);
-
-/// `KEYS[1]` session in a backend that is not written (a source). Deletes it
-/// and returns how long it had to live (ms; negative when absent), so the
-/// tombstones in the write backends can be made to outlive any copy of it.
-pub(crate) static FORGET: Lua = Lua::new(
-    "\
-local ttl = redis.call('PTTL', KEYS[1])
-redis.call('DEL', KEYS[1])
-return ttl",
-);
+/// `KEYS[1]` session, `KEYS[2]` its tombstone; `ARGV[1]` how long the
+/// tombstone lives (ms). Deletes the session and leaves the tombstone
+/// (never shortening one already there). Idempotent.
+pub(crate) static LOGOUT: Lua = Lua::new(concat!(
+    "redis.call('DEL', KEYS[1])\n",
+    "if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[1]) then\n",
+    "  redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])\n",
+    "end\n",
+    "return 1"
+));
 
 #[cfg(test)]
 mod tests {

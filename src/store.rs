@@ -79,6 +79,7 @@ use tracing::Instrument;
 
 use crate::backend::{BackendHealth, Copied, Counter, Deadline, Node};
 use crate::builder::MultiRedisStoreBuilder;
+use crate::clock;
 use crate::codec;
 use crate::error::Error;
 pub use crate::policy::{CopyOnRead, ReadPolicy, WritePolicy};
@@ -113,7 +114,6 @@ pub(crate) struct Options {
     pub(crate) write_policy: WritePolicy,
     pub(crate) deadline: Option<Duration>,
     pub(crate) create_attempts: usize,
-    pub(crate) tombstone_ttl: Duration,
 }
 
 pub(crate) struct Inner {
@@ -235,6 +235,14 @@ impl MultiRedisStore {
         }
     }
 
+    /// Whether the first backend that reads and writes is among `failures`.
+    /// Write policy `any` still needs it: `load` asks it first, and would
+    /// serve its older copy (or miss a session created elsewhere).
+    fn primary_failed(&self, failures: &[Error]) -> bool {
+        let primary = self.nodes_at(&self.inner.readers).find(|n| n.modes.can_write());
+        primary.is_some_and(|p| failures.iter().any(|e| e.backend() == Some(p.name.as_str())))
+    }
+
     /// `load`: see the module docs.
     async fn load_record(&self, id: &Id) -> Result<Option<Record>, Error> {
         let deadline = self.deadline();
@@ -248,6 +256,9 @@ impl MultiRedisStore {
                 failures.push(err);
                 break;
             }
+            // When a source is read: a copy of what it answers carries a
+            // deadline counted from now (`scripts.rs`).
+            let read_at = clock::now_ms();
             let (bytes, record) = match fetch(node, id, deadline).await {
                 Ok(Some(found)) => found,
                 Ok(None) => {
@@ -279,7 +290,7 @@ impl MultiRedisStore {
             }
             if !node.modes.can_write() {
                 // Boxed: only a first touch pays for it, not every load's future.
-                return Box::pin(self.found_in_source(index, id, &bytes, record, deadline)).await;
+                return Box::pin(self.found_in_source(index, id, &bytes, record, read_at, deadline)).await;
             }
             return Ok(Some(record));
         }
@@ -303,21 +314,24 @@ impl MultiRedisStore {
         if failures.is_empty() { Ok(None) } else { Err(Error::from_failures(failures)) }
     }
 
-    /// A record found in backend `source` (not in W): copy it into every W
-    /// backend, unless a logout left a tombstone there (with copy-on-read
-    /// `off`, only look for tombstones); with `Move`, then delete it from the
-    /// source once every W backend holds it.
+    /// A record found in backend `source` (not in W), read at `read_at`:
+    /// copy it into every W backend, unless a logout left a tombstone there
+    /// (with copy-on-read `off`, only look for tombstones); with `Move`, then
+    /// delete it from the source once every W backend holds it.
     ///
     /// A tombstone in any W backend means a logout ran, and the source's copy
     /// is what it left behind (its `DEL` there failed, or is under way): the
-    /// session is logged out, and this older copy is not served. When no W
-    /// backend could answer, we cannot tell: fail rather than serve it.
+    /// session is logged out, and this older copy is not served. A W backend
+    /// that already held the session holds a copy or a newer save: that one
+    /// is served (the source's may be older). When no W backend could
+    /// answer, we cannot tell: fail rather than serve the source's copy.
     async fn found_in_source(
         &self,
         source: usize,
         sid: &Id,
         bytes: &[u8],
         record: Record,
+        read_at: i64,
         deadline: Deadline,
     ) -> Result<Option<Record>, Error> {
         let source = &self.inner.nodes[source];
@@ -326,19 +340,25 @@ impl MultiRedisStore {
         let results = self
             .fan_out(&self.inner.writers, |w| async move {
                 match policy {
-                    CopyOnRead::Off => {
-                        w.tombstoned(sid, deadline).await.map(|t| if t { Copied::Tombstoned } else { Copied::Present })
-                    }
-                    _ => w.copy(sid, bytes, pxat, deadline).await,
+                    CopyOnRead::Off => w
+                        .tombstoned(sid, deadline)
+                        .await
+                        .map(|t| if t { Copied::Tombstoned } else { Copied::Present(None) }),
+                    _ => w.copy(sid, bytes, pxat, read_at, true, deadline).await,
                 }
             })
             .await;
         let mut held_by_every_writer = true;
         let mut failures = Vec::new();
+        let mut newer = None;
         for (w, result) in results {
             match result {
                 Ok(Copied::Written) => w.count(Counter::Copy),
-                Ok(Copied::Present) => {}
+                Ok(Copied::Present(existing)) => {
+                    if newer.is_none() && existing.as_deref().is_some_and(|e| e != bytes) {
+                        newer = existing.map(|e| (w, e));
+                    }
+                }
                 Ok(Copied::Tombstoned) => {
                     tracing::debug!(backend = %w.name, "load: logged out (tombstone); the source's copy is stale");
                     return Ok(None);
@@ -360,7 +380,14 @@ impl MultiRedisStore {
                 tracing::debug!(error = %err, "copy-on-read move: the source keeps its copy for now");
             }
         }
-        Ok(Some(record))
+        match newer {
+            Some((w, existing)) => match codec::decode(&existing) {
+                Ok(record) if codec::is_live(&record) => Ok(Some(record)),
+                Ok(_) => Ok(None),
+                Err(err) => Err(Error::Decode { backend: w.name.clone(), reason: err.to_string() }),
+            },
+            None => Ok(Some(record)),
+        }
     }
 
     /// `create`: see the module docs.
@@ -383,7 +410,7 @@ impl MultiRedisStore {
                     Err(err) => failures.push(err),
                 }
             }
-            if !collided && (failures.is_empty() || (any && !created.is_empty())) {
+            if !collided && (failures.is_empty() || (any && !created.is_empty() && !self.primary_failed(&failures))) {
                 for err in &failures {
                     tracing::warn!(error = %err, "create: a write backend failed (write policy `any`)");
                 }
@@ -401,6 +428,7 @@ impl MultiRedisStore {
 
     /// `save`: see the module docs.
     async fn save_record(&self, record: &Record) -> Result<(), Error> {
+        let started = clock::now_ms();
         let bytes = encode(record)?;
         let write = Write {
             sid: &record.id,
@@ -420,10 +448,10 @@ impl MultiRedisStore {
         }
         if !missed.is_empty() {
             // Boxed: rare (a session not in every W backend yet), and large.
-            Box::pin(self.save_missed(&missed, write, &mut tally)).await;
+            Box::pin(self.save_missed(&missed, write, started, &mut tally)).await;
         }
         let any = self.inner.options.write_policy == WritePolicy::Any;
-        if tally.failures.is_empty() || (any && tally.done > 0) {
+        if tally.failures.is_empty() || (any && tally.done > 0 && !self.primary_failed(&tally.failures)) {
             for err in &tally.failures {
                 tracing::warn!(error = %err, "save: a write backend failed (write policy `any`)");
             }
@@ -434,7 +462,7 @@ impl MultiRedisStore {
     }
 
     /// The part of `save` for the W backends whose `SET XX` missed.
-    async fn save_missed(&self, missed: &[usize], write: Write<'_>, tally: &mut Tally) {
+    async fn save_missed(&self, missed: &[usize], write: Write<'_>, started: i64, tally: &mut Tally) {
         // Where the session lives elsewhere (a W backend took the update, or
         // a source holds it), write it into these too, unless a logout left
         // a tombstone there.
@@ -451,7 +479,7 @@ impl MultiRedisStore {
         let (sid, bytes, pxat, deadline) = (write.sid, write.bytes, write.pxat, write.deadline);
         let results = if alive {
             self.fan_out(missed, |w| async move {
-                w.fill(sid, bytes, pxat, deadline).await.map(|c| c != Copied::Tombstoned)
+                w.fill(sid, bytes, pxat, started, deadline).await.map(|c| c != Copied::Tombstoned)
             })
             .await
         } else {
@@ -473,34 +501,16 @@ impl MultiRedisStore {
     /// `delete`: see the module docs.
     async fn delete_record(&self, id: &Id) -> Result<(), Error> {
         let deadline = self.deadline();
-        let keep = self.inner.options.tombstone_ttl;
-        let (tombstones, forgotten) = futures_util::future::join(
-            self.fan_out(&self.inner.writers, |w| w.logout(id, keep, deadline)),
-            self.fan_out(&self.inner.delete_only, |n| n.forget(id, deadline)),
+        let (tombstones, deleted) = futures_util::future::join(
+            self.fan_out(&self.inner.writers, |w| w.logout(id, deadline)),
+            self.fan_out(&self.inner.delete_only, |n| n.del(id, deadline)),
         )
         .await;
-        let mut failures = Vec::new();
-        let mut shortest_tombstone = Duration::MAX;
-        for (_, result) in tombstones {
-            match result {
-                Ok(ttl) => shortest_tombstone = shortest_tombstone.min(ttl),
-                Err(err) => failures.push(err),
-            }
-        }
-        let mut longest_elsewhere = Duration::ZERO;
-        for (_, result) in forgotten {
-            match result {
-                Ok(ttl) => longest_elsewhere = longest_elsewhere.max(ttl.unwrap_or_default()),
-                Err(err) => failures.push(err),
-            }
-        }
-        if failures.is_empty() && longest_elsewhere > shortest_tombstone {
-            // A copy made from a source carries the source's expiry: the
-            // tombstones must outlive it (rare: a session that lived longer
-            // in a source than in the W backends and than `tombstone_ttl`).
-            let results = self.fan_out(&self.inner.writers, |w| w.logout(id, longest_elsewhere, deadline)).await;
-            failures.extend(results.into_iter().filter_map(|(_, r)| r.err()));
-        }
+        let failures: Vec<Error> = tombstones
+            .into_iter()
+            .filter_map(|(_, r)| r.err())
+            .chain(deleted.into_iter().filter_map(|(_, r)| r.err()))
+            .collect();
         if failures.is_empty() { Ok(()) } else { Err(Error::from_failures(failures)) }
     }
 }

@@ -178,13 +178,14 @@ async fn a_copy_whose_source_cannot_answer_never_deletes_a_newer_save() {
 async fn a_save_that_times_out_never_lands_over_a_later_save() {
     let servers = servers(2);
     let (new, old) = (&servers[0], &servers[1]);
-    let proxy = DelayProxy::holding(new.port(), &[b"\r\n"], HELD).await;
+    let proxy = DelayProxy::holding(new.port(), &[b"EVAL", b"$2\r\nXX\r\n"], HELD).await;
     let a = instance(proxy.url(), old.url(), CopyOnRead::Copy, SHORT).await;
     let b = instance(new.url(), old.url(), CopyOnRead::Copy, Duration::from_secs(2)).await;
     let mut rec = record("ada");
     rec.data.insert("v".into(), serde_json::json!(1));
+    // A's very first save is the one held: A learns the server's clock
+    // (`TIME`, not held) before it sends a save.
     a.create(&mut rec).await.unwrap();
-    a.save(&rec).await.unwrap(); // A has seen the server's clock
 
     // A's save of v2 is held past A's timeout: A reports an error.
     proxy.hold(true);
@@ -277,4 +278,72 @@ async fn the_migrators_late_copies_never_bring_back_a_logout() {
         assert_eq!(b.load(&rec.id).await.unwrap().as_ref(), Some(rec));
     }
     assert!(common::session_keys(old).await.is_empty(), "the move left sessions in old");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_listed_first_never_hides_a_newer_save() {
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    // The source first: every load finds the session there, where it never
+    // changes; the copy in "new" holds the saves, and is what must be served.
+    let store = MultiRedisStore::builder()
+        .backend(Backend::url("old", old.url()).modes(Modes::READ_DELETE))
+        .backend(Backend::url("new", new.url()))
+        .build()
+        .await
+        .unwrap();
+    let mut rec = record("ada");
+    rec.data.insert("v".into(), serde_json::json!(1));
+    in_old(old, &rec).await;
+    assert_eq!(store.load(&rec.id).await.unwrap().as_ref().and_then(version), Some(1));
+    let mut v2 = rec.clone();
+    v2.data.insert("v".into(), serde_json::json!(2));
+    store.save(&v2).await.unwrap();
+    assert_eq!(store.load(&rec.id).await.unwrap().as_ref().and_then(version), Some(2), "the save was hidden");
+}
+
+#[tokio::test]
+async fn write_policy_any_still_needs_the_first_backend_that_reads_and_writes() {
+    let server = &servers(1)[0];
+    let store = |first: String, second: String| async move {
+        MultiRedisStore::builder()
+            .backend(Backend::url("first", first).socket_timeout(SHORT))
+            .backend(Backend::url("second", second).socket_timeout(SHORT))
+            .write_policy(tower_sessions_multi_redis_store::WritePolicy::Any)
+            .build()
+            .await
+            .unwrap()
+    };
+    let down = "redis://127.0.0.1:1".to_owned();
+    // The second down: fine, loads ask the first.
+    let mut rec = record("ada");
+    let ok = store(server.url(), down.clone()).await;
+    ok.create(&mut rec).await.unwrap();
+    ok.save(&rec).await.unwrap();
+    assert_eq!(ok.load(&rec.id).await.unwrap(), Some(rec));
+    // The first down: a create or save that only the second took would be
+    // "not found" (or an older copy) for the next load.
+    let mut rec = record("bob");
+    let err = store(down, server.url()).await.create(&mut rec).await.unwrap_err().to_string();
+    assert!(err.contains("backend `first`"), "{err}");
+}
+
+#[tokio::test]
+async fn a_move_needs_every_write_backend_as_a_target_and_a_source_not_written() {
+    let servers = servers(3);
+    let store = MultiRedisStore::builder()
+        .backend(Backend::url("new", servers[0].url()))
+        .backend(Backend::url("shadow", servers[1].url()).modes(Modes::WRITE))
+        .backend(Backend::url("old", servers[2].url()).modes(Modes::READ_DELETE))
+        .build()
+        .await
+        .unwrap();
+    let moving = MigrateOptions::default().move_sessions(true);
+    let err = Migrator::new(&store, "old", &["new"], moving.clone()).unwrap_err().to_string();
+    assert!(err.contains("backend `shadow`, field `to`"), "{err}");
+    let err = Migrator::new(&store, "new", &["shadow"], moving.clone()).unwrap_err().to_string();
+    assert!(err.contains("backend `new`, field `from`"), "{err}");
+    assert!(Migrator::new(&store, "old", &["new", "shadow"], moving).is_ok());
+    // Copying without a move may pick any targets.
+    assert!(Migrator::new(&store, "old", &["new"], MigrateOptions::default()).is_ok());
 }
