@@ -21,7 +21,8 @@
 //! * `builder`: [`MultiRedisStoreBuilder`], validation of the whole shape;
 //! * `config`: [`Config`], TOML/JSON files, including the seed Django package's shape;
 //! * `error`: [`Error`], which always names the backend at fault;
-//! * `migrate`: [`Migrator`], the bulk migrator (and `verify`) behind the CLI;
+//! * `migrate`: [`Migrator`], the bulk migrator (and `verify`, `repair`) behind the CLI;
+//! * [`plan`]: migration plans for rolling deploys, and `check` of two configurations;
 //! * `stats`: [`BackendStats`], reachability, round trip and session count per backend;
 //! * `redact`: passwords out of URLs for `Debug`, errors and logs;
 //! * `testing` (feature `test-util`): throwaway `redis-server` processes and sentinels;
@@ -75,6 +76,7 @@ mod error;
 mod migrate;
 mod mode;
 mod partition;
+pub mod plan;
 mod policy;
 mod redact;
 mod scripts;
@@ -89,7 +91,7 @@ pub use builder::{DEFAULT_CREATE_ATTEMPTS, DEFAULT_TOMBSTONE_TTL, MultiRedisStor
 pub use config::{BackendConfig, Config};
 pub use error::Error;
 pub use migrate::{
-    DEFAULT_BATCH_SIZE, DEFAULT_MAX_LISTED, KeyFailure, MigrateOptions, Migrator, Progress, Report, VerifyReport,
+    DEFAULT_BATCH_SIZE, DEFAULT_MAX_LISTED, KeyFailure, MigrateOptions, Migrator, Progress, RepairReport, Report, VerifyReport,
 };
 pub use mode::{Mode, Modes, UnknownMode};
 pub use partition::Partition;

@@ -190,6 +190,18 @@ pub struct VerifyReport {
     pub different_keys: Vec<String>,
 }
 
+/// The outcome of [`Migrator::repair`].
+#[derive(Clone, Debug, Default, Serialize)]
+#[non_exhaustive]
+pub struct RepairReport {
+    /// Sessions found in the target.
+    pub checked: u64,
+    /// Of those, how many were deleted (the source lacks them or holds other bytes).
+    pub removed: u64,
+    /// Keys deleted from the target (at most `max_listed`).
+    pub removed_keys: Vec<String>,
+}
+
 /// Moves sessions from one backend of a store into others.
 ///
 /// ```no_run
@@ -563,6 +575,57 @@ impl Migrator {
                         if report.different_keys.len() < self.options.max_listed {
                             report.different_keys.push(key);
                         }
+                    }
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(report);
+            }
+        }
+    }
+}
+
+impl Migrator {
+    /// Deletes from the one target every session that the source does not
+    /// hold with the same bytes: the step of a migration plan (`plan.rs`)
+    /// after which a backend that was only written (a shadow) may be read.
+    /// While every instance writes both, deleting from the target is always
+    /// safe: the source holds every session, and a load falls back to it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] unless there is exactly one target; a backend error.
+    pub async fn repair(&self) -> Result<RepairReport, Error> {
+        let [target] = self.target_nodes()[..] else {
+            return Err(Error::config(None, "to", "repair takes exactly one target"));
+        };
+        let source = self.source_node();
+        let mut report = RepairReport::default();
+        let mut cursor = 0;
+        loop {
+            let (next, keys) = target.scan(cursor, self.options.batch_size).await?;
+            let ids: Vec<&str> = keys
+                .iter()
+                .filter(|k| !scripts::is_tombstone(k))
+                .filter_map(|k| target.id_of(k))
+                .filter(|id| Id::from_str(id).is_ok())
+                .collect();
+            if !ids.is_empty() {
+                let here: Vec<Option<Vec<u8>>> = batch_of(target, "GET", ids.iter().copied()).await?;
+                let there: Vec<Option<Vec<u8>>> = batch_of(source, "GET", ids.iter().copied()).await?;
+                let stale: Vec<&str> = ids
+                    .iter()
+                    .zip(here.iter().zip(&there))
+                    .filter(|(_, (here, there))| here.is_some() && here != there)
+                    .map(|(id, _)| *id)
+                    .collect();
+                report.checked += here.iter().filter(|v| v.is_some()).count() as u64;
+                if !stale.is_empty() {
+                    let removed: Vec<u64> = batch_of(target, "DEL", stale.iter().copied()).await?;
+                    report.removed += removed.iter().sum::<u64>();
+                    for id in stale.iter().take(self.options.max_listed.saturating_sub(report.removed_keys.len())) {
+                        report.removed_keys.push(target.key(*id));
                     }
                 }
             }

@@ -28,9 +28,49 @@ enum Command {
     /// Copy (with --move: move) every live session from the source backend into the targets.
     Migrate(MigrateArgs),
     /// List the live sessions of the source that a target lacks or holds with other bytes.
-    Verify(Pair),
+    Verify(VerifyArgs),
+    /// Delete from the target (--to) every session the source (--from) does not hold with the same bytes.
+    Repair(Pair),
     /// Per backend: reachable, round-trip time, sessions under its prefix.
     Stats(Common),
+    /// Write the steps of a migration from one configuration to another: DIR/01.toml, ..., and DIR/NN.sh
+    /// to run once every instance runs step NN.
+    Plan(PlanArgs),
+    /// Whether app instances on configuration A and on B may run side by side (exit 0), or not (exit 1).
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    pair: Pair,
+    /// Fail (exit 1) unless the source holds no live session at all.
+    #[arg(long)]
+    empty: bool,
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    /// The configuration now (TOML, one backend that reads and writes).
+    #[arg(long)]
+    from: PathBuf,
+    /// The configuration to reach (TOML, one backend that reads and writes, another name).
+    #[arg(long)]
+    to: PathBuf,
+    /// Where to write the steps.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// One configuration file.
+    a: PathBuf,
+    /// The other (the same file: that configuration's own hazards).
+    b: PathBuf,
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -81,8 +121,11 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = match &cli.command {
         Command::Migrate(args) => args.pair.common.json,
-        Command::Verify(pair) => pair.common.json,
+        Command::Verify(args) => args.pair.common.json,
+        Command::Repair(pair) => pair.common.json,
         Command::Stats(common) => common.json,
+        Command::Check(args) => args.json,
+        Command::Plan(_) => false,
     };
     match run(cli).await {
         Ok(code) => code,
@@ -100,8 +143,11 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Migrate(args) => migrate(args).await,
-        Command::Verify(pair) => verify(pair).await,
+        Command::Verify(args) => verify(args).await,
+        Command::Repair(pair) => repair(pair).await,
         Command::Stats(common) => stats(common).await,
+        Command::Plan(args) => plan(args),
+        Command::Check(args) => check(args),
     }
 }
 
@@ -204,7 +250,8 @@ fn print_report(report: &Report, elapsed: f64, json: bool) {
     }
 }
 
-async fn verify(pair: Pair) -> Result<ExitCode, Error> {
+async fn verify(args: VerifyArgs) -> Result<ExitCode, Error> {
+    let pair = args.pair;
     let migrator = migrator(&pair, MigrateOptions::default()).await?;
     let report = migrator.verify().await?;
     if pair.common.json {
@@ -225,7 +272,94 @@ async fn verify(pair: Pair) -> Result<ExitCode, Error> {
             println!("different: {key}");
         }
     }
-    Ok(if report.missing == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    let clean = report.missing == 0 && (!args.empty || report.checked == 0);
+    if args.empty && report.checked > 0 && !pair.common.json {
+        println!("not empty: {} live sessions left in {}", report.checked, migrator.source());
+    }
+    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+async fn repair(pair: Pair) -> Result<ExitCode, Error> {
+    let migrator = migrator(&pair, MigrateOptions::default()).await?;
+    let report = migrator.repair().await?;
+    if pair.common.json {
+        println!("{}", serde_json::to_value(&report).unwrap_or_default());
+    } else {
+        println!(
+            "{} against {}: checked {}  removed {}",
+            migrator.targets().join(", "),
+            migrator.source(),
+            report.checked,
+            report.removed
+        );
+        for key in &report.removed_keys {
+            println!("removed: {key}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read(path: &std::path::Path, field: &'static str) -> Result<String, Error> {
+    std::fs::read_to_string(path).map_err(|e| config_error(field, &format!("{}: {e}", path.display())))
+}
+
+fn plan(args: PlanArgs) -> Result<ExitCode, Error> {
+    let steps = tower_sessions_multi_redis_store::plan::plan(&read(&args.from, "from")?, &read(&args.to, "to")?)?;
+    let write = |name: String, text: &str| {
+        let path = args.out.join(name);
+        std::fs::write(&path, text).map_err(|e| config_error("out", &format!("{}: {e}", path.display())))?;
+        Ok::<_, Error>(path)
+    };
+    std::fs::create_dir_all(&args.out).map_err(|e| config_error("out", &e.to_string()))?;
+    for (i, step) in steps.iter().enumerate() {
+        let n = i + 1;
+        println!("{}", write(format!("{n:02}.toml"), &step.config)?.display());
+        if let Some(then) = &step.then {
+            let script = format!(
+                "#!/bin/sh\n# Run once every app instance runs {n:02}.toml, before any moves to {next:02}.toml.\n\
+                 # Exits non-zero until it is safe to go on.\nset -eu\nDIR=\"$(cd \"$(dirname \"$0\")\" && pwd)\"\n{then}",
+                next = n + 1
+            );
+            let path = write(format!("{n:02}.sh"), &script)?;
+            make_executable(&path);
+            println!("{}", path.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(unix)]
+fn make_executable(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755));
+}
+
+#[cfg(not(unix))]
+fn make_executable(_: &std::path::Path) {}
+
+fn check(args: CheckArgs) -> Result<ExitCode, Error> {
+    use tower_sessions_multi_redis_store::{Config, plan};
+    let (a, b) = (Config::from_file(&args.a)?, Config::from_file(&args.b)?);
+    let findings = plan::check(&a, &b);
+    let unsafe_ = plan::is_unsafe(&findings);
+    if args.json {
+        println!("{}", serde_json::json!({ "safe": !unsafe_, "findings": findings }));
+    } else {
+        for finding in &findings {
+            println!("{finding}");
+        }
+        println!(
+            "{}",
+            if unsafe_ {
+                "A and B must not run side by side"
+            } else if findings.iter().any(|f| f.severity == plan::Severity::Requires) {
+                "A and B may run side by side once what they require holds"
+            } else {
+                "A and B may run side by side"
+            }
+        );
+    }
+    Ok(if unsafe_ { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 async fn stats(common: Common) -> Result<ExitCode, Error> {

@@ -1,0 +1,362 @@
+//! Migration plans for rolling deploys: which configurations may serve the
+//! same users at the same time ([`check`]), and the sequence of steps from
+//! one Redis to another in which every two adjacent steps may ([`plan`]).
+//!
+//! A rolling deploy moves app instances to a new configuration one at a
+//! time, so two configurations serve the same users for a while, and no rule
+//! inside one configuration can repair what an instance with the other does.
+//! The plan from `[old: read+write]` to `[new: read+write]` (Stripe's online
+//! migration: dual write, backfill, switch reads, stop writing, remove):
+//!
+//! | step | backends (read order) | `old` is | before the next step |
+//! |---|---|---|---|
+//! | 01 | `old: rw` | authoritative | |
+//! | 02 | `old: rw`, `new: w` | authoritative; `new` shadows every write | `repair` `new` against `old` |
+//! | 03 | `new: rw`, `old: rw` | written still; `new` answers first | |
+//! | 04 | `new: rw`, `old: read+delete` | a source: copied on read | `migrate --move`, then `verify --empty` |
+//! | 05 | `new: rw` | gone | |
+//!
+//! Why each adjacent pair is safe (I1 a logout sticks, I2 no lost update, I3
+//! no live session looks logged out):
+//!
+//! * **01 + 02.** Both read `old` only, and both write and delete there. `new`
+//!   is not read: whatever it holds (02's copies, older than 01's saves, or
+//!   left behind by 01's logouts) cannot be served.
+//! * **02 + 03**, once every instance ran 02 and `new` was repaired. Both
+//!   write both, so every save after the repair reaches both; both delete
+//!   from both (tombstones). The repair deleted from `new` every session that
+//!   `old` does not hold with the same bytes (01's saves and logouts never
+//!   reached `new`), so what `new` holds is what `old` holds, or a newer save
+//!   still landing on `old`. Deleting from `new` is always safe here: `old`
+//!   has every session, and 03 falls back to it (`old` is written, so what
+//!   it answers is current) and 03's next save fills `new` again.
+//! * **03 + 04.** 04 reads `new` first and writes only `new`; 03 reads `new`
+//!   first too, and reaches `old` only when `new` lacks the session, which
+//!   04's saves never leave it doing: a save that misses `new` fills it from
+//!   `old`, 04's source. 04's logouts tombstone `new` and delete from `old`;
+//!   its copies from `old` into `new` meet 03's tombstones there.
+//! * **04 + 05**, once `old` holds no session (the migrator moved them all,
+//!   and no instance writes `old` any more). 05 never reads `old`; 04 reads it
+//!   after `new` and finds nothing.
+//!
+//! [`check`] finds the same conditions from the modes and the read order of
+//! any two configurations; `multi-redis-sessions plan` writes the steps as
+//! files with the scripts to run between them.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::mode::Mode;
+
+/// How bad a [`Finding`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Severity {
+    /// The two configurations must not run side by side.
+    Unsafe,
+    /// Safe side by side once this holds (e.g. a backend was drained).
+    Requires,
+    /// Safe, but costly or surprising.
+    Warning,
+}
+
+/// One thing [`check`] found.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct Finding {
+    /// How bad it is.
+    pub severity: Severity,
+    /// The invariant at stake (`I1`...`I4`), or `-` for a warning.
+    pub invariant: &'static str,
+    /// The backend it is about.
+    pub backend: String,
+    /// What would go wrong, or what must hold first.
+    pub message: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.severity {
+            Severity::Unsafe => "unsafe",
+            Severity::Requires => "requires",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{what} [{}] backend `{}`: {}", self.invariant, self.backend, self.message)
+    }
+}
+
+/// One configuration as [`check`] sees it: names and modes, in read order.
+struct Shape<'a> {
+    label: &'a str,
+    backends: Vec<(&'a str, bool, bool, bool)>, // name, read, write, delete
+}
+
+impl<'a> Shape<'a> {
+    fn of(label: &'a str, config: &'a Config) -> Shape<'a> {
+        let backends = config
+            .backends
+            .iter()
+            .map(|b| {
+                let has = |m: Mode| b.modes.contains(&m);
+                let write = has(Mode::Write);
+                (b.name.as_str(), has(Mode::Read), write, write || has(Mode::Delete))
+            })
+            .collect();
+        Shape { label, backends }
+    }
+
+    fn reads(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.backends.iter().filter(|b| b.1).map(|b| b.0)
+    }
+
+    fn writes(&self, name: &str) -> bool {
+        self.backends.iter().any(|b| b.0 == name && b.2)
+    }
+
+    fn reads_backend(&self, name: &str) -> bool {
+        self.backends.iter().any(|b| b.0 == name && b.1)
+    }
+
+    fn deletes(&self, name: &str) -> bool {
+        self.backends.iter().any(|b| b.0 == name && b.3)
+    }
+
+    fn is_source(&self, name: &str) -> bool {
+        self.reads_backend(name) && !self.writes(name)
+    }
+
+    fn has_sources(&self) -> bool {
+        self.backends.iter().any(|b| b.1 && !b.2)
+    }
+}
+
+/// Whether instances on `a` and on `b` may serve the same users at the same
+/// time, from the backends' modes and read order (`check(a, a)`: one
+/// configuration's own hazards). Backends are matched by name.
+///
+/// ```
+/// use tower_sessions_multi_redis_store::{Config, plan::{check, Severity}};
+///
+/// let old = Config::from_toml_str("[[backends]]\nname = \"old\"\nmodes = [\"read\", \"write\"]\nurl = \"redis://10.0.0.1\"\n").unwrap();
+/// let switched = Config::from_toml_str(
+///     "[[backends]]\nname = \"new\"\nmodes = [\"read\", \"write\"]\nurl = \"redis://10.0.0.2\"\n\
+///      [[backends]]\nname = \"old\"\nmodes = [\"read\", \"delete\"]\nurl = \"redis://10.0.0.1\"\n",
+/// ).unwrap();
+/// // The one-step switch: instances still on `old` never see what the others write to `new`.
+/// assert!(check(&old, &switched).iter().any(|f| f.severity == Severity::Unsafe));
+/// ```
+pub fn check(a: &Config, b: &Config) -> Vec<Finding> {
+    let (a, b) = (Shape::of("A", a), Shape::of("B", b));
+    let mut findings = Vec::new();
+    own_hazards(&a, &mut findings);
+    if same(&a, &b) {
+        return findings;
+    }
+    own_hazards(&b, &mut findings);
+    beside(&a, &b, &mut findings);
+    beside(&b, &a, &mut findings);
+    findings.dedup_by(|x, y| x.message == y.message && x.backend == y.backend);
+    findings
+}
+
+fn same(a: &Shape<'_>, b: &Shape<'_>) -> bool {
+    a.backends == b.backends
+}
+
+fn finding(severity: Severity, invariant: &'static str, backend: &str, message: String) -> Finding {
+    Finding { severity, invariant, backend: backend.to_owned(), message }
+}
+
+/// Hazards of one configuration alone.
+fn own_hazards(x: &Shape<'_>, out: &mut Vec<Finding>) {
+    let mut seen_source = None;
+    for &(name, read, write, _) in &x.backends {
+        if read && !write && seen_source.is_none() {
+            seen_source = Some(name);
+        }
+        if read && write {
+            if let Some(source) = seen_source {
+                out.push(finding(
+                    Severity::Warning,
+                    "-",
+                    source,
+                    format!(
+                        "{}: read before `{name}`, which reads and writes: every load asks it first, and a session \
+                         copied from it is read there, then again from `{name}`",
+                        x.label
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// What instances on `y` do to those on `x`.
+fn beside(x: &Shape<'_>, y: &Shape<'_>, out: &mut Vec<Finding>) {
+    let (xl, yl) = (x.label, y.label);
+    // I3: what y creates must be where x looks.
+    if !x.reads().any(|r| y.writes(r)) {
+        let first = y.backends.iter().find(|b| b.2).map_or("-", |b| b.0);
+        out.push(finding(
+            Severity::Unsafe,
+            "I3",
+            first,
+            format!("{yl} creates sessions where {xl} never reads: they look logged out on {xl}"),
+        ));
+    }
+    // I2: x answers from the first backend holding the session.
+    let mut reached = false; // an earlier backend of x is written by y
+    for r in x.reads() {
+        if y.writes(r) {
+            reached = true;
+            continue;
+        }
+        if !reached {
+            out.push(finding(
+                Severity::Unsafe,
+                "I2",
+                r,
+                format!(
+                    "{xl} answers from `{r}` before any backend {yl} writes: {yl}'s saves never reach it, so {xl} \
+                     serves older copies"
+                ),
+            ));
+        } else if !y.is_source(r) {
+            out.push(finding(
+                Severity::Requires,
+                "I2",
+                r,
+                format!(
+                    "{xl} still reads `{r}`, which {yl} neither writes nor reads: it must hold no session (run \
+                     `migrate --move` from it, then `verify --empty`) before {yl} runs beside {xl}"
+                ),
+            ));
+        }
+    }
+    // y starts reading what x only shadows: it may be stale or hold logged-out sessions.
+    for r in y.reads() {
+        if x.writes(r) && !x.reads_backend(r) {
+            if let Some(reference) = x.reads().find(|other| y.writes(other)) {
+                out.push(finding(
+                    Severity::Requires,
+                    "I1/I2",
+                    r,
+                    format!(
+                        "{yl} reads `{r}`, which {xl} only writes (it may hold older copies and logged-out sessions \
+                         from before): once every instance runs {xl}, run `repair --from {reference} --to {r}` \
+                         before any moves to {yl}"
+                    ),
+                ));
+            }
+        }
+    }
+    // I1: x's logouts must reach everything y reads.
+    for r in y.reads() {
+        if !x.deletes(r) {
+            out.push(finding(
+                Severity::Requires,
+                "I1",
+                r,
+                format!(
+                    "{xl}'s logouts never reach `{r}`, which {yl} reads: it must hold no session before they run \
+                     side by side"
+                ),
+            ));
+        }
+    }
+    // I1: y's copies must meet x's tombstones.
+    if y.has_sources() {
+        for &(name, _, write, _) in &y.backends {
+            if write && !x.writes(name) {
+                out.push(finding(
+                    Severity::Unsafe,
+                    "I1",
+                    name,
+                    format!(
+                        "{yl} copies sessions into `{name}` from its sources, but {xl}'s logouts leave no tombstone \
+                         there: a copy racing a logout on {xl} brings the session back"
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// Whether any finding makes the pair unsafe.
+pub fn is_unsafe(findings: &[Finding]) -> bool {
+    findings.iter().any(|f| f.severity == Severity::Unsafe)
+}
+
+/// One step of a [`plan`]: a configuration file's text, and the shell script
+/// to run once every instance runs it, if any.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Step {
+    /// The configuration, in TOML.
+    pub config: String,
+    /// What to run after every instance runs this step and before any moves
+    /// to the next (a `multi-redis-sessions` command line per line), if anything.
+    pub then: Option<String>,
+}
+
+/// The steps from `from` (TOML text with one backend that reads and writes)
+/// to `to` (TOML text with one backend that reads and writes, of another
+/// name): see the module docs. Every field of both backends (addresses,
+/// credentials, prefixes, timeouts) is kept as written; only modes and
+/// order change. The top-level options of `to` apply from step 03 on.
+///
+/// # Errors
+///
+/// [`Error::Config`] when a text does not parse, or is not of that shape.
+pub fn plan(from: &str, to: &str) -> Result<Vec<Step>, Error> {
+    let parse = |text: &str, field: &'static str| -> Result<toml::Table, Error> {
+        Config::from_toml_str(text)?; // the same validation as the app's
+        text.parse::<toml::Table>().map_err(|e| Error::config(None, field, e.to_string()))
+    };
+    let (a, b) = (parse(from, "from")?, parse(to, "to")?);
+    let one = |t: &toml::Table, field: &'static str| -> Result<toml::Table, Error> {
+        match t.get("backends").and_then(toml::Value::as_array).map(Vec::as_slice) {
+            Some([toml::Value::Table(backend)]) => Ok(backend.clone()),
+            _ => Err(Error::config(None, field, "a plan goes from one backend to one other backend")),
+        }
+    };
+    let (old, new) = (one(&a, "from")?, one(&b, "to")?);
+    let name = |t: &toml::Table| t.get("name").and_then(toml::Value::as_str).unwrap_or_default().to_owned();
+    let (old_name, new_name) = (name(&old), name(&new));
+    if old_name == new_name {
+        return Err(Error::config(Some(&old_name), "name", "the two backends need different names"));
+    }
+    let with_modes = |backend: &toml::Table, modes: &[&str]| {
+        let mut backend = backend.clone();
+        backend.insert("modes".into(), toml::Value::Array(modes.iter().map(|m| (*m).into()).collect()));
+        toml::Value::Table(backend)
+    };
+    let step = |top: &toml::Table, backends: Vec<toml::Value>| {
+        let mut table = top.clone();
+        table.insert("backends".into(), toml::Value::Array(backends));
+        table.to_string()
+    };
+    let cli = "multi-redis-sessions";
+    Ok(vec![
+        Step { config: from.to_owned(), then: None },
+        Step {
+            config: step(&a, vec![with_modes(&old, &["read", "write"]), with_modes(&new, &["write"])]),
+            then: Some(format!("{cli} repair --config \"$DIR/02.toml\" --from {old_name} --to {new_name}\n")),
+        },
+        Step {
+            config: step(&b, vec![with_modes(&new, &["read", "write"]), with_modes(&old, &["read", "write"])]),
+            then: None,
+        },
+        Step {
+            config: step(&b, vec![with_modes(&new, &["read", "write"]), with_modes(&old, &["read", "delete"])]),
+            then: Some(format!(
+                "{cli} migrate --config \"$DIR/04.toml\" --move\n{cli} verify --config \"$DIR/04.toml\" --empty\n"
+            )),
+        },
+        Step { config: to.to_owned(), then: None },
+    ])
+}
