@@ -91,7 +91,8 @@ pub use builder::{DEFAULT_CREATE_ATTEMPTS, DEFAULT_TOMBSTONE_TTL, MultiRedisStor
 pub use config::{BackendConfig, Config};
 pub use error::Error;
 pub use migrate::{
-    DEFAULT_BATCH_SIZE, DEFAULT_MAX_LISTED, KeyFailure, MigrateOptions, Migrator, Progress, RepairReport, Report, VerifyReport,
+    DEFAULT_BATCH_SIZE, DEFAULT_MAX_LISTED, KeyFailure, MigrateOptions, Migrator, Progress, RepairReport, Report,
+    VerifyReport,
 };
 pub use mode::{Mode, Modes, UnknownMode};
 pub use partition::Partition;

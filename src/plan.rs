@@ -33,8 +33,9 @@
 //! * **03 + 04.** 04 reads `new` first and writes only `new`; 03 reads `new`
 //!   first too, and reaches `old` only when `new` lacks the session, which
 //!   04's saves never leave it doing: a save that misses `new` fills it from
-//!   `old`, 04's source. 04's logouts tombstone `new` and delete from `old`;
-//!   its copies from `old` into `new` meet 03's tombstones there.
+//!   `old`, 04's source. Both tombstone both on logout (a logout leaves a
+//!   tombstone in every backend it deletes from), so 04's copies into `new`
+//!   and 03's fills into `old` meet the other's logouts.
 //! * **04 + 05**, once `old` holds no session (the migrator moved them all,
 //!   and no instance writes `old` any more). 05 never reads `old`; 04 reads it
 //!   after `new` and finds nothing.
@@ -128,10 +129,6 @@ impl<'a> Shape<'a> {
     fn is_source(&self, name: &str) -> bool {
         self.reads_backend(name) && !self.writes(name)
     }
-
-    fn has_sources(&self) -> bool {
-        self.backends.iter().any(|b| b.1 && !b.2)
-    }
 }
 
 /// Whether instances on `a` and on `b` may serve the same users at the same
@@ -178,19 +175,20 @@ fn own_hazards(x: &Shape<'_>, out: &mut Vec<Finding>) {
         if read && !write && seen_source.is_none() {
             seen_source = Some(name);
         }
-        if read && write {
-            if let Some(source) = seen_source {
-                out.push(finding(
-                    Severity::Warning,
-                    "-",
-                    source,
-                    format!(
-                        "{}: read before `{name}`, which reads and writes: every load asks it first, and a session \
-                         copied from it is read there, then again from `{name}`",
-                        x.label
-                    ),
-                ));
-            }
+        if read
+            && write
+            && let Some(source) = seen_source
+        {
+            out.push(finding(
+                Severity::Warning,
+                "-",
+                source,
+                format!(
+                    "{}: read before `{name}`, which reads and writes: every load asks it first, and a session \
+                     copied from it is read there, then again from `{name}`",
+                    x.label
+                ),
+            ));
         }
     }
 }
@@ -239,19 +237,20 @@ fn beside(x: &Shape<'_>, y: &Shape<'_>, out: &mut Vec<Finding>) {
     }
     // y starts reading what x only shadows: it may be stale or hold logged-out sessions.
     for r in y.reads() {
-        if x.writes(r) && !x.reads_backend(r) {
-            if let Some(reference) = x.reads().find(|other| y.writes(other)) {
-                out.push(finding(
-                    Severity::Requires,
-                    "I1/I2",
-                    r,
-                    format!(
-                        "{yl} reads `{r}`, which {xl} only writes (it may hold older copies and logged-out sessions \
-                         from before): once every instance runs {xl}, run `repair --from {reference} --to {r}` \
-                         before any moves to {yl}"
-                    ),
-                ));
-            }
+        if x.writes(r)
+            && !x.reads_backend(r)
+            && let Some(reference) = x.reads().find(|other| y.writes(other))
+        {
+            out.push(finding(
+                Severity::Requires,
+                "I1/I2",
+                r,
+                format!(
+                    "{yl} reads `{r}`, which {xl} only writes (it may hold older copies and logged-out sessions \
+                     from before): once every instance runs {xl}, run `repair --from {reference} --to {r}` \
+                     before any moves to {yl}"
+                ),
+            ));
         }
     }
     // I1: x's logouts must reach everything y reads.
@@ -268,20 +267,18 @@ fn beside(x: &Shape<'_>, y: &Shape<'_>, out: &mut Vec<Finding>) {
             ));
         }
     }
-    // I1: y's copies must meet x's tombstones.
-    if y.has_sources() {
-        for &(name, _, write, _) in &y.backends {
-            if write && !x.writes(name) {
-                out.push(finding(
-                    Severity::Unsafe,
-                    "I1",
-                    name,
-                    format!(
-                        "{yl} copies sessions into `{name}` from its sources, but {xl}'s logouts leave no tombstone \
-                         there: a copy racing a logout on {xl} brings the session back"
-                    ),
-                ));
-            }
+    // I1: y's copies and fills must meet x's tombstones, wherever anyone reads.
+    for &(name, _, write, _) in &y.backends {
+        if write && !x.deletes(name) && (x.reads_backend(name) || y.reads_backend(name)) {
+            out.push(finding(
+                Severity::Unsafe,
+                "I1",
+                name,
+                format!(
+                    "{yl} writes into `{name}` (copies, and saves filling it), where {xl}'s logouts leave no \
+                     tombstone: a write racing a logout on {xl} brings the session back"
+                ),
+            ));
         }
     }
 }

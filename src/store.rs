@@ -11,7 +11,7 @@
 //! | copy-on-read | When the winner is a source: *copy* it into every W backend (`SET NX PXAT`, unless a logout left a tombstone there: never overwrites, never resurrects; with policy `Off`, only look for tombstones). A tombstone in any W backend: "not found" (a logout ran, and the source's copy is what its failed or pending `DEL` left); no W backend answering: `Err`. With `Move`, once every W backend holds it, `DEL` it from the source. Nothing is checked or undone afterwards. |
 //! | `create` | `SET NX PXAT` on every W backend at once; on a collision undo this attempt's writes (its id is fresh: nobody else holds it) and draw a new id; any error undoes and fails. |
 //! | `save` | `SET XX PXAT` on every W backend at once, refused by the server past the moment we stop waiting for it. Where it missed, and the session lives elsewhere (another W backend took the update, or a source holds it), *fill* those backends (`SET`, unless tombstoned, same deadline); where it lives nowhere, only `SET XX` again (a move may just have put it there): never create it. |
-//! | `delete` | One round, at once: on every W backend, delete the session and leave a *tombstone* beside it in the same script; on every other D backend, delete it. Any failure is an `Err` naming the backends. |
+//! | `delete` | One round, at once: on every D backend, delete the session and leave a *tombstone* beside it in the same script (a backend this configuration only deletes from may be written by an instance on another configuration during a rolling deploy). Any failure is an `Err` naming the backends. |
 //!
 //! # Why this keeps a logout a logout, and loses nothing
 //!
@@ -124,8 +124,8 @@ pub(crate) struct Inner {
     writers: Vec<usize>,
     /// R without W: where not-yet-migrated sessions are copied from.
     sources: Vec<usize>,
-    /// D without W: where a logout deletes without leaving a tombstone.
-    delete_only: Vec<usize>,
+    /// D (with `delete` or `write`).
+    deleters: Vec<usize>,
     options: Options,
 }
 
@@ -161,8 +161,8 @@ impl MultiRedisStore {
         let readers = select(|n| n.modes.can_read());
         let writers = select(|n| n.modes.can_write());
         let sources = select(|n| n.modes.can_read() && !n.modes.can_write());
-        let delete_only = select(|n| n.modes.can_delete() && !n.modes.can_write());
-        MultiRedisStore { inner: Arc::new(Inner { nodes, readers, writers, sources, delete_only, options }) }
+        let deleters = select(|n| n.modes.can_delete());
+        MultiRedisStore { inner: Arc::new(Inner { nodes, readers, writers, sources, deleters, options }) }
     }
 
     /// The live backends, in configured order.
@@ -501,16 +501,8 @@ impl MultiRedisStore {
     /// `delete`: see the module docs.
     async fn delete_record(&self, id: &Id) -> Result<(), Error> {
         let deadline = self.deadline();
-        let (tombstones, deleted) = futures_util::future::join(
-            self.fan_out(&self.inner.writers, |w| w.logout(id, deadline)),
-            self.fan_out(&self.inner.delete_only, |n| n.del(id, deadline)),
-        )
-        .await;
-        let failures: Vec<Error> = tombstones
-            .into_iter()
-            .filter_map(|(_, r)| r.err())
-            .chain(deleted.into_iter().filter_map(|(_, r)| r.err()))
-            .collect();
+        let results = self.fan_out(&self.inner.deleters, |n| n.logout(id, deadline)).await;
+        let failures: Vec<Error> = results.into_iter().filter_map(|(_, r)| r.err()).collect();
         if failures.is_empty() { Ok(()) } else { Err(Error::from_failures(failures)) }
     }
 }

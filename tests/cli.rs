@@ -155,3 +155,67 @@ async fn an_invalid_config_is_refused_clearly_and_touches_nothing() {
     let help = cli(&["--help"]);
     assert!(String::from_utf8_lossy(&help.stdout).contains("migrate"));
 }
+
+/// `plan` writes the steps and their scripts; `check` accepts every adjacent
+/// pair and rejects the one-step switch; the scripts run against real servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_writes_steps_that_check_accepts_and_whose_scripts_run() {
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    let dir = tempfile::tempdir().unwrap();
+    let one = |name: &str, url: String| {
+        format!("[[backends]]\nname = \"{name}\"\nmodes = [\"read\", \"write\"]\nurl = \"{url}\"\nprefix = \"s:\"\n")
+    };
+    let (from, to) = (dir.path().join("old.toml"), dir.path().join("new.toml"));
+    std::fs::write(&from, one("old", old.url())).unwrap();
+    std::fs::write(&to, one("new", new.url())).unwrap();
+    let steps = dir.path().join("steps");
+    let planned = cli(&[
+        "plan",
+        "--from",
+        from.to_str().unwrap(),
+        "--to",
+        to.to_str().unwrap(),
+        "--out",
+        steps.to_str().unwrap(),
+    ]);
+    assert!(planned.status.success(), "{planned:?}");
+    let step = |n: usize| steps.join(format!("{n:02}.toml")).to_str().unwrap().to_owned();
+    for n in 1..5 {
+        let checked = cli(&["check", &step(n), &step(n + 1)]);
+        assert_eq!(checked.status.code(), Some(0), "{n} -> {}: {}", n + 1, String::from_utf8_lossy(&checked.stdout));
+    }
+    let switch = dir.path().join("switch.toml");
+    std::fs::write(
+        &switch,
+        format!(
+            "{}[[backends]]\nname = \"old\"\nmodes = [\"read\", \"delete\"]\nurl = \"{}\"\n",
+            one("new", new.url()),
+            old.url()
+        ),
+    )
+    .unwrap();
+    let rejected = cli(&["check", from.to_str().unwrap(), switch.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&rejected.stdout);
+    assert_eq!(rejected.status.code(), Some(1), "{text}");
+    assert!(text.contains("unsafe [I2] backend `old`") && text.contains("unsafe [I3]"), "{text}");
+
+    // Sessions in "old"; one stale copy and one left over from a logout in "new".
+    fill(old, 20).await;
+    let keys: Vec<String> = conn(old).await.keys("*").await.unwrap();
+    raw_set(new, &keys[0], &codec::encode(&record("stale")).unwrap()).await;
+    let gone = record("gone");
+    raw_set(new, &format!("s:{}", gone.id), &codec::encode(&gone).unwrap()).await;
+    let run = |script: &str| {
+        let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_multi-redis-sessions")).parent().unwrap().to_owned();
+        let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+        Command::new(steps.join(script)).env("PATH", path).output().unwrap()
+    };
+    let repaired = run("02.sh");
+    assert!(repaired.status.success(), "{repaired:?}");
+    assert!(String::from_utf8_lossy(&repaired.stdout).contains("removed 2"), "{repaired:?}");
+    let moved = run("04.sh");
+    assert!(moved.status.success(), "{moved:?}");
+    assert!(common::session_keys(old).await.is_empty());
+    assert_eq!(common::session_keys(new).await.len(), 20);
+}

@@ -73,6 +73,8 @@ struct World {
     /// The session each user is working on: where readers look half the
     /// time, so their copies race that user's saves and logouts.
     hot: Mutex<Vec<Id>>,
+    /// Where a rolling walk is (printed with each violation).
+    phase: Mutex<String>,
     violations: Mutex<Vec<String>>,
     loads: AtomicU64,
     errors: AtomicU64,
@@ -95,7 +97,8 @@ impl World {
     }
 
     fn violation(&self, what: String) {
-        self.violations.lock().unwrap().push(what);
+        let phase = self.phase.lock().unwrap().clone();
+        self.violations.lock().unwrap().push(format!("{what} [{phase}]"));
     }
 
     /// Loads `id` through `store` and checks the answer against the model.
@@ -147,8 +150,76 @@ fn record(id: Id, v: u64) -> Record {
     }
 }
 
+/// What the deployment does while users and readers run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    /// Every instance on `new: read+write, old: read+delete`; the migrator
+    /// moves sessions from "old" all along.
+    Migrating,
+    /// The instances walk, one at a time, through every step of the plan
+    /// from `[old: read+write]` to `[new: read+write]` (`plan.rs`), each
+    /// step's script run once every instance reached it.
+    Rolling,
+}
+
+/// The app instances, which a rolling deploy replaces one at a time.
+struct Instances(Mutex<Vec<Arc<MultiRedisStore>>>);
+
+impl Instances {
+    fn pick(&self, rng: &mut Rng) -> Arc<MultiRedisStore> {
+        let all = self.0.lock().unwrap();
+        all[rng.below(all.len())].clone()
+    }
+
+    /// Replaces instance `i` and waits until the requests it was serving are
+    /// done, as a deploy drains an instance before stopping it.
+    async fn replace(&self, i: usize, store: MultiRedisStore) {
+        let drained = std::mem::replace(&mut self.0.lock().unwrap()[i], Arc::new(store));
+        while Arc::strong_count(&drained) > 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// Moves the instances one at a time through every step of the plan, over
+/// about `millis`; once all run a step, runs what must happen before the
+/// next (the plan's scripts: repair, then migrate and verify), again until
+/// it succeeds, as an operator would.
+async fn walk(world: &World, instances: &Instances, steps: &[std::path::PathBuf], millis: u64) {
+    let count = instances.0.lock().unwrap().len();
+    let pause = Duration::from_millis(millis / ((steps.len() as u64 - 1) * count as u64 + 1));
+    for (n, step) in steps.iter().enumerate().skip(1) {
+        for i in 0..count {
+            tokio::time::sleep(pause).await;
+            instances.replace(i, MultiRedisStore::from_config_file(step).await.unwrap()).await;
+            *world.phase.lock().unwrap() = format!("{} of {count} instances on step {:02}", i + 1, n + 1);
+        }
+        let store = MultiRedisStore::from_config_file(step).await.unwrap();
+        loop {
+            let done = match n + 1 {
+                2 => match Migrator::new(&store, "old", &["new"], MigrateOptions::default()) {
+                    Ok(m) => m.repair().await.is_ok(),
+                    Err(_) => false,
+                },
+                4 => {
+                    let migrator = Migrator::for_store(&store, MigrateOptions::default().move_sessions(true)).unwrap();
+                    let moved = migrator.run(|_| {}, std::future::pending()).await;
+                    moved.is_ok_and(|r| r.finished && r.is_clean())
+                        && migrator.verify().await.is_ok_and(|v| v.checked == 0 && v.missing == 0)
+                }
+                _ => true,
+            };
+            if done {
+                *world.phase.lock().unwrap() = format!("all on step {:02}, its script done", n + 1);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// One seeded run; returns the violations found.
-async fn run(seed: u64, fault: Fault, millis: u64) -> Vec<String> {
+async fn run(seed: u64, scenario: Scenario, fault: Fault, millis: u64) -> Vec<String> {
     const PRELOADED: u64 = 1500;
     const USERS: usize = 12;
     const READERS: usize = 4;
@@ -179,15 +250,41 @@ async fn run(seed: u64, fault: Fault, millis: u64) -> Vec<String> {
     if let Some((to_new, to_old)) = &slow_links {
         std::fs::write(&slow_path, config(&to_new.url(), &to_old.url())).unwrap();
     }
+    // The plan's steps, for a rolling walk.
+    let steps: Vec<std::path::PathBuf> = match scenario {
+        Scenario::Migrating => Vec::new(),
+        Scenario::Rolling => {
+            let one = |name: &str, url: &str| {
+                format!(
+                    "[[backends]]\nname = \"{name}\"\nmodes = [\"read\", \"write\"]\nurl = \"{url}\"\n\
+                     socket_timeout = {timeout}\nbreaker_failures = 0\n"
+                )
+            };
+            let plan =
+                tower_sessions_multi_redis_store::plan::plan(&one("old", &old.url()), &one("new", &new.url())).unwrap();
+            plan.iter()
+                .enumerate()
+                .map(|(i, step)| {
+                    let path = new.dir().join(format!("{:02}.toml", i + 1));
+                    std::fs::write(&path, &step.config).unwrap();
+                    path
+                })
+                .collect()
+        }
+    };
     // Three app instances and the migrator's, each built on its own (the
     // first and the migrator across the slow link, if any).
     let mut instances = Vec::new();
     for i in 0..4 {
-        let file = if slow_links.is_some() && (i == 0 || i == 3) { &slow_path } else { &path };
+        let file = match steps.first() {
+            Some(first) => first,
+            None if slow_links.is_some() && (i == 0 || i == 3) => &slow_path,
+            None => &path,
+        };
         instances.push(MultiRedisStore::from_config_file(file).await.unwrap());
     }
     let migrator_store = instances.pop().unwrap();
-    let instances = Arc::new(instances);
+    let instances = Arc::new(Instances(Mutex::new(instances.into_iter().map(Arc::new).collect())));
 
     // Sessions written by tower-sessions-redis-store into "old", version 0.
     let world = Arc::new(World::default());
@@ -208,7 +305,7 @@ async fn run(seed: u64, fault: Fault, millis: u64) -> Vec<String> {
 
     // The migrator, across the whole run, restarted from its cursor when a
     // fault stops it.
-    {
+    if scenario == Scenario::Migrating {
         let (stop, store) = (stop.clone(), migrator_store.clone());
         let rate = u32::try_from(PRELOADED * 1000 / millis.max(1)).unwrap_or(u32::MAX);
         tasks.spawn(async move {
@@ -245,7 +342,7 @@ async fn run(seed: u64, fault: Fault, millis: u64) -> Vec<String> {
             let mut own = own.into_iter().cycle();
             let mut id = own.next().unwrap();
             while !stop.load(Ordering::Relaxed) {
-                let store = &instances[rng.below(instances.len())];
+                let store = &instances.pick(&mut rng);
                 if world.model(&id).logout_started {
                     id = own.next().unwrap();
                     continue;
@@ -262,8 +359,8 @@ async fn run(seed: u64, fault: Fault, millis: u64) -> Vec<String> {
                         m.attempted += 1;
                         m.attempted
                     };
-                    let tab = instances[rng.below(instances.len())].clone();
-                    let logout = instances[rng.below(instances.len())].clone();
+                    let tab = instances.pick(&mut rng);
+                    let logout = instances.pick(&mut rng);
                     let (saved, logged_out) =
                         tokio::join!(async { tab.save(&record(id, v)).await }, async { logout.delete(&id).await });
                     world.saves.fetch_add(1, Ordering::Relaxed);
@@ -278,7 +375,7 @@ async fn run(seed: u64, fault: Fault, millis: u64) -> Vec<String> {
                         }
                     }
                     // The user's own next request, through any instance.
-                    let store = &instances[rng.below(instances.len())];
+                    let store = &instances.pick(&mut rng);
                     world.checked_load(store, id, &format!("{who} after logout")).await;
                     // Log in again.
                     let mut fresh = record(Id::default(), 1);
@@ -326,7 +423,7 @@ async fn run(seed: u64, fault: Fault, millis: u64) -> Vec<String> {
                     let ids = world.ids.lock().unwrap();
                     ids[rng.below(ids.len())]
                 };
-                let store = &instances[rng.below(instances.len())];
+                let store = &instances.pick(&mut rng);
                 world.checked_load(store, id, &format!("reader {reader}")).await;
             }
         });
@@ -372,7 +469,10 @@ async fn run(seed: u64, fault: Fault, millis: u64) -> Vec<String> {
         })
     };
 
-    tokio::time::sleep(Duration::from_millis(millis)).await;
+    match scenario {
+        Scenario::Migrating => tokio::time::sleep(Duration::from_millis(millis)).await,
+        Scenario::Rolling => walk(&world, &instances, &steps, millis).await,
+    }
     stop.store(true, Ordering::Relaxed);
     faults.await.unwrap();
     while let Some(task) = tasks.join_next().await {
@@ -381,16 +481,19 @@ async fn run(seed: u64, fault: Fault, millis: u64) -> Vec<String> {
     let during = world.violations.lock().unwrap().len();
 
     // Late commands (timed out, paused) land now; then the final sweep
-    // through a fresh instance, after a last migration.
+    // through a fresh instance, after a last migration (the walk's last
+    // step needs none: "old" must be empty already).
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let fresh = MultiRedisStore::from_config_file(&path).await.unwrap();
-    let report = Migrator::for_store(&fresh, MigrateOptions::default().move_sessions(true))
-        .unwrap()
-        .run(|_| {}, std::future::pending())
-        .await
-        .unwrap();
-    if !report.is_clean() {
-        world.violation(format!("final migration not clean: {:?}", report.failures.first()));
+    let fresh = MultiRedisStore::from_config_file(steps.last().unwrap_or(&path)).await.unwrap();
+    if scenario == Scenario::Migrating {
+        let report = Migrator::for_store(&fresh, MigrateOptions::default().move_sessions(true))
+            .unwrap()
+            .run(|_| {}, std::future::pending())
+            .await
+            .unwrap();
+        if !report.is_clean() {
+            world.violation(format!("final migration not clean: {:?}", report.failures.first()));
+        }
     }
     let ids = world.ids.lock().unwrap().clone();
     let (mut new_conn, mut old_conn) = (conn(&new).await, conn(&old).await);
@@ -420,7 +523,7 @@ async fn run(seed: u64, fault: Fault, millis: u64) -> Vec<String> {
     }
     let violations = world.violations.lock().unwrap().clone();
     eprintln!(
-        "model seed={seed} fault={fault:?}: {} loads, {} saves, {} logouts, {errors} errors, {live} live sessions \
+        "model seed={seed} {scenario:?} fault={fault:?}: {} loads, {} saves, {} logouts, {errors} errors, {live} live sessions \
          checked at the end, {} violations ({during} during the run)",
         world.loads.load(Ordering::Relaxed),
         world.saves.load(Ordering::Relaxed),
@@ -431,8 +534,8 @@ async fn run(seed: u64, fault: Fault, millis: u64) -> Vec<String> {
 }
 
 /// Runs `fault` over several seeds; fails listing the first violations.
-async fn check(fault: Fault) {
-    let millis = std::env::var("MODEL_MILLIS").ok().and_then(|s| s.parse().ok()).unwrap_or(1500);
+async fn check(scenario: Scenario, fault: Fault) {
+    let millis = std::env::var("MODEL_MILLIS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
     let seeds: Vec<u64> = match std::env::var("MODEL_SEED").ok().and_then(|s| s.parse().ok()) {
         Some(seed) => vec![seed],
         None => {
@@ -442,10 +545,10 @@ async fn check(fault: Fault) {
         }
     };
     for seed in seeds {
-        let violations = run(seed, fault, millis).await;
+        let violations = run(seed, scenario, fault, millis).await;
         assert!(
             violations.is_empty(),
-            "seed {seed} ({fault:?}): {} violations, first: {:#?}",
+            "seed {seed} ({scenario:?}, {fault:?}): {} violations, first: {:#?}",
             violations.len(),
             &violations[..violations.len().min(10)]
         );
@@ -454,25 +557,35 @@ async fn check(fault: Fault) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invariants_hold_without_faults() {
-    check(Fault::None).await;
+    check(Scenario::Migrating, Fault::None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invariants_hold_while_connections_are_killed() {
-    check(Fault::KillConnections).await;
+    check(Scenario::Migrating, Fault::KillConnections).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invariants_hold_while_writes_are_paused_past_the_socket_timeout() {
-    check(Fault::PauseWrites).await;
+    check(Scenario::Migrating, Fault::PauseWrites).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invariants_hold_while_the_source_is_frozen() {
-    check(Fault::FreezeSource).await;
+    check(Scenario::Migrating, Fault::FreezeSource).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invariants_hold_across_a_slow_link() {
-    check(Fault::SlowLink).await;
+    check(Scenario::Migrating, Fault::SlowLink).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_walk_through_the_plan_keeps_the_invariants() {
+    check(Scenario::Rolling, Fault::None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_walk_through_the_plan_keeps_the_invariants_while_connections_are_killed() {
+    check(Scenario::Rolling, Fault::KillConnections).await;
 }
