@@ -7,7 +7,7 @@
 //!
 //! | op | rule |
 //! |---|---|
-//! | `load` | Ask R in order; the first live record wins; when none has it and there are sources, ask the W backends once more (a move may have run between the reads). An error or an undecodable value does not stop the search, but if nothing is found after one, the result is `Err`, never "not found"; and after a W backend failed, only a W backend that every save reached (write policy `all`) may answer, never a source, whose copy may be older. |
+//! | `load` | Ask R in order; the first live record wins; when none has it and there are sources, ask the W backends once more (a move may have run between the reads). An error or an undecodable value does not stop the search, but if nothing is found after one, the result is `Err`, never "not found"; and after a W backend failed, no later backend may answer: its copy may be older (even another W backend's: an instance on another configuration may not write it). |
 //! | copy-on-read | When the winner is a source: *copy* it into every W backend (`SET NX PXAT`, unless a logout left a tombstone there: never overwrites, never resurrects; with policy `Off`, only look for tombstones). A tombstone in any W backend: "not found" (a logout ran, and the source's copy is what its failed or pending `DEL` left); no W backend answering: `Err`. With `Move`, once every W backend holds it, `DEL` it from the source. Nothing is checked or undone afterwards. |
 //! | `create` | `SET NX PXAT` on every W backend at once; on a collision undo this attempt's writes (its id is fresh: nobody else holds it) and draw a new id; any error undoes and fails. |
 //! | `save` | `SET XX PXAT` on every W backend at once, refused by the server past the moment we stop waiting for it. Where it missed, and the session lives elsewhere (another W backend took the update, or a source holds it), *fill* those backends (`SET`, unless tombstoned, same deadline); where it lives nowhere, only `SET XX` again (a move may just have put it there): never create it. |
@@ -247,8 +247,7 @@ impl MultiRedisStore {
     async fn load_record(&self, id: &Id) -> Result<Option<Record>, Error> {
         let deadline = self.deadline();
         let mut failures = Vec::new();
-        // A failed write backend may hold a newer copy than any later backend
-        // except another write backend that every save reached.
+        // A failed write backend may hold a newer copy than any later backend.
         let mut writer_failed = false;
         for &index in &self.inner.readers {
             let node = &self.inner.nodes[index];
@@ -276,8 +275,9 @@ impl MultiRedisStore {
                 }
             };
             node.count(Counter::Hit);
-            let as_fresh = node.modes.can_write() && self.inner.options.write_policy == WritePolicy::All;
-            if writer_failed && !as_fresh {
+            // Not even another W backend: an instance on another configuration
+            // (a rolling deploy) may write only the one that failed.
+            if writer_failed {
                 // Serving this copy could undo the user's latest changes (or
                 // restore a privilege a newer copy dropped): report the failure.
                 tracing::warn!(backend = %node.name, "load: found only a possibly older copy; failing");
