@@ -860,9 +860,32 @@ impl Node {
         Ok(())
     }
 
-    /// Learns the clocks of every member this backend routes to (for the
-    /// migrator's batches).
-    pub(crate) async fn know_clocks(&self) -> Result<(), Error> {
+    /// Prepares every server of this backend for pipelined copies (the
+    /// migrator's batches): learns their clocks, and loads the copy script
+    /// so a pipeline can name it by its SHA1 (a batch cannot fall back on
+    /// `NOSCRIPT`; a server that restarts mid-run answers it, and those
+    /// sessions are reported and redone by a later run).
+    pub(crate) async fn prepare_copies(&self) -> Result<(), Error> {
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(COPY.code);
+        match self.conn.cluster_primaries().await {
+            Some(primaries) => {
+                let primaries = primaries.map_err(|source| Error::Redis {
+                    backend: self.name.clone(),
+                    op: "CLUSTER NODES",
+                    source,
+                })?;
+                for addr in &primaries {
+                    let _: String =
+                        self.guarded("SCRIPT LOAD", None, true, || self.conn.query_cluster_node(addr, &load)).await?;
+                }
+            }
+            None => {
+                for member in 0..self.conn.members() {
+                    let _: String = self.run("SCRIPT LOAD", member, &load, true, None).await?;
+                }
+            }
+        }
         for member in 0..self.conn.members() {
             self.know_clock(member, None).await?;
         }
@@ -872,7 +895,7 @@ impl Node {
     /// The `COPY` of session `id` into this backend, given the time
     /// ([`clock::now_ms`]) it was read from its source: its deadline is half
     /// a tombstone's life after that (`scripts.rs`). `None` while this
-    /// member's clock is unknown (see [`know_clocks`](Self::know_clocks)).
+    /// member's clock is unknown (see [`prepare_copies`](Self::prepare_copies)).
     pub(crate) fn copy_cmd(
         &self,
         id: &str,
@@ -885,7 +908,7 @@ impl Node {
         let at = self.clocks.deadline(member, read_at, self.tombstone_ttl / 2)?.to_string();
         let pxat = pxat.to_string();
         let existing: &[u8] = if existing { b"1" } else { b"0" };
-        Some(self.script(&COPY, true, id, true, &[value, pxat.as_bytes(), at.as_bytes(), existing]))
+        Some(self.script(&COPY, false, id, true, &[value, pxat.as_bytes(), at.as_bytes(), existing]))
     }
 
     /// Writes a session read from a source at `read_at` unless a logout left

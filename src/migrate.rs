@@ -438,8 +438,9 @@ impl Migrator {
         let targets = self.target_nodes();
         let live_ref = &live;
         let replies = join_all(targets.iter().map(|t| async move {
-            // Copies carry a deadline on the target's clock (`scripts.rs`).
-            t.know_clocks().await?;
+            // Copies carry a deadline on the target's clock (`scripts.rs`),
+            // and name the script by its SHA1.
+            t.prepare_copies().await?;
             let mut items = Vec::with_capacity(live_ref.len());
             for s in live_ref {
                 let Some(item) = t.copy_cmd(&s.id, &s.bytes, s.pxat, read_at, false) else {
