@@ -12,6 +12,13 @@ use crate::store::{CopyOnRead, MultiRedisStore, Options, ReadPolicy, WritePolicy
 /// random ids is already astronomically unlikely).
 pub const DEFAULT_CREATE_ATTEMPTS: usize = 8;
 
+/// The longest socket timeout, operation deadline or breaker cool-down
+/// accepted: a day. Longer ones are refused rather than overflow a clock.
+pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest tombstone life accepted: thirty days.
+pub const MAX_TOMBSTONE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// How long a logout's tombstone lives when none is configured.
 pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
 
@@ -130,6 +137,12 @@ impl MultiRedisStoreBuilder {
         if self.deadline == Some(Duration::ZERO) {
             return Err(Error::config(None, "deadline", "must be greater than zero"));
         }
+        if self.deadline.is_some_and(|d| d > MAX_WAIT) {
+            return Err(Error::config(None, "deadline", "must be at most a day"));
+        }
+        if self.tombstone_ttl.is_some_and(|t| t > MAX_TOMBSTONE_TTL) {
+            return Err(Error::config(None, "tombstone_ttl", "must be at most thirty days"));
+        }
         if self.tombstone_ttl.is_some_and(|t| t.as_millis() == 0) {
             return Err(Error::config(None, "tombstone_ttl", "must be at least a millisecond"));
         }
@@ -151,6 +164,12 @@ impl MultiRedisStoreBuilder {
             if b.socket_timeout == Duration::ZERO {
                 return Err(Error::config(name, "socket_timeout", "must be greater than zero"));
             }
+            if b.socket_timeout > MAX_WAIT {
+                return Err(Error::config(name, "socket_timeout", "must be at most a day"));
+            }
+            if b.breaker.get_cool_down() > MAX_WAIT {
+                return Err(Error::config(name, "breaker_cool_down", "must be at most a day"));
+            }
             if b.modes.can_read() && !b.modes.can_delete() && !b.allow_read_without_delete {
                 return Err(Error::config(
                     name,
@@ -167,7 +186,7 @@ impl MultiRedisStoreBuilder {
                      session's hash slot",
                 ));
             }
-            if self.tombstone_ttl.is_some_and(|t| t < 4 * b.socket_timeout) {
+            if self.tombstone_ttl.is_some_and(|t| t < b.socket_timeout.saturating_mul(4)) {
                 return Err(Error::config(
                     name,
                     "tombstone_ttl",

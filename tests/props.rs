@@ -97,4 +97,43 @@ proptest! {
             }
         }
     }
+
+    /// Every duration a file accepts works, at its limits too; anything else
+    /// is refused naming the field. Never a panic (an overflowing `Instant`).
+    #[test]
+    fn durations_at_their_limits_work_or_are_refused_by_name(
+        field in prop::sample::select(vec!["socket_timeout", "deadline", "breaker_cool_down", "tombstone_ttl"]),
+        seconds in prop_oneof![
+            Just(1e19), Just(f64::MAX), Just(86_400.0), Just(86_400.001), Just(2_592_000.0), Just(1e-9),
+            Just(0.0), Just(-1.0), Just(f64::NAN), 0.0f64..1e12,
+        ],
+    ) {
+        let (top, backend) = match field {
+            "deadline" | "tombstone_ttl" => (format!("{field} = {seconds:?}\n"), String::new()),
+            _ => (String::new(), format!("{field} = {seconds:?}\n")),
+        };
+        let text = format!(
+            "{top}[[backends]]\nname = \"a\"\nmodes = [\"read\", \"write\"]\nurl = \"redis://127.0.0.1:1\"\n\
+             socket_timeout = 0.05\n{backend}"
+        );
+        let built = Config::from_toml_str(&text).and_then(|c| c.into_builder()).and_then(|b| {
+            b.validate()?;
+            Ok(b)
+        });
+        match built {
+            Err(err) => prop_assert!(err.to_string().contains(field), "{err}"),
+            Ok(builder) => {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(async {
+                    let store = builder.build().await.unwrap();
+                    // Nothing listens on port 1: every operation fails, and none panics.
+                    let rec = Record { id: Id::default(), data: Default::default(), expiry_date: OffsetDateTime::now_utc() };
+                    use tower_sessions_core::SessionStore;
+                    assert!(store.load(&rec.id).await.is_err());
+                    assert!(store.save(&rec).await.is_err());
+                    assert!(store.delete(&rec.id).await.is_err());
+                });
+            }
+        }
+    }
 }
