@@ -381,6 +381,28 @@ pub(crate) type Deadline = Option<tokio::time::Instant>;
 const MEMBER_SHIFT: u32 = 56;
 const INNER_MASK: u64 = (1 << MEMBER_SHIFT) - 1;
 
+/// What a copy into a write backend is to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CopyMode {
+    /// Copy.
+    Copy,
+    /// Copy, and hand back the value a key already there holds.
+    CopyAndShow,
+    /// Write nothing: only look for a tombstone, and hand back a value there.
+    Look,
+}
+
+impl CopyMode {
+    /// [`COPY`](crate::scripts::COPY)'s `ARGV[4]`.
+    fn arg(self) -> &'static [u8] {
+        match self {
+            CopyMode::Copy => b"0",
+            CopyMode::CopyAndShow => b"1",
+            CopyMode::Look => b"2",
+        }
+    }
+}
+
 /// What a conditional copy into a write backend found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Copied {
@@ -395,15 +417,16 @@ pub(crate) enum Copied {
 
 impl Copied {
     /// From the reply of [`COPY`](crate::scripts::COPY) or the code of
-    /// [`FILL`](crate::scripts::FILL); `None` for "too late" or a reply of
-    /// another shape.
-    pub(crate) fn from_reply(reply: Value) -> Option<Copied> {
+    /// [`FILL`](crate::scripts::FILL): `Err(true)` when the server refused
+    /// it as too late, `Err(false)` for a reply of another shape.
+    pub(crate) fn from_reply(reply: Value) -> Result<Copied, bool> {
         match reply {
-            Value::Int(1) => Some(Copied::Written),
-            Value::Int(0) => Some(Copied::Present(None)),
-            Value::Int(-1) => Some(Copied::Tombstoned),
-            Value::BulkString(bytes) => Some(Copied::Present(Some(bytes))),
-            _ => None,
+            Value::Int(1) => Ok(Copied::Written),
+            Value::Int(0) => Ok(Copied::Present(None)),
+            Value::Int(-1) => Ok(Copied::Tombstoned),
+            Value::Int(-2) => Err(true),
+            Value::BulkString(bytes) => Ok(Copied::Present(Some(bytes))),
+            _ => Err(false),
         }
     }
 }
@@ -892,58 +915,53 @@ impl Node {
         Ok(())
     }
 
-    /// The `COPY` of session `id` into this backend, given the time
-    /// ([`clock::now_ms`]) it was read from its source: its deadline is half
-    /// a tombstone's life after that (`scripts.rs`). `None` while this
-    /// member's clock is unknown (see [`prepare_copies`](Self::prepare_copies)).
-    pub(crate) fn copy_cmd(
-        &self,
-        id: &str,
-        value: &[u8],
-        pxat: u64,
-        read_at: i64,
-        existing: bool,
-    ) -> Option<(usize, Cmd)> {
+    /// The `COPY` of session `id` into this backend (for a pipeline), given
+    /// the time ([`clock::now_ms`]) it was read from its source: its deadline
+    /// is half a tombstone's life after that (`scripts.rs`). `None` while
+    /// this member's clock is unknown (see [`prepare_copies`](Self::prepare_copies)).
+    pub(crate) fn copy_cmd(&self, id: &str, value: &[u8], pxat: u64, read_at: i64) -> Option<(usize, Cmd)> {
         let member = self.conn.member_of(id);
         let at = self.clocks.deadline(member, read_at, self.tombstone_ttl / 2)?.to_string();
         let pxat = pxat.to_string();
-        let existing: &[u8] = if existing { b"1" } else { b"0" };
-        Some(self.script(&COPY, false, id, true, &[value, pxat.as_bytes(), at.as_bytes(), existing]))
+        Some(self.script(&COPY, false, id, true, &[value, pxat.as_bytes(), at.as_bytes(), CopyMode::Copy.arg()]))
     }
 
     /// Writes a session read from a source at `read_at` unless a logout left
-    /// a tombstone ([`COPY`](crate::scripts::COPY): never overwrites; with
-    /// `existing`, hands back the value that was there). Idempotent in
-    /// effect, so it may be retried.
+    /// a tombstone ([`COPY`](crate::scripts::COPY): never overwrites), per
+    /// `mode`. Idempotent in effect, so it may be retried.
     pub(crate) async fn copy(
         &self,
         id: &(impl fmt::Display + ?Sized),
         value: &[u8],
         pxat: u64,
         read_at: i64,
-        existing: bool,
+        mode: CopyMode,
         deadline: Deadline,
     ) -> Result<Copied, Error> {
         let member = self.route(id).1;
         self.know_clock(member, deadline).await?;
         let at = self.clocks.deadline(member, read_at, self.tombstone_ttl / 2).unwrap_or(0).to_string();
         let pxat = pxat.to_string();
-        let flag: &[u8] = if existing { b"1" } else { b"0" };
-        let reply: Value =
-            self.run_script("COPY", &COPY, id, true, &[value, pxat.as_bytes(), at.as_bytes(), flag], deadline).await?;
-        Copied::from_reply(reply).ok_or_else(|| self.late("COPY"))
+        let args = [value, pxat.as_bytes(), at.as_bytes(), mode.arg()];
+        let reply: Value = self.run_script("COPY", &COPY, id, true, &args, deadline).await?;
+        self.copied(reply, "COPY")
     }
 
-    /// Whether a logout left its tombstone for session `id`.
-    pub(crate) async fn tombstoned(
-        &self,
-        id: &(impl fmt::Display + ?Sized),
-        deadline: Deadline,
-    ) -> Result<bool, Error> {
-        let (key, member) = self.route(id);
-        let tomb = crate::scripts::tombstone_key(&key, self.conn.is_cluster());
-        let found: u64 = self.run("EXISTS", member, redis::cmd("EXISTS").arg(tomb), true, deadline).await?;
-        Ok(found > 0)
+    /// A copy's reply: refused as too late is this backend's timeout
+    /// (nothing was written); another shape, an error naming it.
+    fn copied(&self, reply: Value, op: &'static str) -> Result<Copied, Error> {
+        Copied::from_reply(reply.clone()).map_err(|late| {
+            if late {
+                self.late(op)
+            } else {
+                let detail = format!("{reply:?}");
+                Error::Redis {
+                    backend: self.name.clone(),
+                    op,
+                    source: redis::RedisError::from((redis::ErrorKind::Client, "unexpected reply", detail)),
+                }
+            }
+        })
     }
 
     /// A save's `SET XX`, refused by the server past the moment we give up
@@ -979,7 +997,7 @@ impl Node {
         deadline: Deadline,
     ) -> Result<Copied, Error> {
         let code = self.run_timed("FILL", &FILL, true, id, value, pxat, from, deadline).await?;
-        Copied::from_reply(Value::Int(code)).ok_or_else(|| self.late("FILL"))
+        self.copied(Value::Int(code), "FILL")
     }
 
     /// Runs [`SAVE`](crate::scripts::SAVE) or [`FILL`](crate::scripts::FILL)

@@ -87,7 +87,9 @@ pub mod testing;
 
 pub use backend::{Address, Backend, BackendCounters, BackendHealth, DEFAULT_SOCKET_TIMEOUT};
 pub use breaker::{BreakerConfig, BreakerState, DEFAULT_COOL_DOWN, DEFAULT_FAILURE_THRESHOLD};
-pub use builder::{DEFAULT_CREATE_ATTEMPTS, DEFAULT_TOMBSTONE_TTL, MAX_TOMBSTONE_TTL, MAX_WAIT, MultiRedisStoreBuilder};
+pub use builder::{
+    DEFAULT_CREATE_ATTEMPTS, DEFAULT_TOMBSTONE_TTL, MAX_TOMBSTONE_TTL, MAX_WAIT, MultiRedisStoreBuilder,
+};
 pub use config::{BackendConfig, Config};
 pub use error::Error;
 pub use migrate::{

@@ -8,7 +8,7 @@
 //!    reported by key, never copied; expired records are skipped;
 //! 2. per target, pipelined copies as copy-on-read makes them: `SET NX PXAT
 //!    <record expiry>` unless a logout left a tombstone there (see
-//!    `tombstone.rs`), so a session written or updated on the target
+//!    `scripts.rs`), so a session written or updated on the target
 //!    meanwhile is never overwritten, and one logged out is never brought
 //!    back, however late the copy lands;
 //! 3. with `move`, one pipelined `DEL` on the source of the sessions every
@@ -443,7 +443,7 @@ impl Migrator {
             t.prepare_copies().await?;
             let mut items = Vec::with_capacity(live_ref.len());
             for s in live_ref {
-                let Some(item) = t.copy_cmd(&s.id, &s.bytes, s.pxat, read_at, false) else {
+                let Some(item) = t.copy_cmd(&s.id, &s.bytes, s.pxat, read_at) else {
                     return Err(Error::config(Some(&t.name), "clock", "the server's clock is not known"));
                 };
                 items.push(item);
@@ -464,12 +464,11 @@ impl Migrator {
             for (t, reply) in replies.iter().enumerate() {
                 match reply.as_ref().map(|values| values.get(i)) {
                     Ok(Some(reply)) => match Copied::from_reply(reply.clone()) {
-                        Some(Copied::Written) => written = true,
-                        Some(Copied::Present(_)) => {}
-                        Some(Copied::Tombstoned) => logged_out = true,
-                        None => {
-                            error = Some(format!("{}: copy refused: read too long ago ({reply:?})", targets[t].name))
-                        }
+                        Ok(Copied::Written) => written = true,
+                        Ok(Copied::Present(_)) => {}
+                        Ok(Copied::Tombstoned) => logged_out = true,
+                        Err(true) => error = Some(format!("{}: copy refused: read too long ago", targets[t].name)),
+                        Err(false) => error = Some(format!("{}: unexpected reply {reply:?}", targets[t].name)),
                     },
                     Ok(other) => error = Some(format!("{}: unexpected reply {other:?}", targets[t].name)),
                     Err(err) => error = Some(err.to_string()),
@@ -602,6 +601,22 @@ impl Migrator {
             return Err(Error::config(None, "to", "repair takes exactly one target"));
         };
         let source = self.source_node();
+        // Only where the source holds every session: the store writes it, and
+        // reads it before the target (the plan's dual-write step).
+        let order = |name: &str| self.store.nodes().iter().position(|n| n.name == name && n.modes.can_read());
+        let source_first = match (order(&source.name), order(&target.name)) {
+            (Some(s), Some(t)) => s < t,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if !source.modes.can_write() || !target.modes.can_write() || !source_first {
+            return Err(Error::config(
+                Some(&target.name),
+                "to",
+                "repair deletes from the target what the source lacks: the store must write both, and read the \
+                 source first (a plan's dual-write step)",
+            ));
+        }
         let mut report = RepairReport::default();
         let mut cursor = 0;
         loop {

@@ -21,7 +21,9 @@
 //!
 //! * **01 + 02.** Both read `old` only, and both write and delete there. `new`
 //!   is not read: whatever it holds (02's copies, older than 01's saves, or
-//!   left behind by 01's logouts) cannot be served.
+//!   left behind by 01's logouts) cannot be served. Step 01 must already run
+//!   this crate's release with tombstones: a 02 save that misses `old` but
+//!   hits `new` fills `old`, which a logout on 01 must have tombstoned.
 //! * **02 + 03**, once every instance ran 02 and `new` was repaired. Both
 //!   write both, so every save after the repair reaches both; both delete
 //!   from both (tombstones). The repair deleted from `new` every session that
@@ -94,6 +96,7 @@ impl fmt::Display for Finding {
 struct Shape<'a> {
     label: &'a str,
     backends: Vec<(&'a str, bool, bool, bool)>, // name, read, write, delete
+    config: &'a Config,
 }
 
 impl<'a> Shape<'a> {
@@ -107,7 +110,7 @@ impl<'a> Shape<'a> {
                 (b.name.as_str(), has(Mode::Read), write, write || has(Mode::Delete))
             })
             .collect();
-        Shape { label, backends }
+        Shape { label, backends, config }
     }
 
     fn reads(&self) -> impl Iterator<Item = &'a str> + '_ {
@@ -154,6 +157,7 @@ pub fn check(a: &Config, b: &Config) -> Vec<Finding> {
         return findings;
     }
     own_hazards(&b, &mut findings);
+    settings(&a, &b, &mut findings);
     beside(&a, &b, &mut findings);
     beside(&b, &a, &mut findings);
     findings.dedup_by(|x, y| x.message == y.message && x.backend == y.backend);
@@ -162,6 +166,61 @@ pub fn check(a: &Config, b: &Config) -> Vec<Finding> {
 
 fn same(a: &Shape<'_>, b: &Shape<'_>) -> bool {
     a.backends == b.backends
+}
+
+/// The first backend a configuration reads that it also writes.
+fn first<'a>(s: &Shape<'a>) -> &'a str {
+    s.backends.iter().find(|b| b.1 && b.2).map_or("-", |b| b.0)
+}
+
+/// Store-wide settings that must agree between two configurations.
+fn settings(a: &Shape<'_>, b: &Shape<'_>, out: &mut Vec<Finding>) {
+    use crate::{CopyOnRead, WritePolicy};
+    if a.config.tombstone_ttl != b.config.tombstone_ttl {
+        out.push(finding(
+            Severity::Unsafe,
+            "I1",
+            first(a),
+            "`tombstone_ttl` differs: a copy made under the longer one may outlive a tombstone of the shorter".into(),
+        ));
+    }
+    if a.config.refuse_late_writes.unwrap_or(true) != b.config.refuse_late_writes.unwrap_or(true) {
+        out.push(finding(
+            Severity::Unsafe,
+            "I2",
+            first(a),
+            "`refuse_late_writes` differs: a save that timed out on one side may land over a later save".into(),
+        ));
+    }
+    for (x, y) in [(a, b), (b, a)] {
+        if y.config.write_policy == WritePolicy::Any && first(x) != first(y) {
+            out.push(finding(
+                Severity::Unsafe,
+                "I2",
+                first(x),
+                format!(
+                    "{} saves with write policy `any`, which need not reach `{}`, where {} reads first",
+                    y.label,
+                    first(x),
+                    x.label
+                ),
+            ));
+        }
+        if y.config.copy_on_read == CopyOnRead::Move && !x.backends.iter().any(|b| b.1 && !b.2) {
+            for source in y.backends.iter().filter(|b| b.1 && !b.2 && x.reads_backend(b.0)) {
+                out.push(finding(
+                    Severity::Unsafe,
+                    "I3",
+                    source.0,
+                    format!(
+                        "{} moves sessions out of `{}` on read, which {} reads without a second look at the \
+                         backends they move to",
+                        y.label, source.0, x.label
+                    ),
+                ));
+            }
+        }
+    }
 }
 
 fn finding(severity: Severity, invariant: &'static str, backend: &str, message: String) -> Finding {
@@ -304,7 +363,8 @@ pub struct Step {
 /// to `to` (TOML text with one backend that reads and writes, of another
 /// name): see the module docs. Every field of both backends (addresses,
 /// credentials, prefixes, timeouts) is kept as written; only modes and
-/// order change. The top-level options of `to` apply from step 03 on.
+/// order change. The top-level options of `from` apply to step 02 and those
+/// of `to` from step 03 on, with copy-on-read `copy` in steps 02 to 04.
 ///
 /// # Errors
 ///
@@ -334,6 +394,10 @@ pub fn plan(from: &str, to: &str) -> Result<Vec<Step>, Error> {
     };
     let step = |top: &toml::Table, backends: Vec<toml::Value>| {
         let mut table = top.clone();
+        // While two backends are read, a move by one instance could delete
+        // from "old" what an instance of the neighbouring step reads there
+        // after missing in "new" (03 has no source to ask "new" again for).
+        table.insert("copy_on_read".into(), "copy".into());
         table.insert("backends".into(), toml::Value::Array(backends));
         table.to_string()
     };
@@ -356,4 +420,51 @@ pub fn plan(from: &str, to: &str) -> Result<Vec<Step>, Error> {
         },
         Step { config: to.to_owned(), then: None },
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::from_toml_str(text).unwrap()
+    }
+
+    const OLD: &str = "[[backends]]\nname = \"old\"\nmodes = [\"read\", \"write\"]\nurl = \"redis://10.0.0.1\"\n";
+    const NEW: &str = "[[backends]]\nname = \"new\"\nmodes = [\"read\", \"write\"]\nurl = \"redis://10.0.0.2\"\n";
+
+    #[test]
+    fn every_adjacent_pair_of_a_plan_passes_with_what_its_scripts_establish() {
+        let steps: Vec<Config> = plan(OLD, NEW).unwrap().iter().map(|s| config(&s.config)).collect();
+        let requires = |a: usize, b: usize| {
+            let findings = check(&steps[a], &steps[b]);
+            assert!(!is_unsafe(&findings), "{} -> {}: {findings:#?}", a + 1, b + 1);
+            findings.iter().filter(|f| f.severity == Severity::Requires).count()
+        };
+        assert_eq!(requires(0, 1), 0);
+        assert_eq!(requires(1, 2), 1, "the repair");
+        assert_eq!(requires(2, 3), 0);
+        assert_eq!(requires(3, 4), 2, "old empty, for I2 and I1");
+        // Skipping a step is not safe.
+        assert!(is_unsafe(&check(&steps[0], &steps[2])));
+        assert!(is_unsafe(&check(&steps[1], &steps[3])));
+    }
+
+    #[test]
+    fn store_wide_settings_must_agree() {
+        let steps = plan(OLD, NEW).unwrap();
+        let (a, b) = (&steps[2].config, &steps[3].config);
+        for (setting, invariant) in [("tombstone_ttl = 7200\n", "I1"), ("refuse_late_writes = false\n", "I2")] {
+            let findings = check(&config(&format!("{setting}{a}")), &config(b));
+            let found = findings.iter().any(|f| f.severity == Severity::Unsafe && f.invariant == invariant);
+            assert!(found, "{setting}: {findings:#?}");
+        }
+        // Write policy `any` beside a step that reads another backend first.
+        let any = format!("write_policy = \"any\"\n{}", steps[1].config);
+        let findings = check(&config(&any), &config(a));
+        assert!(findings.iter().any(|f| f.severity == Severity::Unsafe && f.backend == "new"), "{findings:#?}");
+        let moving = b.replace("copy_on_read = \"copy\"", "copy_on_read = \"move\"");
+        let findings = check(&config(a), &config(&moving));
+        assert!(findings.iter().any(|f| f.invariant == "I3" && f.backend == "old"), "{findings:#?}");
+    }
 }

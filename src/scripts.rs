@@ -94,17 +94,18 @@ pub(crate) fn prefix_fits_cluster(prefix: &str) -> bool {
 }
 
 /// `KEYS[1]` session, `KEYS[2]` its tombstone; `ARGV[1]` value, `ARGV[2]`
-/// `PXAT`, `ARGV[3]` deadline (server clock, ms), `ARGV[4]` `1` to get back
-/// the value a key already there holds. `SET NX` unless tombstoned or past
+/// `PXAT`, `ARGV[3]` deadline (server clock, ms), `ARGV[4]` what to do:
+/// `0` copy, `1` copy and hand back the value a key already there holds,
+/// `2` only look (copy-on-read `off`). `SET NX` unless tombstoned or past
 /// the deadline: `1` written, `-1` tombstoned (a logout ran), `-2` too late;
 /// when the key was there (a copy, or a newer save: never overwritten), `0`,
-/// or its value with `ARGV[4]`.
+/// or its value.
 pub(crate) static COPY: Lua = Lua::new(concat!(
     "local t = redis.call('TIME')\n",
     "if t[1] * 1000 + math.floor(t[2] / 1000) > tonumber(ARGV[3]) then return -2 end\n",
     "if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end\n",
-    "if redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2], 'NX') then return 1 end\n",
-    "if ARGV[4] == '1' then return redis.call('GET', KEYS[1]) or 0 end\n",
+    "if ARGV[4] ~= '2' and redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2], 'NX') then return 1 end\n",
+    "if ARGV[4] ~= '0' then return redis.call('GET', KEYS[1]) or 0 end\n",
     "return 0"
 ));
 

@@ -25,16 +25,16 @@
 //!   source, a `save` only overwrites (`XX`) what is there, and `create` uses
 //!   fresh ids. Every other write into a W backend is a copy or a fill, and
 //!   each is one script that writes nothing where a tombstone is
-//!   (`tombstone.rs`). A logout's script removes the session and leaves the
-//!   tombstone atomically, so on each W backend a copy lands either before
-//!   it (and is removed by it) or after it (and is refused), whenever it was
-//!   sent and however often it is retried. The tombstone lives as long as
-//!   the session would have, however long it lived in a source (the logout
-//!   learns that from the source's `DEL` and lengthens the tombstones), and
-//!   at least [`tombstone_ttl`](crate::MultiRedisStoreBuilder::tombstone_ttl):
-//!   a copy landing after that carries an expiry already past. A fill
-//!   carries the save's own expiry, so only a fill held up in flight longer
-//!   than both could land after its tombstone. (I1, I5)
+//!   (`scripts.rs`). A logout's script removes the session and leaves the
+//!   tombstone atomically, on every backend it deletes from, so a copy lands
+//!   either before it (and is removed by it) or after it (and is refused),
+//!   whenever it was sent and however often it is retried. The tombstone
+//!   lives [`tombstone_ttl`](crate::MultiRedisStoreBuilder::tombstone_ttl)
+//!   (an hour by default), and every copy carries a deadline, on the
+//!   server's clock, of half that after the session was read from its source
+//!   (a fill: the save's own deadline, a socket timeout): the read came
+//!   before the logout, so no copy can arrive after its tombstone is gone.
+//!   (I1, I5)
 //! * **Nothing is undone, so nothing newer is deleted.** A copy never has to
 //!   be checked against its source and taken back: a copy whose outcome is
 //!   unknown (timed out, connection killed) is harmless both ways, and may
@@ -77,7 +77,7 @@ use tower_sessions_core::session::{Id, Record};
 use tower_sessions_core::{SessionStore, session_store};
 use tracing::Instrument;
 
-use crate::backend::{BackendHealth, Copied, Counter, Deadline, Node};
+use crate::backend::{BackendHealth, Copied, CopyMode, Counter, Deadline, Node};
 use crate::builder::MultiRedisStoreBuilder;
 use crate::clock;
 use crate::codec;
@@ -337,25 +337,21 @@ impl MultiRedisStore {
         let source = &self.inner.nodes[source];
         let pxat = codec::expiry_millis(record.expiry_date);
         let policy = self.inner.options.copy_on_read;
-        let results = self
-            .fan_out(&self.inner.writers, |w| async move {
-                match policy {
-                    CopyOnRead::Off => w
-                        .tombstoned(sid, deadline)
-                        .await
-                        .map(|t| if t { Copied::Tombstoned } else { Copied::Present(None) }),
-                    _ => w.copy(sid, bytes, pxat, read_at, true, deadline).await,
-                }
-            })
-            .await;
+        let mode = match policy {
+            CopyOnRead::Off => CopyMode::Look,
+            _ => CopyMode::CopyAndShow,
+        };
+        let results = self.fan_out(&self.inner.writers, |w| w.copy(sid, bytes, pxat, read_at, mode, deadline)).await;
         let mut held_by_every_writer = true;
         let mut failures = Vec::new();
-        let mut newer = None;
+        let mut newer = None; // a W backend's copy, where it differs from the source's
         for (w, result) in results {
             match result {
                 Ok(Copied::Written) => w.count(Counter::Copy),
                 Ok(Copied::Present(existing)) => {
-                    if newer.is_none() && existing.as_deref().is_some_and(|e| e != bytes) {
+                    // The first that `load` itself reads (W keeps read order):
+                    // a write-only backend's copy may lag.
+                    if newer.is_none() && w.modes.can_read() && existing.as_deref().is_some_and(|e| e != bytes) {
                         newer = existing.map(|e| (w, e));
                     }
                 }

@@ -284,22 +284,26 @@ async fn the_migrators_late_copies_never_bring_back_a_logout() {
 async fn a_source_listed_first_never_hides_a_newer_save() {
     let servers = servers(2);
     let (new, old) = (&servers[0], &servers[1]);
-    // The source first: every load finds the session there, where it never
-    // changes; the copy in "new" holds the saves, and is what must be served.
-    let store = MultiRedisStore::builder()
-        .backend(Backend::url("old", old.url()).modes(Modes::READ_DELETE))
-        .backend(Backend::url("new", new.url()))
-        .build()
-        .await
-        .unwrap();
-    let mut rec = record("ada");
-    rec.data.insert("v".into(), serde_json::json!(1));
-    in_old(old, &rec).await;
-    assert_eq!(store.load(&rec.id).await.unwrap().as_ref().and_then(version), Some(1));
-    let mut v2 = rec.clone();
-    v2.data.insert("v".into(), serde_json::json!(2));
-    store.save(&v2).await.unwrap();
-    assert_eq!(store.load(&rec.id).await.unwrap().as_ref().and_then(version), Some(2), "the save was hidden");
+    for policy in [CopyOnRead::Copy, CopyOnRead::Off] {
+        // The source first: every load finds the session there, where it never
+        // changes; "new" holds the saves, and is what must be served.
+        let store = MultiRedisStore::builder()
+            .backend(Backend::url("old", old.url()).modes(Modes::READ_DELETE))
+            .backend(Backend::url("new", new.url()))
+            .copy_on_read(policy)
+            .build()
+            .await
+            .unwrap();
+        let mut rec = record("ada");
+        rec.data.insert("v".into(), serde_json::json!(1));
+        in_old(old, &rec).await;
+        assert_eq!(store.load(&rec.id).await.unwrap().as_ref().and_then(version), Some(1));
+        let mut v2 = rec.clone();
+        v2.data.insert("v".into(), serde_json::json!(2));
+        store.save(&v2).await.unwrap();
+        let loaded = store.load(&rec.id).await.unwrap();
+        assert_eq!(loaded.as_ref().and_then(version), Some(2), "{policy:?}: the save was hidden");
+    }
 }
 
 #[tokio::test]
