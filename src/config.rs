@@ -46,8 +46,11 @@
 //!
 //! Unknown keys and unknown modes are errors that give the line. In the seed
 //! shape, `null` and `""` mean "not set", an entry without host, socket or URL
-//! means `localhost:6379` (as in django-redis-sessions), and
-//! `SESSION_REDIS_PREFIX` is used as-is.
+//! means `localhost:6379` (as in django-redis-sessions), a prefix `p` means
+//! keys `p:<id>` (django-redis-sessions' layout: sessions that Django app
+//! wrote load unchanged), and as there a `SESSION_REDIS_URL` wins over the
+//! host, port, db, password and unix socket, and a unix socket over host and
+//! port; what it overrides is ignored with a logged warning.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -474,20 +477,40 @@ impl BackendConfig {
     }
 }
 
-/// `"host:port"` strings (the port defaulting to `default_port`).
+/// `"host:port"` strings (the port defaulting to `default_port`); an IPv6
+/// address in brackets, `[::1]:26379` or `[::1]`. A bare IPv6 address is
+/// ambiguous (is `fe80::1` host `fe80:` port 1?) and refused.
 fn host_ports(
     backend: Option<&str>,
     field: &'static str,
     list: &[String],
     default_port: u16,
 ) -> Result<Vec<(String, u16)>, Error> {
+    let bad = |s: &str, why: &str| Error::config(backend, field, format!("`{s}` {why}"));
     list.iter()
-        .map(|s| match s.rsplit_once(':') {
-            None => Ok((s.clone(), default_port)),
-            Some((host, port)) => port
-                .parse::<u16>()
-                .map(|port| (host.to_owned(), port))
-                .map_err(|_| Error::config(backend, field, format!("`{s}` is not host:port"))),
+        .map(|s| {
+            let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+                let (host, after) = rest.split_once(']').ok_or_else(|| bad(s, "lacks its closing `]`"))?;
+                match after {
+                    "" => (host, None),
+                    _ => (host, Some(after.strip_prefix(':').ok_or_else(|| bad(s, "is not [host]:port"))?)),
+                }
+            } else if s.matches(':').count() > 1 {
+                return Err(bad(s, "is ambiguous: write an IPv6 address in brackets, `[::1]:26379`"));
+            } else {
+                match s.split_once(':') {
+                    Some((host, port)) => (host, Some(port)),
+                    None => (s.as_str(), None),
+                }
+            };
+            if host.is_empty() {
+                return Err(bad(s, "has no host"));
+            }
+            let port = match port {
+                Some(port) => port.parse::<u16>().map_err(|_| bad(s, "is not host:port"))?,
+                None => default_port,
+            };
+            Ok((host.to_owned(), port))
         })
         .collect()
 }
@@ -604,25 +627,54 @@ impl SeedEntry {
             NameOrNumber::Number(n) => n.to_string(),
         };
         let members = s.session_redis_pool.map(|pool| pool.into_iter().map(SeedPoolMember::into_member).collect());
-        let sentinels: Option<Vec<String>> =
-            s.session_redis_sentinel_list.map(|list| list.into_iter().map(|(h, p)| format!("{h}:{p}")).collect());
+        let sentinels: Option<Vec<String>> = s.session_redis_sentinel_list.map(|list| {
+            list.into_iter()
+                .map(|(h, p)| if h.contains(':') { format!("[{h}]:{p}") } else { format!("{h}:{p}") })
+                .collect()
+        });
         let url = set(s.session_redis_url);
-        let unix_socket = s.session_redis_unix_domain_socket_path.filter(|p| !p.as_os_str().is_empty());
+        let mut unix_socket = s.session_redis_unix_domain_socket_path.filter(|p| !p.as_os_str().is_empty());
         let mut host = set(s.session_redis_host);
+        let mut port = s.session_redis_port;
+        let (mut db, mut password) = (s.session_redis_db, set(s.session_redis_password));
+        // django-redis-sessions' precedence: the URL, else the unix socket, else host and port.
+        let ignored = |what: &str, by: &str| tracing::warn!(backend = %name, "{what} is ignored: {by} is given");
+        if url.is_some() {
+            for (what, given) in [
+                ("SESSION_REDIS_HOST", host.take().is_some()),
+                ("SESSION_REDIS_PORT", port.take().is_some()),
+                ("SESSION_REDIS_DB", db.take().is_some()),
+                ("SESSION_REDIS_PASSWORD", password.take().is_some()),
+                ("SESSION_REDIS_UNIX_DOMAIN_SOCKET_PATH", unix_socket.take().is_some()),
+            ] {
+                if given {
+                    ignored(what, "SESSION_REDIS_URL");
+                }
+            }
+        } else if unix_socket.is_some() {
+            for (what, given) in
+                [("SESSION_REDIS_HOST", host.take().is_some()), ("SESSION_REDIS_PORT", port.take().is_some())]
+            {
+                if given {
+                    ignored(what, "SESSION_REDIS_UNIX_DOMAIN_SOCKET_PATH");
+                }
+            }
+        }
         if url.is_none() && unix_socket.is_none() && host.is_none() && members.is_none() && sentinels.is_none() {
             host = Some("localhost".to_owned());
         }
         BackendConfig {
             name,
             modes: self.modes,
-            port: if host.is_some() { s.session_redis_port } else { None },
+            port: if host.is_some() { port } else { None },
             url,
             host,
             unix_socket,
-            db: s.session_redis_db,
+            db,
             username: set(s.session_redis_username),
-            password: set(s.session_redis_password),
-            prefix: set(s.session_redis_prefix),
+            password,
+            // django-redis-sessions stores a session under `prefix:key`.
+            prefix: set(s.session_redis_prefix).map(|p| format!("{p}:")),
             socket_timeout: s.session_redis_socket_timeout,
             retry_on_timeout: s.session_redis_retry_on_timeout,
             tcp_nodelay: None,

@@ -165,6 +165,9 @@ pub struct Report {
     pub corrupt_keys: Vec<String>,
     /// Sessions that failed (at most `max_listed`).
     pub failures: Vec<KeyFailure>,
+    /// Why the run stopped before the end of the scan, when the source could
+    /// not be scanned mid-way (`progress.cursor` resumes it).
+    pub stopped_by: Option<String>,
 }
 
 impl Report {
@@ -329,8 +332,10 @@ impl Migrator {
     ///
     /// # Errors
     ///
-    /// Only when the source cannot be scanned; per-session problems are
-    /// counted in the [`Report`].
+    /// Only when the source cannot be scanned at the start; a scan that fails
+    /// later ends the run with a [`Report`] saying why
+    /// ([`stopped_by`](Report::stopped_by)) and where to resume. Per-session
+    /// problems are counted in the report.
     pub async fn run<P, S>(&self, mut on_progress: P, shutdown: S) -> Result<Report, Error>
     where
         P: FnMut(&Progress),
@@ -344,6 +349,7 @@ impl Migrator {
                 dry_run: self.options.dry_run,
                 corrupt_keys: Vec::new(),
                 failures: Vec::new(),
+                stopped_by: None,
             },
             previous: HashSet::new(),
             max_listed: self.options.max_listed,
@@ -373,7 +379,14 @@ impl Migrator {
             if shutdown.as_mut().now_or_never().is_some() {
                 break; // the batch read ahead is dropped; the cursor still points at it
             }
-            read = next_batch?;
+            read = match next_batch {
+                Ok(batch) => batch,
+                Err(err) => {
+                    // What was done stands, and the cursor resumes the rest.
+                    run.report.stopped_by = Some(err.to_string());
+                    break;
+                }
+            };
             if let Some(rate) = self.options.rate_limit {
                 let handled = run.report.progress.scanned as f64;
                 let due = Duration::from_secs_f64(handled / f64::from(rate));

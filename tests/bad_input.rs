@@ -217,7 +217,10 @@ async fn the_seed_shape_loads_unchanged() {
     assert_eq!(names, ["0:read+write", "1:read+delete"]);
     let mut rec = record("seed");
     store.create(&mut rec).await.unwrap();
-    assert!(raw_get(&servers[0], &format!("ds_{}", rec.id)).await.is_some());
+    assert!(
+        raw_get(&servers[0], &format!("ds_:{}", rec.id)).await.is_some(),
+        "django-redis-sessions' layout, prefix:id"
+    );
     common::acceptance(&store, "seed config").await;
 
     // The plain list form (no wrapping object) too.
@@ -258,4 +261,55 @@ async fn no_public_type_prints_a_password() {
         assert!(!text.contains(secret), "password printed: {text}");
     }
     assert!(printed[printed.len() - 2].contains("backend `locked`"), "{}", printed[printed.len() - 2]);
+}
+
+#[test]
+fn ipv6_sentinels_and_cluster_seeds_take_brackets_and_a_bare_one_is_refused() {
+    use tower_sessions_multi_redis_store::Address;
+    let backend = |list: &str| {
+        let text = format!(
+            "[[backends]]\nname = \"ha\"\nmodes = [\"read\", \"write\"]\nsentinels = [{list}]\nmaster = \"m\"\n"
+        );
+        Config::from_toml_str(&text).and_then(|c| c.into_builder()).map(|_| ()).map_err(|e| e.to_string())
+    };
+    let address = |list: &str| {
+        let text = format!(
+            "[[backends]]\nname = \"ha\"\nmodes = [\"read\", \"write\"]\nsentinels = [{list}]\nmaster = \"m\"\n"
+        );
+        let config = Config::from_toml_str(&text).unwrap();
+        match config.backends[0].clone().into_backend().unwrap().address().clone() {
+            Address::Sentinel { sentinels, .. } => sentinels,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(address("\"[::1]:26380\", \"[fe80::1]\""), [("::1".to_owned(), 26380), ("fe80::1".to_owned(), 26379)]);
+    assert_eq!(address("\"10.0.0.1:26381\", \"h\""), [("10.0.0.1".to_owned(), 26381), ("h".to_owned(), 26379)]);
+    let err = backend("\"fe80::1\"").unwrap_err();
+    assert!(err.contains("backend `ha`, field `sentinels`") && err.contains("in brackets"), "{err}");
+    for bad in ["\"[::1\"", "\"[::1]x\"", "\"[]:1\"", "\":1\"", "\"h:99999\""] {
+        let err = backend(bad).unwrap_err();
+        assert!(err.contains("field `sentinels`"), "{bad}: {err}");
+    }
+}
+
+/// As in django-redis-sessions, `SESSION_REDIS_URL` wins over host, port, db
+/// and password (which are ignored, with a warning).
+#[tokio::test]
+async fn in_the_seed_shape_the_url_wins_over_host_port_db_and_password() {
+    let server = &servers(1)[0];
+    let text = format!(
+        r#"[{{"backend": "0", "modes": ["read", "write"],
+             "setting": {{"SESSION_REDIS_URL": "redis://127.0.0.1:{}/2", "SESSION_REDIS_HOST": "nowhere.invalid",
+                         "SESSION_REDIS_PORT": 1, "SESSION_REDIS_DB": 5, "SESSION_REDIS_PASSWORD": "ignored",
+                         "SESSION_REDIS_PREFIX": "session"}}}}]"#,
+        server.port()
+    );
+    let path = write_file(".json", &text);
+    let store = MultiRedisStore::from_config_file(&path).await.unwrap();
+    let mut rec = record("ada");
+    store.create(&mut rec).await.unwrap();
+    let mut db2 = server.client().unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SELECT").arg(2).query_async(&mut db2).await.unwrap();
+    let found: bool = redis::cmd("EXISTS").arg(format!("session:{}", rec.id)).query_async(&mut db2).await.unwrap();
+    assert!(found, "in the URL's db 2, under `session:<id>`");
 }

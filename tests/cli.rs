@@ -219,3 +219,28 @@ async fn plan_writes_steps_that_check_accepts_and_whose_scripts_run() {
     assert!(common::session_keys(old).await.is_empty());
     assert_eq!(common::session_keys(new).await.len(), 20);
 }
+
+/// A source that goes away: before the run, exit 3 (not 2: the arguments
+/// were fine); mid-run, the report of what was done and the cursor, exit 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_source_exits_3_and_a_scan_failing_mid_run_prints_the_cursor() {
+    let mut servers = servers(2);
+    fill(&servers[1], 300).await;
+    let file = config(&servers[0], &servers[1]);
+    let path = file.path().to_str().unwrap().to_owned();
+    let run = {
+        let path = path.clone();
+        std::thread::spawn(move || cli(&["migrate", "--config", &path, "--move", "--batch", "10", "--rate", "300"]))
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    servers[1].kill();
+    let out = run.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(text.contains("stopped after") && text.contains("resume with --cursor"), "{text}");
+    assert!(!text.contains("copied 0 "), "what was done is reported: {text}");
+
+    let gone = cli(&["migrate", "--config", &path]);
+    assert_eq!(gone.status.code(), Some(3), "{gone:?}");
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("backend `old`"), "{gone:?}");
+}

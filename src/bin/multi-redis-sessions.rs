@@ -2,8 +2,7 @@
 //! `MultiRedisStore` configuration. Parses arguments and draws progress; the
 //! work is done by the library (`Migrator`, `MultiRedisStore::stats`).
 //!
-//! Exit codes: 0 done and clean; 1 some session failed, was corrupt, or is
-//! missing (verify), or the run was interrupted; 2 bad arguments or configuration.
+//! Exit codes (also in `--help`): see [`EXIT_CODES`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,9 +14,18 @@ use tower_sessions_multi_redis_store::{
     BackendStats, DEFAULT_BATCH_SIZE, Error, MigrateOptions, Migrator, MultiRedisStore, Progress, Report,
 };
 
+/// What each exit code means.
+const EXIT_CODES: &str = "Exit codes:
+  0  done, and clean
+  1  done, but not clean: a session failed or was corrupt, `verify` found sessions missing or different
+     (or, with --empty, left), `check` found the two configurations unsafe side by side
+  2  bad arguments or configuration: nothing was touched
+  3  a backend could not be reached or read; what was done is printed, with the cursor to resume from
+  4  interrupted (Ctrl-C); what was done is printed, with the cursor to resume from";
+
 /// Move, check and count the sessions of a MultiRedisStore configuration.
 #[derive(Parser)]
-#[command(name = "multi-redis-sessions", version)]
+#[command(name = "multi-redis-sessions", version, after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -135,7 +143,12 @@ async fn main() -> ExitCode {
             } else {
                 eprintln!("error: {err}");
             }
-            ExitCode::from(2)
+            // A configuration problem touched nothing; anything else is a
+            // backend that could not be reached or read.
+            match err {
+                Error::Config { .. } | Error::ConfigFile { .. } => ExitCode::from(2),
+                _ => ExitCode::from(3),
+            }
         }
     }
 }
@@ -221,7 +234,12 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode, Error> {
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     print_report(&report, elapsed, json);
-    Ok(if report.finished && report.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(match (&report.stopped_by, report.finished) {
+        (Some(_), _) => ExitCode::from(3),
+        (None, false) => ExitCode::from(4),
+        (None, true) if report.is_clean() => ExitCode::SUCCESS,
+        (None, true) => ExitCode::from(1),
+    })
 }
 
 fn print_report(report: &Report, elapsed: f64, json: bool) {
@@ -239,6 +257,8 @@ fn print_report(report: &Report, elapsed: f64, json: bool) {
             "finished in {elapsed:.1}s ({rate:.0} keys/s){}",
             if report.dry_run { ", dry run: nothing written" } else { "" }
         );
+    } else if let Some(why) = &report.stopped_by {
+        println!("stopped after {elapsed:.1}s: {why}; resume with --cursor {}", p.cursor);
     } else {
         println!("interrupted after {elapsed:.1}s; resume with --cursor {}", p.cursor);
     }
