@@ -49,7 +49,7 @@ pub struct MultiRedisStoreBuilder {
     deadline: Option<Duration>,
     create_attempts: Option<usize>,
     tombstone_ttl: Option<Duration>,
-    keep_late_writes: bool,
+    refuse_late_writes: Option<bool>,
 }
 
 impl MultiRedisStoreBuilder {
@@ -121,7 +121,7 @@ impl MultiRedisStoreBuilder {
     /// (`BENCHMARKS.md`). Turn it off only with a single app instance, or
     /// when losing a change after a timeout is acceptable.
     pub fn refuse_late_writes(mut self, refuse: bool) -> Self {
-        self.keep_late_writes = !refuse;
+        self.refuse_late_writes = Some(refuse);
         self
     }
 
@@ -220,7 +220,7 @@ impl MultiRedisStoreBuilder {
     /// [`Error::Config`] naming the backend and the field at fault.
     pub async fn build(self) -> Result<MultiRedisStore, Error> {
         self.validate()?;
-        let refuse_late_writes = !self.keep_late_writes;
+        let refuse_late_writes = self.refuse_late_writes.unwrap_or(true);
         let tombstone_ttl = self.tombstone_ttl.unwrap_or(DEFAULT_TOMBSTONE_TTL);
         let nodes = self
             .backends

@@ -550,56 +550,6 @@ impl Migrator {
         }
     }
 
-    /// Lists the live sessions of the source that a target lacks or holds
-    /// with other bytes. Reads only.
-    ///
-    /// # Errors
-    ///
-    /// When a backend cannot be read.
-    pub async fn verify(&self) -> Result<VerifyReport, Error> {
-        let source = self.source_node();
-        let targets = self.target_nodes();
-        let mut report = VerifyReport::default();
-        let mut cursor = 0;
-        loop {
-            let (next, keys) = source.scan(cursor, self.options.batch_size).await?;
-            let ids: Vec<&str> =
-                keys.iter().filter_map(|k| source.id_of(k)).filter(|id| Id::from_str(id).is_ok()).collect();
-            if !ids.is_empty() {
-                let here: Vec<Option<Vec<u8>>> = batch_of(source, "GET", ids.iter().copied()).await?;
-                let mut there = Vec::new();
-                for t in &targets {
-                    there.push(batch_of::<Option<Vec<u8>>>(t, "GET", ids.iter().copied()).await?);
-                }
-                for (i, value) in here.iter().enumerate() {
-                    let Some(bytes) = value else { continue };
-                    if !codec::decode(bytes).is_ok_and(|r| codec::is_live(&r)) {
-                        continue;
-                    }
-                    report.checked += 1;
-                    let key = source.key(ids[i]);
-                    if there.iter().any(|values| values[i].is_none()) {
-                        report.missing += 1;
-                        if report.missing_keys.len() < self.options.max_listed {
-                            report.missing_keys.push(key);
-                        }
-                    } else if there.iter().any(|values| values[i].as_ref() != Some(bytes)) {
-                        report.different += 1;
-                        if report.different_keys.len() < self.options.max_listed {
-                            report.different_keys.push(key);
-                        }
-                    }
-                }
-            }
-            cursor = next;
-            if cursor == 0 {
-                return Ok(report);
-            }
-        }
-    }
-}
-
-impl Migrator {
     /// Deletes from the one target every session that the source does not
     /// hold with the same bytes: the step of a migration plan (`plan.rs`)
     /// after which a backend that was only written (a shadow) may be read.
@@ -655,6 +605,54 @@ impl Migrator {
                     report.removed += removed.iter().sum::<u64>();
                     for id in stale.iter().take(self.options.max_listed.saturating_sub(report.removed_keys.len())) {
                         report.removed_keys.push(target.key(*id));
+                    }
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// Lists the live sessions of the source that a target lacks or holds
+    /// with other bytes. Reads only.
+    ///
+    /// # Errors
+    ///
+    /// When a backend cannot be read.
+    pub async fn verify(&self) -> Result<VerifyReport, Error> {
+        let source = self.source_node();
+        let targets = self.target_nodes();
+        let mut report = VerifyReport::default();
+        let mut cursor = 0;
+        loop {
+            let (next, keys) = source.scan(cursor, self.options.batch_size).await?;
+            let ids: Vec<&str> =
+                keys.iter().filter_map(|k| source.id_of(k)).filter(|id| Id::from_str(id).is_ok()).collect();
+            if !ids.is_empty() {
+                let here: Vec<Option<Vec<u8>>> = batch_of(source, "GET", ids.iter().copied()).await?;
+                let mut there = Vec::new();
+                for t in &targets {
+                    there.push(batch_of::<Option<Vec<u8>>>(t, "GET", ids.iter().copied()).await?);
+                }
+                for (i, value) in here.iter().enumerate() {
+                    let Some(bytes) = value else { continue };
+                    if !codec::decode(bytes).is_ok_and(|r| codec::is_live(&r)) {
+                        continue;
+                    }
+                    report.checked += 1;
+                    let key = source.key(ids[i]);
+                    if there.iter().any(|values| values[i].is_none()) {
+                        report.missing += 1;
+                        if report.missing_keys.len() < self.options.max_listed {
+                            report.missing_keys.push(key);
+                        }
+                    } else if there.iter().any(|values| values[i].as_ref() != Some(bytes)) {
+                        report.different += 1;
+                        if report.different_keys.len() < self.options.max_listed {
+                            report.different_keys.push(key);
+                        }
                     }
                 }
             }

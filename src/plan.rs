@@ -95,8 +95,17 @@ impl fmt::Display for Finding {
 /// One configuration as [`check`] sees it: names and modes, in read order.
 struct Shape<'a> {
     label: &'a str,
-    backends: Vec<(&'a str, bool, bool, bool)>, // name, read, write, delete
+    backends: Vec<Role<'a>>,
     config: &'a Config,
+}
+
+/// One backend of a [`Shape`]: its name and what the configuration does with it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Role<'a> {
+    name: &'a str,
+    read: bool,
+    write: bool,
+    delete: bool,
 }
 
 impl<'a> Shape<'a> {
@@ -107,26 +116,26 @@ impl<'a> Shape<'a> {
             .map(|b| {
                 let has = |m: Mode| b.modes.contains(&m);
                 let write = has(Mode::Write);
-                (b.name.as_str(), has(Mode::Read), write, write || has(Mode::Delete))
+                Role { name: b.name.as_str(), read: has(Mode::Read), write, delete: write || has(Mode::Delete) }
             })
             .collect();
         Shape { label, backends, config }
     }
 
     fn reads(&self) -> impl Iterator<Item = &'a str> + '_ {
-        self.backends.iter().filter(|b| b.1).map(|b| b.0)
+        self.backends.iter().filter(|b| b.read).map(|b| b.name)
     }
 
     fn writes(&self, name: &str) -> bool {
-        self.backends.iter().any(|b| b.0 == name && b.2)
+        self.backends.iter().any(|b| b.name == name && b.write)
     }
 
     fn reads_backend(&self, name: &str) -> bool {
-        self.backends.iter().any(|b| b.0 == name && b.1)
+        self.backends.iter().any(|b| b.name == name && b.read)
     }
 
     fn deletes(&self, name: &str) -> bool {
-        self.backends.iter().any(|b| b.0 == name && b.3)
+        self.backends.iter().any(|b| b.name == name && b.delete)
     }
 
     fn is_source(&self, name: &str) -> bool {
@@ -160,7 +169,8 @@ pub fn check(a: &Config, b: &Config) -> Vec<Finding> {
     settings(&a, &b, &mut findings);
     beside(&a, &b, &mut findings);
     beside(&b, &a, &mut findings);
-    findings.dedup_by(|x, y| x.message == y.message && x.backend == y.backend);
+    let mut seen = std::collections::HashSet::new();
+    findings.retain(|f| seen.insert((f.backend.clone(), f.message.clone())));
     findings
 }
 
@@ -170,7 +180,7 @@ fn same(a: &Shape<'_>, b: &Shape<'_>) -> bool {
 
 /// The first backend a configuration reads that it also writes.
 fn first<'a>(s: &Shape<'a>) -> &'a str {
-    s.backends.iter().find(|b| b.1 && b.2).map_or("-", |b| b.0)
+    s.backends.iter().find(|b| b.read && b.write).map_or("-", |b| b.name)
 }
 
 /// Store-wide settings that must agree between two configurations.
@@ -206,16 +216,16 @@ fn settings(a: &Shape<'_>, b: &Shape<'_>, out: &mut Vec<Finding>) {
                 ),
             ));
         }
-        if y.config.copy_on_read == CopyOnRead::Move && !x.backends.iter().any(|b| b.1 && !b.2) {
-            for source in y.backends.iter().filter(|b| b.1 && !b.2 && x.reads_backend(b.0)) {
+        if y.config.copy_on_read == CopyOnRead::Move && !x.backends.iter().any(|b| b.read && !b.write) {
+            for source in y.backends.iter().filter(|b| b.read && !b.write && x.reads_backend(b.name)) {
                 out.push(finding(
                     Severity::Unsafe,
                     "I3",
-                    source.0,
+                    source.name,
                     format!(
                         "{} moves sessions out of `{}` on read, which {} reads without a second look at the \
                          backends they move to",
-                        y.label, source.0, x.label
+                        y.label, source.name, x.label
                     ),
                 ));
             }
@@ -230,7 +240,7 @@ fn finding(severity: Severity, invariant: &'static str, backend: &str, message: 
 /// Hazards of one configuration alone.
 fn own_hazards(x: &Shape<'_>, out: &mut Vec<Finding>) {
     let mut seen_source = None;
-    for &(name, read, write, _) in &x.backends {
+    for &Role { name, read, write, .. } in &x.backends {
         if read && !write && seen_source.is_none() {
             seen_source = Some(name);
         }
@@ -257,7 +267,7 @@ fn beside(x: &Shape<'_>, y: &Shape<'_>, out: &mut Vec<Finding>) {
     let (xl, yl) = (x.label, y.label);
     // I3: what y creates must be where x looks.
     if !x.reads().any(|r| y.writes(r)) {
-        let first = y.backends.iter().find(|b| b.2).map_or("-", |b| b.0);
+        let first = y.backends.iter().find(|b| b.write).map_or("-", |b| b.name);
         out.push(finding(
             Severity::Unsafe,
             "I3",
@@ -327,7 +337,7 @@ fn beside(x: &Shape<'_>, y: &Shape<'_>, out: &mut Vec<Finding>) {
         }
     }
     // I1: y's copies and fills must meet x's tombstones, wherever anyone reads.
-    for &(name, _, write, _) in &y.backends {
+    for &Role { name, write, .. } in &y.backends {
         if write && !x.deletes(name) && (x.reads_backend(name) || y.reads_backend(name)) {
             out.push(finding(
                 Severity::Unsafe,

@@ -344,15 +344,15 @@ impl MultiRedisStore {
         let results = self.fan_out(&self.inner.writers, |w| w.copy(sid, bytes, pxat, read_at, mode, deadline)).await;
         let mut held_by_every_writer = true;
         let mut failures = Vec::new();
-        let mut newer = None; // a W backend's copy, where it differs from the source's
+        let mut held = None; // a W backend's copy, where it differs from the source's
         for (w, result) in results {
             match result {
                 Ok(Copied::Written) => w.count(Counter::Copy),
                 Ok(Copied::Present(existing)) => {
                     // The first that `load` itself reads (W keeps read order):
                     // a write-only backend's copy may lag.
-                    if newer.is_none() && w.modes.can_read() && existing.as_deref().is_some_and(|e| e != bytes) {
-                        newer = existing.map(|e| (w, e));
+                    if held.is_none() && w.modes.can_read() && existing.as_deref().is_some_and(|e| e != bytes) {
+                        held = existing.map(|e| (w, e));
                     }
                 }
                 Ok(Copied::Tombstoned) => {
@@ -376,7 +376,7 @@ impl MultiRedisStore {
                 tracing::debug!(error = %err, "copy-on-read move: the source keeps its copy for now");
             }
         }
-        match newer {
+        match held {
             Some((w, existing)) => match codec::decode(&existing) {
                 Ok(record) if codec::is_live(&record) => Ok(Some(record)),
                 Ok(_) => Ok(None),
