@@ -694,8 +694,19 @@ impl Node {
     /// A partitioned backend is walked member after member; the member is
     /// kept in the top 8 bits of the cursor.
     pub(crate) async fn scan(&self, cursor: u64, count: usize) -> Result<(u64, Vec<String>), Error> {
-        let mut pattern = String::with_capacity(self.prefix.len() + 1);
-        for c in self.prefix.chars() {
+        self.scan_after_prefix(cursor, count, "").await
+    }
+
+    /// `SCAN cursor MATCH <prefix><tail>*`, prefix and `tail` taken literally
+    /// (glob characters escaped).
+    pub(crate) async fn scan_after_prefix(
+        &self,
+        cursor: u64,
+        count: usize,
+        tail: &str,
+    ) -> Result<(u64, Vec<String>), Error> {
+        let mut pattern = String::with_capacity(self.prefix.len() + tail.len() + 1);
+        for c in self.prefix.chars().chain(tail.chars()) {
             if matches!(c, '*' | '?' | '[' | ']' | '\\') {
                 pattern.push('\\');
             }
@@ -1052,6 +1063,15 @@ impl Node {
         let keep = self.tombstone_ttl.as_millis().max(1).to_string();
         // Boxed, as every rare path: keeps `delete`'s future small.
         let _: i64 = Box::pin(self.run_script("LOGOUT", &LOGOUT, id, true, &[keep.as_bytes()], deadline)).await?;
+        Ok(())
+    }
+
+    /// `SET <prefix><id> value PX ttl`: an instance's announcement (`announce.rs`).
+    pub(crate) async fn announce(&self, id: &str, value: &str, ttl: Duration) -> Result<(), Error> {
+        let (key, member) = self.route(id);
+        let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let cmd = redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ttl).to_owned();
+        let _: Value = self.run("SET", member, &cmd, true, None).await?;
         Ok(())
     }
 

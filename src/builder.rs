@@ -50,6 +50,7 @@ pub struct MultiRedisStoreBuilder {
     create_attempts: Option<usize>,
     tombstone_ttl: Option<Duration>,
     refuse_late_writes: Option<bool>,
+    announce: Option<bool>,
 }
 
 impl MultiRedisStoreBuilder {
@@ -122,6 +123,16 @@ impl MultiRedisStoreBuilder {
     /// when losing a change after a timeout is acceptable.
     pub fn refuse_late_writes(mut self, refuse: bool) -> Self {
         self.refuse_late_writes = Some(refuse);
+        self
+    }
+
+    /// Whether the store announces its configuration's fingerprint in its
+    /// backends, so that `multi-redis-sessions status` and
+    /// [`MultiRedisStore::live_configurations`] show which configurations run
+    /// and how many instances run each (default `true`; one `SET` per backend
+    /// it writes or deletes from, every five seconds).
+    pub fn announce(mut self, announce: bool) -> Self {
+        self.announce = Some(announce);
         self
     }
 
@@ -227,7 +238,7 @@ impl MultiRedisStoreBuilder {
             .iter()
             .map(|b| Node::connect(b, refuse_late_writes, tombstone_ttl))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(MultiRedisStore::from_nodes(
+        let store = MultiRedisStore::from_nodes(
             nodes,
             Options {
                 copy_on_read: self.copy_on_read,
@@ -235,7 +246,13 @@ impl MultiRedisStoreBuilder {
                 write_policy: self.write_policy,
                 deadline: self.deadline,
                 create_attempts: self.create_attempts.unwrap_or(DEFAULT_CREATE_ATTEMPTS),
+                refuse_late_writes,
+                tombstone_ttl,
             },
-        ))
+        );
+        if self.announce.unwrap_or(true) {
+            crate::announce::start(&store);
+        }
+        Ok(store)
     }
 }

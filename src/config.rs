@@ -86,6 +86,8 @@ pub struct Config {
     pub tombstone_ttl: Option<f64>,
     /// Whether the server refuses a save once its sender gave up on it (default true).
     pub refuse_late_writes: Option<bool>,
+    /// Whether instances announce their configuration's fingerprint (default true).
+    pub announce: Option<bool>,
     /// The backends, in order.
     pub backends: Vec<BackendConfig>,
 }
@@ -338,6 +340,7 @@ impl Config {
             deadline: None,
             tombstone_ttl: None,
             refuse_late_writes: None,
+            announce: None,
             backends: seed.into_iter().map(SeedEntry::into_backend_config).collect(),
         })
     }
@@ -355,6 +358,9 @@ impl Config {
             .write_policy(self.write_policy);
         if let Some(seconds) = self.deadline {
             builder = builder.deadline(seconds_field(None, "deadline", seconds)?);
+        }
+        if let Some(announce) = self.announce {
+            builder = builder.announce(announce);
         }
         if let Some(refuse) = self.refuse_late_writes {
             builder = builder.refuse_late_writes(refuse);

@@ -24,6 +24,8 @@
 //! * `migrate`: [`Migrator`], the bulk migrator (and `verify`, `repair`) behind the CLI;
 //! * [`plan`]: migration plans for rolling deploys, and `check` of two configurations;
 //! * `stats`: [`BackendStats`], reachability, round trip and session count per backend;
+//! * `announce`: each instance's configuration fingerprint in the backends
+//!   ([`LiveConfiguration`]), to see when a rolling deploy finished;
 //! * `redact`: passwords out of URLs for `Debug`, errors and logs;
 //! * `testing` (feature `test-util`): throwaway `redis-server` processes and sentinels;
 //! * `bin/multi-redis-sessions` (feature `cli`): migrate, verify, stats.
@@ -65,6 +67,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::panic, clippy::print_stdout, clippy::print_stderr))]
 
+mod announce;
 mod backend;
 mod breaker;
 mod builder;
@@ -85,6 +88,7 @@ mod store;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
+pub use announce::{ANNOUNCE_EVERY, ANNOUNCE_TTL, LiveConfiguration};
 pub use backend::{Address, Backend, BackendCounters, BackendHealth, DEFAULT_SOCKET_TIMEOUT};
 pub use breaker::{BreakerConfig, BreakerState, DEFAULT_COOL_DOWN, DEFAULT_FAILURE_THRESHOLD};
 pub use builder::{

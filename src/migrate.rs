@@ -402,7 +402,7 @@ impl Migrator {
     async fn read(&self, cursor: u64) -> Result<ReadBatch, Error> {
         let source = self.source_node();
         let (next, mut keys) = source.scan(cursor, self.options.batch_size).await?;
-        keys.retain(|k| !scripts::is_tombstone(k));
+        keys.retain(|k| !scripts::is_internal(k));
         let mut batch = ReadBatch { next, scanned: keys.len() as u64, ..ReadBatch::default() };
         let keys: Vec<String> =
             keys.into_iter().filter(|k| source.id_of(k).is_some_and(|id| Id::from_str(id).is_ok())).collect();
@@ -586,7 +586,7 @@ impl Migrator {
             let (next, keys) = target.scan(cursor, self.options.batch_size).await?;
             let ids: Vec<&str> = keys
                 .iter()
-                .filter(|k| !scripts::is_tombstone(k))
+                .filter(|k| !scripts::is_internal(k))
                 .filter_map(|k| target.id_of(k))
                 .filter(|id| Id::from_str(id).is_ok())
                 .collect();

@@ -78,6 +78,12 @@ pub(crate) fn is_tombstone(key: &str) -> bool {
     key.ends_with(TOMBSTONE_SUFFIX)
 }
 
+/// Whether a key found by `SCAN` is the store's own (a tombstone, an
+/// instance's announcement), not a session.
+pub(crate) fn is_internal(key: &str) -> bool {
+    is_tombstone(key) || key.contains(crate::announce::TAIL)
+}
+
 /// Redis Cluster's hash tag of `key`: what stands between the first `{` and
 /// the first `}` after it, if not empty.
 pub(crate) fn hash_tag(key: &str) -> Option<&str> {

@@ -114,6 +114,8 @@ pub(crate) struct Options {
     pub(crate) write_policy: WritePolicy,
     pub(crate) deadline: Option<Duration>,
     pub(crate) create_attempts: usize,
+    pub(crate) refuse_late_writes: bool,
+    pub(crate) tombstone_ttl: Duration,
 }
 
 pub(crate) struct Inner {
@@ -163,6 +165,44 @@ impl MultiRedisStore {
         let sources = select(|n| n.modes.can_read() && !n.modes.can_write());
         let deleters = select(|n| n.modes.can_delete());
         MultiRedisStore { inner: Arc::new(Inner { nodes, readers, writers, sources, deleters, options }) }
+    }
+
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    pub(crate) fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<MultiRedisStore> {
+        weak.upgrade().map(|inner| MultiRedisStore { inner })
+    }
+
+    /// What this configuration is, without any address or secret: the
+    /// backends' names and modes in order, and the store-wide settings.
+    pub(crate) fn description(&self) -> String {
+        let o = &self.inner.options;
+        let settings = format!(
+            "copy_on_read={:?} read_policy={:?} write_policy={:?} refuse_late_writes={} tombstone_ttl={:?}",
+            o.copy_on_read, o.read_policy, o.write_policy, o.refuse_late_writes, o.tombstone_ttl
+        );
+        crate::announce::describe(self.inner.nodes.iter().map(|n| (n.name.clone(), n.modes.to_string())), &settings)
+    }
+
+    /// The fingerprint of this configuration (16 hex digits): equal for two
+    /// instances built from the same file, different when a backend, its
+    /// modes, their order or a store-wide setting differ. Addresses and
+    /// secrets are not part of it.
+    pub fn fingerprint(&self) -> String {
+        crate::announce::fingerprint(&self.description())
+    }
+
+    /// The configurations that app instances announce in this store's
+    /// backends right now, and how many instances run each: a rolling deploy
+    /// is done when only one is left (see `announce`).
+    ///
+    /// # Errors
+    ///
+    /// When a backend cannot be scanned.
+    pub async fn live_configurations(&self) -> Result<Vec<crate::announce::LiveConfiguration>, Error> {
+        crate::announce::live(&self.inner.nodes).await
     }
 
     /// The live backends, in configured order.

@@ -282,8 +282,8 @@ fn ipv6_sentinels_and_cluster_seeds_take_brackets_and_a_bare_one_is_refused() {
             other => panic!("{other:?}"),
         }
     };
-    assert_eq!(address("\"[::1]:26380\", \"[fe80::1]\""), [("::1".to_owned(), 26380), ("fe80::1".to_owned(), 26379)]);
-    assert_eq!(address("\"10.0.0.1:26381\", \"h\""), [("10.0.0.1".to_owned(), 26381), ("h".to_owned(), 26379)]);
+    assert_eq!(address("\"[::1]:26380\", \"[fe80::1]\""), [("::1".to_owned(), 26380), ("fe80::1".to_owned(), 26_379)]);
+    assert_eq!(address("\"10.0.0.1:26381\", \"h\""), [("10.0.0.1".to_owned(), 26381), ("h".to_owned(), 26_379)]);
     let err = backend("\"fe80::1\"").unwrap_err();
     assert!(err.contains("backend `ha`, field `sentinels`") && err.contains("in brackets"), "{err}");
     for bad in ["\"[::1\"", "\"[::1]x\"", "\"[]:1\"", "\":1\"", "\"h:99999\""] {

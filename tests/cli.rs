@@ -202,7 +202,7 @@ async fn plan_writes_steps_that_check_accepts_and_whose_scripts_run() {
 
     // Sessions in "old"; one stale copy and one left over from a logout in "new".
     fill(old, 20).await;
-    let keys: Vec<String> = conn(old).await.keys("*").await.unwrap();
+    let keys = common::session_keys(old).await;
     raw_set(new, &keys[0], &codec::encode(&record("stale")).unwrap()).await;
     let gone = record("gone");
     raw_set(new, &format!("s:{}", gone.id), &codec::encode(&gone).unwrap()).await;
@@ -243,4 +243,44 @@ async fn an_unreachable_source_exits_3_and_a_scan_failing_mid_run_prints_the_cur
     let gone = cli(&["migrate", "--config", &path]);
     assert_eq!(gone.status.code(), Some(3), "{gone:?}");
     assert!(String::from_utf8_lossy(&gone.stderr).contains("backend `old`"), "{gone:?}");
+}
+
+/// Each app instance announces its configuration's fingerprint; `status`
+/// lists the live ones and how many instances run each. No address or
+/// secret is in them; commands of the CLI do not count as instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lists_the_live_configurations_and_their_instances() {
+    use tower_sessions_multi_redis_store::{Backend, MultiRedisStore};
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    let file = config(new, old);
+    let step_a = || MultiRedisStore::from_config_file(file.path());
+    let (a1, a2) = (step_a().await.unwrap(), step_a().await.unwrap());
+    let b = MultiRedisStore::builder().backend(Backend::url("new", new.url()).prefix("s:")).build().await.unwrap();
+    let quiet = MultiRedisStore::builder().backend(Backend::url("new", new.url()).prefix("s:")).announce(false);
+    let _quiet = quiet.build().await.unwrap();
+    assert_eq!(a1.fingerprint(), a2.fingerprint());
+    assert_ne!(a1.fingerprint(), b.fingerprint());
+    let mut live = Vec::new();
+    for _ in 0..200 {
+        live = a1.live_configurations().await.unwrap();
+        if live.iter().map(|c| c.instances).sum::<usize>() == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let counts: Vec<(String, usize)> = live.iter().map(|c| (c.fingerprint.clone(), c.instances)).collect();
+    assert_eq!(counts, [(a1.fingerprint(), 2), (b.fingerprint(), 1)], "{live:?}");
+    assert!(live[0].backends.starts_with("new:read+write old:read+delete"), "{live:?}");
+    assert!(!format!("{live:?}").contains("127.0.0.1"), "no address: {live:?}");
+
+    let out = cli(&["status", "--config", file.path().to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let line = text.lines().find(|l| l.starts_with(&a1.fingerprint())).unwrap_or_default();
+    assert!(line.split_whitespace().nth(1) == Some("2") && line.ends_with("(this file)"), "{text}");
+    // The migrator does not count announcements as sessions.
+    let migrate = cli(&["migrate", "--config", file.path().to_str().unwrap(), "--move", "--json"]);
+    assert!(migrate.status.success(), "{migrate:?}");
+    assert_eq!(json(&migrate)["progress"]["skipped"], 0, "{migrate:?}");
 }

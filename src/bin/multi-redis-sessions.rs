@@ -41,6 +41,8 @@ enum Command {
     Repair(Pair),
     /// Per backend: reachable, round-trip time, sessions under its prefix.
     Stats(Common),
+    /// The configurations app instances run now (each announces its fingerprint), and how many run each.
+    Status(Common),
     /// Write the steps of a migration from one configuration to another: DIR/01.toml, ..., and DIR/NN.sh
     /// to run once every instance runs step NN.
     Plan(PlanArgs),
@@ -131,7 +133,7 @@ async fn main() -> ExitCode {
         Command::Migrate(args) => args.pair.common.json,
         Command::Verify(args) => args.pair.common.json,
         Command::Repair(pair) => pair.common.json,
-        Command::Stats(common) => common.json,
+        Command::Stats(common) | Command::Status(common) => common.json,
         Command::Check(args) => args.json,
         Command::Plan(_) => false,
     };
@@ -159,13 +161,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Verify(args) => verify(args).await,
         Command::Repair(pair) => repair(pair).await,
         Command::Stats(common) => stats(common).await,
+        Command::Status(common) => status(common).await,
         Command::Plan(args) => plan(args),
         Command::Check(args) => check(args),
     }
 }
 
 async fn migrator(pair: &Pair, options: MigrateOptions) -> Result<Migrator, Error> {
-    let store = MultiRedisStore::from_config_file(&pair.common.config).await?;
+    let store = store(&pair.common.config).await?;
     let options = options.batch_size(pair.batch);
     match &pair.from {
         None if pair.to.is_empty() => Migrator::for_store(&store, options),
@@ -190,6 +193,12 @@ async fn migrator(pair: &Pair, options: MigrateOptions) -> Result<Migrator, Erro
             Migrator::new(&store, &source, &targets, options)
         }
     }
+}
+
+/// The store a configuration file describes, which does not announce itself:
+/// a command is not an app instance (`status` counts those).
+async fn store(path: &std::path::Path) -> Result<MultiRedisStore, Error> {
+    tower_sessions_multi_redis_store::Config::from_file(path)?.into_builder()?.announce(false).build().await
 }
 
 fn config_error(field: &'static str, reason: &str) -> Error {
@@ -382,8 +391,27 @@ fn check(args: CheckArgs) -> Result<ExitCode, Error> {
     Ok(if unsafe_ { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
+async fn status(common: Common) -> Result<ExitCode, Error> {
+    let store = store(&common.config).await?;
+    let live = store.live_configurations().await?;
+    let this = store.fingerprint();
+    if common.json {
+        println!("{}", serde_json::json!({ "this_file": this, "live": live }));
+    } else {
+        println!("{:<18} {:>9}  backends", "fingerprint", "instances");
+        for config in &live {
+            let mark = if config.fingerprint == this { "  (this file)" } else { "" };
+            println!("{:<18} {:>9}  {}{mark}", config.fingerprint, config.instances, config.backends);
+        }
+        if !live.iter().any(|c| c.fingerprint == this) {
+            println!("no instance runs this file's configuration ({this})");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn stats(common: Common) -> Result<ExitCode, Error> {
-    let store = MultiRedisStore::from_config_file(&common.config).await?;
+    let store = store(&common.config).await?;
     let stats: Vec<BackendStats> = store.stats().await;
     if common.json {
         println!("{}", serde_json::to_value(&stats).unwrap_or_default());

@@ -53,10 +53,11 @@ pub async fn pttl(server: &RedisServer, key: &str) -> i64 {
     conn(server).await.pttl(key).await.unwrap()
 }
 
-/// The session keys on `server` (without the tombstones logouts leave).
+/// The session keys on `server` (without the tombstones logouts leave and
+/// the instances' announcements).
 pub async fn session_keys(server: &RedisServer) -> Vec<String> {
     let keys: Vec<String> = conn(server).await.keys("*").await.unwrap();
-    keys.into_iter().filter(|k| !k.ends_with(":tombstone")).collect()
+    keys.into_iter().filter(|k| !k.ends_with(":tombstone") && !k.contains("multi-redis-sessions:instance:")).collect()
 }
 
 pub async fn exists(server: &RedisServer, key: &str) -> bool {

@@ -1,0 +1,139 @@
+//! What each store instance announces in its backends, so an operator sees
+//! which configurations are live and when a rolling deploy finished: the
+//! fingerprint of its configuration (backend names, modes and order, and the
+//! store-wide settings; never an address or a secret), in a key that lives
+//! [`ANNOUNCE_TTL`] and that a task of the store refreshes every
+//! [`ANNOUNCE_EVERY`] while the store lives.
+//!
+//! The key is `<prefix>multi-redis-sessions:instance:<fingerprint>:<instance>`
+//! in every backend the store writes or deletes from. It is not a session id,
+//! so the migrator, `verify` and `stats` pass it by. Cost: one `SET` per such
+//! backend and instance every five seconds. `announce(false)` (config key
+//! `announce = false`) turns it off.
+
+use std::fmt::Write as _;
+use std::sync::Weak;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::backend::Node;
+use crate::error::Error;
+use crate::store::{Inner, MultiRedisStore};
+
+/// How often an instance renews its announcement.
+pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+
+/// How long an announcement lives without renewal.
+pub const ANNOUNCE_TTL: Duration = Duration::from_secs(15);
+
+/// What comes after a backend's prefix in an announcement's key.
+pub(crate) const TAIL: &str = "multi-redis-sessions:instance:";
+
+/// The configurations live in a store's backends (from
+/// [`MultiRedisStore::live_configurations`]).
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct LiveConfiguration {
+    /// Its fingerprint ([`MultiRedisStore::fingerprint`]).
+    pub fingerprint: String,
+    /// Its backends and modes, in order, e.g. `new:read+write old:read+delete`.
+    pub backends: String,
+    /// How many instances announce it now.
+    pub instances: usize,
+}
+
+/// The fingerprint of a configuration's description (FNV-1a, 64 bits: fixed
+/// across processes and releases, unlike `std`'s hasher).
+pub(crate) fn fingerprint(description: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in description.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// Announces `store` now and then every [`ANNOUNCE_EVERY`] until it is
+/// dropped, from a task of its own (when a tokio runtime runs the build).
+pub(crate) fn start(store: &MultiRedisStore) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    let weak: Weak<Inner> = store.downgrade();
+    let instance = format!("{:032x}", tower_sessions_core::session::Id::default().0);
+    runtime.spawn(async move {
+        loop {
+            let Some(store) = MultiRedisStore::upgrade(&weak) else { return };
+            announce(&store, &instance).await;
+            drop(store);
+            tokio::time::sleep(ANNOUNCE_EVERY).await;
+        }
+    });
+}
+
+async fn announce(store: &MultiRedisStore, instance: &str) {
+    let fingerprint = store.fingerprint();
+    let value = store.description();
+    let nodes = store.nodes().iter().filter(|n| n.modes.can_delete());
+    for node in nodes {
+        let id = format!("{TAIL}{fingerprint}:{instance}");
+        if let Err(err) = node.announce(&id, &value, ANNOUNCE_TTL).await {
+            tracing::debug!(backend = %node.name, error = %err, "could not announce this instance");
+        }
+    }
+}
+
+/// The announcements found in `nodes`, by fingerprint.
+pub(crate) async fn live(nodes: &[Node]) -> Result<Vec<LiveConfiguration>, Error> {
+    let mut found: Vec<LiveConfiguration> = Vec::new();
+    let mut instances = std::collections::HashSet::new();
+    for node in nodes.iter().filter(|n| n.modes.can_delete()) {
+        let mut cursor = 0;
+        loop {
+            let (next, keys) = node.scan_after_prefix(cursor, 1000, TAIL).await?;
+            for key in keys {
+                let Some(id) = node.id_of(&key) else { continue };
+                let Some(rest) = id.strip_prefix(TAIL) else { continue };
+                let Some((fingerprint, instance)) = rest.split_once(':') else { continue };
+                if !instances.insert((fingerprint.to_owned(), instance.to_owned())) {
+                    continue;
+                }
+                let backends = node.get(id, None).await?.map(|v| String::from_utf8_lossy(&v).into_owned());
+                match found.iter_mut().find(|c| c.fingerprint == fingerprint) {
+                    Some(config) => config.instances += 1,
+                    None => found.push(LiveConfiguration {
+                        fingerprint: fingerprint.to_owned(),
+                        backends: backends.unwrap_or_default(),
+                        instances: 1,
+                    }),
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+    }
+    found.sort_by(|a, b| b.instances.cmp(&a.instances).then_with(|| a.fingerprint.cmp(&b.fingerprint)));
+    Ok(found)
+}
+
+/// A configuration's description: what the fingerprint is taken of.
+pub(crate) fn describe(backends: impl Iterator<Item = (String, String)>, settings: &str) -> String {
+    let mut text = String::new();
+    for (name, modes) in backends {
+        let _ = write!(text, "{name}:{modes} ");
+    }
+    text.push_str(settings);
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_fingerprint_is_fixed() {
+        // Changing this makes every running instance look like another configuration.
+        assert_eq!(super::fingerprint(""), "cbf29ce484222325");
+        assert_eq!(super::fingerprint("new:read+write"), super::fingerprint("new:read+write"));
+        assert_ne!(super::fingerprint("new:read+write"), super::fingerprint("new:read+delete"));
+    }
+}
