@@ -1,5 +1,8 @@
-//! The seed's scenario, end to end: sessions live in an "old" Redis; the app
-//! is switched to `new: read+write, old: read+delete`; users stay logged in.
+//! Moving sessions from an "old" Redis to a "new" one while the app keeps
+//! serving, the way a rolling deploy does it: the plan's five steps
+//! (`multi-redis-sessions plan`), with, at every step, one app instance
+//! still on the previous configuration and one on the next, both serving
+//! the same user, and each step's script run in between.
 //!
 //! ```sh
 //! cargo run --example migration --features test-util
@@ -9,40 +12,47 @@
 //! Without URLs it starts two throwaway `redis-server`s (so it runs on a
 //! machine with nothing but redis-server installed). With URLs (for instance
 //! the two services of `docker-compose.yml`) it uses them, under the key
-//! prefix `demo:`; it deletes what it creates.
+//! prefix `demo:`; it deletes the sessions it creates.
 
 #[path = "shared/app.rs"]
 mod app;
 
 use redis::AsyncCommands;
 use tower_sessions_multi_redis_store::testing::RedisServer;
-use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore};
+use tower_sessions_multi_redis_store::{Config, MigrateOptions, Migrator, MultiRedisStore, plan};
 
 const PREFIX: &str = "demo:";
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-/// The sessions of the demo held by a server, with their TTLs.
+/// The demo's sessions a server holds, with their TTLs (not the store's own
+/// keys: tombstones, instances' announcements).
 async fn census(url: &str) -> Result<String> {
     let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
     let keys: Vec<String> = conn.keys(format!("{PREFIX}*")).await?;
     let mut out = Vec::new();
-    for key in keys {
-        let ttl: i64 = conn.ttl(&key).await?;
+    for key in keys.iter().filter(|k| k.matches(':').count() == 1) {
+        let ttl: i64 = conn.ttl(key).await?;
         out.push(format!("{}… (ttl {ttl}s)", &key[..PREFIX.len() + 6]));
     }
     Ok(if out.is_empty() { "(none)".into() } else { out.join(", ") })
 }
 
-async fn show(step: &str, old: &str, new: &str) -> Result<()> {
+async fn show(old: &str, new: &str) -> Result<()> {
     println!("    old: {}", census(old).await?);
-    println!("    new: {}", census(new).await?);
-    println!("  ({step})\n");
+    println!("    new: {}\n", census(new).await?);
     Ok(())
 }
 
-async fn get(client: &reqwest::Client, url: String) -> Result<String> {
-    let response = client.get(url).send().await?;
+/// An app instance on the configuration `toml`, serving on a port of its own.
+async fn instance(toml: &str) -> Result<(String, tokio::task::JoinHandle<()>)> {
+    let store = Config::from_toml_str(toml)?.into_builder()?.build().await?;
+    let (addr, server) = app::serve(app::app(store)).await?;
+    Ok((format!("http://{addr}"), server))
+}
+
+async fn get(client: &reqwest::Client, base: &str) -> Result<String> {
+    let response = client.get(format!("{base}/me")).send().await?;
     Ok(format!("{} {}", response.status().as_u16(), response.text().await?))
 }
 
@@ -61,32 +71,74 @@ async fn main() -> Result<()> {
         })
     };
     let (old, new) = (url("OLD_URL")?, url("NEW_URL")?);
+    let one = |name: &str, url: &str| {
+        format!(
+            "[[backends]]\nname = \"{name}\"\nmodes = [\"read\", \"write\"]\nurl = \"{url}\"\nprefix = \"{PREFIX}\"\n"
+        )
+    };
+    let steps = plan::plan(&one("old", &old), &one("new", &new))?;
+    // The same browser (one cookie jar) hits both instances in turn.
     let client = reqwest::Client::builder().cookie_store(true).build()?;
 
-    println!("1. The app runs on the old Redis only; ada logs in.");
-    let store = MultiRedisStore::builder().backend(Backend::url("old", &old).prefix(PREFIX)).build().await?;
-    let (addr, server) = app::serve(app::app(store)).await?;
-    let base = format!("http://{addr}");
-    client.post(format!("{base}/login/ada")).send().await?.error_for_status()?;
-    println!("  GET /me -> {}", get(&client, format!("{base}/me")).await?);
-    show("the session lives in old", &old, &new).await?;
-    server.abort();
+    println!("01. The app runs on the old Redis only; ada logs in.");
+    let (first, mut previous) = instance(&steps[0].config).await?;
+    client.post(format!("{first}/login/ada")).send().await?.error_for_status()?;
+    println!("  GET /me on 01 -> {}", get(&client, &first).await?);
+    show(&old, &new).await?;
+    let mut previous_base = first;
 
-    println!("2. Deploy with new: read+write first, old: read+delete.");
-    let store = MultiRedisStore::builder()
-        .backend(Backend::url("new", &new).prefix(PREFIX))
-        .backend(Backend::url("old", &old).prefix(PREFIX).modes(Modes::READ_DELETE))
-        .build()
-        .await?;
-    let (addr, _server) = app::serve(app::app(store)).await?;
-    let base = format!("http://{addr}");
-    println!("  GET /me -> {}", get(&client, format!("{base}/me")).await?);
-    show("still logged in; copied to new on first read, same TTL", &old, &new).await?;
+    for (i, step) in steps.iter().enumerate().skip(1) {
+        let n = i + 1;
+        let modes: Vec<String> = Config::from_toml_str(&step.config)?
+            .backends
+            .iter()
+            .map(|b| format!("{}: {}", b.name, b.modes.iter().map(|m| m.as_str()).collect::<Vec<_>>().join("+")))
+            .collect();
+        println!(
+            "{n:02}. Rolling deploy of [{}]: one instance on {n:02}, one still on {:02}.",
+            modes.join(", "),
+            n - 1
+        );
+        let findings =
+            plan::check(&Config::from_toml_str(&steps[i - 1].config)?, &Config::from_toml_str(&step.config)?);
+        let verdict = if plan::is_unsafe(&findings) {
+            "unsafe"
+        } else if findings.iter().any(|f| f.severity == plan::Severity::Requires) {
+            "safe side by side, once the previous step's script ran"
+        } else {
+            "safe side by side"
+        };
+        println!("  check {:02} {n:02}: {verdict}", n - 1);
+        let (base, server) = instance(&step.config).await?;
+        println!("  GET /me on {n:02} -> {}", get(&client, &base).await?);
+        println!("  GET /me on {:02} -> {}", n - 1, get(&client, &previous_base).await?);
+        previous.abort();
+        (previous, previous_base) = (server, base);
+        show(&old, &new).await?;
+        if step.then.is_some() {
+            // Every instance runs this step now: its script, as `NN.sh` would.
+            let store: MultiRedisStore =
+                Config::from_toml_str(&step.config)?.into_builder()?.announce(false).build().await?;
+            if n == 2 {
+                let report = Migrator::new(&store, "old", &["new"], MigrateOptions::default())?.repair().await?;
+                println!("  {n:02}.sh: repair new against old: checked {}, removed {}", report.checked, report.removed);
+            } else {
+                let migrator = Migrator::for_store(&store, MigrateOptions::default().move_sessions(true))?;
+                let moved = migrator.run(|_| {}, std::future::pending()).await?;
+                let left = migrator.verify().await?.checked;
+                println!(
+                    "  {n:02}.sh: migrate --move: moved {}; verify --empty: {left} left",
+                    moved.progress.removed_from_source
+                );
+            }
+            show(&old, &new).await?;
+        }
+    }
 
-    println!("3. ada logs out.");
-    client.post(format!("{base}/logout")).send().await?.error_for_status()?;
-    println!("  GET /me -> {}", get(&client, format!("{base}/me")).await?);
-    show("gone from both", &old, &new).await?;
-    println!("Nobody was logged out by the move; the logout reached both servers.");
+    println!("ada logs out.");
+    client.post(format!("{previous_base}/logout")).send().await?.error_for_status()?;
+    println!("  GET /me -> {}", get(&client, &previous_base).await?);
+    show(&old, &new).await?;
+    println!("Nobody was logged out by the move, at any step, on either side of a deploy.");
     Ok(())
 }
