@@ -15,12 +15,16 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum CopyOnRead {
-    /// Leave it where it is (a later `save` still writes it into the write backends).
+    /// Leave it where it is (a later `save` still writes it into the write
+    /// backends). The write backends are still asked, in one script each,
+    /// whether a logout left a tombstone or they hold another copy.
     Off,
-    /// Copy it into every write backend, keeping its expiry (the default).
+    /// Copy it into every write backend, keeping its expiry, unless a logout
+    /// left a tombstone there (the default).
     #[default]
     Copy,
-    /// Copy it, then delete it from the source when the source has `delete`.
+    /// Copy it, then delete it from the source (when the source has
+    /// `delete`) once every write backend holds it.
     Move,
 }
 
