@@ -351,3 +351,57 @@ async fn a_move_needs_every_write_backend_as_a_target_and_a_source_not_written()
     // Copying without a move may pick any targets.
     assert!(Migrator::new(&store, "old", &["new"], MigrateOptions::default()).is_ok());
 }
+
+/// A copy that reaches its server later than half a tombstone's life after
+/// the session was read is refused, tombstone or not: no copy can outlive
+/// the tombstone of a logout that followed its read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_arriving_past_its_deadline_writes_nothing() {
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    let proxy = DelayProxy::holding(new.port(), &[b"EVAL"], Duration::from_millis(700)).await;
+    // The shortest tombstone life allowed: four socket timeouts (copies: 200 ms).
+    let a = MultiRedisStore::builder()
+        .backend(Backend::url("new", proxy.url()).socket_timeout(Duration::from_millis(100)))
+        .backend(Backend::url("old", old.url()).modes(Modes::READ_DELETE).socket_timeout(Duration::from_millis(100)))
+        .tombstone_ttl(Duration::from_millis(400))
+        .build()
+        .await
+        .unwrap();
+    let (warm, rec) = (record("warm"), record("ada"));
+    in_old(old, &warm).await;
+    in_old(old, &rec).await;
+    // Connected, the server's clock known, the copy script loaded there (a
+    // late EVALSHA of an unknown script would be refused for that reason).
+    assert_eq!(a.load(&warm.id).await.unwrap(), Some(warm.clone()));
+    assert!(exists(new, &warm.id.to_string()).await);
+    proxy.hold(true);
+    assert!(a.load(&rec.id).await.is_err(), "the copy timed out: fail closed");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(!exists(new, &rec.id.to_string()).await, "a copy past its deadline was written");
+    assert!(exists(old, &rec.id.to_string()).await, "the source keeps it");
+}
+
+/// After `SCRIPT FLUSH` (or a restart, a failover), the first call of each
+/// script is answered `NOSCRIPT` and sent again with its body: nothing fails,
+/// and the backend's health shows no error.
+#[tokio::test]
+async fn scripts_flushed_from_the_server_are_sent_again() {
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    let store = instance(new.url(), old.url(), CopyOnRead::Copy, Duration::from_secs(2)).await;
+    let mut rec = record("ada");
+    store.create(&mut rec).await.unwrap();
+    store.save(&rec).await.unwrap();
+    let before = store.health()[0].counters.errors;
+    for server in [new, old] {
+        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut common::conn(server).await).await.unwrap();
+    }
+    let moved = record("bob");
+    in_old(old, &moved).await;
+    store.save(&rec).await.unwrap();
+    assert_eq!(store.load(&moved.id).await.unwrap(), Some(moved.clone()), "copied");
+    store.delete(&rec.id).await.unwrap();
+    assert_eq!(store.load(&rec.id).await.unwrap(), None);
+    assert_eq!(store.health()[0].counters.errors, before, "NOSCRIPT is not a failure");
+}
