@@ -156,6 +156,9 @@ enum Scenario {
     /// Every instance on `new: read+write, old: read+delete`; the migrator
     /// moves sessions from "old" all along.
     Migrating,
+    /// The same, with "new" a partition of two servers (weighted rendezvous
+    /// hashing): tombstones, copies and clocks per member.
+    MigratingIntoPartition,
     /// The instances walk, one at a time, through every step of the plan
     /// from `[old: read+write]` to `[new: read+write]` (`plan.rs`), each
     /// step's script run once every instance reached it.
@@ -224,15 +227,27 @@ async fn run(seed: u64, scenario: Scenario, fault: Fault, millis: u64) -> Vec<St
     const USERS: usize = 12;
     const READERS: usize = 4;
     let new = RedisServer::start().expect("redis-server");
+    let new2 = (scenario == Scenario::MigratingIntoPartition).then(|| RedisServer::start().expect("redis-server"));
     let old = Arc::new(RedisServer::start().expect("redis-server"));
     let timeout = match fault {
         Fault::PauseWrites | Fault::FreezeSource => 0.1,
         Fault::None | Fault::KillConnections | Fault::SlowLink => 1.0,
     };
     let config = |new_url: &str, old_url: &str| {
+        let new_address = match &new2 {
+            // The members' tables come last in the entry (TOML).
+            Some(second) => format!(
+                "\n[[backends.members]]\nname = \"a\"\nurl = \"{new_url}\"\n\
+                 [[backends.members]]\nname = \"b\"\nurl = \"{}\"\n",
+                second.url()
+            ),
+            None => format!("url = \"{new_url}\"\n"),
+        };
+        let (url_line, members) =
+            if new2.is_some() { (String::new(), new_address) } else { (new_address, String::new()) };
         format!(
-            "[[backends]]\nname = \"new\"\nmodes = [\"read\", \"write\"]\nurl = \"{new_url}\"\nsocket_timeout = {timeout}\n\
-             breaker_failures = 0\n\n\
+            "[[backends]]\nname = \"new\"\nmodes = [\"read\", \"write\"]\n{url_line}socket_timeout = {timeout}\n\
+             breaker_failures = 0\n{members}\n\
              [[backends]]\nname = \"old\"\nmodes = [\"read\", \"delete\"]\nurl = \"{old_url}\"\nsocket_timeout = {timeout}\n\
              breaker_failures = 0\n",
         )
@@ -252,7 +267,7 @@ async fn run(seed: u64, scenario: Scenario, fault: Fault, millis: u64) -> Vec<St
     }
     // The plan's steps, for a rolling walk.
     let steps: Vec<std::path::PathBuf> = match scenario {
-        Scenario::Migrating => Vec::new(),
+        Scenario::Migrating | Scenario::MigratingIntoPartition => Vec::new(),
         Scenario::Rolling => {
             let one = |name: &str, url: &str| {
                 format!(
@@ -305,7 +320,7 @@ async fn run(seed: u64, scenario: Scenario, fault: Fault, millis: u64) -> Vec<St
 
     // The migrator, across the whole run, restarted from its cursor when a
     // fault stops it.
-    if scenario == Scenario::Migrating {
+    if scenario != Scenario::Rolling {
         let (stop, store) = (stop.clone(), migrator_store.clone());
         let rate = u32::try_from(PRELOADED * 1000 / millis.max(1)).unwrap_or(u32::MAX);
         tasks.spawn(async move {
@@ -470,7 +485,9 @@ async fn run(seed: u64, scenario: Scenario, fault: Fault, millis: u64) -> Vec<St
     };
 
     match scenario {
-        Scenario::Migrating => tokio::time::sleep(Duration::from_millis(millis)).await,
+        Scenario::Migrating | Scenario::MigratingIntoPartition => {
+            tokio::time::sleep(Duration::from_millis(millis)).await
+        }
         Scenario::Rolling => walk(&world, &instances, &steps, millis).await,
     }
     stop.store(true, Ordering::Relaxed);
@@ -485,7 +502,7 @@ async fn run(seed: u64, scenario: Scenario, fault: Fault, millis: u64) -> Vec<St
     // step needs none: "old" must be empty already).
     tokio::time::sleep(Duration::from_millis(600)).await;
     let fresh = MultiRedisStore::from_config_file(steps.last().unwrap_or(&path)).await.unwrap();
-    if scenario == Scenario::Migrating {
+    if scenario != Scenario::Rolling {
         let report = Migrator::for_store(&fresh, MigrateOptions::default().move_sessions(true))
             .unwrap()
             .run(|_| {}, std::future::pending())
@@ -503,7 +520,10 @@ async fn run(seed: u64, scenario: Scenario, fault: Fault, millis: u64) -> Vec<St
         let m = world.model(id);
         let key = id.to_string();
         let in_old: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut old_conn).await.unwrap();
-        let in_new: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut new_conn).await.unwrap();
+        let mut in_new: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut new_conn).await.unwrap();
+        if let Some(second) = &new2 {
+            in_new |= common::exists(second, &key).await;
+        }
         if in_old {
             world.violation(format!("I4 final: {id} still in old after the final migration ({m:?})"));
         }
@@ -515,6 +535,12 @@ async fn run(seed: u64, scenario: Scenario, fault: Fault, millis: u64) -> Vec<St
             if found.is_none() {
                 world.violation(format!("I4 final: live {id} lost ({m:?})"));
             }
+        }
+    }
+    if let Some(second) = &new2 {
+        let (a, b) = (common::session_keys(&new).await.len(), common::session_keys(second).await.len());
+        if a == 0 || b == 0 {
+            world.violation(format!("the partition was not used: {a} and {b} sessions in its members"));
         }
     }
     let errors = world.errors.load(Ordering::Relaxed);
@@ -588,4 +614,9 @@ async fn a_rolling_walk_through_the_plan_keeps_the_invariants() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_walk_through_the_plan_keeps_the_invariants_while_connections_are_killed() {
     check(Scenario::Rolling, Fault::KillConnections).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariants_hold_when_moving_into_a_partition() {
+    check(Scenario::MigratingIntoPartition, Fault::None).await;
 }
