@@ -257,3 +257,56 @@ async fn master_rechecks_reuse_the_sentinel_connection() {
         .expect("CLIENT LIST has age=");
     assert!(age >= 3, "the asking connection is {age} s old: re-checks opened new ones\n{clients}");
 }
+
+/// The sentinels all down for 5 s: a healthy master keeps serving, no error
+/// (their silence is no sign of a failover). Then a stale sentinel that names
+/// a replica is not believed: the master is confirmed with `ROLE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_outage_never_takes_a_healthy_master_down() {
+    let mut t = topology().await;
+    let store = store(&t).await;
+    let mut rec = record("ada");
+    store.create(&mut rec).await.unwrap();
+    for sentinel in &mut t.sentinels {
+        sentinel.kill();
+    }
+    let (mut errors, mut requests) = (Vec::new(), 0);
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        requests += 1;
+        match store.load(&rec.id).await {
+            Ok(Some(found)) => {
+                if let Err(err) = store.save(&found).await {
+                    errors.push(err.to_string());
+                }
+            }
+            other => errors.push(format!("{other:?}")),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(errors.is_empty(), "{} of {requests} requests failed, first: {:?}", errors.len(), errors.first());
+    for sentinel in &mut t.sentinels {
+        sentinel.restart().unwrap();
+    }
+}
+
+/// A sentinel that names a replica (one that missed a failover), listed
+/// first: the others outvote it, and `ROLE` would refuse the replica anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_sentinel_listed_first_is_not_believed() {
+    let t = topology().await;
+    let stale = RedisServer::start_sentinel(MASTER, t.replica.port()).unwrap();
+    let mut sentinels: Vec<(&str, u16)> = vec![("127.0.0.1", stale.port())];
+    sentinels.extend(t.sentinels.iter().map(|s| ("127.0.0.1", s.port())));
+    let store = MultiRedisStore::builder()
+        .backend(Backend::sentinel("ha", sentinels, MASTER).socket_timeout(Duration::from_millis(500)))
+        .build()
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let mut rec = record(&format!("u{i}"));
+        store.create(&mut rec).await.unwrap();
+        store.save(&rec).await.unwrap();
+        assert_eq!(store.load(&rec.id).await.unwrap(), Some(rec));
+    }
+}

@@ -1,13 +1,17 @@
 //! A backend whose master is found through Redis Sentinel. redis-rs does not
 //! follow a failover by itself, so this connection:
 //!
-//! * asks the sentinels (`SENTINEL GET-MASTER-ADDR-BY-NAME`) for the master
-//!   and connects to it;
+//! * asks every sentinel at once (`SENTINEL GET-MASTER-ADDR-BY-NAME`) for the
+//!   master, tries the address most of them name first, and connects to it
+//!   only once `ROLE` confirms it is a master (a sentinel that missed a
+//!   failover names the demoted one);
 //! * asks again at most once per second while in use, and moves to the new
 //!   master as soon as the sentinels name one (the demoted master would
 //!   otherwise keep accepting writes until it is reconfigured, and lose them);
-//! * after an I/O error, a dropped connection or a `READONLY` reply, forgets
-//!   the master, asks again and retries the command once.
+//! * after an I/O error, a dropped connection or a `READONLY` reply, asks
+//!   again and retries the command once;
+//! * when no sentinel answers, keeps the master it has: the sentinels' silence
+//!   is no sign that the master failed.
 
 use std::sync::RwLock;
 use std::time::Duration;
@@ -132,11 +136,11 @@ impl Sentinel {
         })
     }
 
-    /// The master's address as the first sentinel that answers names it.
+    /// The addresses the sentinels name as the master, asked all at once
+    /// (one timeout at most, however many are down), most named first.
     /// Connections to the sentinels are kept, so a re-check is one round trip.
-    async fn master_addr(&self) -> RedisResult<(String, u16)> {
-        let mut last = None;
-        for (i, info) in self.sentinels.iter().enumerate() {
+    async fn master_candidates(&self) -> RedisResult<Vec<(String, u16)>> {
+        let answers = futures_util::future::join_all(self.sentinels.iter().enumerate().map(|(i, info)| async move {
             let attempt = async {
                 let mut conn = match self.sentinel_conn(i) {
                     Some(conn) => conn,
@@ -156,16 +160,30 @@ impl Sentinel {
                     .await?;
                 addr.ok_or_else(|| RedisError::from((ErrorKind::Client, "the sentinels do not know this master")))
             };
-            match attempt.await {
-                Ok(addr) => return Ok(addr),
-                Err(err) => {
-                    // Reconnect to this sentinel next time.
-                    self.set_sentinel_conn(i, None);
-                    last = Some(err);
-                }
+            let answer = attempt.await;
+            if answer.is_err() {
+                // Reconnect to this sentinel next time.
+                self.set_sentinel_conn(i, None);
+            }
+            answer
+        }))
+        .await;
+        let mut named: Vec<((String, u16), usize)> = Vec::new();
+        let mut last = None;
+        for answer in answers {
+            match answer {
+                Ok(addr) => match named.iter_mut().find(|(a, _)| *a == addr) {
+                    Some((_, votes)) => *votes += 1,
+                    None => named.push((addr, 1)),
+                },
+                Err(err) => last = Some(err),
             }
         }
-        Err(last.unwrap_or_else(|| RedisError::from((ErrorKind::Client, "no sentinel"))))
+        if named.is_empty() {
+            return Err(last.unwrap_or_else(|| RedisError::from((ErrorKind::Client, "no sentinel"))));
+        }
+        named.sort_by(|a, b| b.1.cmp(&a.1)); // stable: sentinel order among equals
+        Ok(named.into_iter().map(|(addr, _)| addr).collect())
     }
 
     fn sentinel_conn(&self, i: usize) -> Option<MultiplexedConnection> {
@@ -193,7 +211,7 @@ impl Sentinel {
             Some((conn, true)) => {
                 // Another request is already checking: use what we have.
                 let Ok(_one) = self.discovering.try_lock() else { return Ok(conn) };
-                return self.refresh(Some(conn)).await;
+                return self.refresh(Some(conn), false).await;
             }
             None => {}
         }
@@ -201,41 +219,96 @@ impl Sentinel {
         if let Some((conn, _)) = self.snapshot() {
             return Ok(conn); // another request connected meanwhile
         }
-        self.refresh(None).await
+        self.refresh(None, false).await
     }
 
-    async fn refresh(&self, current: Option<MultiplexedConnection>) -> RedisResult<MultiplexedConnection> {
-        let addr = self.master_addr().await?;
-        {
-            let mut guard = self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let (Some(master), Some(conn)) = (guard.as_mut(), current)
-                && master.addr == addr
+    /// Asks the sentinels who the master is and connects to it, confirming
+    /// it with `ROLE` (a sentinel that missed a failover names the demoted
+    /// master). When no sentinel answers, the master we have is kept: the
+    /// sentinels' silence is no sign that it failed. With `reconnect` (after
+    /// an error on the connection `current`), a new connection is made even
+    /// to the same master.
+    async fn refresh(
+        &self,
+        current: Option<MultiplexedConnection>,
+        reconnect: bool,
+    ) -> RedisResult<MultiplexedConnection> {
+        let known =
+            self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(|m| m.addr.clone());
+        let current = current.filter(|_| !reconnect);
+        let candidates = match self.master_candidates().await {
+            Ok(candidates) => candidates,
+            Err(err) => match (&current, known) {
+                (Some(conn), _) => {
+                    tracing::warn!(error = %err, "sentinel: no sentinel answers; keeping the master we have");
+                    self.touch();
+                    return Ok(conn.clone());
+                }
+                (None, Some(addr)) => {
+                    tracing::warn!(error = %err, "sentinel: no sentinel answers; reconnecting to the master we had");
+                    vec![addr]
+                }
+                (None, None) => return Err(err),
+            },
+        };
+        let mut last = None;
+        for addr in candidates {
             {
-                master.checked = Instant::now();
-                return Ok(conn);
+                let mut guard = self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let (Some(master), Some(conn)) = (guard.as_mut(), &current)
+                    && master.addr == addr
+                {
+                    master.checked = Instant::now();
+                    return Ok(conn.clone());
+                }
+            }
+            match self.connect_master(&addr).await {
+                Ok(conn) => {
+                    tracing::debug!(host = %addr.0, port = addr.1, "sentinel: connected to the master");
+                    *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some(Master { addr, conn: conn.clone(), checked: Instant::now() });
+                    return Ok(conn);
+                }
+                Err(err) => last = Some(err),
             }
         }
+        Err(last.unwrap_or_else(|| RedisError::from((ErrorKind::Client, "no master"))))
+    }
+
+    /// A connection to `addr`, once `ROLE` says it is a master.
+    async fn connect_master(&self, addr: &(String, u16)) -> RedisResult<MultiplexedConnection> {
         let info = nodelay(
             self::addr(self.backend.tls, &addr.0, addr.1)
                 .into_connection_info()?
                 .set_redis_settings(self.redis.clone()),
             self.backend.tcp_nodelay,
         );
-        let conn = self.client(info)?.get_multiplexed_async_connection_with_config(&self.config).await?;
-        tracing::debug!(host = %addr.0, port = addr.1, "sentinel: connected to the master");
-        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some(Master { addr, conn: conn.clone(), checked: Instant::now() });
-        Ok(conn)
+        let mut conn = self.client(info)?.get_multiplexed_async_connection_with_config(&self.config).await?;
+        let role: redis::Value = redis::cmd("ROLE").query_async(&mut conn).await?;
+        let is_master = match &role {
+            redis::Value::Array(parts) => {
+                matches!(parts.first(), Some(redis::Value::BulkString(r)) if r.as_slice() == b"master")
+            }
+            _ => false,
+        };
+        if is_master {
+            Ok(conn)
+        } else {
+            Err(RedisError::from((ErrorKind::Client, "named by a sentinel, but ROLE says it is not a master")))
+        }
+    }
+
+    /// Marks the current master as just checked.
+    fn touch(&self) {
+        if let Some(master) = self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
+            master.checked = Instant::now();
+        }
     }
 
     /// A client for a sentinel or the master, with the backend's TLS settings.
     fn client(&self, info: ConnectionInfo) -> RedisResult<redis::Client> {
         super::standalone::client(&self.backend, info)
             .map_err(|err| RedisError::from((ErrorKind::InvalidClientConfig, "TLS settings", err.to_string())))
-    }
-
-    fn forget(&self) {
-        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
     /// Runs `send` on the master; after a sign of failover, once more on the
@@ -252,8 +325,10 @@ impl Sentinel {
         match first {
             Err(err) if failover_sign(&err) => {
                 tracing::debug!(error = %err, "sentinel: asking for the master again");
-                self.forget();
-                send(self.connection().await?).await
+                // With the sentinels silent the master stays what it was,
+                // and the command fails as it did: no worse.
+                let _one = self.discovering.lock().await;
+                send(self.refresh(None, true).await?).await
             }
             other => other,
         }
