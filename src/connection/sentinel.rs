@@ -182,7 +182,7 @@ impl Sentinel {
         if named.is_empty() {
             return Err(last.unwrap_or_else(|| RedisError::from((ErrorKind::Client, "no sentinel"))));
         }
-        named.sort_by(|a, b| b.1.cmp(&a.1)); // stable: sentinel order among equals
+        named.sort_by_key(|n| std::cmp::Reverse(n.1)); // stable: sentinel order among equals
         Ok(named.into_iter().map(|(addr, _)| addr).collect())
     }
 
