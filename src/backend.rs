@@ -717,13 +717,8 @@ impl Node {
         let mut cmd = redis::cmd("SCAN");
         cmd.arg(inner).arg("MATCH").arg(pattern).arg("COUNT").arg(count);
         // A cluster is walked primary after primary (sorted by address).
-        let (members, (next, keys)): (u64, (u64, Vec<String>)) = match self.conn.cluster_primaries().await {
+        let (members, (next, keys)): (u64, (u64, Vec<String>)) = match self.cluster_primaries().await? {
             Some(primaries) => {
-                let primaries = primaries.map_err(|source| Error::Redis {
-                    backend: self.name.clone(),
-                    op: "CLUSTER NODES",
-                    source,
-                })?;
                 let Some(addr) = primaries.get(member as usize) else { return Ok((0, Vec::new())) };
                 let reply = self.guarded("SCAN", None, true, || self.conn.query_cluster_node(addr, &cmd)).await?;
                 (primaries.len() as u64, reply)
@@ -894,6 +889,18 @@ impl Node {
         Ok(())
     }
 
+    /// The cluster's primaries (host, port), when this backend is a cluster.
+    async fn cluster_primaries(&self) -> Result<Option<Vec<(String, u16)>>, Error> {
+        match self.conn.cluster_primaries().await {
+            None => Ok(None),
+            Some(primaries) => primaries.map(Some).map_err(|source| Error::Redis {
+                backend: self.name.clone(),
+                op: "CLUSTER NODES",
+                source,
+            }),
+        }
+    }
+
     /// Prepares every server of this backend for pipelined copies (the
     /// migrator's batches): learns their clocks, and loads the copy script
     /// so a pipeline can name it by its SHA1 (a batch cannot fall back on
@@ -902,13 +909,8 @@ impl Node {
     pub(crate) async fn prepare_copies(&self) -> Result<(), Error> {
         let mut load = redis::cmd("SCRIPT");
         load.arg("LOAD").arg(COPY.code);
-        match self.conn.cluster_primaries().await {
+        match self.cluster_primaries().await? {
             Some(primaries) => {
-                let primaries = primaries.map_err(|source| Error::Redis {
-                    backend: self.name.clone(),
-                    op: "CLUSTER NODES",
-                    source,
-                })?;
                 for addr in &primaries {
                     let _: String =
                         self.guarded("SCRIPT LOAD", None, true, || self.conn.query_cluster_node(addr, &load)).await?;
