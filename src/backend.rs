@@ -833,6 +833,11 @@ impl Node {
         args: &[&[u8]],
     ) -> (usize, Cmd) {
         let (key, member) = self.route(id);
+        (member, self.script_on(script, body, &key, tombstone, args))
+    }
+
+    /// [`script`](Self::script) on a key already routed.
+    fn script_on(&self, script: &Lua, body: bool, key: &str, tombstone: bool, args: &[&[u8]]) -> Cmd {
         let mut cmd = redis::Cmd::with_capacity(5 + args.len(), 2 * key.len() + 128);
         if body {
             cmd.arg("EVAL").arg(script.code);
@@ -840,7 +845,7 @@ impl Node {
             cmd.arg("EVALSHA").arg(script.sha());
         }
         if tombstone {
-            let tomb = crate::scripts::tombstone_key(&key, self.conn.is_cluster());
+            let tomb = crate::scripts::tombstone_key(key, self.conn.is_cluster());
             cmd.arg(2).arg(key).arg(tomb);
         } else {
             cmd.arg(1).arg(key);
@@ -848,7 +853,7 @@ impl Node {
         for arg in args {
             cmd.arg(*arg);
         }
-        (member, cmd)
+        cmd
     }
 
     /// Runs a script by its SHA1, and again with its body when the server
@@ -859,16 +864,16 @@ impl Node {
         &self,
         op: &'static str,
         script: &Lua,
-        id: &(impl fmt::Display + ?Sized),
+        (key, member): (&str, usize),
         tombstone: bool,
         args: &[&[u8]],
         deadline: Deadline,
     ) -> Result<T, Error> {
-        let (member, by_sha) = self.script(script, false, id, tombstone, args);
+        let by_sha = self.script_on(script, false, key, tombstone, args);
         let attempt = || async {
             match self.conn.query::<T>(member, &by_sha).await {
                 Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                    let (_, with_body) = self.script(script, true, id, tombstone, args);
+                    let with_body = self.script_on(script, true, key, tombstone, args);
                     // Boxed: rare (once per server and script), and large.
                     Box::pin(self.conn.query::<T>(member, &with_body)).await
                 }
@@ -951,12 +956,12 @@ impl Node {
         mode: CopyMode,
         deadline: Deadline,
     ) -> Result<Copied, Error> {
-        let member = self.route(id).1;
+        let (key, member) = self.route(id);
         self.know_clock(member, deadline).await?;
         let at = self.clocks.deadline(member, read_at, self.tombstone_ttl / 2).unwrap_or(0).to_string();
         let pxat = pxat.to_string();
         let args = [value, pxat.as_bytes(), at.as_bytes(), mode.arg()];
-        let reply: Value = self.run_script("COPY", &COPY, id, true, &args, deadline).await?;
+        let reply: Value = self.run_script("COPY", &COPY, (&key, member), true, &args, deadline).await?;
         self.copied(reply, "COPY")
     }
 
@@ -1030,7 +1035,7 @@ impl Node {
         from: i64,
         deadline: Deadline,
     ) -> Result<i64, Error> {
-        let member = self.route(id).1;
+        let (key, member) = self.route(id);
         let at = if self.refuse_late_writes {
             self.know_clock(member, deadline).await?;
             // We stop waiting after the socket timeout, or sooner at the
@@ -1045,7 +1050,8 @@ impl Node {
         };
         let (pxat, at) = (pxat.to_string(), at.to_string());
         let args: [&[u8]; 3] = [value, pxat.as_bytes(), at.as_bytes()];
-        let (code, server_now): (i64, i64) = self.run_script(op, script, id, tombstone, &args, deadline).await?;
+        let (code, server_now): (i64, i64) =
+            self.run_script(op, script, (&key, member), tombstone, &args, deadline).await?;
         self.clocks.observe(member, server_now);
         if code == -2 {
             return Err(self.late(op));
@@ -1064,7 +1070,10 @@ impl Node {
     pub(crate) async fn logout(&self, id: &(impl fmt::Display + ?Sized), deadline: Deadline) -> Result<(), Error> {
         let keep = self.tombstone_ttl.as_millis().max(1).to_string();
         // Boxed, as every rare path: keeps `delete`'s future small.
-        let _: i64 = Box::pin(self.run_script("LOGOUT", &LOGOUT, id, true, &[keep.as_bytes()], deadline)).await?;
+        let (key, member) = self.route(id);
+        let args = [keep.as_bytes()];
+        let logout = self.run_script("LOGOUT", &LOGOUT, (&key, member), true, &args, deadline);
+        let _: i64 = Box::pin(logout).await?;
         Ok(())
     }
 
