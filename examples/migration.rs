@@ -56,6 +56,16 @@ async fn get(client: &reqwest::Client, base: &str) -> Result<String> {
     Ok(format!("{} {}", response.status().as_u16(), response.text().await?))
 }
 
+/// `GET /me` on `base`, which must find ada logged in (the demo fails otherwise:
+/// `scripts/test` runs it).
+async fn logged_in(client: &reqwest::Client, base: &str) -> Result<String> {
+    let answer = get(client, base).await?;
+    if !answer.starts_with("200 ada") {
+        return Err(format!("ada looks logged out at {base}: {answer}").into());
+    }
+    Ok(answer)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut throwaway = Vec::new();
@@ -83,7 +93,7 @@ async fn main() -> Result<()> {
     println!("01. The app runs on the old Redis only; ada logs in.");
     let (first, mut previous) = instance(&steps[0].config).await?;
     client.post(format!("{first}/login/ada")).send().await?.error_for_status()?;
-    println!("  GET /me on 01 -> {}", get(&client, &first).await?);
+    println!("  GET /me on 01 -> {}", logged_in(&client, &first).await?);
     show(&old, &new).await?;
     let mut previous_base = first;
 
@@ -110,8 +120,8 @@ async fn main() -> Result<()> {
         };
         println!("  check {:02} {n:02}: {verdict}", n - 1);
         let (base, server) = instance(&step.config).await?;
-        println!("  GET /me on {n:02} -> {}", get(&client, &base).await?);
-        println!("  GET /me on {:02} -> {}", n - 1, get(&client, &previous_base).await?);
+        println!("  GET /me on {n:02} -> {}", logged_in(&client, &base).await?);
+        println!("  GET /me on {:02} -> {}", n - 1, logged_in(&client, &previous_base).await?);
         previous.abort();
         (previous, previous_base) = (server, base);
         show(&old, &new).await?;
@@ -130,6 +140,9 @@ async fn main() -> Result<()> {
                     "  {n:02}.sh: migrate --move: moved {}; verify --empty: {left} left",
                     moved.progress.removed_from_source
                 );
+                if left > 0 {
+                    return Err(format!("{left} sessions left in old").into());
+                }
             }
             show(&old, &new).await?;
         }
@@ -137,8 +150,12 @@ async fn main() -> Result<()> {
 
     println!("ada logs out.");
     client.post(format!("{previous_base}/logout")).send().await?.error_for_status()?;
-    println!("  GET /me -> {}", get(&client, &previous_base).await?);
+    let answer = get(&client, &previous_base).await?;
+    println!("  GET /me -> {answer}");
     show(&old, &new).await?;
+    if !answer.starts_with("401") || census(&old).await? != "(none)" || census(&new).await? != "(none)" {
+        return Err("the logout did not reach both servers".into());
+    }
     println!("Nobody was logged out by the move, at any step, on either side of a deploy.");
     Ok(())
 }
