@@ -300,12 +300,23 @@ async fn in_the_seed_shape_the_url_wins_over_host_port_db_and_password() {
     let text = format!(
         r#"[{{"backend": "0", "modes": ["read", "write"],
              "setting": {{"SESSION_REDIS_URL": "redis://127.0.0.1:{}/2", "SESSION_REDIS_HOST": "nowhere.invalid",
-                         "SESSION_REDIS_PORT": 1, "SESSION_REDIS_DB": 5, "SESSION_REDIS_PASSWORD": "ignored",
+                         "SESSION_REDIS_PORT": 1, "SESSION_REDIS_DB": 5, "SESSION_REDIS_PASSWORD": "hunter2",
                          "SESSION_REDIS_PREFIX": "session"}}}}]"#,
         server.port()
     );
     let path = write_file(".json", &text);
-    let store = MultiRedisStore::from_config_file(&path).await.unwrap();
+    let logs = common::Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+    let store = {
+        let _guard = tracing::subscriber::set_default(subscriber);
+        MultiRedisStore::from_config_file(&path).await.unwrap()
+    };
+    let logged = logs.text();
+    for ignored in ["SESSION_REDIS_HOST", "SESSION_REDIS_PORT", "SESSION_REDIS_DB", "SESSION_REDIS_PASSWORD"] {
+        assert!(logged.contains(&format!("{ignored} is ignored: SESSION_REDIS_URL is given")), "{ignored}: {logged}");
+    }
+    assert!(!logged.contains("hunter2"), "no password is printed: {logged}");
     let mut rec = record("ada");
     store.create(&mut rec).await.unwrap();
     let mut db2 = server.client().unwrap().get_multiplexed_async_connection().await.unwrap();

@@ -284,3 +284,30 @@ async fn status_lists_the_live_configurations_and_their_instances() {
     assert!(migrate.status.success(), "{migrate:?}");
     assert_eq!(json(&migrate)["progress"]["skipped"], 0, "{migrate:?}");
 }
+
+/// Ctrl-C (SIGINT) mid-run: what was done, the cursor to resume from, exit 4;
+/// the resumed run finishes the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_run_exits_4_with_its_cursor_and_resumes() {
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    fill(old, 300).await;
+    let file = config(new, old);
+    let path = file.path().to_str().unwrap().to_owned();
+    let child = Command::new(env!("CARGO_BIN_EXE_multi-redis-sessions"))
+        .args(["migrate", "--config", &path, "--move", "--batch", "10", "--rate", "200"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    let cursor = text.split("resume with --cursor ").nth(1).map(str::trim).unwrap_or_default().to_owned();
+    assert!(text.contains("interrupted after") && !cursor.is_empty() && cursor != "0", "{text}");
+    let resumed = cli(&["migrate", "--config", &path, "--move", "--cursor", &cursor]);
+    assert!(resumed.status.success(), "{resumed:?}");
+    assert_eq!((count(new).await, count(old).await), (300, 0));
+}
