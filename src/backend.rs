@@ -113,11 +113,16 @@ pub struct Backend {
     pub(crate) tls: bool,
     pub(crate) tcp_nodelay: bool,
     pub(crate) auto_pipeline: bool,
+    pub(crate) wait_replicas: u32,
+    pub(crate) wait_timeout: Option<Duration>,
 }
 
 impl Backend {
     /// A backend at `address`, reading and writing, with no key prefix.
     pub fn new(name: impl Into<String>, address: Address) -> Backend {
+        // A Sentinel group exists to fail over to a replica: there, a write
+        // is acknowledged once one replica holds it (see `wait_replicas`).
+        let wait_replicas = u32::from(matches!(address, Address::Sentinel { .. }));
         Backend {
             name: name.into(),
             modes: Modes::READ_WRITE,
@@ -137,6 +142,8 @@ impl Backend {
             tls: false,
             tcp_nodelay: true,
             auto_pipeline: true,
+            wait_replicas,
+            wait_timeout: None,
         }
     }
 
@@ -295,6 +302,56 @@ impl Backend {
         self
     }
 
+    /// Acknowledge a session write (create, save, copy, logout) only once
+    /// `replicas` replicas hold it: each write is followed, on the same
+    /// connection, by `WAIT replicas timeout` (see
+    /// [`wait_timeout`](Self::wait_timeout)). Fewer acknowledgements in time
+    /// make the write an error (its outcome unknown, as after a timeout),
+    /// and a Sentinel backend asks the sentinels who the master is.
+    ///
+    /// Redis replicates asynchronously: without this, a write the master
+    /// acknowledged and had not yet sent to a replica is lost when that
+    /// replica is promoted (a login that returned Ok, gone on the next
+    /// request; a logout undone). With it, a write acknowledged here is on
+    /// `replicas` replicas, which a failover promotes from. The price is one
+    /// replication round trip per write and, while fewer replicas are
+    /// connected, errors instead of writes that may vanish.
+    ///
+    /// Default: 1 for a [`sentinel`](Self::sentinel) backend (it exists to
+    /// fail over to a replica, so it has one), 0 (off) otherwise: a single
+    /// server has no replica to wait for, and a Cluster's replicas are
+    /// optional; set it when yours has them.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_sessions_multi_redis_store::Backend;
+    ///
+    /// let ha = Backend::sentinel("ha", [("10.0.0.1", 26379)], "sessions");
+    /// let faster_but_lossy = ha.clone().wait_replicas(0);
+    /// let cluster = Backend::cluster("c", [("10.0.0.1", 7000)])
+    ///     .wait_replicas(1)
+    ///     .wait_timeout(Duration::from_millis(200));
+    /// ```
+    pub fn wait_replicas(mut self, replicas: u32) -> Backend {
+        self.wait_replicas = replicas;
+        self
+    }
+
+    /// How long a write waits for [`wait_replicas`](Self::wait_replicas)
+    /// (default: half the socket timeout). It must be shorter than the
+    /// socket timeout, which bounds the write and its `WAIT` together.
+    pub fn wait_timeout(mut self, timeout: Duration) -> Backend {
+        self.wait_timeout = Some(timeout);
+        self
+    }
+
+    /// How long `WAIT` may take, in milliseconds (at least 1: `WAIT n 0`
+    /// would wait for ever).
+    pub(crate) fn wait_millis(&self) -> u64 {
+        let timeout = self.wait_timeout.unwrap_or(self.socket_timeout / 2);
+        u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1)
+    }
+
     /// Retry an idempotent command (`GET`, `EXISTS`, `DEL`, `SET XX`) once after
     /// a timeout (default: no). `SET NX` is never retried: its first attempt
     /// may have landed.
@@ -370,7 +427,9 @@ impl fmt::Debug for Backend {
             .field("allow_read_without_delete", &self.allow_read_without_delete)
             .field("tls_root_ca", &self.tls_root_ca.as_ref().map(|_| "<pem>"))
             .field("tls_client", &self.tls_client.as_ref().map(|_| "<pem + redacted key>"))
-            .finish()
+            .field("wait_replicas", &self.wait_replicas)
+            .field("wait_timeout", &self.wait_timeout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -495,6 +554,8 @@ pub(crate) struct Node {
     refuse_late_writes: bool,
     /// How long a logout's tombstone lives.
     tombstone_ttl: Duration,
+    /// Replicas a write waits for, and for how long (ms): `None` when off.
+    wait: Option<(u32, u64)>,
     retry_on_timeout: bool,
     breaker: Breaker,
     counters: [AtomicU64; 6],
@@ -543,6 +604,7 @@ impl Node {
             socket_timeout: backend.socket_timeout,
             refuse_late_writes,
             tombstone_ttl,
+            wait: (backend.wait_replicas > 0).then(|| (backend.wait_replicas, backend.wait_millis())),
             retry_on_timeout: backend.retry_on_timeout,
             breaker: Breaker::new(backend.breaker),
             counters: Default::default(),
@@ -673,6 +735,28 @@ impl Node {
         self.guarded(op, deadline, idempotent, || self.conn.query::<T>(member, cmd)).await
     }
 
+    /// A session write to member `member` (`key` routes it on a cluster),
+    /// acknowledged once the replicas this backend waits for hold it.
+    async fn run_write<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        (key, member): (&str, usize),
+        cmd: &Cmd,
+        idempotent: bool,
+        deadline: Deadline,
+    ) -> Result<T, Error> {
+        self.guarded(op, deadline, idempotent, || self.send_write(member, key, cmd)).await
+    }
+
+    /// Sends a write, followed by `WAIT` when this backend waits for replicas.
+    async fn send_write<T: FromRedisValue>(&self, member: usize, key: &str, cmd: &Cmd) -> redis::RedisResult<T> {
+        match self.wait {
+            None => self.conn.query(member, cmd).await,
+            // Boxed: keeps the futures of backends without it small.
+            Some(wait) => Box::pin(self.conn.query_replicated(member, key, cmd, wait)).await,
+        }
+    }
+
     /// The key of session `id` and the member that holds it, formatting the id once.
     fn route(&self, id: &(impl fmt::Display + ?Sized)) -> (String, usize) {
         let key = self.key(id);
@@ -692,7 +776,8 @@ impl Node {
 
     /// `SCAN cursor MATCH <prefix>* COUNT count`: the next cursor and keys.
     /// A partitioned backend is walked member after member; the member is
-    /// kept in the top 8 bits of the cursor.
+    /// kept in the top 8 bits of the cursor. A cluster is walked hash slot
+    /// by hash slot, the cursor being the next slot (`cluster.rs` says why).
     pub(crate) async fn scan(&self, cursor: u64, count: usize) -> Result<(u64, Vec<String>), Error> {
         self.scan_after_prefix(cursor, count, "").await
     }
@@ -705,6 +790,20 @@ impl Node {
         count: usize,
         tail: &str,
     ) -> Result<(u64, Vec<String>), Error> {
+        let out_of_range = || Error::Redis {
+            backend: self.name.clone(),
+            op: "SCAN",
+            source: redis::RedisError::from((redis::ErrorKind::Client, "SCAN cursor out of range")),
+        };
+        if let Some(cluster) = self.conn.cluster() {
+            let from = u16::try_from(cursor).ok().filter(|&slot| slot < crate::connection::CLUSTER_SLOTS);
+            let from = from.ok_or_else(out_of_range)?;
+            let slots = u16::try_from(count.clamp(64, 2048)).unwrap_or(2048);
+            let (mut keys, next) = self.guarded("SCAN", None, true, || cluster.scan_slots(from, slots)).await?;
+            let literal = format!("{}{tail}", self.prefix);
+            keys.retain(|key| key.starts_with(&literal));
+            return Ok((next.map_or(0, u64::from), keys));
+        }
         let mut pattern = String::with_capacity(self.prefix.len() + tail.len() + 1);
         for c in self.prefix.chars().chain(tail.chars()) {
             if matches!(c, '*' | '?' | '[' | ']' | '\\') {
@@ -716,21 +815,10 @@ impl Node {
         let (member, inner) = (cursor >> MEMBER_SHIFT, cursor & INNER_MASK);
         let mut cmd = redis::cmd("SCAN");
         cmd.arg(inner).arg("MATCH").arg(pattern).arg("COUNT").arg(count);
-        // A cluster is walked primary after primary (sorted by address).
-        let (members, (next, keys)): (u64, (u64, Vec<String>)) = match self.cluster_primaries().await? {
-            Some(primaries) => {
-                let Some(addr) = primaries.get(member as usize) else { return Ok((0, Vec::new())) };
-                let reply = self.guarded("SCAN", None, true, || self.conn.query_cluster_node(addr, &cmd)).await?;
-                (primaries.len() as u64, reply)
-            }
-            None => (self.conn.members() as u64, self.run("SCAN", member as usize, &cmd, true, None).await?),
-        };
+        let members = self.conn.members() as u64;
+        let (next, keys): (u64, Vec<String>) = self.run("SCAN", member as usize, &cmd, true, None).await?;
         if next > INNER_MASK {
-            return Err(Error::Redis {
-                backend: self.name.clone(),
-                op: "SCAN",
-                source: redis::RedisError::from((redis::ErrorKind::Client, "SCAN cursor out of range")),
-            });
+            return Err(out_of_range());
         }
         let next = match next {
             0 if member + 1 < members => (member + 1) << MEMBER_SHIFT,
@@ -743,7 +831,14 @@ impl Node {
     /// Sends commands, each to its member, in one pipeline per member (run
     /// concurrently). Replies
     /// come back in order; a command's error is its reply.
-    pub(crate) async fn batch(&self, op: &'static str, items: Vec<(usize, Cmd)>) -> Result<Vec<Value>, Error> {
+    /// With `write`, the batch counts as done once the replicas this backend
+    /// waits for hold it (a `WAIT` after each member's pipeline).
+    pub(crate) async fn batch(
+        &self,
+        op: &'static str,
+        items: Vec<(usize, Cmd)>,
+        write: bool,
+    ) -> Result<Vec<Value>, Error> {
         let len = items.len();
         let members = self.conn.members();
         let mut pipes: Vec<(Pipeline, Vec<usize>)> = (0..members)
@@ -765,9 +860,14 @@ impl Node {
         let replies =
             futures_util::future::join_all(pipes.iter().enumerate().filter(|(_, (_, order))| !order.is_empty()).map(
                 |(member, (pipe, order))| async move {
-                    let result = self
-                        .guarded(op, Some(deadline), false, || self.conn.query_pipeline::<Vec<Value>>(member, pipe))
-                        .await;
+                    let send = || async {
+                        let replies = self.conn.query_pipeline::<Vec<Value>>(member, pipe).await?;
+                        if let (true, Some(wait)) = (write, self.wait) {
+                            self.conn.wait_replicated(member, wait).await?;
+                        }
+                        Ok(replies)
+                    };
+                    let result = self.guarded(op, Some(deadline), false, send).await;
                     (order, result)
                 },
             ))
@@ -814,8 +914,8 @@ impl Node {
         let (key, member) = self.route(id);
         // Sized up front: the value is most of the command.
         let mut cmd = redis::Cmd::with_capacity(6, key.len() + value.len() + 32);
-        cmd.arg("SET").arg(key).arg(value).arg("PXAT").arg(pxat).arg("NX");
-        let reply: Value = self.run("SET NX", member, &cmd, false, deadline).await?;
+        cmd.arg("SET").arg(&key).arg(value).arg("PXAT").arg(pxat).arg("NX");
+        let reply: Value = self.run_write("SET NX", (&key, member), &cmd, false, deadline).await?;
         Ok(!matches!(reply, Value::Nil))
     }
 
@@ -871,11 +971,11 @@ impl Node {
     ) -> Result<T, Error> {
         let by_sha = self.script_on(script, false, key, tombstone, args);
         let attempt = || async {
-            match self.conn.query::<T>(member, &by_sha).await {
+            match self.send_write::<T>(member, key, &by_sha).await {
                 Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                     let with_body = self.script_on(script, true, key, tombstone, args);
                     // Boxed: rare (once per server and script), and large.
-                    Box::pin(self.conn.query::<T>(member, &with_body)).await
+                    Box::pin(self.send_write::<T>(member, key, &with_body)).await
                 }
                 other => other,
             }
@@ -994,13 +1094,13 @@ impl Node {
         if !self.refuse_late_writes {
             let (key, member) = self.route(id);
             let mut cmd = redis::Cmd::with_capacity(6, key.len() + value.len() + 32);
-            cmd.arg("SET").arg(key).arg(value).arg("PXAT").arg(pxat).arg("XX");
-            let reply: Value = self.run("SET XX", member, &cmd, true, deadline).await?;
+            cmd.arg("SET").arg(&key).arg(value).arg("PXAT").arg(pxat).arg("XX");
+            let reply: Value = self.run_write("SET XX", (&key, member), &cmd, true, deadline).await?;
             return Ok(!matches!(reply, Value::Nil));
         }
         // Boxed: keeps every save's future small (tower-sessions boxes it too).
-        let code = Box::pin(self.run_timed("SAVE", &SAVE, false, id, value, pxat, clock::now_ms(), deadline)).await?;
-        Ok(code == 1)
+        let found = Box::pin(self.run_timed("SAVE", &SAVE, false, id, value, pxat, clock::now_ms(), deadline)).await?;
+        Ok(found == Some(true))
     }
 
     /// A save's record written where a backend missed it, over any copy,
@@ -1014,15 +1114,18 @@ impl Node {
         from: i64,
         deadline: Deadline,
     ) -> Result<Copied, Error> {
-        let code = self.run_timed("FILL", &FILL, true, id, value, pxat, from, deadline).await?;
-        self.copied(Value::Int(code), "FILL")
+        Ok(match self.run_timed("FILL", &FILL, true, id, value, pxat, from, deadline).await? {
+            Some(true) => Copied::Present(None),
+            Some(false) => Copied::Written,
+            None => Copied::Tombstoned,
+        })
     }
 
     /// Runs [`SAVE`](crate::scripts::SAVE) or [`FILL`](crate::scripts::FILL)
     /// with a deadline on the server's clock: `from` (a [`clock::now_ms`]
     /// reading) plus how long we wait for the answer. Learns the server's
-    /// clock from the reply. "Too late" is this backend's timeout: nothing
-    /// was written.
+    /// clock from the reply. Whether the session was there before (`None`:
+    /// a tombstone). "Too late" is this backend's timeout: nothing was written.
     #[allow(clippy::too_many_arguments)]
     async fn run_timed(
         &self,
@@ -1034,7 +1137,7 @@ impl Node {
         pxat: u64,
         from: i64,
         deadline: Deadline,
-    ) -> Result<i64, Error> {
+    ) -> Result<Option<bool>, Error> {
         let (key, member) = self.route(id);
         let at = if self.refuse_late_writes {
             self.know_clock(member, deadline).await?;
@@ -1050,13 +1153,15 @@ impl Node {
         };
         let (pxat, at) = (pxat.to_string(), at.to_string());
         let args: [&[u8]; 3] = [value, pxat.as_bytes(), at.as_bytes()];
-        let (code, server_now): (i64, i64) =
-            self.run_script(op, script, (&key, member), tombstone, &args, deadline).await?;
-        self.clocks.observe(member, server_now);
-        if code == -2 {
-            return Err(self.late(op));
+        let reply: i64 = self.run_script(op, script, (&key, member), tombstone, &args, deadline).await?;
+        match reply {
+            0 => Err(self.late(op)),
+            -1 => Ok(None),
+            now => {
+                self.clocks.observe(member, now.saturating_abs());
+                Ok(Some(now > 0))
+            }
         }
-        Ok(code)
     }
 
     /// The error of a write the server refused as too late: a timeout, and
@@ -1089,7 +1194,7 @@ impl Node {
     /// `DEL`: whether a key was removed.
     pub(crate) async fn del(&self, id: &(impl fmt::Display + ?Sized), deadline: Deadline) -> Result<bool, Error> {
         let (key, member) = self.route(id);
-        let removed: u64 = self.run("DEL", member, redis::cmd("DEL").arg(key), true, deadline).await?;
+        let removed: u64 = self.run_write("DEL", (&key, member), redis::cmd("DEL").arg(&key), true, deadline).await?;
         Ok(removed > 0)
     }
 

@@ -178,6 +178,13 @@ impl MultiRedisStoreBuilder {
             if b.socket_timeout > MAX_WAIT {
                 return Err(Error::config(name, "socket_timeout", "must be at most a day"));
             }
+            if b.wait_replicas > 0 && b.wait_timeout.is_some_and(|t| t.is_zero() || t >= b.socket_timeout) {
+                return Err(Error::config(
+                    name,
+                    "wait_timeout",
+                    "must be greater than zero and shorter than socket_timeout (which bounds a write and its WAIT)",
+                ));
+            }
             if b.breaker.get_cool_down() > MAX_WAIT {
                 return Err(Error::config(name, "breaker_cool_down", "must be at most a day"));
             }

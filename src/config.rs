@@ -149,6 +149,11 @@ pub struct BackendConfig {
     pub cluster: Option<Vec<String>>,
     /// For a Sentinel backend: TLS to the sentinels and the master.
     pub tls: Option<bool>,
+    /// Replicas that must hold a write before it is acknowledged (`WAIT`; 0
+    /// turns it off; default 1 for Sentinel backends, else 0).
+    pub wait_replicas: Option<u32>,
+    /// Seconds a write waits for them (default: half the socket timeout).
+    pub wait_timeout: Option<f64>,
 }
 
 /// One member of a partitioned backend (`[[backends.members]]`).
@@ -269,6 +274,8 @@ impl fmt::Debug for BackendConfig {
             .field("sentinel_password", &self.sentinel_password.as_ref().map(|_| "<redacted>"))
             .field("cluster", &self.cluster)
             .field("tls", &self.tls)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("wait_timeout", &self.wait_timeout)
             .finish()
     }
 }
@@ -458,6 +465,12 @@ impl BackendConfig {
         if let Some(tls) = self.tls {
             backend = backend.tls(tls);
         }
+        if let Some(replicas) = self.wait_replicas {
+            backend = backend.wait_replicas(replicas);
+        }
+        if let Some(seconds) = self.wait_timeout {
+            backend = backend.wait_timeout(seconds_field(name, "wait_timeout", seconds)?);
+        }
         if let Some(allow) = self.allow_read_without_delete {
             backend = backend.allow_read_without_delete(allow);
         }
@@ -582,6 +595,10 @@ struct SeedSetting {
     /// `[(host, port), ...]`: JSON arrays of two.
     session_redis_sentinel_list: Option<Vec<(String, u16)>>,
     session_redis_sentinel_master_alias: Option<String>,
+    /// This crate's addition: `wait_replicas`.
+    session_redis_wait_replicas: Option<u32>,
+    /// This crate's addition: `wait_timeout` (seconds).
+    session_redis_wait_timeout: Option<f64>,
 }
 
 /// One entry of the seed's `SESSION_REDIS_POOL`.
@@ -697,6 +714,8 @@ impl SeedEntry {
             sentinel_password: None,
             cluster: None,
             tls: None,
+            wait_replicas: s.session_redis_wait_replicas,
+            wait_timeout: s.session_redis_wait_timeout,
         }
     }
 }
@@ -709,5 +728,59 @@ mod tests {
     fn line_and_column_are_one_based() {
         assert_eq!(line_col("ab\ncd", 0), (1, 1));
         assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+}
+
+#[cfg(test)]
+mod wait_tests {
+    use super::*;
+
+    /// Issue 13: how many replicas a write waits for, in both shapes; the
+    /// default is 1 for a Sentinel backend only.
+    #[test]
+    fn wait_replicas_in_both_shapes_and_its_defaults() {
+        let toml = Config::from_toml_str(
+            r#"
+            [[backends]]
+            name = "ha"
+            modes = ["read", "write"]
+            sentinels = ["127.0.0.1:26379"]
+            master = "sessions"
+
+            [[backends]]
+            name = "cluster"
+            modes = ["read", "write"]
+            cluster = ["127.0.0.1:7000"]
+            wait_replicas = 2
+            wait_timeout = 0.2
+
+            [[backends]]
+            name = "plain"
+            modes = ["read", "delete"]
+            url = "redis://127.0.0.1:6380"
+            "#,
+        )
+        .unwrap();
+        let backends: Vec<Backend> = toml.backends.into_iter().map(|b| b.into_backend().unwrap()).collect();
+        assert_eq!(backends[0].wait_replicas, 1, "Sentinel: on by default");
+        assert_eq!(backends[0].wait_millis(), 1000, "half the socket timeout");
+        assert_eq!((backends[1].wait_replicas, backends[1].wait_millis()), (2, 200));
+        assert_eq!(backends[2].wait_replicas, 0, "one server: off");
+
+        let seed = Config::from_json_str(
+            r#"[{"backend": "ha", "modes": ["read", "write"],
+                 "setting": {"SESSION_REDIS_SENTINEL_LIST": [["127.0.0.1", 26379]],
+                             "SESSION_REDIS_SENTINEL_MASTER_ALIAS": "sessions",
+                             "SESSION_REDIS_WAIT_REPLICAS": 0}}]"#,
+        )
+        .unwrap();
+        let ha = seed.backends.into_iter().next().unwrap().into_backend().unwrap();
+        assert_eq!(ha.wait_replicas, 0, "turned off in the seed's shape");
+
+        let slow = Backend::sentinel("ha", [("127.0.0.1", 26379)], "m")
+            .socket_timeout(Duration::from_millis(100))
+            .wait_timeout(Duration::from_millis(100));
+        let err = crate::MultiRedisStore::builder().backend(slow).validate().unwrap_err().to_string();
+        assert!(err.contains("`ha`") && err.contains("wait_timeout"), "{err}");
     }
 }

@@ -463,7 +463,7 @@ impl Migrator {
             }
             // Copies are idempotent in effect, so a batch with an unknown
             // outcome is simply reported and redone by a later run.
-            t.batch("COPY", items).await
+            t.batch("COPY", items, true).await
         }))
         .await;
 
@@ -695,7 +695,8 @@ async fn batch_of<'a, T: redis::FromRedisValue>(
     op: &'static str,
     ids: impl IntoIterator<Item = &'a str>,
 ) -> Result<Vec<T>, Error> {
-    let values = node.batch(op, per_id(node, op, ids)).await?;
+    // Deleting from a source counts once its replicas hold the delete.
+    let values = node.batch(op, per_id(node, op, ids), op == "DEL").await?;
     typed(node, op, values)
 }
 

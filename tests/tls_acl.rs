@@ -191,6 +191,7 @@ async fn a_sentinel_backend_over_tls() {
             RedisServer::start_sentinel_with("sessions", master_tls.parse().unwrap(), &lines).unwrap()
         })
         .collect();
+    common::wait_for_replica(&master.url()).await;
     let addrs: Vec<(&str, u16)> = sentinel_tls_ports.iter().map(|p| ("127.0.0.1", *p)).collect();
     let store = MultiRedisStore::builder()
         .backend(Backend::sentinel("ha", addrs.clone(), "sessions").tls(true).tls_root_ca(pki.ca_pem.clone()))

@@ -1,18 +1,110 @@
 //! A Redis Cluster backend (redis-rs `cluster-async`): commands are routed by
 //! key (redis-rs follows MOVED/ASK during resharding); batches become
 //! concurrent single commands, since a cluster pipeline must stay on one node;
-//! SCAN walks every primary, in the order of their addresses.
+//! a scan walks the hash slots in order (see [`Cluster::scan_slots`]).
 
 use std::sync::RwLock;
 
 use futures_util::future::join_all;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisResult, Value};
 
 use crate::backend::{Address, Backend};
 use crate::error::Error;
+
+/// Hash slots in a Redis Cluster.
+pub(crate) const SLOTS: u16 = 16384;
+/// How often a slot scan reads again while the topology changes, and how
+/// long it waits between reads (a reshard moves a slot in milliseconds; a
+/// failover takes the node timeout).
+const SETTLE_ATTEMPTS: usize = 200;
+const SETTLE_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// What a slot scan needs of `CLUSTER NODES`: the live primaries, who owns
+/// each slot, and the slots being migrated. The part of it about the slots
+/// read is compared before and after the read: equal means nothing of
+/// theirs moved meanwhile.
+#[derive(Debug, PartialEq, Eq)]
+struct Topology {
+    /// Live primaries (host, port), sorted.
+    primaries: Vec<(String, u16)>,
+    /// Owner (node id) of each slot range (first, last), sorted; a failed
+    /// primary's ranges are kept under `None`.
+    owners: Vec<(u16, u16, Option<String>)>,
+    /// Slots being migrated or imported.
+    moving: Vec<u16>,
+}
+
+impl Topology {
+    fn parse(nodes: &str) -> Topology {
+        let mut topology = Topology { primaries: Vec::new(), owners: Vec::new(), moving: Vec::new() };
+        for line in nodes.lines() {
+            // <id> <ip:port@cport[,hostname]> <flags> <master> <ping> <pong> <epoch> <link> <slot> ...
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (Some(id), Some(addr), Some(flags)) = (fields.first(), fields.get(1), fields.get(2)) else {
+                continue;
+            };
+            if !flags.contains("master") {
+                continue;
+            }
+            let live = !flags.contains("fail");
+            let address = addr.split('@').next().and_then(|a| a.rsplit_once(':'));
+            if let (true, Some((host, port))) = (live, address)
+                && let Ok(port) = port.parse()
+            {
+                topology.primaries.push((host.to_owned(), port));
+            }
+            for slot in fields.iter().skip(8) {
+                if let Some(moving) = slot.strip_prefix('[') {
+                    // [slot->-id] (migrating) or [slot-<-id] (importing)
+                    if let Some(n) = moving.split('-').next().and_then(|n| n.parse().ok()) {
+                        topology.moving.push(n);
+                    }
+                    continue;
+                }
+                let (first, last) = slot.split_once('-').unwrap_or((slot, slot));
+                if let (Ok(first), Ok(last)) = (first.parse(), last.parse()) {
+                    topology.owners.push((first, last, live.then(|| (*id).to_owned())));
+                }
+            }
+        }
+        topology.primaries.sort();
+        topology.owners.sort();
+        topology.moving.sort_unstable();
+        topology
+    }
+
+    /// What of this topology concerns slots `from..to`: their owners, and
+    /// which of them are being moved.
+    fn of(&self, from: u16, to: u16) -> (Vec<&(u16, u16, Option<String>)>, Vec<u16>) {
+        let owners = self.owners.iter().filter(|(first, last, _)| *last >= from && *first < to).collect();
+        (owners, self.moving.iter().copied().filter(|s| (from..to).contains(s)).collect())
+    }
+
+    /// Whether slots `from..to` can be read now: none is being moved, and
+    /// each has a live owner.
+    fn settled(&self, from: u16, to: u16) -> bool {
+        if self.moving.iter().any(|s| (from..to).contains(s)) {
+            return false;
+        }
+        let mut next = from;
+        for (first, last, owner) in &self.owners {
+            if *last < next || *first >= to {
+                continue;
+            }
+            if *first > next || owner.is_none() {
+                return false; // a gap (a slot nobody serves) or a failed owner
+            }
+            next = last.saturating_add(1);
+            if next >= to {
+                return true;
+            }
+        }
+        next >= to
+    }
+}
 
 pub(crate) struct Cluster {
     client: ClusterClient,
@@ -79,6 +171,86 @@ impl Cluster {
         redis::from_redis_value(Value::Array(values)).map_err(RedisError::from)
     }
 
+    /// A pipeline on the primary that holds `key`'s slot (its replies;
+    /// an error reply is the error).
+    pub(crate) async fn query_pipeline_on<T: FromRedisValue>(&self, key: &str, pipe: &Pipeline) -> RedisResult<T> {
+        let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master));
+        let len = pipe.len();
+        let values = self.connection().await?.route_pipeline(pipe.clone(), 0, len, route).await?;
+        let values = values.into_iter().map(Value::extract_error).collect::<RedisResult<Vec<Value>>>()?;
+        redis::from_redis_value(Value::Array(values)).map_err(RedisError::from)
+    }
+
+    /// The keys of hash slots `from..` (a run of `slots` slots at most),
+    /// read from every primary (`CLUSTER COUNTKEYSINSLOT`, then
+    /// `GETKEYSINSLOT`), and the slot to go on from (`None` after the last).
+    ///
+    /// Why by slot, not `SCAN` per node: a `SCAN` cursor belongs to one node,
+    /// and a failover or a reshard changes which node holds what, so a
+    /// cursor carried across one skips keys or reads another node's table.
+    /// A slot is a position that means the same on any topology. Every
+    /// primary is asked, so a key is found wherever it is, and the slots are
+    /// read again while the topology changes under the read (an owner
+    /// changed, a slot is being migrated, a primary failed): what is
+    /// returned is the slots' keys at one moment, each key once.
+    pub(crate) async fn scan_slots(&self, from: u16, slots: u16) -> RedisResult<(Vec<String>, Option<u16>)> {
+        let mut to = from.saturating_add(slots.max(1)).min(SLOTS);
+        for _ in 0..SETTLE_ATTEMPTS {
+            let before = self.topology().await?;
+            if before.settled(from, to) {
+                let keys = self.keys_in_slots(&before.primaries, from, to).await?;
+                if self.topology().await?.of(from, to) == before.of(from, to) {
+                    return Ok((keys, (to < SLOTS).then_some(to)));
+                }
+            }
+            // Something moved in this range meanwhile (a reshard goes slot by
+            // slot): read fewer slots at once, so that the range settles.
+            to = from + (to - from).div_ceil(2);
+            tokio::time::sleep(SETTLE_PAUSE).await;
+        }
+        Err(RedisError::from((
+            redis::ErrorKind::Client,
+            "the cluster's topology kept changing",
+            format!("slot {from} was being moved or had no live primary"),
+        )))
+    }
+
+    /// The keys of slots `from..to` on these primaries, each once.
+    async fn keys_in_slots(&self, primaries: &[(String, u16)], from: u16, to: u16) -> RedisResult<Vec<String>> {
+        let mut keys = std::collections::BTreeSet::new();
+        for addr in primaries {
+            let mut count = redis::pipe();
+            for slot in from..to {
+                count.cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot);
+            }
+            let counts: Vec<u64> = self.pipeline_on(addr, &count).await?;
+            let mut get = redis::pipe();
+            for (slot, n) in (from..to).zip(counts).filter(|(_, n)| *n > 0) {
+                get.cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(n);
+            }
+            if !get.is_empty() {
+                let found: Vec<Vec<String>> = self.pipeline_on(addr, &get).await?;
+                keys.extend(found.into_iter().flatten());
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+
+    /// The cluster's primaries and slot owners, as one node sees them.
+    async fn topology(&self) -> RedisResult<Topology> {
+        let mut conn = self.connection().await?;
+        let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut conn).await?;
+        Ok(Topology::parse(&nodes))
+    }
+
+    /// A pipeline on the node at `addr`.
+    async fn pipeline_on<T: FromRedisValue>(&self, addr: &(String, u16), pipe: &Pipeline) -> RedisResult<T> {
+        let route = SingleNodeRoutingInfo::ByAddress { host: addr.0.clone(), port: addr.1 };
+        let values = self.connection().await?.route_pipeline(pipe.clone(), 0, pipe.len(), route).await?;
+        let values = values.into_iter().map(Value::extract_error).collect::<RedisResult<Vec<Value>>>()?;
+        redis::from_redis_value(Value::Array(values)).map_err(RedisError::from)
+    }
+
     /// The primaries' addresses, sorted.
     pub(crate) async fn primaries(&self) -> RedisResult<Vec<(String, u16)>> {
         let mut conn = self.connection().await?;
@@ -105,5 +277,26 @@ impl Cluster {
         let value = self.connection().await?.route_command(cmd.clone(), routing).await?;
         // An error reply is an error of its kind, not a parse error.
         redis::from_redis_value(value.extract_error()?).map_err(RedisError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_range_is_settled_only_with_live_owners_and_nothing_moving() {
+        let nodes = "a 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460\n\
+                     b 127.0.0.1:7001@17001 master - 0 0 2 connected 5461-10922 [10922->-c]\n\
+                     c 127.0.0.1:7002@17002 master,fail - 0 0 3 connected 10923-16383\n\
+                     d 127.0.0.1:7003@17003 slave a 0 0 1 connected\n";
+        let t = Topology::parse(nodes);
+        assert_eq!(t.primaries, vec![("127.0.0.1".to_owned(), 7000), ("127.0.0.1".to_owned(), 7001)]);
+        assert_eq!(t.moving, vec![10922]);
+        assert!(t.settled(0, 5461) && t.settled(5000, 10922));
+        assert!(!t.settled(10000, 10923), "slot 10922 is moving");
+        assert!(!t.settled(12000, 12001), "its owner failed");
+        let gap = Topology::parse("a 127.0.0.1:7000@17000 master - 0 0 1 connected 0-99 200-16383\n");
+        assert!(!gap.settled(50, 150) && gap.settled(200, 300));
     }
 }

@@ -7,11 +7,13 @@ mod sentinel;
 pub(crate) mod standalone;
 
 use link::Link;
-use redis::{Cmd, FromRedisValue, Pipeline, RedisResult};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisResult, Value};
 
 use crate::backend::{Address, Backend};
 use crate::error::Error;
 use crate::partition::Partition;
+
+pub(crate) use cluster::SLOTS as CLUSTER_SLOTS;
 
 /// The live connection of one backend.
 pub(crate) enum Connection {
@@ -107,6 +109,61 @@ impl Connection {
         Ok(redis::from_redis_value(reply.extract_error()?)?)
     }
 
+    /// A session write followed, on the same connection, by `WAIT replicas
+    /// millis`: its reply once `replicas` replicas acknowledged it, else an
+    /// error (the write's outcome is unknown: the master ran it, and a
+    /// failover may lose it). A Sentinel backend then asks the sentinels who
+    /// the master is before its next command. `key` routes it on a cluster.
+    pub(crate) async fn query_replicated<T: FromRedisValue>(
+        &self,
+        member: usize,
+        key: &str,
+        cmd: &Cmd,
+        (replicas, millis): (u32, u64),
+    ) -> RedisResult<T> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd.clone()).cmd("WAIT").arg(replicas).arg(millis);
+        let (reply, acked): (Value, u32) = match self.route(member) {
+            Route::Link(link) => pipe.query_async(&mut link.manager()).await?,
+            Route::Sentinel(sentinel) => {
+                let replies = Box::pin(sentinel.query_pipeline::<(Value, u32)>(&pipe)).await?;
+                if replies.1 < replicas {
+                    sentinel.recheck_soon();
+                }
+                replies
+            }
+            Route::Cluster(cluster) => Box::pin(cluster.query_pipeline_on(key, &pipe)).await?,
+        };
+        if acked < replicas {
+            return Err(not_replicated(acked, replicas, millis));
+        }
+        Ok(redis::from_redis_value(reply)?)
+    }
+
+    /// `WAIT replicas millis` after a batch of writes (on a cluster, on every
+    /// primary; the fewest acknowledgements count): an error when fewer
+    /// replicas hold them.
+    pub(crate) async fn wait_replicated(&self, member: usize, (replicas, millis): (u32, u64)) -> RedisResult<()> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(millis);
+        let acked: u32 = self.query(member, &wait).await?;
+        if acked < replicas {
+            if let Route::Sentinel(sentinel) = self.route(member) {
+                sentinel.recheck_soon();
+            }
+            return Err(not_replicated(acked, replicas, millis));
+        }
+        Ok(())
+    }
+
+    /// The Redis Cluster client, when this is a cluster.
+    pub(crate) fn cluster(&self) -> Option<&cluster::Cluster> {
+        match self {
+            Connection::Cluster(cluster) => Some(cluster),
+            _ => None,
+        }
+    }
+
     /// The cluster's primaries, when this is a cluster.
     pub(crate) async fn cluster_primaries(&self) -> Option<RedisResult<Vec<(String, u16)>>> {
         match self {
@@ -135,6 +192,18 @@ impl Connection {
             Route::Cluster(cluster) => Box::pin(cluster.query_pipeline(pipe)).await,
         }
     }
+}
+
+/// The error of a write fewer replicas acknowledged than asked.
+fn not_replicated(acked: u32, replicas: u32, millis: u64) -> RedisError {
+    RedisError::from((
+        redis::ErrorKind::Client,
+        "not replicated",
+        format!(
+            "WAIT: {acked} of {replicas} replica(s) acknowledged the write within {millis} ms \
+             (it ran on the master; a failover may lose it)"
+        ),
+    ))
 }
 
 fn unreachable_connection<T>() -> RedisResult<T> {

@@ -5,15 +5,18 @@
 //!   master, tries the address most of them name first, and connects to it
 //!   only once `ROLE` confirms it is a master (a sentinel that missed a
 //!   failover names the demoted one);
-//! * asks again at most once per second while in use, and moves to the new
-//!   master as soon as the sentinels name one (the demoted master would
-//!   otherwise keep accepting writes until it is reconfigured, and lose them);
+//! * listens to every sentinel's `+switch-master` announcement and, on one
+//!   for its master, moves to the address it names (once `ROLE` confirms it)
+//!   before its next command: a demoted master keeps accepting writes until
+//!   it is reconfigured, and loses them when it resyncs;
+//! * asks again at most once per second while in use as well (an
+//!   announcement can be missed while a sentinel connection is down);
 //! * after an I/O error, a dropped connection or a `READONLY` reply, asks
 //!   again and retries the command once;
 //! * when no sentinel answers, keeps the master it has: the sentinels' silence
 //!   is no sign that the master failed.
 
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -47,6 +50,51 @@ pub(crate) struct Sentinel {
     sentinel_conns: std::sync::Mutex<Vec<Option<MultiplexedConnection>>>,
     /// One discovery at a time.
     discovering: tokio::sync::Mutex<()>,
+    /// The master a sentinel announced (`+switch-master`) since the last
+    /// discovery: tried first by the next one.
+    announced: Arc<std::sync::Mutex<Option<(String, u16)>>>,
+    /// The tasks that listen to the sentinels' announcements, started on
+    /// first use (a runtime is needed) and stopped with the connection.
+    listeners: std::sync::OnceLock<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        for task in self.listeners.get().into_iter().flatten() {
+            task.abort();
+        }
+    }
+}
+
+/// The channel on which a sentinel announces a new master:
+/// `<name> <old-ip> <old-port> <new-ip> <new-port>`.
+const SWITCH_MASTER: &str = "+switch-master";
+
+/// Listens to one sentinel's `+switch-master` announcements for `name`,
+/// reconnecting after an error, and leaves the new address in `announced`
+/// until the connection's next discovery takes it.
+async fn listen(client: redis::Client, name: String, announced: Weak<std::sync::Mutex<Option<(String, u16)>>>) {
+    use futures_util::StreamExt;
+    loop {
+        if let Ok(mut pubsub) = client.get_async_pubsub().await
+            && pubsub.subscribe(SWITCH_MASTER).await.is_ok()
+        {
+            let mut messages = pubsub.on_message();
+            while let Some(message) = messages.next().await {
+                let Ok(payload) = message.get_payload::<String>() else { continue };
+                let parts: Vec<&str> = payload.split(' ').collect();
+                let [master, _, _, host, port] = parts.as_slice() else { continue };
+                let (true, Ok(port)) = (*master == name, port.parse::<u16>()) else { continue };
+                let Some(announced) = announced.upgrade() else { return };
+                tracing::info!(master = %name, host, port, "sentinel: announced a new master");
+                *announced.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(((*host).to_owned(), port));
+            }
+        }
+        if announced.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(RECHECK).await;
+    }
 }
 
 /// Whether the master may have changed.
@@ -133,6 +181,8 @@ impl Sentinel {
             sentinels,
             current: RwLock::new(None),
             discovering: tokio::sync::Mutex::new(()),
+            announced: Arc::new(std::sync::Mutex::new(None)),
+            listeners: std::sync::OnceLock::new(),
         })
     }
 
@@ -199,13 +249,29 @@ impl Sentinel {
     }
 
     fn snapshot(&self) -> Option<(MultiplexedConnection, bool)> {
+        let announced = self.announced.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some();
         let guard = self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        guard.as_ref().map(|m| (m.conn.clone(), m.checked.elapsed() >= RECHECK))
+        guard.as_ref().map(|m| (m.conn.clone(), announced || m.checked.elapsed() >= RECHECK))
+    }
+
+    /// Starts listening to the sentinels' announcements, once.
+    fn listen(&self) {
+        self.listeners.get_or_init(|| {
+            self.sentinels
+                .iter()
+                .filter_map(|info| self.client(info.clone()).ok())
+                .map(|client| {
+                    let announced = Arc::downgrade(&self.announced);
+                    tokio::spawn(listen(client, self.master_name.clone(), announced))
+                })
+                .collect()
+        });
     }
 
     /// The master's connection; (re)discovers it when there is none or the
     /// last check is a second old.
     async fn connection(&self) -> RedisResult<MultiplexedConnection> {
+        self.listen();
         match self.snapshot() {
             Some((conn, false)) => return Ok(conn),
             Some((conn, true)) => {
@@ -236,8 +302,16 @@ impl Sentinel {
         let known =
             self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(|m| m.addr.clone());
         let current = current.filter(|_| !reconnect);
+        // Taken before asking: an announcement that comes meanwhile stays for the next discovery.
+        let announced = self.announced.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         let candidates = match self.master_candidates().await {
-            Ok(candidates) => candidates,
+            // The announced master first: the others may not have heard of it yet.
+            Ok(candidates) => {
+                let mut all: Vec<(String, u16)> = announced.into_iter().collect();
+                all.extend(candidates.into_iter().filter(|c| !all.contains(c)).collect::<Vec<_>>());
+                all
+            }
+            Err(_) if announced.is_some() => announced.into_iter().collect(),
             Err(err) => match (&current, known) {
                 (Some(conn), _) => {
                     tracing::warn!(error = %err, "sentinel: no sentinel answers; keeping the master we have");
@@ -295,6 +369,14 @@ impl Sentinel {
             Ok(conn)
         } else {
             Err(RedisError::from((ErrorKind::Client, "named by a sentinel, but ROLE says it is not a master")))
+        }
+    }
+
+    /// Makes the next command ask the sentinels who the master is (a write
+    /// the replicas did not acknowledge may have gone to a demoted master).
+    pub(crate) fn recheck_soon(&self) {
+        if let Some(master) = self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
+            master.checked = Instant::now().checked_sub(RECHECK).unwrap_or(master.checked);
         }
     }
 
