@@ -26,13 +26,16 @@ const SETTLE_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 /// each slot, and the slots being migrated. The part of it about the slots
 /// read is compared before and after the read: equal means nothing of
 /// theirs moved meanwhile.
+/// A range of slots (first, last) and its owner's node id; `None` for a
+/// failed primary.
+type SlotRange = (u16, u16, Option<String>);
+
 #[derive(Debug, PartialEq, Eq)]
 struct Topology {
     /// Live primaries (host, port), sorted.
     primaries: Vec<(String, u16)>,
-    /// Owner (node id) of each slot range (first, last), sorted; a failed
-    /// primary's ranges are kept under `None`.
-    owners: Vec<(u16, u16, Option<String>)>,
+    /// Owner of each slot range, sorted.
+    owners: Vec<SlotRange>,
     /// Slots being migrated or imported.
     moving: Vec<u16>,
 }
@@ -78,7 +81,7 @@ impl Topology {
 
     /// What of this topology concerns slots `from..to`: their owners, and
     /// which of them are being moved.
-    fn of(&self, from: u16, to: u16) -> (Vec<&(u16, u16, Option<String>)>, Vec<u16>) {
+    fn of(&self, from: u16, to: u16) -> (Vec<&SlotRange>, Vec<u16>) {
         let owners = self.owners.iter().filter(|(first, last, _)| *last >= from && *first < to).collect();
         (owners, self.moving.iter().copied().filter(|s| (from..to).contains(s)).collect())
     }
