@@ -16,7 +16,8 @@ use tower_sessions_multi_redis_store::{Backend, MigrateOptions, Migrator, Modes,
 
 fn redis_cli(args: &[&str]) -> String {
     let out = Command::new("redis-cli").args(args).output().expect("redis-cli on PATH");
-    assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let tail = |b: &[u8]| String::from_utf8_lossy(&b[b.len().saturating_sub(600)..]).into_owned();
+    assert!(out.status.success(), "redis-cli {args:?}: {}{}", tail(&out.stdout), tail(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -27,6 +28,11 @@ fn cluster() -> Vec<RedisServer> {
 
 /// The same, every node requiring `password` when given.
 fn cluster_with(password: Option<&str>) -> Vec<RedisServer> {
+    cluster_of(password, 0)
+}
+
+/// Three primaries with `replicas` replicas each.
+fn cluster_of(password: Option<&str>, replicas: usize) -> Vec<RedisServer> {
     let mut server_args =
         vec!["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "3000"];
     let mut auth: Vec<&str> = Vec::new();
@@ -34,11 +40,12 @@ fn cluster_with(password: Option<&str>) -> Vec<RedisServer> {
         server_args.extend(["--requirepass", pw, "--masterauth", pw]);
         auth.extend(["-a", pw, "--no-auth-warning"]);
     }
-    let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_with(&server_args).unwrap()).collect();
+    let nodes: Vec<RedisServer> =
+        (0..3 * (1 + replicas)).map(|_| RedisServer::start_with(&server_args).unwrap()).collect();
     let mut args: Vec<String> = auth.iter().map(|a| (*a).to_owned()).collect();
     args.extend(["--cluster".into(), "create".into()]);
     args.extend(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())));
-    args.extend(["--cluster-replicas".into(), "0".into(), "--cluster-yes".into()]);
+    args.extend(["--cluster-replicas".into(), replicas.to_string(), "--cluster-yes".into()]);
     redis_cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
     for _ in 0..100 {
         let ok = nodes.iter().all(|n| {
@@ -46,13 +53,21 @@ fn cluster_with(password: Option<&str>) -> Vec<RedisServer> {
             let mut info_args = auth.clone();
             info_args.extend(["-p", &port, "CLUSTER", "INFO"]);
             redis_cli(&info_args).contains("cluster_state:ok")
-        });
+        }) && (replicas == 0 || online_replicas(&nodes[0]) == 3 * replicas);
         if ok {
             return nodes;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("cluster did not become ok");
+}
+
+/// How many replicas `node` sees connected to their primaries.
+fn online_replicas(node: &RedisServer) -> usize {
+    redis_cli(&["-p", &node.port().to_string(), "CLUSTER", "NODES"])
+        .lines()
+        .filter(|line| line.contains("slave") && line.contains(" connected") && !line.contains("fail"))
+        .count()
 }
 
 fn backend(nodes: &[RedisServer]) -> Backend {
@@ -197,4 +212,158 @@ async fn a_password_protected_cluster_from_a_config_file() {
     let store = MultiRedisStore::from_config_file(file.path()).await.unwrap();
     acceptance(&store, "cluster with a password, from a file").await;
     assert!(!format!("{store:?}").contains("cluster-pw"));
+}
+
+/// `CLUSTER NODES` as (id, port, is_primary, primary id) of every node, from `node`.
+fn cluster_nodes(node: &RedisServer) -> Vec<(String, u16, bool, String)> {
+    redis_cli(&["-p", &node.port().to_string(), "CLUSTER", "NODES"])
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            let port = f.get(1)?.split('@').next()?.rsplit_once(':')?.1.parse().ok()?;
+            Some((f[0].to_owned(), port, f.get(2)?.contains("master"), f.get(3)?.to_string()))
+        })
+        .collect()
+}
+
+/// Promotes a replica of the primary listening on `port` (`CLUSTER FAILOVER`
+/// on it) and waits until the cluster agrees.
+fn fail_over(nodes: &[RedisServer], port: u16) {
+    let all = cluster_nodes(&nodes[0]);
+    let primary = all.iter().find(|n| n.1 == port).map(|n| n.0.clone()).unwrap();
+    let replica = all.iter().find(|n| !n.2 && n.3 == primary).map(|n| n.1).unwrap();
+    redis_cli(&["-p", &replica.to_string(), "CLUSTER", "FAILOVER"]);
+    for _ in 0..200 {
+        if cluster_nodes(&nodes[0]).iter().any(|n| n.1 == replica && n.2) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the replica on {replica} was not promoted");
+}
+
+/// Moves `slots` slots between two current primaries (by index in port
+/// order), once every node agrees on the configuration (after a failover
+/// `redis-cli --cluster` refuses until then).
+fn reshard(nodes: &[RedisServer], from: usize, to: usize, slots: u32) {
+    let seed = format!("127.0.0.1:{}", nodes[0].port());
+    let mut primaries: Vec<(String, u16)> = Vec::new();
+    let mut last = String::new();
+    for _ in 0..200 {
+        let check = Command::new("redis-cli").args(["--cluster", "check", &seed]).output().unwrap();
+        let out = String::from_utf8_lossy(&check.stdout).into_owned();
+        // `M: <id> <ip:port>` for each primary, as redis-cli sees them.
+        primaries = out
+            .lines()
+            .filter_map(|line| {
+                // (after any colour code)
+                let mut f = line[line.find("M: ")? + 3..].split(' ');
+                let id = f.next()?.to_owned();
+                Some((id, f.next()?.rsplit_once(':')?.1.parse().ok()?))
+            })
+            .collect();
+        if check.status.success() && !out.contains("[ERR]") && primaries.len() == 3 {
+            break;
+        }
+        last = out;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(primaries.len(), 3, "redis-cli --cluster check never agreed on three primaries: {last}");
+    primaries.sort_by_key(|p| p.1);
+    redis_cli(&[
+        "--cluster",
+        "reshard",
+        &format!("127.0.0.1:{}", primaries[0].1),
+        "--cluster-from",
+        &primaries[from].0,
+        "--cluster-to",
+        &primaries[to].0,
+        "--cluster-slots",
+        &slots.to_string(),
+        "--cluster-yes",
+        "--cluster-pipeline",
+        "20",
+    ]);
+}
+
+/// Issue 13, show 3: a cluster with replicas as the source of a rate-limited
+/// copy, then a `verify`, then a move, each while a primary fails over to its
+/// replica and slots are resharded: every count exact, the source empty at
+/// the end, every session in the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_and_a_reshard_during_migrate_and_verify_lose_and_double_nothing() {
+    const N: u64 = 3000;
+    let nodes = tokio::task::spawn_blocking(|| cluster_of(None, 1)).await.unwrap();
+    let new = RedisServer::start().unwrap();
+    let writer = MultiRedisStore::builder().backend(backend(&nodes)).build().await.unwrap();
+    let mut records = Vec::new();
+    for i in 0..N {
+        let mut rec = record(&format!("u{i}"));
+        writer.create(&mut rec).await.unwrap();
+        records.push(rec);
+    }
+    let app = MultiRedisStore::builder()
+        .backend(Backend::url("new", new.url()))
+        .backend(backend(&nodes).modes(Modes::READ_DELETE))
+        .build()
+        .await
+        .unwrap();
+    let ports: Vec<u16> = {
+        let mut p: Vec<u16> = cluster_nodes(&nodes[0]).into_iter().filter(|n| n.2).map(|n| n.1).collect();
+        p.sort_unstable();
+        p
+    };
+    // Each run takes about 3 s (1,000 sessions a second); the topology
+    // changes while it runs.
+    let options = || MigrateOptions::default().batch_size(100).rate_limit(Some(1000));
+    let nodes = Arc::new(nodes);
+    let churn = |first: u16, from: usize, to: usize| {
+        let nodes = nodes.clone();
+        tokio::task::spawn_blocking(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            fail_over(&nodes, first);
+            reshard(&nodes, from, to, 1500);
+        })
+    };
+
+    let copy = Migrator::for_store(&app, options()).unwrap();
+    let changes = churn(ports[0], 1, 2);
+    let report = copy.run(|_| {}, std::future::pending()).await.unwrap();
+    changes.await.unwrap();
+    assert!(report.finished && report.is_clean(), "{report:?}");
+    assert_eq!((report.progress.scanned, report.progress.copied), (N, N), "{report:?}");
+
+    let changes = churn(ports[1], 2, 0);
+    let mut verified = 0;
+    while !changes.is_finished() || verified == 0 {
+        let v = copy.verify().await.unwrap();
+        assert_eq!((v.checked, v.missing, v.different), (N, 0, 0), "{v:?}");
+        verified += 1;
+    }
+    changes.await.unwrap();
+
+    let mover = Migrator::for_store(&app, options().move_sessions(true)).unwrap();
+    let changes = churn(ports[2], 0, 1);
+    let report = mover.run(|_| {}, std::future::pending()).await.unwrap();
+    changes.await.unwrap();
+    assert!(report.finished && report.is_clean(), "{report:?}");
+    assert_eq!(
+        (report.progress.scanned, report.progress.already_present, report.progress.removed_from_source),
+        (N, N, N),
+        "{report:?}"
+    );
+    let left: Vec<String> = nodes
+        .iter()
+        .flat_map(|n| {
+            let keys = redis_cli(&["-p", &n.port().to_string(), "KEYS", "*"]);
+            keys.lines().map(str::to_owned).collect::<Vec<_>>()
+        })
+        .filter(|k| !k.is_empty() && !k.contains("multi-redis-sessions:instance:"))
+        .collect();
+    assert!(left.is_empty(), "nothing left in the source (nor its replicas): {left:?}");
+    assert_eq!(common::session_keys(&new).await.len() as u64, N);
+    for rec in &records {
+        assert_eq!(app.load(&rec.id).await.unwrap().as_ref(), Some(rec));
+    }
+    eprintln!("failover + reshard during copy, {verified} verifies and a move: counts exact");
 }

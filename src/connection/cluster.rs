@@ -9,7 +9,7 @@ use futures_util::future::join_all;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisResult, Value};
+use redis::{Cmd, FromRedisValue, IntoConnectionInfo, Pipeline, RedisError, RedisResult, Value};
 
 use crate::backend::{Address, Backend};
 use crate::error::Error;
@@ -111,6 +111,12 @@ impl Topology {
 
 pub(crate) struct Cluster {
     client: ClusterClient,
+    /// The nodes' credentials and timeouts, for the scan's own connections.
+    node_settings: (redis::RedisConnectionInfo, redis::AsyncConnectionConfig, bool),
+    /// Connections to single nodes by address, for slot scans: redis-rs's
+    /// cluster client reaches only the nodes its (possibly stale) slot map
+    /// names, and a scan asks the nodes `CLUSTER NODES` names.
+    nodes: std::sync::Mutex<std::collections::HashMap<(String, u16), redis::aio::MultiplexedConnection>>,
     current: RwLock<Option<ClusterConnection>>,
     connecting: tokio::sync::Mutex<()>,
 }
@@ -136,7 +142,23 @@ impl Cluster {
             builder = builder.password(password.clone());
         }
         let client = builder.build().map_err(|err| Error::config(name, "cluster", err.to_string()))?;
-        Ok(Cluster { client, current: RwLock::new(None), connecting: tokio::sync::Mutex::new(()) })
+        let mut redis = redis::RedisConnectionInfo::default();
+        if let Some(username) = &backend.username {
+            redis = redis.set_username(username);
+        }
+        if let Some(password) = &backend.password {
+            redis = redis.set_password(password);
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(backend.socket_timeout))
+            .set_response_timeout(Some(backend.socket_timeout));
+        Ok(Cluster {
+            client,
+            node_settings: (redis, config, backend.tcp_nodelay),
+            nodes: std::sync::Mutex::new(std::collections::HashMap::new()),
+            current: RwLock::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+        })
     }
 
     fn cached(&self) -> Option<ClusterConnection> {
@@ -246,12 +268,26 @@ impl Cluster {
         Ok(Topology::parse(&nodes))
     }
 
-    /// A pipeline on the node at `addr`.
+    /// A pipeline on the node at `addr`, over a connection of our own.
     async fn pipeline_on<T: FromRedisValue>(&self, addr: &(String, u16), pipe: &Pipeline) -> RedisResult<T> {
-        let route = SingleNodeRoutingInfo::ByAddress { host: addr.0.clone(), port: addr.1 };
-        let values = self.connection().await?.route_pipeline(pipe.clone(), 0, pipe.len(), route).await?;
-        let values = values.into_iter().map(Value::extract_error).collect::<RedisResult<Vec<Value>>>()?;
-        redis::from_redis_value(Value::Array(values)).map_err(RedisError::from)
+        let cached = self.nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(addr).cloned();
+        let mut conn = match cached {
+            Some(conn) => conn,
+            None => {
+                let (redis, config, nodelay) = &self.node_settings;
+                let info = redis::ConnectionAddr::Tcp(addr.0.clone(), addr.1).into_connection_info()?;
+                let tcp = info.tcp_settings().clone().set_nodelay(*nodelay);
+                let info = info.set_redis_settings(redis.clone()).set_tcp_settings(tcp);
+                let conn = redis::Client::open(info)?.get_multiplexed_async_connection_with_config(config).await?;
+                self.nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(addr.clone(), conn.clone());
+                conn
+            }
+        };
+        let result = pipe.query_async(&mut conn).await;
+        if result.as_ref().is_err_and(|err| err.is_io_error() || err.is_connection_dropped() || err.is_timeout()) {
+            self.nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(addr);
+        }
+        result
     }
 
     /// The primaries' addresses, sorted.
