@@ -67,10 +67,19 @@ async fn run(store: &MultiRedisStore, ids: &Arc<Vec<Id>>, tasks: usize, millis: 
 #[tokio::main]
 async fn main() {
     let millis = std::env::var("BENCH_MILLIS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
-    let master = RedisServer::start().unwrap();
+    let master = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]).unwrap();
     let port = master.port().to_string();
     let _replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).unwrap();
     let sentinel = RedisServer::start_sentinel("sessions", master.port()).unwrap();
+    // Until the replica acknowledges writes.
+    let mut conn = master.client().unwrap().get_multiplexed_async_connection().await.unwrap();
+    for _ in 0..200 {
+        let _: () = redis::cmd("SET").arg("probe").arg(1).query_async(&mut conn).await.unwrap();
+        let acked: u32 = redis::cmd("WAIT").arg(1).arg(100).query_async(&mut conn).await.unwrap();
+        if acked == 1 {
+            break;
+        }
+    }
     let build = |b: Backend| async move { MultiRedisStore::builder().backend(b).build().await.unwrap() };
     let sentinels = [("127.0.0.1", sentinel.port())];
     let cases: Vec<(&str, MultiRedisStore)> = vec![

@@ -861,11 +861,10 @@ impl Node {
             futures_util::future::join_all(pipes.iter().enumerate().filter(|(_, (_, order))| !order.is_empty()).map(
                 |(member, (pipe, order))| async move {
                     let send = || async {
-                        let replies = self.conn.query_pipeline::<Vec<Value>>(member, pipe).await?;
-                        if let (true, Some(wait)) = (write, self.wait) {
-                            self.conn.wait_replicated(member, wait).await?;
+                        match (write, self.wait) {
+                            (true, Some(wait)) => self.conn.query_pipeline_replicated(member, pipe, wait).await,
+                            _ => self.conn.query_pipeline::<Vec<Value>>(member, pipe).await,
                         }
-                        Ok(replies)
                     };
                     let result = self.guarded(op, Some(deadline), false, send).await;
                     (order, result)
@@ -1153,14 +1152,23 @@ impl Node {
         };
         let (pxat, at) = (pxat.to_string(), at.to_string());
         let args: [&[u8]; 3] = [value, pxat.as_bytes(), at.as_bytes()];
-        let reply: i64 = self.run_script(op, script, (&key, member), tombstone, &args, deadline).await?;
+        let reply: Value = self.run_script(op, script, (&key, member), tombstone, &args, deadline).await?;
         match reply {
-            0 => Err(self.late(op)),
-            -1 => Ok(None),
-            now => {
+            Value::Int(-1) => Ok(None),
+            Value::Int(now) if now != 0 => {
                 self.clocks.observe(member, now.saturating_abs());
                 Ok(Some(now > 0))
             }
+            // Too late: nothing written; the reply carries the server's clock.
+            Value::Array(ref late) if let [Value::Int(now)] = late.as_slice() => {
+                self.clocks.observe(member, *now);
+                Err(self.late(op))
+            }
+            other => Err(Error::Redis {
+                backend: self.name.clone(),
+                op,
+                source: redis::RedisError::from((redis::ErrorKind::Client, "unexpected reply", format!("{other:?}"))),
+            }),
         }
     }
 

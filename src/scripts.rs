@@ -117,26 +117,28 @@ pub(crate) static COPY: Lua = Lua::new(concat!(
 
 /// `KEYS[1]` session; `ARGV[1]` value, `ARGV[2]` `PXAT`, `ARGV[3]` deadline
 /// (server clock, ms). `SET XX` unless past the deadline. Returns one
-/// integer (a reply table costs the server more than the write): `0` too
-/// late; else the server's time (ms), positive when the session was there
-/// and is overwritten, negated when it was missing (nothing written).
+/// integer (a reply table costs the server more than the write): the
+/// server's time (ms), positive when the session was there and is
+/// overwritten, negated when it was missing (nothing written); too late,
+/// `{time}` (rare: a table then carries the clock, so that an estimate
+/// made wrong by a clock step heals).
 pub(crate) static SAVE: Lua = Lua::new(concat!(
     "local t = redis.call('TIME')\n",
     "local now = t[1] * 1000 + math.floor(t[2] / 1000)\n",
-    "if now > tonumber(ARGV[3]) then return 0 end\n",
+    "if now > tonumber(ARGV[3]) then return {now} end\n",
     "if redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2], 'XX') then return now end\n",
     "return -now"
 ));
 
 /// As [`COPY`], but a key already there is overwritten (`SET XX`): a save's
 /// own record, newer than any copy made from a source; and, as [`SAVE`], not
-/// past the deadline `ARGV[3]`. Returns as [`SAVE`] (`0` too late; the
-/// server's time when the session was there and is overwritten, negated when
-/// it was missing and is now written), or `-1` when tombstoned.
+/// past the deadline `ARGV[3]`. Returns as [`SAVE`] (the server's time
+/// when the session was there and is overwritten, negated when it was
+/// missing and is now written; `{time}` too late), or `-1` when tombstoned.
 pub(crate) static FILL: Lua = Lua::new(concat!(
     "local t = redis.call('TIME')\n",
     "local now = t[1] * 1000 + math.floor(t[2] / 1000)\n",
-    "if now > tonumber(ARGV[3]) then return 0 end\n",
+    "if now > tonumber(ARGV[3]) then return {now} end\n",
     "if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end\n",
     "if redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2], 'NX') then return -now end\n",
     "redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2], 'XX')\n",

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{acceptance, conn, record, wait_for_replica, wait_for_replica_count};
+use common::{acceptance, conn, record, wait_for_replica, wait_for_replicas};
 use tokio::sync::Mutex;
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::Record;
@@ -386,7 +386,7 @@ fn version(rec: &Record) -> Option<u64> {
 /// are allowed (while the master is away), and their window is printed.
 async fn acknowledged_writes_survive(fault: Fault, replicas: usize, wait: u32) {
     let mut t = topology_with(replicas).await;
-    wait_for_replica_count(&t.master, 1 + t.spares.len()).await;
+    wait_for_replicas(&t.master.url(), 1 + t.spares.len() as u32).await;
     let store = store_waiting_for(&t, wait).await;
     let stop = Arc::new(AtomicBool::new(false));
     let violations = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));

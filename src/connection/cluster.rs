@@ -14,6 +14,18 @@ use redis::{Cmd, FromRedisValue, IntoConnectionInfo, Pipeline, RedisError, Redis
 use crate::backend::{Address, Backend};
 use crate::error::Error;
 
+/// The key a session command names: `EVAL[SHA] script numkeys key ...`
+/// or `<command> key ...`.
+fn key_of(cmd: &Cmd) -> Option<Vec<u8>> {
+    let mut args = cmd.args_iter().filter_map(|arg| match arg {
+        redis::Arg::Simple(bytes) => Some(bytes),
+        _ => None,
+    });
+    let name = args.next()?.to_ascii_uppercase();
+    let skip = if name.starts_with(b"EVAL") { 2 } else { 0 };
+    args.nth(skip).map(<[u8]>::to_vec)
+}
+
 /// Hash slots in a Redis Cluster.
 pub(crate) const SLOTS: u16 = 16384;
 /// How often a slot scan reads again while the topology changes, and how
@@ -29,6 +41,27 @@ const SETTLE_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 /// A range of slots (first, last) and its owner's node id; `None` for a
 /// failed primary.
 type SlotRange = (u16, u16, Option<String>);
+
+/// Several nodes' views of the topology; the last is the one whose
+/// primaries were asked for theirs.
+struct Views(Vec<Topology>);
+
+impl Views {
+    fn primaries(&self) -> &[(String, u16)] {
+        self.0.last().map_or(&[], |view| view.primaries.as_slice())
+    }
+
+    /// Whether every view finds slots `from..to` settled, with the same owners.
+    fn settled(&self, from: u16, to: u16) -> bool {
+        let first = self.0.first().map(|view| view.of(from, to).0);
+        self.0.iter().all(|view| view.settled(from, to) && Some(view.of(from, to).0) == first)
+    }
+
+    /// What every view says of slots `from..to`.
+    fn of(&self, from: u16, to: u16) -> Vec<(Vec<&SlotRange>, Vec<u16>)> {
+        self.0.iter().map(|view| view.of(from, to)).collect()
+    }
+}
 
 #[derive(Debug, PartialEq, Eq)]
 struct Topology {
@@ -221,12 +254,14 @@ impl Cluster {
     pub(crate) async fn scan_slots(&self, from: u16, slots: u16) -> RedisResult<(Vec<String>, Option<u16>)> {
         let mut to = from.saturating_add(slots.max(1)).min(SLOTS);
         for _ in 0..SETTLE_ATTEMPTS {
-            let before = self.topology().await?;
-            if before.settled(from, to) {
-                let keys = self.keys_in_slots(&before.primaries, from, to).await?;
-                if self.topology().await?.of(from, to) == before.of(from, to) {
-                    return Ok((keys, (to < SLOTS).then_some(to)));
-                }
+            if let Some(before) = self.views().await?
+                && before.settled(from, to)
+                && let Some(keys) = self.keys_in_slots(before.primaries(), from, to).await?
+                && let Some(after) = self.views().await?
+                && after.settled(from, to)
+                && after.of(from, to) == before.of(from, to)
+            {
+                return Ok((keys, (to < SLOTS).then_some(to)));
             }
             // Something moved in this range meanwhile (a reshard goes slot by
             // slot): read fewer slots at once, so that the range settles.
@@ -240,8 +275,12 @@ impl Cluster {
         )))
     }
 
-    /// The keys of slots `from..to` on these primaries, each once.
-    async fn keys_in_slots(&self, primaries: &[(String, u16)], from: u16, to: u16) -> RedisResult<Vec<String>> {
+    /// The keys of slots `from..to` on these primaries, each once (a key
+    /// whose name is not UTF-8 is not a session's, and is left out).
+    /// `None` when keys arrived between counting and reading them.
+    async fn keys_in_slots(&self, primaries: &[(String, u16)], from: u16, to: u16) -> RedisResult<Option<Vec<String>>> {
+        /// Asked for beyond the count: a reply that fills it may be missing keys.
+        const SLACK: u64 = 32;
         let mut keys = std::collections::BTreeSet::new();
         for addr in primaries {
             let mut count = redis::pipe();
@@ -250,22 +289,40 @@ impl Cluster {
             }
             let counts: Vec<u64> = self.pipeline_on(addr, &count).await?;
             let mut get = redis::pipe();
+            let mut asked = Vec::new();
             for (slot, n) in (from..to).zip(counts).filter(|(_, n)| *n > 0) {
-                get.cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(n);
+                get.cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(n + SLACK);
+                asked.push(n + SLACK);
             }
             if !get.is_empty() {
-                let found: Vec<Vec<String>> = self.pipeline_on(addr, &get).await?;
-                keys.extend(found.into_iter().flatten());
+                let found: Vec<Vec<Vec<u8>>> = self.pipeline_on(addr, &get).await?;
+                if found.iter().zip(&asked).any(|(got, &asked)| got.len() as u64 >= asked) {
+                    return Ok(None);
+                }
+                keys.extend(found.into_iter().flatten().filter_map(|key| String::from_utf8(key).ok()));
             }
         }
-        Ok(keys.into_iter().collect())
+        Ok(Some(keys.into_iter().collect()))
     }
 
-    /// The cluster's primaries and slot owners, as one node sees them.
-    async fn topology(&self) -> RedisResult<Topology> {
+    /// Every primary's view of the topology (the markers of a slot being
+    /// migrated appear only in the views of the two nodes moving it), or
+    /// `None` when a primary did not answer.
+    async fn views(&self) -> RedisResult<Option<Views>> {
         let mut conn = self.connection().await?;
         let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut conn).await?;
-        Ok(Topology::parse(&nodes))
+        let first = Topology::parse(&nodes);
+        let mut views = Vec::with_capacity(first.primaries.len());
+        for addr in &first.primaries {
+            let mut ask = redis::pipe();
+            ask.cmd("CLUSTER").arg("NODES");
+            match self.pipeline_on::<(String,)>(addr, &ask).await {
+                Ok((nodes,)) => views.push(Topology::parse(&nodes)),
+                Err(_) => return Ok(None),
+            }
+        }
+        views.push(first);
+        Ok(Some(Views(views)))
     }
 
     /// A pipeline on the node at `addr`, over a connection of our own.
@@ -288,6 +345,31 @@ impl Cluster {
             self.nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(addr);
         }
         result
+    }
+
+    /// The commands of `pipe` concurrently, each followed by `WAIT` on the
+    /// primary of its key's slot (errors kept as replies).
+    pub(crate) async fn query_each_replicated(&self, pipe: &Pipeline, wait: (u32, u64)) -> RedisResult<Vec<Value>> {
+        let replies = join_all(pipe.cmd_iter().map(|cmd| async move {
+            let Some(key) = key_of(cmd) else {
+                return Err(RedisError::from((redis::ErrorKind::Client, "a batched write without a key")));
+            };
+            let mut pair = redis::pipe();
+            pair.ignore_errors().add_command(cmd.clone()).cmd("WAIT").arg(wait.0).arg(wait.1);
+            let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master));
+            let mut values = self.connection().await?.route_pipeline(pair, 0, 2, route).await?.into_iter();
+            let reply = values.next().unwrap_or(Value::Nil);
+            let acked = match values.next() {
+                Some(Value::Int(n)) => u32::try_from(n).unwrap_or(0),
+                _ => 0,
+            };
+            if acked < wait.0 {
+                return Err(super::not_replicated(acked, wait.0, wait.1));
+            }
+            Ok(reply)
+        }))
+        .await;
+        replies.into_iter().collect()
     }
 
     /// The primaries' addresses, sorted.

@@ -100,6 +100,9 @@ impl Batch {
 /// A connection to one server.
 pub(crate) struct Link {
     manager: ConnectionManager,
+    /// A second connection for writes that wait for replicas (`WAIT` holds
+    /// up every later command of its connection), when the backend waits.
+    writes: Option<ConnectionManager>,
     /// With automatic pipelining.
     state: Option<Arc<Mutex<State>>>,
 }
@@ -125,8 +128,13 @@ impl Drop for DirectGuard<'_> {
 }
 
 impl Link {
-    pub(crate) fn new(manager: ConnectionManager, auto_pipeline: bool) -> Link {
-        Link { manager, state: auto_pipeline.then(Arc::default) }
+    pub(crate) fn new(manager: ConnectionManager, writes: Option<ConnectionManager>, auto_pipeline: bool) -> Link {
+        Link { manager, writes, state: auto_pipeline.then(Arc::default) }
+    }
+
+    /// The connection for writes that end with `WAIT`.
+    pub(crate) fn writes(&self) -> ConnectionManager {
+        self.writes.as_ref().unwrap_or(&self.manager).clone()
     }
 
     /// The connection itself, for a caller's own pipelines (sent as they are).
@@ -269,7 +277,7 @@ mod tests {
 
     async fn link(server: &RedisServer) -> Link {
         let client = server.client().unwrap();
-        Link::new(client.get_connection_manager().await.unwrap(), true)
+        Link::new(client.get_connection_manager().await.unwrap(), None, true)
     }
 
     #[tokio::test(flavor = "current_thread")]

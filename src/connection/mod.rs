@@ -41,6 +41,8 @@ fn member_of_backend(parent: &Backend, member: &Backend) -> Backend {
     m.socket_timeout = parent.socket_timeout;
     m.tcp_nodelay = parent.tcp_nodelay;
     m.auto_pipeline = parent.auto_pipeline;
+    m.wait_replicas = parent.wait_replicas;
+    m.wait_timeout = parent.wait_timeout;
     m
 }
 
@@ -124,9 +126,9 @@ impl Connection {
         let mut pipe = redis::pipe();
         pipe.add_command(cmd.clone()).cmd("WAIT").arg(replicas).arg(millis);
         let (reply, acked): (Value, u32) = match self.route(member) {
-            Route::Link(link) => pipe.query_async(&mut link.manager()).await?,
+            Route::Link(link) => pipe.query_async(&mut link.writes()).await?,
             Route::Sentinel(sentinel) => {
-                let replies = Box::pin(sentinel.query_pipeline::<(Value, u32)>(&pipe)).await?;
+                let replies = Box::pin(sentinel.query_pipeline_waiting::<(Value, u32)>(&pipe)).await?;
                 if replies.1 < replicas {
                     sentinel.recheck_soon();
                 }
@@ -140,20 +142,42 @@ impl Connection {
         Ok(redis::from_redis_value(reply)?)
     }
 
-    /// `WAIT replicas millis` after a batch of writes (on a cluster, on every
-    /// primary; the fewest acknowledgements count): an error when fewer
-    /// replicas hold them.
-    pub(crate) async fn wait_replicated(&self, member: usize, (replicas, millis): (u32, u64)) -> RedisResult<()> {
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(replicas).arg(millis);
-        let acked: u32 = self.query(member, &wait).await?;
+    /// A batch of writes (`pipe`, errors kept as replies), acknowledged once
+    /// `replicas` replicas hold them: `WAIT` ends each pipeline, on the
+    /// connection that carried the writes (a `WAIT` sent apart could go out
+    /// on another connection, or to another master, and cover nothing). On a
+    /// cluster, each write is paired with its own `WAIT` on its slot's
+    /// primary.
+    pub(crate) async fn query_pipeline_replicated(
+        &self,
+        member: usize,
+        pipe: &Pipeline,
+        (replicas, millis): (u32, u64),
+    ) -> RedisResult<Vec<Value>> {
+        let mut replies = match self.route(member) {
+            Route::Cluster(cluster) => return Box::pin(cluster.query_each_replicated(pipe, (replicas, millis))).await,
+            Route::Link(link) => {
+                let mut pipe = pipe.clone();
+                pipe.cmd("WAIT").arg(replicas).arg(millis);
+                pipe.query_async::<Vec<Value>>(&mut link.writes()).await?
+            }
+            Route::Sentinel(sentinel) => {
+                let mut pipe = pipe.clone();
+                pipe.cmd("WAIT").arg(replicas).arg(millis);
+                Box::pin(sentinel.query_pipeline_waiting::<Vec<Value>>(&pipe)).await?
+            }
+        };
+        let acked = match replies.pop() {
+            Some(Value::Int(n)) => u32::try_from(n).unwrap_or(0),
+            _ => 0,
+        };
         if acked < replicas {
             if let Route::Sentinel(sentinel) = self.route(member) {
                 sentinel.recheck_soon();
             }
             return Err(not_replicated(acked, replicas, millis));
         }
-        Ok(())
+        Ok(replies)
     }
 
     /// The Redis Cluster client, when this is a cluster.
@@ -195,7 +219,7 @@ impl Connection {
 }
 
 /// The error of a write fewer replicas acknowledged than asked.
-fn not_replicated(acked: u32, replicas: u32, millis: u64) -> RedisError {
+pub(crate) fn not_replicated(acked: u32, replicas: u32, millis: u64) -> RedisError {
     RedisError::from((
         redis::ErrorKind::Client,
         "not replicated",

@@ -53,6 +53,10 @@ pub(crate) struct Sentinel {
     /// The master a sentinel announced (`+switch-master`) since the last
     /// discovery: tried first by the next one.
     announced: Arc<std::sync::Mutex<Option<(String, u16)>>>,
+    /// A second connection to the master, for writes that wait for replicas
+    /// (`WAIT` holds up every later command of its connection), with the
+    /// master's address it was made for.
+    writes: tokio::sync::Mutex<Option<((String, u16), MultiplexedConnection)>>,
     /// The tasks that listen to the sentinels' announcements, started on
     /// first use (a runtime is needed) and stopped with the connection.
     listeners: std::sync::OnceLock<Vec<tokio::task::JoinHandle<()>>>,
@@ -182,6 +186,7 @@ impl Sentinel {
             current: RwLock::new(None),
             discovering: tokio::sync::Mutex::new(()),
             announced: Arc::new(std::sync::Mutex::new(None)),
+            writes: tokio::sync::Mutex::new(None),
             listeners: std::sync::OnceLock::new(),
         })
     }
@@ -422,6 +427,40 @@ impl Sentinel {
 
     pub(crate) async fn query_pipeline<T: FromRedisValue>(&self, pipe: &Pipeline) -> RedisResult<T> {
         self.with_master(|mut conn| async move { pipe.query_async(&mut conn).await }).await
+    }
+
+    /// A pipeline of writes that ends with `WAIT`, on a connection of its
+    /// own to the master: a `WAIT` holds up every later command of its
+    /// connection, and reads must not queue behind replication.
+    pub(crate) async fn query_pipeline_waiting<T: FromRedisValue>(&self, pipe: &Pipeline) -> RedisResult<T> {
+        self.with_master(|_| async move {
+            let mut conn = self.writes_connection().await?;
+            let result = pipe.query_async(&mut conn).await;
+            if result.as_ref().is_err_and(failover_sign) {
+                *self.writes.lock().await = None;
+            }
+            result
+        })
+        .await
+    }
+
+    /// The writes' connection to the current master, made when there is
+    /// none for it yet.
+    async fn writes_connection(&self) -> RedisResult<MultiplexedConnection> {
+        let master =
+            self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(|m| m.addr.clone());
+        let Some(addr) = master else {
+            return Err(RedisError::from((ErrorKind::Client, "no master")));
+        };
+        let mut writes = self.writes.lock().await;
+        if let Some((at, conn)) = writes.as_ref()
+            && *at == addr
+        {
+            return Ok(conn.clone());
+        }
+        let conn = self.connect_master(&addr).await?;
+        *writes = Some((addr, conn.clone()));
+        Ok(conn)
     }
 }
 

@@ -161,10 +161,13 @@ pub(crate) fn open(backend: &Backend) -> Result<Link, Error> {
         .set_number_of_retries(0)
         .set_min_delay(Duration::from_millis(10))
         .set_max_delay(Duration::from_millis(200));
-    let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(|err| Error::Redis {
-        backend: backend.name.clone(),
-        op: "connect",
-        source: err,
-    })?;
-    Ok(Link::new(manager, backend.auto_pipeline))
+    let connect = |client: redis::Client| {
+        ConnectionManager::new_lazy_with_config(client, config.clone()).map_err(|err| Error::Redis {
+            backend: backend.name.clone(),
+            op: "connect",
+            source: err,
+        })
+    };
+    let writes = if backend.wait_replicas > 0 { Some(connect(client.clone())?) } else { None };
+    Ok(Link::new(connect(client)?, writes, backend.auto_pipeline))
 }

@@ -47,30 +47,22 @@ pub async fn conn(server: &RedisServer) -> redis::aio::MultiplexedConnection {
 /// (a Sentinel backend waits for one before it acknowledges a write; a
 /// replica's first sync waits out `repl-diskless-sync-delay`, 5 s).
 pub async fn wait_for_replica(url: &str) {
+    wait_for_replicas(url, 1).await;
+}
+
+/// Waits until the master at `url` has `n` replicas that acknowledge writes.
+pub async fn wait_for_replicas(url: &str, n: u32) {
     let mut conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
     for _ in 0..150 {
         let _: () = redis::cmd("SET").arg("replica-probe").arg(1).query_async(&mut conn).await.unwrap();
-        let acked: u32 = redis::cmd("WAIT").arg(1).arg(100).query_async(&mut conn).await.unwrap();
-        if acked >= 1 {
+        let acked: u32 = redis::cmd("WAIT").arg(n).arg(100).query_async(&mut conn).await.unwrap();
+        if acked >= n {
             let _: () = redis::cmd("DEL").arg("replica-probe").query_async(&mut conn).await.unwrap();
             return;
         }
     }
     let info: String = redis::cmd("INFO").arg("replication").query_async(&mut conn).await.unwrap();
     panic!("no replica acknowledges writes on {url}: {info}");
-}
-
-/// Waits until `master` has `n` replicas online.
-pub async fn wait_for_replica_count(master: &RedisServer, n: usize) {
-    let mut conn = conn(master).await;
-    for _ in 0..200 {
-        let info: String = redis::cmd("INFO").arg("replication").query_async(&mut conn).await.unwrap();
-        if info.matches("state=online").count() >= n {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("fewer than {n} replicas online");
 }
 
 /// The raw value under `key` on `server`.
