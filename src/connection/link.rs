@@ -25,13 +25,20 @@
 //! `BENCHMARKS.md`.)
 //!
 //! Each command keeps its own reply, server errors included; a connection
-//! error or timeout is every command's error of that batch. Batches are sent
+//! error or timeout is every command's error of that batch.
+//!
+//! A link for writes that wait for replicas ([`Link::waiting`]) ends every
+//! send, a lone command or a batch, with `WAIT`: one `WAIT` covers every
+//! write before it on the connection, so under load a batch of writes costs
+//! one replication round trip, not one each (a group commit). A reply is the
+//! command's own once enough replicas acknowledged it, else an error for
+//! every command of that send. Batches are sent
 //! from a task of their own, so a request dropped mid-way (a client that went
 //! away) never strands the commands queued with it.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{Cmd, Pipeline, RedisResult, Value};
 use tokio::sync::oneshot;
 
@@ -97,12 +104,19 @@ impl Batch {
     }
 }
 
+/// What a link's connection must do: redis-rs's `ConnectionManager` (one
+/// server) or `MultiplexedConnection` (a Sentinel's master).
+pub(crate) trait Conn: ConnectionLike + Clone + Send + Sync + 'static {}
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> Conn for C {}
+
 /// A connection to one server.
-pub(crate) struct Link {
-    manager: ConnectionManager,
-    /// A second connection for writes that wait for replicas (`WAIT` holds
-    /// up every later command of its connection), when the backend waits.
-    writes: Option<ConnectionManager>,
+pub(crate) struct Link<C: Conn = ConnectionManager> {
+    manager: C,
+    /// A second link for writes that wait for replicas (`WAIT` holds up
+    /// every later command of its connection), when the backend waits.
+    writes: Option<Box<Link<C>>>,
+    /// Replicas every send waits for, and for how long (ms): a writes link.
+    wait: Option<(u32, u64)>,
     /// With automatic pipelining.
     state: Option<Arc<Mutex<State>>>,
 }
@@ -113,40 +127,55 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 
 /// Counts a direct command as answered once it is (or its request is
 /// dropped), and sends the queued batch if that made it due.
-struct DirectGuard<'a> {
-    link: &'a Link,
+struct DirectGuard<'a, C: Conn> {
+    link: &'a Link<C>,
     state: &'a Arc<Mutex<State>>,
 }
 
-impl Drop for DirectGuard<'_> {
+impl<C: Conn> Drop for DirectGuard<'_, C> {
     fn drop(&mut self) {
         let next = lock(self.state).answered(1);
         if let Some(batch) = next {
-            start_flush(self.link.manager.clone(), self.state.clone(), batch);
+            start_flush(self.link.manager.clone(), self.link.wait, self.state.clone(), batch);
         }
     }
 }
 
-impl Link {
-    pub(crate) fn new(manager: ConnectionManager, writes: Option<ConnectionManager>, auto_pipeline: bool) -> Link {
-        Link { manager, writes, state: auto_pipeline.then(Arc::default) }
+impl<C: Conn> Link<C> {
+    pub(crate) fn new(manager: C, auto_pipeline: bool) -> Link<C> {
+        Link { manager, writes: None, wait: None, state: auto_pipeline.then(Arc::default) }
     }
 
-    /// The connection for writes that end with `WAIT`.
-    pub(crate) fn writes(&self) -> ConnectionManager {
-        self.writes.as_ref().unwrap_or(&self.manager).clone()
+    /// A link for writes acknowledged once `replicas` replicas hold them
+    /// (`WAIT replicas millis` ends each send; see the module docs). Always
+    /// pipelining: that is what lets one `WAIT` cover many writes.
+    pub(crate) fn waiting(manager: C, (replicas, millis): (u32, u64)) -> Link<C> {
+        Link { manager, writes: None, wait: Some((replicas, millis)), state: Some(Arc::default()) }
+    }
+
+    /// With `writes` carrying the writes that wait for replicas.
+    pub(crate) fn with_writes(mut self, writes: Link<C>) -> Link<C> {
+        self.writes = Some(Box::new(writes));
+        self
+    }
+
+    /// The link for writes that wait for replicas (this one when there is
+    /// no other).
+    pub(crate) fn writes(&self) -> &Link<C> {
+        self.writes.as_deref().unwrap_or(self)
     }
 
     /// The connection itself, for a caller's own pipelines (sent as they are).
-    pub(crate) fn manager(&self) -> ConnectionManager {
+    pub(crate) fn manager(&self) -> C {
         self.manager.clone()
     }
 
     /// Sends one command, at once when nothing is in flight, else in the
-    /// next batch; reads its reply.
+    /// next batch; reads its reply (on a [`waiting`](Self::waiting) link,
+    /// once the replicas acknowledged it).
     pub(crate) async fn query(&self, cmd: &Cmd) -> RedisResult<Value> {
         let Some(shared) = &self.state else {
-            return send(self.manager.clone(), cmd).await;
+            return send(self.manager.clone(), self.wait, cmd).await;
         };
         let receiver = {
             let mut state = lock(shared);
@@ -164,7 +193,8 @@ impl Link {
                     // Outside a runtime there is no idle flush; the batch
                     // still leaves when answers make it due.
                     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                        runtime.spawn(flush_when_idle(self.manager.clone(), shared.clone(), state.started));
+                        let (manager, wait) = (self.manager.clone(), self.wait);
+                        runtime.spawn(flush_when_idle(manager, wait, shared.clone(), state.started));
                     }
                 }
                 let batch = state.queue.get_or_insert_with(Batch::new);
@@ -172,14 +202,14 @@ impl Link {
                 batch.waiters.push(reply);
                 if let Some(batch) = state.due() {
                     drop(state);
-                    start_flush(self.manager.clone(), shared.clone(), batch);
+                    start_flush(self.manager.clone(), self.wait, shared.clone(), batch);
                 }
                 Some(receiver)
             }
         };
         let Some(receiver) = receiver else {
             let _answered = DirectGuard { link: self, state: shared };
-            return send(self.manager.clone(), cmd).await;
+            return send(self.manager.clone(), self.wait, cmd).await;
         };
         match receiver.await {
             Ok(reply) => reply,
@@ -189,19 +219,51 @@ impl Link {
     }
 }
 
-/// One command, straight to the connection. Boxed: redis-rs's future is over
-/// 1 KB, and every `.await` level above would move it by value (the store's
-/// own futures stay small; see `operation_futures_stay_small`).
-async fn send(mut manager: ConnectionManager, cmd: &Cmd) -> RedisResult<Value> {
-    Box::pin(async move { manager.send_packed_command(cmd).await }).await
+/// One command, straight to the connection (followed by `WAIT` with
+/// `wait`). Boxed: redis-rs's future is over 1 KB, and every `.await` level
+/// above would move it by value (the store's own futures stay small; see
+/// `operation_futures_stay_small`).
+async fn send<C: Conn>(mut manager: C, wait: Option<(u32, u64)>, cmd: &Cmd) -> RedisResult<Value> {
+    Box::pin(async move {
+        let Some((replicas, millis)) = wait else {
+            return manager.req_packed_command(cmd).await;
+        };
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors().add_command(cmd.clone()).cmd("WAIT").arg(replicas).arg(millis);
+        let mut replies = manager.req_packed_commands(&pipe, 0, 2).await?;
+        acknowledged(&mut replies, (replicas, millis))?;
+        replies.pop().ok_or_else(|| mismatch(0, 1))
+    })
+    .await
+}
+
+/// Takes `WAIT`'s reply off the end of `replies`: an error unless enough
+/// replicas acknowledged the writes before it.
+fn acknowledged(replies: &mut Vec<Value>, (replicas, millis): (u32, u64)) -> RedisResult<()> {
+    let acked = match replies.pop() {
+        Some(Value::Int(n)) => u32::try_from(n).unwrap_or(0),
+        _ => 0,
+    };
+    if acked < replicas {
+        return Err(super::not_replicated(acked, replicas, millis));
+    }
+    Ok(())
+}
+
+fn mismatch(got: usize, count: usize) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Client,
+        "pipeline reply count mismatch",
+        format!("{got} replies for {count} commands"),
+    ))
 }
 
 /// Sends `batch` from a task of its own, so that no request's drop can
 /// strand the commands queued with it.
-fn start_flush(manager: ConnectionManager, state: Arc<Mutex<State>>, batch: Batch) {
+fn start_flush<C: Conn>(manager: C, wait: Option<(u32, u64)>, state: Arc<Mutex<State>>, batch: Batch) {
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
-            runtime.spawn(flush(manager, state, batch));
+            runtime.spawn(flush(manager, wait, state, batch));
         }
         // Dropped outside a runtime (it is shutting down): nothing can be
         // sent any more. The waiters see their batch dropped unsent.
@@ -217,7 +279,7 @@ fn start_flush(manager: ConnectionManager, state: Arc<Mutex<State>>, batch: Batc
 
 /// Lets the tasks that were ready run (they may add to the batch), then
 /// sends batch number `started` if it is still waiting.
-async fn flush_when_idle(manager: ConnectionManager, state: Arc<Mutex<State>>, started: u64) {
+async fn flush_when_idle<C: Conn>(manager: C, wait: Option<(u32, u64)>, state: Arc<Mutex<State>>, started: u64) {
     tokio::task::yield_now().await;
     let batch = {
         let mut state = lock(&state);
@@ -227,24 +289,27 @@ async fn flush_when_idle(manager: ConnectionManager, state: Arc<Mutex<State>>, s
         state.take()
     };
     if let Some(batch) = batch {
-        flush(manager, state, batch).await;
+        flush(manager, wait, state, batch).await;
     }
 }
 
-/// Sends `batch`, then each next batch that its answer makes due.
-async fn flush(mut manager: ConnectionManager, state: Arc<Mutex<State>>, mut batch: Batch) {
+/// Sends `batch` (ended by one `WAIT` with `wait`), then each next batch
+/// that its answer makes due.
+async fn flush<C: Conn>(mut manager: C, wait: Option<(u32, u64)>, state: Arc<Mutex<State>>, mut batch: Batch) {
     loop {
         let count = batch.waiters.len();
-        let replies = manager.send_packed_commands(&batch.pipe, 0, count).await.and_then(|replies| {
-            if replies.len() == count {
-                Ok(replies)
-            } else {
-                Err(redis::RedisError::from((
-                    redis::ErrorKind::Client,
-                    "pipeline reply count mismatch",
-                    format!("{} replies for {count} commands", replies.len()),
-                )))
+        if let Some((replicas, millis)) = wait {
+            batch.pipe.cmd("WAIT").arg(replicas).arg(millis);
+        }
+        let sent = count + usize::from(wait.is_some());
+        let replies = manager.req_packed_commands(&batch.pipe, 0, sent).await.and_then(|mut replies| {
+            if replies.len() != sent {
+                return Err(mismatch(replies.len(), sent));
             }
+            if let Some(wait) = wait {
+                acknowledged(&mut replies, wait)?;
+            }
+            Ok(replies)
         });
         match replies {
             Ok(replies) => {
@@ -271,13 +336,13 @@ mod tests {
     use super::*;
     use crate::testing::RedisServer;
 
-    fn sends(link: &Link) -> usize {
+    fn sends<C: Conn>(link: &Link<C>) -> usize {
         link.state.as_ref().unwrap().lock().unwrap().sends
     }
 
     async fn link(server: &RedisServer) -> Link {
         let client = server.client().unwrap();
-        Link::new(client.get_connection_manager().await.unwrap(), None, true)
+        Link::new(client.get_connection_manager().await.unwrap(), true)
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -123,23 +123,21 @@ impl Connection {
         cmd: &Cmd,
         (replicas, millis): (u32, u64),
     ) -> RedisResult<T> {
-        let mut pipe = redis::pipe();
-        pipe.add_command(cmd.clone()).cmd("WAIT").arg(replicas).arg(millis);
-        let (reply, acked): (Value, u32) = match self.route(member) {
-            Route::Link(link) => pipe.query_async(&mut link.writes()).await?,
-            Route::Sentinel(sentinel) => {
-                let replies = Box::pin(sentinel.query_pipeline_waiting::<(Value, u32)>(&pipe)).await?;
-                if replies.1 < replicas {
-                    sentinel.recheck_soon();
+        let reply = match self.route(member) {
+            // A link of its own, which ends each send with `WAIT`.
+            Route::Link(link) => link.writes().query(cmd).await?,
+            Route::Sentinel(sentinel) => Box::pin(sentinel.query_waiting(cmd, (replicas, millis))).await?,
+            Route::Cluster(cluster) => {
+                let mut pipe = redis::pipe();
+                pipe.add_command(cmd.clone()).cmd("WAIT").arg(replicas).arg(millis);
+                let (reply, acked): (Value, u32) = Box::pin(cluster.query_pipeline_on(key, &pipe)).await?;
+                if acked < replicas {
+                    return Err(not_replicated(acked, replicas, millis));
                 }
-                replies
+                reply
             }
-            Route::Cluster(cluster) => Box::pin(cluster.query_pipeline_on(key, &pipe)).await?,
         };
-        if acked < replicas {
-            return Err(not_replicated(acked, replicas, millis));
-        }
-        Ok(redis::from_redis_value(reply)?)
+        Ok(redis::from_redis_value(reply.extract_error()?)?)
     }
 
     /// A batch of writes (`pipe`, errors kept as replies), acknowledged once
@@ -159,12 +157,12 @@ impl Connection {
             Route::Link(link) => {
                 let mut pipe = pipe.clone();
                 pipe.cmd("WAIT").arg(replicas).arg(millis);
-                pipe.query_async::<Vec<Value>>(&mut link.writes()).await?
+                pipe.query_async::<Vec<Value>>(&mut link.writes().manager()).await?
             }
             Route::Sentinel(sentinel) => {
                 let mut pipe = pipe.clone();
                 pipe.cmd("WAIT").arg(replicas).arg(millis);
-                Box::pin(sentinel.query_pipeline_waiting::<Vec<Value>>(&pipe)).await?
+                Box::pin(sentinel.query_pipeline_waiting::<Vec<Value>>(&pipe, (replicas, millis))).await?
             }
         };
         let acked = match replies.pop() {
@@ -218,16 +216,24 @@ impl Connection {
     }
 }
 
+/// What [`not_replicated`] errors say first.
+const NOT_REPLICATED: &str = "not replicated";
+
 /// The error of a write fewer replicas acknowledged than asked.
 pub(crate) fn not_replicated(acked: u32, replicas: u32, millis: u64) -> RedisError {
     RedisError::from((
         redis::ErrorKind::Client,
-        "not replicated",
+        NOT_REPLICATED,
         format!(
             "WAIT: {acked} of {replicas} replica(s) acknowledged the write within {millis} ms \
              (it ran on the master; a failover may lose it)"
         ),
     ))
+}
+
+/// Whether `err` is a [`not_replicated`] error.
+pub(crate) fn is_not_replicated(err: &RedisError) -> bool {
+    err.kind() == redis::ErrorKind::Client && err.to_string().starts_with(NOT_REPLICATED)
 }
 
 fn unreachable_connection<T>() -> RedisResult<T> {

@@ -22,12 +22,16 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, FromRedisValue, IntoConnectionInfo,
-    Pipeline, RedisConnectionInfo, RedisError, RedisResult,
+    Pipeline, RedisConnectionInfo, RedisError, RedisResult, Value,
 };
 use tokio::time::Instant;
 
+use super::link::Link;
 use crate::backend::{Address, Backend};
 use crate::error::Error;
+
+/// A server's host and port.
+type Addr = (String, u16);
 
 /// How often an open connection re-checks who the master is.
 const RECHECK: Duration = Duration::from_secs(1);
@@ -56,7 +60,7 @@ pub(crate) struct Sentinel {
     /// A second connection to the master, for writes that wait for replicas
     /// (`WAIT` holds up every later command of its connection), with the
     /// master's address it was made for.
-    writes: tokio::sync::Mutex<Option<((String, u16), MultiplexedConnection)>>,
+    writes: tokio::sync::Mutex<Option<(Addr, Arc<Link<MultiplexedConnection>>)>>,
     /// The tasks that listen to the sentinels' announcements, started on
     /// first use (a runtime is needed) and stopped with the connection.
     listeners: std::sync::OnceLock<Vec<tokio::task::JoinHandle<()>>>,
@@ -429,38 +433,64 @@ impl Sentinel {
         self.with_master(|mut conn| async move { pipe.query_async(&mut conn).await }).await
     }
 
-    /// A pipeline of writes that ends with `WAIT`, on a connection of its
-    /// own to the master: a `WAIT` holds up every later command of its
-    /// connection, and reads must not queue behind replication.
-    pub(crate) async fn query_pipeline_waiting<T: FromRedisValue>(&self, pipe: &Pipeline) -> RedisResult<T> {
-        self.with_master(|_| async move {
-            let mut conn = self.writes_connection().await?;
-            let result = pipe.query_async(&mut conn).await;
-            if result.as_ref().is_err_and(failover_sign) {
-                *self.writes.lock().await = None;
-            }
-            result
-        })
-        .await
+    /// A pipeline of writes that ends with `WAIT`, on the writes' own
+    /// connection to the master (a `WAIT` holds up every later command of
+    /// its connection, and reads must not queue behind replication).
+    pub(crate) async fn query_pipeline_waiting<T: FromRedisValue>(
+        &self,
+        pipe: &Pipeline,
+        wait: (u32, u64),
+    ) -> RedisResult<T> {
+        self.waiting(wait, |link| async move { pipe.query_async(&mut link.manager()).await }).await
     }
 
-    /// The writes' connection to the current master, made when there is
-    /// none for it yet.
-    async fn writes_connection(&self) -> RedisResult<MultiplexedConnection> {
+    /// One write, acknowledged once the replicas hold it: on the writes' own
+    /// link to the master, which ends each send with `WAIT` (under load, one
+    /// `WAIT` covers a batch of writes).
+    pub(crate) async fn query_waiting(&self, cmd: &Cmd, wait: (u32, u64)) -> RedisResult<Value> {
+        self.waiting(wait, |link| async move { link.query(cmd).await }).await
+    }
+
+    /// Runs `send` on the writes' link to the master; a write the replicas
+    /// did not acknowledge makes the next command ask the sentinels again.
+    async fn waiting<T, F, Fut>(&self, wait: (u32, u64), send: F) -> RedisResult<T>
+    where
+        F: Fn(Arc<Link<MultiplexedConnection>>) -> Fut,
+        Fut: std::future::Future<Output = RedisResult<T>>,
+    {
+        let result = self
+            .with_master(|_| async {
+                let link = self.writes_link(wait).await?;
+                let result = send(link).await;
+                if result.as_ref().is_err_and(failover_sign) {
+                    *self.writes.lock().await = None;
+                }
+                result
+            })
+            .await;
+        if result.as_ref().is_err_and(super::is_not_replicated) {
+            self.recheck_soon();
+        }
+        result
+    }
+
+    /// The writes' link to the current master, made when there is none for
+    /// it yet.
+    async fn writes_link(&self, wait: (u32, u64)) -> RedisResult<Arc<Link<MultiplexedConnection>>> {
         let master =
             self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(|m| m.addr.clone());
         let Some(addr) = master else {
             return Err(RedisError::from((ErrorKind::Client, "no master")));
         };
         let mut writes = self.writes.lock().await;
-        if let Some((at, conn)) = writes.as_ref()
+        if let Some((at, link)) = writes.as_ref()
             && *at == addr
         {
-            return Ok(conn.clone());
+            return Ok(link.clone());
         }
-        let conn = self.connect_master(&addr).await?;
-        *writes = Some((addr, conn.clone()));
-        Ok(conn)
+        let link = Arc::new(Link::waiting(self.connect_master(&addr).await?, wait));
+        *writes = Some((addr, link.clone()));
+        Ok(link)
     }
 }
 

@@ -168,6 +168,10 @@ pub(crate) fn open(backend: &Backend) -> Result<Link, Error> {
             source: err,
         })
     };
-    let writes = if backend.wait_replicas > 0 { Some(connect(client.clone())?) } else { None };
-    Ok(Link::new(connect(client)?, writes, backend.auto_pipeline))
+    let link = Link::new(connect(client.clone())?, backend.auto_pipeline);
+    if backend.wait_replicas == 0 {
+        return Ok(link);
+    }
+    let wait = (backend.wait_replicas, backend.wait_millis());
+    Ok(link.with_writes(Link::waiting(connect(client)?, wait)))
 }
