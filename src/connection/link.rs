@@ -47,6 +47,10 @@ use tokio::sync::oneshot;
 struct State {
     /// Commands written and not answered yet (on their own or in batches).
     in_flight: usize,
+    /// One send in flight at a time (a link whose sends end with `WAIT`:
+    /// the server runs them one after the other anyway, each waiting for
+    /// the replicas, so the fewer and larger the better).
+    one_at_a_time: bool,
     /// The next batch.
     queue: Option<Batch>,
     /// Batches started so far: tells a batch's idle flush whether the queue
@@ -64,7 +68,7 @@ impl State {
     /// nothing is in flight. Counts it as in flight.
     fn due(&mut self) -> Option<Batch> {
         let len = self.queue.as_ref().map_or(0, |b| b.waiters.len());
-        if len == 0 || 3 * len < self.in_flight {
+        if len == 0 || 3 * len < self.in_flight || (self.one_at_a_time && self.in_flight > 0) {
             return None;
         }
         self.take()
@@ -150,7 +154,8 @@ impl<C: Conn> Link<C> {
     /// (`WAIT replicas millis` ends each send; see the module docs). Always
     /// pipelining: that is what lets one `WAIT` cover many writes.
     pub(crate) fn waiting(manager: C, (replicas, millis): (u32, u64)) -> Link<C> {
-        Link { manager, writes: None, wait: Some((replicas, millis)), state: Some(Arc::default()) }
+        let state = State { one_at_a_time: true, ..State::default() };
+        Link { manager, writes: None, wait: Some((replicas, millis)), state: Some(Arc::new(Mutex::new(state))) }
     }
 
     /// With `writes` carrying the writes that wait for replicas.
@@ -188,7 +193,7 @@ impl<C: Conn> Link<C> {
                 None
             } else {
                 let (reply, receiver) = oneshot::channel();
-                if state.queue.is_none() {
+                if state.queue.is_none() && !state.one_at_a_time {
                     state.started += 1;
                     // Outside a runtime there is no idle flush; the batch
                     // still leaves when answers make it due.
@@ -448,5 +453,31 @@ mod tests {
         assert_eq!(sends(&link), 5, "the last batch left before any answer");
         let replies = requests.await.unwrap();
         assert!(replies.iter().all(|r| matches!(r, Ok(Value::Okay))), "{replies:?}");
+    }
+
+    /// Group commit: concurrent writes on a waiting link go out as one
+    /// direct command and then one batch, each ended by a `WAIT`; without a
+    /// replica every write is an error.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_waiting_link_sends_one_wait_per_batch_and_refuses_unreplicated_writes() {
+        let master = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]).unwrap();
+        let lonely = Link::waiting(master.client().unwrap().get_connection_manager().await.unwrap(), (1, 20));
+        let err = lonely.query(redis::cmd("SET").arg("k").arg(1)).await.unwrap_err();
+        assert!(super::super::is_not_replicated(&err), "{err}");
+
+        let port = master.port().to_string();
+        let _replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).unwrap();
+        let link = Link::waiting(master.client().unwrap().get_connection_manager().await.unwrap(), (1, 1000));
+        let probe = redis::cmd("SET").arg("probe").arg(1).clone();
+        for _ in 0..200 {
+            if link.query(&probe).await.is_ok() {
+                break;
+            }
+        }
+        let before = sends(&link);
+        let set: Vec<Cmd> = (0..64).map(|i| redis::cmd("SET").arg(format!("k{i}")).arg(i).clone()).collect();
+        let replies = futures_util::future::join_all(set.iter().map(|cmd| link.query(cmd))).await;
+        assert!(replies.iter().all(|r| matches!(r, Ok(Value::Okay))), "{replies:?}");
+        assert_eq!(sends(&link) - before, 2, "one direct command, then the other 63 in one batch");
     }
 }
