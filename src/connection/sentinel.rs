@@ -409,19 +409,31 @@ impl Sentinel {
         F: Fn(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = RedisResult<T>>,
     {
-        let first = match self.connection().await {
-            Ok(conn) => send(conn).await,
-            Err(err) => Err(err),
-        };
-        match first {
-            Err(err) if failover_sign(&err) => {
-                tracing::debug!(error = %err, "sentinel: asking for the master again");
-                // With the sentinels silent the master stays what it was,
-                // and the command fails as it did: no worse.
-                let _one = self.discovering.lock().await;
-                send(self.refresh(None, true).await?).await
+        let attempts = async {
+            let first = match self.connection().await {
+                Ok(conn) => send(conn).await,
+                Err(err) => Err(err),
+            };
+            match first {
+                Err(err) if failover_sign(&err) => {
+                    tracing::debug!(error = %err, "sentinel: asking for the master again");
+                    // With the sentinels silent the master stays what it was,
+                    // and the command fails as it did: no worse.
+                    let _one = self.discovering.lock().await;
+                    send(self.refresh(None, true).await?).await
+                }
+                other => other,
             }
-            other => other,
+        };
+        // One bound for both attempts and the discovery between them, as
+        // for the other kinds of backend (twice the socket timeout).
+        let bound = self.backend.socket_timeout.saturating_mul(2);
+        match tokio::time::timeout(bound, attempts).await {
+            Ok(result) => result,
+            Err(_) => Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {bound:?} (two attempts and a discovery)"),
+            ))),
         }
     }
 
