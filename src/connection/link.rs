@@ -164,10 +164,9 @@ impl<C: Conn> Link<C> {
         self
     }
 
-    /// The link for writes that wait for replicas (this one when there is
-    /// no other).
-    pub(crate) fn writes(&self) -> &Link<C> {
-        self.writes.as_deref().unwrap_or(self)
+    /// The link for writes that wait for replicas, when the backend waits.
+    pub(crate) fn writes(&self) -> Option<&Link<C>> {
+        self.writes.as_deref()
     }
 
     /// The connection itself, for a caller's own pipelines (sent as they are).
@@ -298,18 +297,41 @@ async fn flush_when_idle<C: Conn>(manager: C, wait: Option<(u32, u64)>, state: A
     }
 }
 
+/// Counts a sent batch as answered when dropped unanswered (its task was
+/// cancelled, or its runtime shut down), and sends the batch that made due:
+/// without it the count would stay up, and a link that waits for an empty
+/// connection before sending would hold its queue for ever.
+struct Sent<C: Conn> {
+    state: Arc<Mutex<State>>,
+    count: usize,
+    manager: C,
+    wait: Option<(u32, u64)>,
+    armed: bool,
+}
+
+impl<C: Conn> Drop for Sent<C> {
+    fn drop(&mut self) {
+        if self.armed
+            && let Some(next) = lock(&self.state).answered(self.count)
+        {
+            start_flush(self.manager.clone(), self.wait, self.state.clone(), next);
+        }
+    }
+}
+
 /// Sends `batch` (ended by one `WAIT` with `wait`), then each next batch
 /// that its answer makes due.
 async fn flush<C: Conn>(mut manager: C, wait: Option<(u32, u64)>, state: Arc<Mutex<State>>, mut batch: Batch) {
     loop {
         let count = batch.waiters.len();
+        let mut sent = Sent { state: state.clone(), count, manager: manager.clone(), wait, armed: true };
         if let Some((replicas, millis)) = wait {
             batch.pipe.cmd("WAIT").arg(replicas).arg(millis);
         }
-        let sent = count + usize::from(wait.is_some());
-        let replies = manager.req_packed_commands(&batch.pipe, 0, sent).await.and_then(|mut replies| {
-            if replies.len() != sent {
-                return Err(mismatch(replies.len(), sent));
+        let commands = count + usize::from(wait.is_some());
+        let replies = manager.req_packed_commands(&batch.pipe, 0, commands).await.and_then(|mut replies| {
+            if replies.len() != commands {
+                return Err(mismatch(replies.len(), commands));
             }
             if let Some(wait) = wait {
                 acknowledged(&mut replies, wait)?;
@@ -328,6 +350,7 @@ async fn flush<C: Conn>(mut manager: C, wait: Option<(u32, u64)>, state: Arc<Mut
                 }
             }
         }
+        sent.armed = false;
         let next = lock(&state).answered(count);
         match next {
             Some(next) => batch = next,

@@ -125,7 +125,18 @@ impl Connection {
     ) -> RedisResult<T> {
         let reply = match self.route(member) {
             // A link of its own, which ends each send with `WAIT`.
-            Route::Link(link) => link.writes().query(cmd).await?,
+            Route::Link(link) => match link.writes() {
+                Some(writes) => writes.query(cmd).await?,
+                None => {
+                    let mut pipe = redis::pipe();
+                    pipe.add_command(cmd.clone()).cmd("WAIT").arg(replicas).arg(millis);
+                    let (reply, acked): (Value, u32) = pipe.query_async(&mut link.manager()).await?;
+                    if acked < replicas {
+                        return Err(not_replicated(acked, replicas, millis));
+                    }
+                    reply
+                }
+            },
             Route::Sentinel(sentinel) => Box::pin(sentinel.query_waiting(cmd, (replicas, millis))).await?,
             Route::Cluster(cluster) => {
                 let mut pipe = redis::pipe();
@@ -157,7 +168,7 @@ impl Connection {
             Route::Link(link) => {
                 let mut pipe = pipe.clone();
                 pipe.cmd("WAIT").arg(replicas).arg(millis);
-                pipe.query_async::<Vec<Value>>(&mut link.writes().manager()).await?
+                pipe.query_async::<Vec<Value>>(&mut link.writes().unwrap_or(link).manager()).await?
             }
             Route::Sentinel(sentinel) => {
                 let mut pipe = pipe.clone();

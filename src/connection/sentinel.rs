@@ -419,8 +419,14 @@ impl Sentinel {
                     tracing::debug!(error = %err, "sentinel: asking for the master again");
                     // With the sentinels silent the master stays what it was,
                     // and the command fails as it did: no worse.
-                    let _one = self.discovering.lock().await;
-                    send(self.refresh(None, true).await?).await
+                    // Discovery only is serialised: other requests must
+                    // not wait (or skip their own checks) while this one's
+                    // command runs.
+                    let conn = {
+                        let _one = self.discovering.lock().await;
+                        self.refresh(None, true).await?
+                    };
+                    send(conn).await
                 }
                 other => other,
             }
@@ -473,9 +479,13 @@ impl Sentinel {
         let result = self
             .with_master(|_| async {
                 let link = self.writes_link(wait).await?;
-                let result = send(link).await;
+                let result = send(link.clone()).await;
                 if result.as_ref().is_err_and(failover_sign) {
-                    *self.writes.lock().await = None;
+                    // This link only: another task may have made a fresh one.
+                    let mut writes = self.writes.lock().await;
+                    if writes.as_ref().is_some_and(|(_, cached)| Arc::ptr_eq(cached, &link)) {
+                        *writes = None;
+                    }
                 }
                 result
             })
@@ -490,17 +500,26 @@ impl Sentinel {
     /// it yet.
     async fn writes_link(&self, wait: (u32, u64)) -> RedisResult<Arc<Link<MultiplexedConnection>>> {
         let master =
-            self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(|m| m.addr.clone());
-        let Some(addr) = master else {
+            || self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(|m| m.addr.clone());
+        // The master is read under the lock (a task that waited for it must
+        // not connect to a master replaced meanwhile), and again after
+        // connecting.
+        let mut writes = self.writes.lock().await;
+        let Some(addr) = master() else {
             return Err(RedisError::from((ErrorKind::Client, "no master")));
         };
-        let mut writes = self.writes.lock().await;
         if let Some((at, link)) = writes.as_ref()
             && *at == addr
         {
             return Ok(link.clone());
         }
         let link = Arc::new(Link::waiting(self.connect_master(&addr).await?, wait));
+        if master().as_ref() != Some(&addr) {
+            return Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "the master changed while connecting to it",
+            )));
+        }
         *writes = Some((addr, link.clone()));
         Ok(link)
     }
