@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::backend::Node;
 use crate::error::Error;
+use crate::node::Node;
 use crate::store::{Inner, MultiRedisStore};
 
 /// How often an instance renews its announcement.

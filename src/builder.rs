@@ -4,8 +4,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::backend::{Backend, Node};
+use crate::backend::Backend;
 use crate::error::Error;
+use crate::node::Node;
 use crate::store::{CopyOnRead, MultiRedisStore, Options, ReadPolicy, WritePolicy};
 
 /// How many ids `create` tries before giving up (a collision of 128-bit

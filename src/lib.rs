@@ -76,8 +76,10 @@ pub mod codec;
 mod config;
 mod connection;
 mod error;
+mod health;
 mod migrate;
 mod mode;
+mod node;
 mod partition;
 pub mod plan;
 mod policy;
@@ -89,13 +91,14 @@ mod store;
 pub mod testing;
 
 pub use announce::{ANNOUNCE_EVERY, ANNOUNCE_TTL, LiveConfiguration};
-pub use backend::{Address, Backend, BackendCounters, BackendHealth, DEFAULT_SOCKET_TIMEOUT};
+pub use backend::{Address, Backend, DEFAULT_SOCKET_TIMEOUT};
 pub use breaker::{BreakerConfig, BreakerState, DEFAULT_COOL_DOWN, DEFAULT_FAILURE_THRESHOLD};
 pub use builder::{
     DEFAULT_CREATE_ATTEMPTS, DEFAULT_TOMBSTONE_TTL, MAX_TOMBSTONE_TTL, MAX_WAIT, MultiRedisStoreBuilder,
 };
 pub use config::{BackendConfig, Config};
 pub use error::Error;
+pub use health::{BackendCounters, BackendHealth};
 pub use migrate::{
     DEFAULT_BATCH_SIZE, DEFAULT_MAX_LISTED, KeyFailure, MigrateOptions, Migrator, Progress, RepairReport, Report,
     VerifyReport,

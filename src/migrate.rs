@@ -31,9 +31,9 @@ use redis::Value;
 use serde::Serialize;
 use tower_sessions_core::session::Id;
 
-use crate::backend::{Copied, Node};
 use crate::codec;
 use crate::error::Error;
+use crate::node::{Copied, Node};
 use crate::scripts;
 use crate::store::MultiRedisStore;
 

@@ -7,7 +7,7 @@ use futures_util::future::join_all;
 use serde::Serialize;
 use tower_sessions_core::session::Id;
 
-use crate::backend::Node;
+use crate::node::Node;
 use crate::store::MultiRedisStore;
 
 /// What [`MultiRedisStore::stats`] reports for one backend.

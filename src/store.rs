@@ -77,11 +77,12 @@ use tower_sessions_core::session::{Id, Record};
 use tower_sessions_core::{SessionStore, session_store};
 use tracing::Instrument;
 
-use crate::backend::{BackendHealth, Copied, CopyMode, Counter, Deadline, Node};
 use crate::builder::MultiRedisStoreBuilder;
 use crate::clock;
 use crate::codec;
 use crate::error::Error;
+use crate::health::{BackendHealth, Counter};
+use crate::node::{Copied, CopyMode, Deadline, Node};
 pub use crate::policy::{CopyOnRead, ReadPolicy, WritePolicy};
 
 /// A [`SessionStore`] over an ordered list of Redis backends, each allowed to

@@ -1,0 +1,753 @@
+//! One backend's live form ([`Node`], crate-internal: name, modes, key
+//! prefix, connection, breaker, timeouts), which runs the few Redis
+//! commands a session store needs.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::{Cmd, FromRedisValue, Pipeline, Value};
+
+use crate::backend::{Address, Backend};
+use crate::breaker::{Breaker, BreakerState, Permit};
+use crate::clock::{self, ServerClocks};
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::health::{BackendCounters, BackendHealth, Counter};
+use crate::mode::Modes;
+use crate::scripts::{COPY, FILL, LOGOUT, Lua, SAVE};
+
+/// The instant an operation must be done by, if any.
+pub(crate) type Deadline = Option<tokio::time::Instant>;
+
+/// Bits of a composite SCAN cursor that hold the member of a partitioned backend.
+const MEMBER_SHIFT: u32 = 56;
+const INNER_MASK: u64 = (1 << MEMBER_SHIFT) - 1;
+
+/// What a copy into a write backend is to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CopyMode {
+    /// Copy.
+    Copy,
+    /// Copy, and hand back the value a key already there holds.
+    CopyAndShow,
+    /// Write nothing: only look for a tombstone, and hand back a value there.
+    Look,
+}
+
+impl CopyMode {
+    /// [`COPY`](crate::scripts::COPY)'s `ARGV[4]`.
+    fn arg(self) -> &'static [u8] {
+        match self {
+            CopyMode::Copy => b"0",
+            CopyMode::CopyAndShow => b"1",
+            CopyMode::Look => b"2",
+        }
+    }
+}
+
+/// What a conditional copy into a write backend found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Copied {
+    /// The session was missing and is now written.
+    Written,
+    /// The session was there: kept (a copy; with its value when asked for)
+    /// or overwritten (a fill).
+    Present(Option<Vec<u8>>),
+    /// A logout left a tombstone: nothing written.
+    Tombstoned,
+}
+
+impl Copied {
+    /// From the reply of [`COPY`](crate::scripts::COPY) or the code of
+    /// [`FILL`](crate::scripts::FILL): `Err(true)` when the server refused
+    /// it as too late, `Err(false)` for a reply of another shape.
+    pub(crate) fn from_reply(reply: Value) -> Result<Copied, bool> {
+        match reply {
+            Value::Int(1) => Ok(Copied::Written),
+            Value::Int(0) => Ok(Copied::Present(None)),
+            Value::Int(-1) => Ok(Copied::Tombstoned),
+            Value::Int(-2) => Err(true),
+            Value::BulkString(bytes) => Ok(Copied::Present(Some(bytes))),
+            _ => Err(false),
+        }
+    }
+}
+
+/// A connected backend, as the store uses it.
+pub(crate) struct Node {
+    pub(crate) name: String,
+    pub(crate) modes: Modes,
+    pub(crate) prefix: String,
+    conn: Connection,
+    /// Hard bound of one command: connecting plus answering.
+    op_timeout: Duration,
+    /// How long redis-rs waits for an answer.
+    socket_timeout: Duration,
+    /// What we know of the servers' clocks, for write deadlines.
+    clocks: ServerClocks,
+    /// Whether saves carry a deadline the server enforces.
+    refuse_late_writes: bool,
+    /// How long a logout's tombstone lives.
+    tombstone_ttl: Duration,
+    /// Replicas a write waits for, and for how long (ms): `None` when off.
+    wait: Option<(u32, u64)>,
+    retry_on_timeout: bool,
+    breaker: Breaker,
+    counters: [AtomicU64; 6],
+    last_ok: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    /// The `metrics` handles of the counters, registered once.
+    #[cfg(feature = "metrics")]
+    metrics: [metrics::Counter; 6],
+}
+
+/// The `metrics` names of the counters, in [`Counter`] order.
+#[cfg(feature = "metrics")]
+const METRIC_NAMES: [&str; 6] = [
+    "tower_sessions_redis_hits_total",
+    "tower_sessions_redis_misses_total",
+    "tower_sessions_redis_copies_total",
+    "tower_sessions_redis_errors_total",
+    "tower_sessions_redis_timeouts_total",
+    "tower_sessions_redis_breaker_trips_total",
+];
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.name)
+            .field("modes", &self.modes)
+            .field("prefix", &self.prefix)
+            .field("op_timeout", &self.op_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Prepares the connection; nothing is sent over the network yet, so a
+    /// store can be built while one of its servers is down.
+    pub(crate) fn connect(backend: &Backend, refuse_late_writes: bool, tombstone_ttl: Duration) -> Result<Node, Error> {
+        let conn = Connection::open(backend)?;
+        let shared_clock = matches!(backend.address, Address::Sentinel { .. } | Address::Cluster(_));
+        Ok(Node {
+            name: backend.name.clone(),
+            modes: backend.modes,
+            prefix: backend.prefix.clone(),
+            clocks: ServerClocks::new(conn.members(), shared_clock),
+            conn,
+            op_timeout: backend.socket_timeout * 2,
+            socket_timeout: backend.socket_timeout,
+            refuse_late_writes,
+            tombstone_ttl,
+            wait: (backend.wait_replicas > 0).then(|| (backend.wait_replicas, backend.wait_millis())),
+            retry_on_timeout: backend.retry_on_timeout,
+            breaker: Breaker::new(backend.breaker),
+            counters: Default::default(),
+            last_ok: AtomicBool::new(true),
+            last_error: Mutex::new(None),
+            #[cfg(feature = "metrics")]
+            metrics: METRIC_NAMES.map(|name| metrics::counter!(name, "backend" => backend.name.clone())),
+        })
+    }
+
+    /// The Redis key of a session id: the prefix, then the id.
+    pub(crate) fn key(&self, id: &(impl fmt::Display + ?Sized)) -> String {
+        use fmt::Write;
+        let mut key = String::with_capacity(self.prefix.len() + 24);
+        key.push_str(&self.prefix);
+        let _ = write!(key, "{id}");
+        key
+    }
+
+    /// Adds one to a counter (and to the `metrics` facade with that feature).
+    pub(crate) fn count(&self, counter: Counter) {
+        self.counters[counter as usize].fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        self.metrics[counter as usize].increment(1);
+    }
+
+    /// What the store saw of this backend.
+    pub(crate) fn health(&self) -> BackendHealth {
+        let c = |counter: Counter| self.counters[counter as usize].load(Ordering::Relaxed);
+        let breaker = self.breaker.state();
+        BackendHealth {
+            name: self.name.clone(),
+            modes: self.modes.to_string(),
+            up: self.last_ok.load(Ordering::Relaxed) && breaker == BreakerState::Closed,
+            breaker,
+            last_error: self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+            counters: BackendCounters {
+                hits: c(Counter::Hit),
+                misses: c(Counter::Miss),
+                copies: c(Counter::Copy),
+                errors: c(Counter::Error),
+                timeouts: c(Counter::Timeout),
+                breaker_trips: c(Counter::BreakerTrip),
+            },
+        }
+    }
+
+    /// Runs `attempt` (given its time bound) through the circuit breaker,
+    /// bounded by the command timeout and the operation's `deadline`, retried
+    /// once after a timeout when `idempotent` and the backend asks for it.
+    async fn guarded<T, F, Fut>(
+        &self,
+        op: &'static str,
+        deadline: Option<tokio::time::Instant>,
+        idempotent: bool,
+        attempt: F,
+    ) -> Result<T, Error>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let permit = self.breaker.allow();
+        if let Permit::Refused(retry_in) = permit {
+            self.count(Counter::Error);
+            return Err(Error::Unavailable { backend: self.name.clone(), retry_in });
+        }
+        let attempts = if idempotent && self.retry_on_timeout { 2 } else { 1 };
+        let mut attempt_no = 0;
+        let result = loop {
+            attempt_no += 1;
+            // redis-rs bounds connecting and answering (`socket_timeout` each);
+            // a timer of our own is armed only for an operation deadline.
+            let result = match deadline {
+                None => attempt().await.map_err(|source| Error::Redis { backend: self.name.clone(), op, source }),
+                Some(at) => {
+                    let bound = self.op_timeout.min(at.saturating_duration_since(tokio::time::Instant::now()));
+                    // Boxed: a timer is large, and most stores set no deadline.
+                    match Box::pin(tokio::time::timeout(bound, attempt())).await {
+                        Ok(Ok(value)) => Ok(value),
+                        Ok(Err(source)) => Err(Error::Redis { backend: self.name.clone(), op, source }),
+                        Err(_elapsed) => Err(Error::Timeout { backend: self.name.clone(), op, after: bound }),
+                    }
+                }
+            };
+            match &result {
+                Err(err)
+                    if attempt_no < attempts
+                        && err.is_timeout()
+                        && deadline.is_none_or(|at| tokio::time::Instant::now() < at) =>
+                {
+                    tracing::debug!(backend = %self.name, op, "timed out; retrying");
+                }
+                _ => break result,
+            }
+        };
+        let unreachable = result.as_ref().err().is_some_and(|e| e.is_timeout() || e.is_connection_error());
+        if self.breaker.record(&permit, unreachable) {
+            self.count(Counter::BreakerTrip);
+            tracing::warn!(backend = %self.name, "circuit breaker open: backend skipped during its cool-down");
+        }
+        tracing::trace!(backend = %self.name, op, ok = result.is_ok(), "command");
+        match &result {
+            // Read first: writing a shared flag on every command would bounce
+            // its cache line between worker threads.
+            Ok(_) if !self.last_ok.load(Ordering::Relaxed) => self.last_ok.store(true, Ordering::Relaxed),
+            Ok(_) => {}
+            Err(err) => {
+                self.count(Counter::Error);
+                if err.is_timeout() {
+                    self.count(Counter::Timeout);
+                }
+                self.last_ok.store(false, Ordering::Relaxed);
+                *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(err.to_string());
+            }
+        }
+        result
+    }
+
+    /// One command, to member `member` of the backend.
+    async fn run<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        member: usize,
+        cmd: &Cmd,
+        idempotent: bool,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<T, Error> {
+        self.guarded(op, deadline, idempotent, || self.conn.query::<T>(member, cmd)).await
+    }
+
+    /// A session write to member `member` (`key` routes it on a cluster),
+    /// acknowledged once the replicas this backend waits for hold it.
+    async fn run_write<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        (key, member): (&str, usize),
+        cmd: &Cmd,
+        idempotent: bool,
+        deadline: Deadline,
+    ) -> Result<T, Error> {
+        self.guarded(op, deadline, idempotent, || self.send_write(member, key, cmd)).await
+    }
+
+    /// Sends a write, followed by `WAIT` when this backend waits for replicas.
+    async fn send_write<T: FromRedisValue>(&self, member: usize, key: &str, cmd: &Cmd) -> redis::RedisResult<T> {
+        match self.wait {
+            None => self.conn.query(member, cmd).await,
+            // Boxed: keeps the futures of backends without it small.
+            Some(wait) => Box::pin(self.conn.query_replicated(member, key, cmd, wait)).await,
+        }
+    }
+
+    /// The key of session `id` and the member that holds it, formatting the id once.
+    fn route(&self, id: &(impl fmt::Display + ?Sized)) -> (String, usize) {
+        let key = self.key(id);
+        let member = self.conn.member_of(&key[self.prefix.len()..]);
+        (key, member)
+    }
+
+    /// The member (of a partitioned backend; else 0) that holds session `id`.
+    pub(crate) fn member_of(&self, id: &str) -> usize {
+        self.conn.member_of(id)
+    }
+
+    /// The session id of one of this backend's keys (the key without the prefix).
+    pub(crate) fn id_of<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(self.prefix.as_str())
+    }
+
+    /// `SCAN cursor MATCH <prefix>* COUNT count`: the next cursor and keys.
+    /// A partitioned backend is walked member after member; the member is
+    /// kept in the top 8 bits of the cursor. A cluster is walked hash slot
+    /// by hash slot, the cursor being the next slot (`cluster.rs` says why).
+    pub(crate) async fn scan(&self, cursor: u64, count: usize) -> Result<(u64, Vec<String>), Error> {
+        self.scan_after_prefix(cursor, count, "").await
+    }
+
+    /// `SCAN cursor MATCH <prefix><tail>*`, prefix and `tail` taken literally
+    /// (glob characters escaped).
+    pub(crate) async fn scan_after_prefix(
+        &self,
+        cursor: u64,
+        count: usize,
+        tail: &str,
+    ) -> Result<(u64, Vec<String>), Error> {
+        let out_of_range = || Error::Redis {
+            backend: self.name.clone(),
+            op: "SCAN",
+            source: redis::RedisError::from((redis::ErrorKind::Client, "SCAN cursor out of range")),
+        };
+        if let Some(cluster) = self.conn.cluster() {
+            let from = u16::try_from(cursor).ok().filter(|&slot| slot < crate::connection::CLUSTER_SLOTS);
+            let from = from.ok_or_else(out_of_range)?;
+            let slots = u16::try_from(count.clamp(64, 2048)).unwrap_or(2048);
+            let (mut keys, next) = self.guarded("SCAN", None, true, || cluster.scan_slots(from, slots)).await?;
+            let literal = format!("{}{tail}", self.prefix);
+            keys.retain(|key| key.starts_with(&literal));
+            return Ok((next.map_or(0, u64::from), keys));
+        }
+        let mut pattern = String::with_capacity(self.prefix.len() + tail.len() + 1);
+        for c in self.prefix.chars().chain(tail.chars()) {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('*');
+        let (member, inner) = (cursor >> MEMBER_SHIFT, cursor & INNER_MASK);
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(inner).arg("MATCH").arg(pattern).arg("COUNT").arg(count);
+        let members = self.conn.members() as u64;
+        let (next, keys): (u64, Vec<String>) = self.run("SCAN", member as usize, &cmd, true, None).await?;
+        if next > INNER_MASK {
+            return Err(out_of_range());
+        }
+        let next = match next {
+            0 if member + 1 < members => (member + 1) << MEMBER_SHIFT,
+            0 => 0,
+            inner => (member << MEMBER_SHIFT) | inner,
+        };
+        Ok((next, keys))
+    }
+
+    /// Sends commands, each to its member, in one pipeline per member (run
+    /// concurrently). Replies
+    /// come back in order; a command's error is its reply.
+    /// With `write`, the batch counts as done once the replicas this backend
+    /// waits for hold it (a `WAIT` after each member's pipeline).
+    pub(crate) async fn batch(
+        &self,
+        op: &'static str,
+        items: Vec<(usize, Cmd)>,
+        write: bool,
+    ) -> Result<Vec<Value>, Error> {
+        let len = items.len();
+        let members = self.conn.members();
+        let mut pipes: Vec<(Pipeline, Vec<usize>)> = (0..members)
+            .map(|_| {
+                let mut pipe = redis::pipe();
+                pipe.ignore_errors();
+                (pipe, Vec::new())
+            })
+            .collect();
+        for (i, (member, cmd)) in items.into_iter().enumerate() {
+            let (pipe, order) = &mut pipes[member.min(members - 1)];
+            pipe.add_command(cmd);
+            order.push(i);
+        }
+        // Bounded as one command (redis-rs's response timeout covers a whole
+        // pipeline); the migrator's batches are idempotent, so one that
+        // timed out is reported and redone.
+        let deadline = tokio::time::Instant::now() + self.op_timeout;
+        let replies =
+            futures_util::future::join_all(pipes.iter().enumerate().filter(|(_, (_, order))| !order.is_empty()).map(
+                |(member, (pipe, order))| async move {
+                    let send = || async {
+                        match (write, self.wait) {
+                            (true, Some(wait)) => self.conn.query_pipeline_replicated(member, pipe, wait).await,
+                            _ => self.conn.query_pipeline::<Vec<Value>>(member, pipe).await,
+                        }
+                    };
+                    let result = self.guarded(op, Some(deadline), false, send).await;
+                    (order, result)
+                },
+            ))
+            .await;
+        let mut out = vec![Value::Nil; len];
+        for (order, result) in replies {
+            for (&i, value) in order.iter().zip(result?) {
+                out[i] = value;
+            }
+        }
+        Ok(out)
+    }
+
+    /// `PING` of every member: the slowest round trip.
+    pub(crate) async fn ping(&self) -> Result<Duration, Error> {
+        let mut slowest = Duration::ZERO;
+        for member in 0..self.conn.members() {
+            let started = Instant::now();
+            let _: String = self.run("PING", member, &redis::cmd("PING"), true, None).await?;
+            slowest = slowest.max(started.elapsed());
+        }
+        Ok(slowest)
+    }
+
+    /// `GET`: the stored bytes, if any.
+    pub(crate) async fn get(
+        &self,
+        id: &(impl fmt::Display + ?Sized),
+        deadline: Deadline,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let (key, member) = self.route(id);
+        self.run("GET", member, redis::cmd("GET").arg(key), true, deadline).await
+    }
+
+    /// `SET key value PXAT expiry NX`: whether the value was written. Not
+    /// retried: its first attempt may have landed.
+    pub(crate) async fn set_new(
+        &self,
+        id: &(impl fmt::Display + ?Sized),
+        value: &[u8],
+        pxat: u64,
+        deadline: Deadline,
+    ) -> Result<bool, Error> {
+        let (key, member) = self.route(id);
+        // Sized up front: the value is most of the command.
+        let mut cmd = redis::Cmd::with_capacity(6, key.len() + value.len() + 32);
+        cmd.arg("SET").arg(&key).arg(value).arg("PXAT").arg(pxat).arg("NX");
+        let reply: Value = self.run_write("SET NX", (&key, member), &cmd, false, deadline).await?;
+        Ok(!matches!(reply, Value::Nil))
+    }
+
+    /// One of the [`scripts`](crate::scripts) on session `id`, routed to the
+    /// member that holds the session: `EVALSHA sha 2 key tombstone args...`,
+    /// or `... 1 key args...` without `tombstone`; `EVAL` with the body when
+    /// `body` (the server does not know the script yet, or a pipeline that
+    /// cannot fall back).
+    pub(crate) fn script(
+        &self,
+        script: &Lua,
+        body: bool,
+        id: &(impl fmt::Display + ?Sized),
+        tombstone: bool,
+        args: &[&[u8]],
+    ) -> (usize, Cmd) {
+        let (key, member) = self.route(id);
+        (member, self.script_on(script, body, &key, tombstone, args))
+    }
+
+    /// [`script`](Self::script) on a key already routed.
+    fn script_on(&self, script: &Lua, body: bool, key: &str, tombstone: bool, args: &[&[u8]]) -> Cmd {
+        let mut cmd = redis::Cmd::with_capacity(5 + args.len(), 2 * key.len() + 128);
+        if body {
+            cmd.arg("EVAL").arg(script.code);
+        } else {
+            cmd.arg("EVALSHA").arg(script.sha());
+        }
+        if tombstone {
+            let tomb = crate::scripts::tombstone_key(key, self.conn.is_cluster());
+            cmd.arg(2).arg(key).arg(tomb);
+        } else {
+            cmd.arg(1).arg(key);
+        }
+        for arg in args {
+            cmd.arg(*arg);
+        }
+        cmd
+    }
+
+    /// Runs a script by its SHA1, and again with its body when the server
+    /// answers `NOSCRIPT` (it ran nothing, so resending is safe; it is not a
+    /// failure of the backend). Every script here is idempotent in effect,
+    /// so it may also be retried.
+    async fn run_script<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        script: &Lua,
+        (key, member): (&str, usize),
+        tombstone: bool,
+        args: &[&[u8]],
+        deadline: Deadline,
+    ) -> Result<T, Error> {
+        let by_sha = self.script_on(script, false, key, tombstone, args);
+        let attempt = || async {
+            match self.send_write::<T>(member, key, &by_sha).await {
+                Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    let with_body = self.script_on(script, true, key, tombstone, args);
+                    // Boxed: rare (once per server and script), and large.
+                    Box::pin(self.send_write::<T>(member, key, &with_body)).await
+                }
+                other => other,
+            }
+        };
+        self.guarded(op, deadline, true, attempt).await
+    }
+
+    /// Learns the clock of the server holding session key `key`'s member
+    /// with `TIME`, unless known: a write must never go out without a deadline.
+    async fn know_clock(&self, member: usize, deadline: Deadline) -> Result<(), Error> {
+        if self.clocks.known(member) {
+            return Ok(());
+        }
+        let (secs, micros): (i64, i64) = self.run("TIME", member, &redis::cmd("TIME"), true, deadline).await?;
+        self.clocks.observe(member, secs.saturating_mul(1000).saturating_add(micros / 1000));
+        Ok(())
+    }
+
+    /// The cluster's primaries (host, port), when this backend is a cluster.
+    async fn cluster_primaries(&self) -> Result<Option<Vec<(String, u16)>>, Error> {
+        match self.conn.cluster_primaries().await {
+            None => Ok(None),
+            Some(primaries) => primaries.map(Some).map_err(|source| Error::Redis {
+                backend: self.name.clone(),
+                op: "CLUSTER NODES",
+                source,
+            }),
+        }
+    }
+
+    /// Prepares every server of this backend for pipelined copies (the
+    /// migrator's batches): learns their clocks, and loads the copy script
+    /// so a pipeline can name it by its SHA1 (a batch cannot fall back on
+    /// `NOSCRIPT`; a server that restarts mid-run answers it, and those
+    /// sessions are reported and redone by a later run).
+    pub(crate) async fn prepare_copies(&self) -> Result<(), Error> {
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(COPY.code);
+        match self.cluster_primaries().await? {
+            Some(primaries) => {
+                for addr in &primaries {
+                    let _: String =
+                        self.guarded("SCRIPT LOAD", None, true, || self.conn.query_cluster_node(addr, &load)).await?;
+                }
+            }
+            None => {
+                for member in 0..self.conn.members() {
+                    let _: String = self.run("SCRIPT LOAD", member, &load, true, None).await?;
+                }
+            }
+        }
+        for member in 0..self.conn.members() {
+            self.know_clock(member, None).await?;
+        }
+        Ok(())
+    }
+
+    /// The `COPY` of session `id` into this backend (for a pipeline), given
+    /// the time ([`clock::now_ms`]) it was read from its source: its deadline
+    /// is half a tombstone's life after that (`scripts.rs`). `None` while
+    /// this member's clock is unknown (see [`prepare_copies`](Self::prepare_copies)).
+    pub(crate) fn copy_cmd(&self, id: &str, value: &[u8], pxat: u64, read_at: i64) -> Option<(usize, Cmd)> {
+        let member = self.conn.member_of(id);
+        let at = self.clocks.deadline(member, read_at, self.tombstone_ttl / 2)?.to_string();
+        let pxat = pxat.to_string();
+        Some(self.script(&COPY, false, id, true, &[value, pxat.as_bytes(), at.as_bytes(), CopyMode::Copy.arg()]))
+    }
+
+    /// Writes a session read from a source at `read_at` unless a logout left
+    /// a tombstone ([`COPY`](crate::scripts::COPY): never overwrites), per
+    /// `mode`. Idempotent in effect, so it may be retried.
+    pub(crate) async fn copy(
+        &self,
+        id: &(impl fmt::Display + ?Sized),
+        value: &[u8],
+        pxat: u64,
+        read_at: i64,
+        mode: CopyMode,
+        deadline: Deadline,
+    ) -> Result<Copied, Error> {
+        let (key, member) = self.route(id);
+        self.know_clock(member, deadline).await?;
+        let at = self.clocks.deadline(member, read_at, self.tombstone_ttl / 2).unwrap_or(0).to_string();
+        let pxat = pxat.to_string();
+        let args = [value, pxat.as_bytes(), at.as_bytes(), mode.arg()];
+        let reply: Value = self.run_script("COPY", &COPY, (&key, member), true, &args, deadline).await?;
+        self.copied(reply, "COPY")
+    }
+
+    /// A copy's reply: refused as too late is this backend's timeout
+    /// (nothing was written); another shape, an error naming it.
+    fn copied(&self, reply: Value, op: &'static str) -> Result<Copied, Error> {
+        Copied::from_reply(reply.clone()).map_err(|late| {
+            if late {
+                self.late(op)
+            } else {
+                let detail = format!("{reply:?}");
+                Error::Redis {
+                    backend: self.name.clone(),
+                    op,
+                    source: redis::RedisError::from((redis::ErrorKind::Client, "unexpected reply", detail)),
+                }
+            }
+        })
+    }
+
+    /// A save's `SET XX`, refused by the server past the moment we give up
+    /// on it ([`SAVE`](crate::scripts::SAVE)): whether the key was there.
+    pub(crate) async fn save(
+        &self,
+        id: &(impl fmt::Display + ?Sized),
+        value: &[u8],
+        pxat: u64,
+        deadline: Deadline,
+    ) -> Result<bool, Error> {
+        if !self.refuse_late_writes {
+            let (key, member) = self.route(id);
+            let mut cmd = redis::Cmd::with_capacity(6, key.len() + value.len() + 32);
+            cmd.arg("SET").arg(&key).arg(value).arg("PXAT").arg(pxat).arg("XX");
+            let reply: Value = self.run_write("SET XX", (&key, member), &cmd, true, deadline).await?;
+            return Ok(!matches!(reply, Value::Nil));
+        }
+        // Boxed: keeps every save's future small (tower-sessions boxes it too).
+        let found = Box::pin(self.run_timed("SAVE", &SAVE, false, id, value, pxat, clock::now_ms(), deadline)).await?;
+        Ok(found == Some(true))
+    }
+
+    /// A save's record written where a backend missed it, over any copy,
+    /// unless tombstoned or past the moment the save (begun at `from`, a
+    /// [`clock::now_ms`] reading) gives up ([`FILL`](crate::scripts::FILL)).
+    pub(crate) async fn fill(
+        &self,
+        id: &(impl fmt::Display + ?Sized),
+        value: &[u8],
+        pxat: u64,
+        from: i64,
+        deadline: Deadline,
+    ) -> Result<Copied, Error> {
+        Ok(match self.run_timed("FILL", &FILL, true, id, value, pxat, from, deadline).await? {
+            Some(true) => Copied::Present(None),
+            Some(false) => Copied::Written,
+            None => Copied::Tombstoned,
+        })
+    }
+
+    /// Runs [`SAVE`](crate::scripts::SAVE) or [`FILL`](crate::scripts::FILL)
+    /// with a deadline on the server's clock: `from` (a [`clock::now_ms`]
+    /// reading) plus how long we wait for the answer. Learns the server's
+    /// clock from the reply. Whether the session was there before (`None`:
+    /// a tombstone). "Too late" is this backend's timeout: nothing was written.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_timed(
+        &self,
+        op: &'static str,
+        script: &Lua,
+        tombstone: bool,
+        id: &(impl fmt::Display + ?Sized),
+        value: &[u8],
+        pxat: u64,
+        from: i64,
+        deadline: Deadline,
+    ) -> Result<Option<bool>, Error> {
+        let (key, member) = self.route(id);
+        let at = if self.refuse_late_writes {
+            self.know_clock(member, deadline).await?;
+            // We stop waiting after the socket timeout, or sooner at the
+            // operation's deadline.
+            let wait = match deadline {
+                Some(at) => self.socket_timeout.min(at.saturating_duration_since(tokio::time::Instant::now())),
+                None => self.socket_timeout,
+            };
+            self.clocks.deadline(member, from, wait).unwrap_or(0)
+        } else {
+            u64::MAX
+        };
+        let (pxat, at) = (pxat.to_string(), at.to_string());
+        let args: [&[u8]; 3] = [value, pxat.as_bytes(), at.as_bytes()];
+        let reply: Value = self.run_script(op, script, (&key, member), tombstone, &args, deadline).await?;
+        match reply {
+            Value::Int(-1) => Ok(None),
+            Value::Int(now) if now != 0 => {
+                self.clocks.observe(member, now.saturating_abs());
+                Ok(Some(now > 0))
+            }
+            // Too late: nothing written; the reply carries the server's clock.
+            Value::Array(ref late) if let [Value::Int(now)] = late.as_slice() => {
+                self.clocks.observe(member, *now);
+                Err(self.late(op))
+            }
+            other => Err(Error::Redis {
+                backend: self.name.clone(),
+                op,
+                source: redis::RedisError::from((redis::ErrorKind::Client, "unexpected reply", format!("{other:?}"))),
+            }),
+        }
+    }
+
+    /// The error of a write the server refused as too late: a timeout, and
+    /// nothing was written.
+    fn late(&self, op: &'static str) -> Error {
+        Error::Timeout { backend: self.name.clone(), op, after: self.socket_timeout }
+    }
+
+    /// Deletes a session and leaves its tombstone for `keep`
+    /// ([`LOGOUT`](crate::scripts::LOGOUT)). Idempotent.
+    pub(crate) async fn logout(&self, id: &(impl fmt::Display + ?Sized), deadline: Deadline) -> Result<(), Error> {
+        let keep = self.tombstone_ttl.as_millis().max(1).to_string();
+        // Boxed, as every rare path: keeps `delete`'s future small.
+        let (key, member) = self.route(id);
+        let args = [keep.as_bytes()];
+        let logout = self.run_script("LOGOUT", &LOGOUT, (&key, member), true, &args, deadline);
+        let _: i64 = Box::pin(logout).await?;
+        Ok(())
+    }
+
+    /// `SET <prefix><id> value PX ttl`: an instance's announcement (`announce.rs`).
+    pub(crate) async fn announce(&self, id: &str, value: &str, ttl: Duration) -> Result<(), Error> {
+        let (key, member) = self.route(id);
+        let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let cmd = redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ttl).to_owned();
+        let _: Value = self.run("SET", member, &cmd, true, None).await?;
+        Ok(())
+    }
+
+    /// `DEL`: whether a key was removed.
+    pub(crate) async fn del(&self, id: &(impl fmt::Display + ?Sized), deadline: Deadline) -> Result<bool, Error> {
+        let (key, member) = self.route(id);
+        let removed: u64 = self.run_write("DEL", (&key, member), redis::cmd("DEL").arg(&key), true, deadline).await?;
+        Ok(removed > 0)
+    }
+
+    /// `EXISTS`: whether the key is there.
+    pub(crate) async fn exists(&self, id: &(impl fmt::Display + ?Sized), deadline: Deadline) -> Result<bool, Error> {
+        let (key, member) = self.route(id);
+        let found: u64 = self.run("EXISTS", member, redis::cmd("EXISTS").arg(key), true, deadline).await?;
+        Ok(found > 0)
+    }
+}
