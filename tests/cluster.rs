@@ -302,9 +302,11 @@ async fn a_failover_and_a_reshard_during_migrate_and_verify_lose_and_double_noth
         writer.create(&mut rec).await.unwrap();
         records.push(rec);
     }
+    // A manual failover pauses the old primary's writes until its replica
+    // has caught up: on a loaded machine, seconds. The timeout rides it out.
     let app = MultiRedisStore::builder()
         .backend(Backend::url("new", new.url()))
-        .backend(backend(&nodes).modes(Modes::READ_DELETE))
+        .backend(backend(&nodes).modes(Modes::READ_DELETE).socket_timeout(Duration::from_secs(10)))
         .build()
         .await
         .unwrap();
