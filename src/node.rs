@@ -93,7 +93,7 @@ pub(crate) struct Node {
     /// How long a logout's tombstone lives.
     tombstone_ttl: Duration,
     /// Replicas a write waits for, and for how long (ms): `None` when off.
-    wait: Option<(u32, u64)>,
+    wait: Option<crate::connection::Wait>,
     retry_on_timeout: bool,
     breaker: Breaker,
     counters: [AtomicU64; 6],
@@ -273,26 +273,45 @@ impl Node {
         self.guarded(op, deadline, idempotent, || self.conn.query::<T>(member, cmd)).await
     }
 
-    /// A session write to member `member` (`key` routes it on a cluster),
-    /// acknowledged once the replicas this backend waits for hold it.
+    /// A session write to member `member`, acknowledged once the replicas
+    /// this backend waits for hold it.
     async fn run_write<T: FromRedisValue>(
         &self,
         op: &'static str,
-        (key, member): (&str, usize),
+        member: usize,
         cmd: &Cmd,
         idempotent: bool,
         deadline: Deadline,
     ) -> Result<T, Error> {
-        self.guarded(op, deadline, idempotent, || self.send_write(member, key, cmd)).await
+        self.guarded(op, deadline, idempotent, || self.send_write(member, cmd)).await
     }
 
     /// Sends a write, followed by `WAIT` when this backend waits for replicas.
-    async fn send_write<T: FromRedisValue>(&self, member: usize, key: &str, cmd: &Cmd) -> redis::RedisResult<T> {
+    async fn send_write<T: FromRedisValue>(&self, member: usize, cmd: &Cmd) -> redis::RedisResult<T> {
         match self.wait {
             None => self.conn.query(member, cmd).await,
             // Boxed: keeps the futures of backends without it small.
-            Some(wait) => Box::pin(self.conn.query_replicated(member, key, cmd, wait)).await,
+            Some(wait) => Box::pin(self.conn.query_replicated(member, cmd, wait)).await,
         }
+    }
+
+    /// `SET key value PXAT expiry <condition>` (`NX` or `XX`): whether the
+    /// value was written.
+    async fn set_if(
+        &self,
+        op: &'static str,
+        condition: &'static str,
+        id: &(impl fmt::Display + ?Sized),
+        (value, pxat): (&[u8], u64),
+        idempotent: bool,
+        deadline: Deadline,
+    ) -> Result<bool, Error> {
+        let (key, member) = self.route(id);
+        // Sized up front: the value is most of the command.
+        let mut cmd = redis::Cmd::with_capacity(6, key.len() + value.len() + 32);
+        cmd.arg("SET").arg(&key).arg(value).arg("PXAT").arg(pxat).arg(condition);
+        let reply: Value = self.run_write(op, member, &cmd, idempotent, deadline).await?;
+        Ok(!matches!(reply, Value::Nil))
     }
 
     /// The key of session `id` and the member that holds it, formatting the id once.
@@ -448,12 +467,7 @@ impl Node {
         pxat: u64,
         deadline: Deadline,
     ) -> Result<bool, Error> {
-        let (key, member) = self.route(id);
-        // Sized up front: the value is most of the command.
-        let mut cmd = redis::Cmd::with_capacity(6, key.len() + value.len() + 32);
-        cmd.arg("SET").arg(&key).arg(value).arg("PXAT").arg(pxat).arg("NX");
-        let reply: Value = self.run_write("SET NX", (&key, member), &cmd, false, deadline).await?;
-        Ok(!matches!(reply, Value::Nil))
+        self.set_if("SET NX", "NX", id, (value, pxat), false, deadline).await
     }
 
     /// One of the [`scripts`](crate::scripts) on session `id`, routed to the
@@ -508,11 +522,11 @@ impl Node {
     ) -> Result<T, Error> {
         let by_sha = self.script_on(script, false, key, tombstone, args);
         let attempt = || async {
-            match self.send_write::<T>(member, key, &by_sha).await {
+            match self.send_write::<T>(member, &by_sha).await {
                 Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                     let with_body = self.script_on(script, true, key, tombstone, args);
                     // Boxed: rare (once per server and script), and large.
-                    Box::pin(self.send_write::<T>(member, key, &with_body)).await
+                    Box::pin(self.send_write::<T>(member, &with_body)).await
                 }
                 other => other,
             }
@@ -629,11 +643,7 @@ impl Node {
         deadline: Deadline,
     ) -> Result<bool, Error> {
         if !self.refuse_late_writes {
-            let (key, member) = self.route(id);
-            let mut cmd = redis::Cmd::with_capacity(6, key.len() + value.len() + 32);
-            cmd.arg("SET").arg(&key).arg(value).arg("PXAT").arg(pxat).arg("XX");
-            let reply: Value = self.run_write("SET XX", (&key, member), &cmd, true, deadline).await?;
-            return Ok(!matches!(reply, Value::Nil));
+            return self.set_if("SET XX", "XX", id, (value, pxat), true, deadline).await;
         }
         // Boxed: keeps every save's future small (tower-sessions boxes it too).
         let found = Box::pin(self.run_timed("SAVE", &SAVE, false, id, value, pxat, clock::now_ms(), deadline)).await?;
@@ -740,7 +750,7 @@ impl Node {
     /// `DEL`: whether a key was removed.
     pub(crate) async fn del(&self, id: &(impl fmt::Display + ?Sized), deadline: Deadline) -> Result<bool, Error> {
         let (key, member) = self.route(id);
-        let removed: u64 = self.run_write("DEL", (&key, member), redis::cmd("DEL").arg(&key), true, deadline).await?;
+        let removed: u64 = self.run_write("DEL", member, redis::cmd("DEL").arg(&key), true, deadline).await?;
         Ok(removed > 0)
     }
 

@@ -11,6 +11,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, FromRedisValue, IntoConnectionInfo, Pipeline, RedisError, RedisResult, Value};
 
+use super::replication::Wait;
 use crate::backend::{Address, Backend};
 use crate::error::Error;
 
@@ -229,16 +230,6 @@ impl Cluster {
         redis::from_redis_value(Value::Array(values)).map_err(RedisError::from)
     }
 
-    /// A pipeline on the primary that holds `key`'s slot (its replies;
-    /// an error reply is the error).
-    pub(crate) async fn query_pipeline_on<T: FromRedisValue>(&self, key: &str, pipe: &Pipeline) -> RedisResult<T> {
-        let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master));
-        let len = pipe.len();
-        let values = self.connection().await?.route_pipeline(pipe.clone(), 0, len, route).await?;
-        let values = values.into_iter().map(Value::extract_error).collect::<RedisResult<Vec<Value>>>()?;
-        redis::from_redis_value(Value::Array(values)).map_err(RedisError::from)
-    }
-
     /// The keys of hash slots `from..` (a run of `slots` slots at most),
     /// read from every primary (`CLUSTER COUNTKEYSINSLOT`, then
     /// `GETKEYSINSLOT`), and the slot to go on from (`None` after the last).
@@ -309,9 +300,7 @@ impl Cluster {
     /// migrated appear only in the views of the two nodes moving it), or
     /// `None` when a primary did not answer.
     async fn views(&self) -> RedisResult<Option<Views>> {
-        let mut conn = self.connection().await?;
-        let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut conn).await?;
-        let first = Topology::parse(&nodes);
+        let first = self.topology().await?;
         let mut views = Vec::with_capacity(first.primaries.len());
         for addr in &first.primaries {
             let mut ask = redis::pipe();
@@ -349,24 +338,17 @@ impl Cluster {
 
     /// The commands of `pipe` concurrently, each followed by `WAIT` on the
     /// primary of its key's slot (errors kept as replies).
-    pub(crate) async fn query_each_replicated(&self, pipe: &Pipeline, wait: (u32, u64)) -> RedisResult<Vec<Value>> {
+    pub(crate) async fn query_each_replicated(&self, pipe: &Pipeline, wait: Wait) -> RedisResult<Vec<Value>> {
         let replies = join_all(pipe.cmd_iter().map(|cmd| async move {
             let Some(key) = key_of(cmd) else {
                 return Err(RedisError::from((redis::ErrorKind::Client, "a batched write without a key")));
             };
             let mut pair = redis::pipe();
-            pair.ignore_errors().add_command(cmd.clone()).cmd("WAIT").arg(wait.0).arg(wait.1);
+            pair.ignore_errors().add_command(cmd.clone());
+            super::replication::end_with_wait(&mut pair, wait);
             let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master));
-            let mut values = self.connection().await?.route_pipeline(pair, 0, 2, route).await?.into_iter();
-            let reply = values.next().unwrap_or(Value::Nil);
-            let acked = match values.next() {
-                Some(Value::Int(n)) => u32::try_from(n).unwrap_or(0),
-                _ => 0,
-            };
-            if acked < wait.0 {
-                return Err(super::not_replicated(acked, wait.0, wait.1));
-            }
-            Ok(reply)
+            let replies = self.connection().await?.route_pipeline(pair, 0, 2, route).await?;
+            Ok(super::replication::acknowledged(replies, wait)?.into_iter().next().unwrap_or(Value::Nil))
         }))
         .await;
         replies.into_iter().collect()
@@ -374,22 +356,14 @@ impl Cluster {
 
     /// The primaries' addresses, sorted.
     pub(crate) async fn primaries(&self) -> RedisResult<Vec<(String, u16)>> {
+        Ok(self.topology().await?.primaries)
+    }
+
+    /// The topology as the node redis-rs picks sees it.
+    async fn topology(&self) -> RedisResult<Topology> {
         let mut conn = self.connection().await?;
         let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut conn).await?;
-        let mut primaries: Vec<(String, u16)> = nodes
-            .lines()
-            .filter(|line| {
-                line.split(' ').nth(2).is_some_and(|flags| flags.contains("master") && !flags.contains("fail"))
-            })
-            .filter_map(|line| {
-                // <id> <ip:port@cport[,hostname]> ...
-                let addr = line.split(' ').nth(1)?.split('@').next()?;
-                let (host, port) = addr.rsplit_once(':')?;
-                Some((host.to_owned(), port.parse().ok()?))
-            })
-            .collect();
-        primaries.sort();
-        Ok(primaries)
+        Ok(Topology::parse(&nodes))
     }
 
     /// One command on the primary at `addr`.

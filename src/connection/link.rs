@@ -42,6 +42,8 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{Cmd, Pipeline, RedisResult, Value};
 use tokio::sync::oneshot;
 
+use super::replication::{Wait, acknowledged, end_with_wait};
+
 /// What is in flight and what waits.
 #[derive(Default)]
 struct State {
@@ -120,7 +122,7 @@ pub(crate) struct Link<C: Conn = ConnectionManager> {
     /// every later command of its connection), when the backend waits.
     writes: Option<Box<Link<C>>>,
     /// Replicas every send waits for, and for how long (ms): a writes link.
-    wait: Option<(u32, u64)>,
+    wait: Option<Wait>,
     /// With automatic pipelining.
     state: Option<Arc<Mutex<State>>>,
 }
@@ -153,9 +155,9 @@ impl<C: Conn> Link<C> {
     /// A link for writes acknowledged once `replicas` replicas hold them
     /// (`WAIT replicas millis` ends each send; see the module docs). Always
     /// pipelining: that is what lets one `WAIT` cover many writes.
-    pub(crate) fn waiting(manager: C, (replicas, millis): (u32, u64)) -> Link<C> {
+    pub(crate) fn waiting(manager: C, wait: Wait) -> Link<C> {
         let state = State { one_at_a_time: true, ..State::default() };
-        Link { manager, writes: None, wait: Some((replicas, millis)), state: Some(Arc::new(Mutex::new(state))) }
+        Link { manager, writes: None, wait: Some(wait), state: Some(Arc::new(Mutex::new(state))) }
     }
 
     /// With `writes` carrying the writes that wait for replicas.
@@ -227,31 +229,18 @@ impl<C: Conn> Link<C> {
 /// `wait`). Boxed: redis-rs's future is over 1 KB, and every `.await` level
 /// above would move it by value (the store's own futures stay small; see
 /// `operation_futures_stay_small`).
-async fn send<C: Conn>(mut manager: C, wait: Option<(u32, u64)>, cmd: &Cmd) -> RedisResult<Value> {
+async fn send<C: Conn>(mut manager: C, wait: Option<Wait>, cmd: &Cmd) -> RedisResult<Value> {
     Box::pin(async move {
-        let Some((replicas, millis)) = wait else {
+        let Some(wait) = wait else {
             return manager.req_packed_command(cmd).await;
         };
         let mut pipe = redis::pipe();
-        pipe.ignore_errors().add_command(cmd.clone()).cmd("WAIT").arg(replicas).arg(millis);
-        let mut replies = manager.req_packed_commands(&pipe, 0, 2).await?;
-        acknowledged(&mut replies, (replicas, millis))?;
-        replies.pop().ok_or_else(|| mismatch(0, 1))
+        pipe.ignore_errors().add_command(cmd.clone());
+        end_with_wait(&mut pipe, wait);
+        let replies = acknowledged(manager.req_packed_commands(&pipe, 0, 2).await?, wait)?;
+        replies.into_iter().next().ok_or_else(|| mismatch(0, 1))
     })
     .await
-}
-
-/// Takes `WAIT`'s reply off the end of `replies`: an error unless enough
-/// replicas acknowledged the writes before it.
-fn acknowledged(replies: &mut Vec<Value>, (replicas, millis): (u32, u64)) -> RedisResult<()> {
-    let acked = match replies.pop() {
-        Some(Value::Int(n)) => u32::try_from(n).unwrap_or(0),
-        _ => 0,
-    };
-    if acked < replicas {
-        return Err(super::not_replicated(acked, replicas, millis));
-    }
-    Ok(())
 }
 
 fn mismatch(got: usize, count: usize) -> redis::RedisError {
@@ -264,7 +253,7 @@ fn mismatch(got: usize, count: usize) -> redis::RedisError {
 
 /// Sends `batch` from a task of its own, so that no request's drop can
 /// strand the commands queued with it.
-fn start_flush<C: Conn>(manager: C, wait: Option<(u32, u64)>, state: Arc<Mutex<State>>, batch: Batch) {
+fn start_flush<C: Conn>(manager: C, wait: Option<Wait>, state: Arc<Mutex<State>>, batch: Batch) {
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
             runtime.spawn(flush(manager, wait, state, batch));
@@ -283,7 +272,7 @@ fn start_flush<C: Conn>(manager: C, wait: Option<(u32, u64)>, state: Arc<Mutex<S
 
 /// Lets the tasks that were ready run (they may add to the batch), then
 /// sends batch number `started` if it is still waiting.
-async fn flush_when_idle<C: Conn>(manager: C, wait: Option<(u32, u64)>, state: Arc<Mutex<State>>, started: u64) {
+async fn flush_when_idle<C: Conn>(manager: C, wait: Option<Wait>, state: Arc<Mutex<State>>, started: u64) {
     tokio::task::yield_now().await;
     let batch = {
         let mut state = lock(&state);
@@ -305,7 +294,7 @@ struct Sent<C: Conn> {
     state: Arc<Mutex<State>>,
     count: usize,
     manager: C,
-    wait: Option<(u32, u64)>,
+    wait: Option<Wait>,
     armed: bool,
 }
 
@@ -321,22 +310,22 @@ impl<C: Conn> Drop for Sent<C> {
 
 /// Sends `batch` (ended by one `WAIT` with `wait`), then each next batch
 /// that its answer makes due.
-async fn flush<C: Conn>(mut manager: C, wait: Option<(u32, u64)>, state: Arc<Mutex<State>>, mut batch: Batch) {
+async fn flush<C: Conn>(mut manager: C, wait: Option<Wait>, state: Arc<Mutex<State>>, mut batch: Batch) {
     loop {
         let count = batch.waiters.len();
         let mut sent = Sent { state: state.clone(), count, manager: manager.clone(), wait, armed: true };
-        if let Some((replicas, millis)) = wait {
-            batch.pipe.cmd("WAIT").arg(replicas).arg(millis);
+        if let Some(wait) = wait {
+            end_with_wait(&mut batch.pipe, wait);
         }
         let commands = count + usize::from(wait.is_some());
-        let replies = manager.req_packed_commands(&batch.pipe, 0, commands).await.and_then(|mut replies| {
+        let replies = manager.req_packed_commands(&batch.pipe, 0, commands).await.and_then(|replies| {
             if replies.len() != commands {
                 return Err(mismatch(replies.len(), commands));
             }
-            if let Some(wait) = wait {
-                acknowledged(&mut replies, wait)?;
+            match wait {
+                Some(wait) => acknowledged(replies, wait),
+                None => Ok(replies),
             }
-            Ok(replies)
         });
         match replies {
             Ok(replies) => {
@@ -486,7 +475,7 @@ mod tests {
         let master = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]).unwrap();
         let lonely = Link::waiting(master.client().unwrap().get_connection_manager().await.unwrap(), (1, 20));
         let err = lonely.query(redis::cmd("SET").arg("k").arg(1)).await.unwrap_err();
-        assert!(super::super::is_not_replicated(&err), "{err}");
+        assert!(super::super::replication::is_not_replicated(&err), "{err}");
 
         let port = master.port().to_string();
         let _replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).unwrap();

@@ -3,11 +3,13 @@
 
 mod cluster;
 mod link;
+mod replication;
 mod sentinel;
 pub(crate) mod standalone;
 
 use link::Link;
-use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisResult, Value};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisResult, Value};
+pub(crate) use replication::Wait;
 
 use crate::backend::{Address, Backend};
 use crate::error::Error;
@@ -111,49 +113,33 @@ impl Connection {
         Ok(redis::from_redis_value(reply.extract_error()?)?)
     }
 
-    /// A session write followed, on the same connection, by `WAIT replicas
-    /// millis`: its reply once `replicas` replicas acknowledged it, else an
-    /// error (the write's outcome is unknown: the master ran it, and a
-    /// failover may lose it). A Sentinel backend then asks the sentinels who
-    /// the master is before its next command. `key` routes it on a cluster.
+    /// A session write, acknowledged once `wait`'s replicas hold it, else
+    /// an error (the write ran on the master; a failover may lose it). A
+    /// Sentinel backend then asks the sentinels who the master is before its
+    /// next command.
     pub(crate) async fn query_replicated<T: FromRedisValue>(
         &self,
         member: usize,
-        key: &str,
         cmd: &Cmd,
-        (replicas, millis): (u32, u64),
+        wait: Wait,
     ) -> RedisResult<T> {
         let reply = match self.route(member) {
             // A link of its own, which ends each send with `WAIT`.
-            Route::Link(link) => match link.writes() {
-                Some(writes) => writes.query(cmd).await?,
-                None => {
-                    let mut pipe = redis::pipe();
-                    pipe.add_command(cmd.clone()).cmd("WAIT").arg(replicas).arg(millis);
-                    let (reply, acked): (Value, u32) = pipe.query_async(&mut link.manager()).await?;
-                    if acked < replicas {
-                        return Err(not_replicated(acked, replicas, millis));
-                    }
-                    reply
-                }
-            },
-            Route::Sentinel(sentinel) => Box::pin(sentinel.query_waiting(cmd, (replicas, millis))).await?,
-            Route::Cluster(cluster) => {
+            Route::Link(link) if let Some(writes) = link.writes() => writes.query(cmd).await?,
+            Route::Sentinel(sentinel) => Box::pin(sentinel.query_waiting(cmd, wait)).await?,
+            _ => {
                 let mut pipe = redis::pipe();
-                pipe.add_command(cmd.clone()).cmd("WAIT").arg(replicas).arg(millis);
-                let (reply, acked): (Value, u32) = Box::pin(cluster.query_pipeline_on(key, &pipe)).await?;
-                if acked < replicas {
-                    return Err(not_replicated(acked, replicas, millis));
-                }
-                reply
+                pipe.ignore_errors().add_command(cmd.clone());
+                let replies = Box::pin(self.query_pipeline_replicated(member, &pipe, wait)).await?;
+                replies.into_iter().next().unwrap_or(Value::Nil)
             }
         };
         Ok(redis::from_redis_value(reply.extract_error()?)?)
     }
 
     /// A batch of writes (`pipe`, errors kept as replies), acknowledged once
-    /// `replicas` replicas hold them: `WAIT` ends each pipeline, on the
-    /// connection that carried the writes (a `WAIT` sent apart could go out
+    /// `wait`'s replicas hold them: `WAIT` ends the pipeline, on the
+    /// connection that carries the writes (a `WAIT` sent apart could go out
     /// on another connection, or to another master, and cover nothing). On a
     /// cluster, each write is paired with its own `WAIT` on its slot's
     /// primary.
@@ -161,32 +147,21 @@ impl Connection {
         &self,
         member: usize,
         pipe: &Pipeline,
-        (replicas, millis): (u32, u64),
+        wait: Wait,
     ) -> RedisResult<Vec<Value>> {
-        let mut replies = match self.route(member) {
-            Route::Cluster(cluster) => return Box::pin(cluster.query_each_replicated(pipe, (replicas, millis))).await,
-            Route::Link(link) => {
-                let mut pipe = pipe.clone();
-                pipe.cmd("WAIT").arg(replicas).arg(millis);
-                pipe.query_async::<Vec<Value>>(&mut link.writes().unwrap_or(link).manager()).await?
-            }
-            Route::Sentinel(sentinel) => {
-                let mut pipe = pipe.clone();
-                pipe.cmd("WAIT").arg(replicas).arg(millis);
-                Box::pin(sentinel.query_pipeline_waiting::<Vec<Value>>(&pipe, (replicas, millis))).await?
-            }
-        };
-        let acked = match replies.pop() {
-            Some(Value::Int(n)) => u32::try_from(n).unwrap_or(0),
-            _ => 0,
-        };
-        if acked < replicas {
-            if let Route::Sentinel(sentinel) = self.route(member) {
-                sentinel.recheck_soon();
-            }
-            return Err(not_replicated(acked, replicas, millis));
+        if let Route::Cluster(cluster) = self.route(member) {
+            return Box::pin(cluster.query_each_replicated(pipe, wait)).await;
         }
-        Ok(replies)
+        let mut pipe = pipe.clone();
+        replication::end_with_wait(&mut pipe, wait);
+        match self.route(member) {
+            Route::Sentinel(sentinel) => Box::pin(sentinel.query_pipeline_waiting(&pipe, wait)).await,
+            Route::Link(link) => {
+                let replies = pipe.query_async(&mut link.writes().unwrap_or(link).manager()).await?;
+                replication::acknowledged(replies, wait)
+            }
+            Route::Cluster(_) => unreachable_connection(),
+        }
     }
 
     /// The Redis Cluster client, when this is a cluster.
@@ -225,26 +200,6 @@ impl Connection {
             Route::Cluster(cluster) => Box::pin(cluster.query_pipeline(pipe)).await,
         }
     }
-}
-
-/// What [`not_replicated`] errors say first.
-const NOT_REPLICATED: &str = "not replicated";
-
-/// The error of a write fewer replicas acknowledged than asked.
-pub(crate) fn not_replicated(acked: u32, replicas: u32, millis: u64) -> RedisError {
-    RedisError::from((
-        redis::ErrorKind::Client,
-        NOT_REPLICATED,
-        format!(
-            "WAIT: {acked} of {replicas} replica(s) acknowledged the write within {millis} ms \
-             (it ran on the master; a failover may lose it)"
-        ),
-    ))
-}
-
-/// Whether `err` is a [`not_replicated`] error.
-pub(crate) fn is_not_replicated(err: &RedisError) -> bool {
-    err.kind() == redis::ErrorKind::Client && err.to_string().starts_with(NOT_REPLICATED)
 }
 
 fn unreachable_connection<T>() -> RedisResult<T> {

@@ -27,6 +27,7 @@ use redis::{
 use tokio::time::Instant;
 
 use super::link::Link;
+use super::replication::{Wait, acknowledged, is_not_replicated};
 use crate::backend::{Address, Backend};
 use crate::error::Error;
 
@@ -56,7 +57,7 @@ pub(crate) struct Sentinel {
     discovering: tokio::sync::Mutex<()>,
     /// The master a sentinel announced (`+switch-master`) since the last
     /// discovery: tried first by the next one.
-    announced: Arc<std::sync::Mutex<Option<(String, u16)>>>,
+    announced: Arc<Announced>,
     /// A second connection to the master, for writes that wait for replicas
     /// (`WAIT` holds up every later command of its connection), with the
     /// master's address it was made for.
@@ -74,6 +75,30 @@ impl Drop for Sentinel {
     }
 }
 
+/// The master a sentinel announced last, until a discovery takes it.
+#[derive(Default)]
+struct Announced {
+    addr: std::sync::Mutex<Option<Addr>>,
+    /// Whether `addr` holds one: read by every command, so without a lock.
+    pending: std::sync::atomic::AtomicBool,
+}
+
+impl Announced {
+    fn put(&self, addr: Addr) {
+        *self.addr.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(addr);
+        self.pending.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn take(&self) -> Option<Addr> {
+        self.pending.store(false, std::sync::atomic::Ordering::Release);
+        self.addr.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
+
+    fn pending(&self) -> bool {
+        self.pending.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// The channel on which a sentinel announces a new master:
 /// `<name> <old-ip> <old-port> <new-ip> <new-port>`.
 const SWITCH_MASTER: &str = "+switch-master";
@@ -81,7 +106,7 @@ const SWITCH_MASTER: &str = "+switch-master";
 /// Listens to one sentinel's `+switch-master` announcements for `name`,
 /// reconnecting after an error, and leaves the new address in `announced`
 /// until the connection's next discovery takes it.
-async fn listen(client: redis::Client, name: String, announced: Weak<std::sync::Mutex<Option<(String, u16)>>>) {
+async fn listen(client: redis::Client, name: String, announced: Weak<Announced>) {
     use futures_util::StreamExt;
     loop {
         if let Ok(mut pubsub) = client.get_async_pubsub().await
@@ -95,7 +120,7 @@ async fn listen(client: redis::Client, name: String, announced: Weak<std::sync::
                 let (true, Ok(port)) = (*master == name, port.parse::<u16>()) else { continue };
                 let Some(announced) = announced.upgrade() else { return };
                 tracing::info!(master = %name, host, port, "sentinel: announced a new master");
-                *announced.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(((*host).to_owned(), port));
+                announced.put(((*host).to_owned(), port));
             }
         }
         if announced.strong_count() == 0 {
@@ -189,7 +214,7 @@ impl Sentinel {
             sentinels,
             current: RwLock::new(None),
             discovering: tokio::sync::Mutex::new(()),
-            announced: Arc::new(std::sync::Mutex::new(None)),
+            announced: Arc::default(),
             writes: tokio::sync::Mutex::new(None),
             listeners: std::sync::OnceLock::new(),
         })
@@ -258,7 +283,7 @@ impl Sentinel {
     }
 
     fn snapshot(&self) -> Option<(MultiplexedConnection, bool)> {
-        let announced = self.announced.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some();
+        let announced = self.announced.pending();
         let guard = self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         guard.as_ref().map(|m| (m.conn.clone(), announced || m.checked.elapsed() >= RECHECK))
     }
@@ -312,7 +337,7 @@ impl Sentinel {
             self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(|m| m.addr.clone());
         let current = current.filter(|_| !reconnect);
         // Taken before asking: an announcement that comes meanwhile stays for the next discovery.
-        let announced = self.announced.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let announced = self.announced.take();
         let candidates = match self.master_candidates().await {
             // The announced master first: the others may not have heard of it yet.
             Ok(candidates) => {
@@ -453,25 +478,26 @@ impl Sentinel {
 
     /// A pipeline of writes that ends with `WAIT`, on the writes' own
     /// connection to the master (a `WAIT` holds up every later command of
-    /// its connection, and reads must not queue behind replication).
-    pub(crate) async fn query_pipeline_waiting<T: FromRedisValue>(
-        &self,
-        pipe: &Pipeline,
-        wait: (u32, u64),
-    ) -> RedisResult<T> {
-        self.waiting(wait, |link| async move { pipe.query_async(&mut link.manager()).await }).await
+    /// its connection, and reads must not queue behind replication): its
+    /// replies once the replicas acknowledged them.
+    pub(crate) async fn query_pipeline_waiting(&self, pipe: &Pipeline, wait: Wait) -> RedisResult<Vec<Value>> {
+        self.waiting(wait, |link| async move {
+            let replies = pipe.query_async(&mut link.manager()).await?;
+            acknowledged(replies, wait)
+        })
+        .await
     }
 
     /// One write, acknowledged once the replicas hold it: on the writes' own
     /// link to the master, which ends each send with `WAIT` (under load, one
     /// `WAIT` covers a batch of writes).
-    pub(crate) async fn query_waiting(&self, cmd: &Cmd, wait: (u32, u64)) -> RedisResult<Value> {
+    pub(crate) async fn query_waiting(&self, cmd: &Cmd, wait: Wait) -> RedisResult<Value> {
         self.waiting(wait, |link| async move { link.query(cmd).await }).await
     }
 
     /// Runs `send` on the writes' link to the master; a write the replicas
     /// did not acknowledge makes the next command ask the sentinels again.
-    async fn waiting<T, F, Fut>(&self, wait: (u32, u64), send: F) -> RedisResult<T>
+    async fn waiting<T, F, Fut>(&self, wait: Wait, send: F) -> RedisResult<T>
     where
         F: Fn(Arc<Link<MultiplexedConnection>>) -> Fut,
         Fut: std::future::Future<Output = RedisResult<T>>,
@@ -490,7 +516,7 @@ impl Sentinel {
                 result
             })
             .await;
-        if result.as_ref().is_err_and(super::is_not_replicated) {
+        if result.as_ref().is_err_and(is_not_replicated) {
             self.recheck_soon();
         }
         result
@@ -498,7 +524,7 @@ impl Sentinel {
 
     /// The writes' link to the current master, made when there is none for
     /// it yet.
-    async fn writes_link(&self, wait: (u32, u64)) -> RedisResult<Arc<Link<MultiplexedConnection>>> {
+    async fn writes_link(&self, wait: Wait) -> RedisResult<Arc<Link<MultiplexedConnection>>> {
         let master =
             || self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(|m| m.addr.clone());
         // The master is read under the lock (a task that waited for it must
