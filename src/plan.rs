@@ -33,11 +33,16 @@
 //!   has every session, and 03 falls back to it (`old` is written, so what
 //!   it answers is current) and 03's next save fills `new` again.
 //! * **03 + 04.** 04 reads `new` first and writes only `new`; 03 reads `new`
-//!   first too, and reaches `old` only when `new` lacks the session, which
-//!   04's saves never leave it doing: a save that misses `new` fills it from
-//!   `old`, 04's source. Both tombstone both on logout (a logout leaves a
+//!   first too, and reaches `old` only when `new` lacks the session: 04's
+//!   saves never leave it so (a save that misses `new` fills it from `old`,
+//!   04's source), but a logout does, and 04 leaves `old` older than `new`.
+//!   So 03 treats what `old` answers after `new` missed as a source's copy:
+//!   copied into `new` unless a tombstone is there, which means "not found"
+//!   (`store.rs`). Both tombstone both on logout (a logout leaves a
 //!   tombstone in every backend it deletes from), so 04's copies into `new`
-//!   and 03's fills into `old` meet the other's logouts.
+//!   and 03's fills into `old` meet the other's logouts. (The rolling-walk
+//!   model test found the gap before this rule: a logout that reached `new`
+//!   only, then a 03 load serving `old`'s older copy.)
 //! * **04 + 05**, once `old` holds no session (the migrator moved them all,
 //!   and no instance writes `old` any more). 05 never reads `old`; 04 reads it
 //!   after `new` and finds nothing.

@@ -7,7 +7,7 @@
 //!
 //! | op | rule |
 //! |---|---|
-//! | `load` | Ask R in order; the first live record wins; when none has it and there are sources, ask the W backends once more (a move may have run between the reads). An error or an undecodable value does not stop the search, but if nothing is found after one, the result is `Err`, never "not found"; and after a W backend failed, no later backend may answer: its copy may be older (even another W backend's: an instance on another configuration may not write it). |
+//! | `load` | Ask R in order; the first live record wins; when none has it and there are sources, ask the W backends once more (a move may have run between the reads). An error or an undecodable value does not stop the search, but if nothing is found after one, the result is `Err`, never "not found"; and after a W backend failed, no later backend may answer: its copy may be older (even another W backend's: an instance on another configuration may not write it). After a W backend *missed*, a later backend's record goes through copy-on-read's check (below), for the same reason: a tombstone in the one that missed means "not found". |
 //! | copy-on-read | When the winner is a source: *copy* it into every W backend (`SET NX PXAT`, unless a logout left a tombstone there: never overwrites, never resurrects; with policy `Off`, only look for tombstones). A tombstone in any W backend: "not found" (a logout ran, and the source's copy is what its failed or pending `DEL` left); no W backend answering: `Err`. With `Move`, once every W backend holds it, `DEL` it from the source. Nothing is checked or undone afterwards. |
 //! | `create` | `SET NX PXAT` on every W backend at once; on a collision undo this attempt's writes (its id is fresh: nobody else holds it) and draw a new id; any error undoes and fails. |
 //! | `save` | `SET XX PXAT` on every W backend at once, refused by the server past the moment we stop waiting for it. Where it missed, and the session lives elsewhere (another W backend took the update, or a source holds it), *fill* those backends (`SET`, unless tombstoned, same deadline); where it lives nowhere, only `SET XX` again (a move may just have put it there): never create it. |
@@ -49,7 +49,11 @@
 //!   the W backends hold a tombstone: a load that finds a record in a source
 //!   copies it (or, with `Off`, asks) and answers "not found" on a
 //!   tombstone; it fails when no W backend answers, since one of them might
-//!   hold one. (I1, I2)
+//!   hold one. The same holds for a record a W backend answers after an
+//!   earlier W backend missed: during a rolling deploy another
+//!   configuration may write (and log out of) the earlier one alone, so the
+//!   later one's copy may be older, or logged out there; it is checked the
+//!   same way (copied into the other W backends, never moved). (I1, I2)
 //! * **Saves never go back.** A save that missed a W backend fills it with
 //!   its own record (overwriting a copy, which is older); a copy never
 //!   overwrites. A save that timed out could still run later (I5), after a
@@ -290,6 +294,10 @@ impl MultiRedisStore {
         let mut failures = Vec::new();
         // A failed write backend may hold a newer copy than any later backend.
         let mut writer_failed = false;
+        // A write backend that missed may hold a logout's tombstone: an
+        // instance on another configuration (a rolling deploy) may have
+        // written, and then logged out of, that backend alone.
+        let mut writer_missed = false;
         for &index in &self.inner.readers {
             let node = &self.inner.nodes[index];
             if let Err(err) = self.check_deadline("load", deadline) {
@@ -303,6 +311,7 @@ impl MultiRedisStore {
                 Ok(Some(found)) => found,
                 Ok(None) => {
                     node.count(Counter::Miss);
+                    writer_missed |= node.modes.can_write();
                     continue;
                 }
                 Err(err) => {
@@ -329,7 +338,7 @@ impl MultiRedisStore {
                 tracing::debug!(backend = %node.name, "load: record expired");
                 break;
             }
-            if !node.modes.can_write() {
+            if !node.modes.can_write() || writer_missed {
                 // Boxed: only a first touch pays for it, not every load's future.
                 return Box::pin(self.found_in_source(index, id, &bytes, record, read_at, deadline)).await;
             }
@@ -355,10 +364,11 @@ impl MultiRedisStore {
         if failures.is_empty() { Ok(None) } else { Err(Error::from_failures(failures)) }
     }
 
-    /// A record found in backend `source` (not in W), read at `read_at`:
-    /// copy it into every W backend, unless a logout left a tombstone there
-    /// (with copy-on-read `off`, only look for tombstones); with `Move`, then
-    /// delete it from the source once every W backend holds it.
+    /// A record found in backend `source` (not in W, or after a W backend
+    /// missed), read at `read_at`: copy it into every other W backend,
+    /// unless a logout left a tombstone there (with copy-on-read `off`, only
+    /// look for tombstones); with `Move`, then delete it from a source that
+    /// is not itself written once every W backend holds it.
     ///
     /// A tombstone in any W backend means a logout ran, and the source's copy
     /// is what it left behind (its `DEL` there failed, or is under way): the
@@ -375,6 +385,11 @@ impl MultiRedisStore {
         read_at: i64,
         deadline: Deadline,
     ) -> Result<Option<Record>, Error> {
+        let writers: std::borrow::Cow<'_, [usize]> = if self.inner.writers.contains(&source) {
+            self.inner.writers.iter().copied().filter(|&w| w != source).collect()
+        } else {
+            std::borrow::Cow::Borrowed(&self.inner.writers)
+        };
         let source = &self.inner.nodes[source];
         let pxat = codec::expiry_millis(record.expiry_date);
         let policy = self.inner.options.copy_on_read;
@@ -382,7 +397,7 @@ impl MultiRedisStore {
             CopyOnRead::Off => CopyMode::Look,
             _ => CopyMode::CopyAndShow,
         };
-        let results = self.fan_out(&self.inner.writers, |w| w.copy(sid, bytes, pxat, read_at, mode, deadline)).await;
+        let results = self.fan_out(&writers, |w| w.copy(sid, bytes, pxat, read_at, mode, deadline)).await;
         let mut held_by_every_writer = true;
         let mut failures = Vec::new();
         let mut held = None; // a W backend's copy, where it differs from the source's
@@ -407,10 +422,11 @@ impl MultiRedisStore {
                 }
             }
         }
-        if failures.len() == self.inner.writers.len() {
+        if failures.len() == writers.len() {
             return Err(Error::from_failures(failures));
         }
-        if policy == CopyOnRead::Move && held_by_every_writer && source.modes.can_delete() {
+        let written = source.modes.can_write();
+        if policy == CopyOnRead::Move && held_by_every_writer && source.modes.can_delete() && !written {
             // Every W backend holds the session now, so whether this DEL runs,
             // fails or runs late, nothing is lost.
             if let Err(err) = source.del(sid, deadline).await {

@@ -405,3 +405,33 @@ async fn scripts_flushed_from_the_server_are_sent_again() {
     assert_eq!(store.load(&rec.id).await.unwrap(), None);
     assert_eq!(store.health()[0].counters.errors, before, "NOSCRIPT is not a failure");
 }
+
+/// A rolling deploy between plan steps 03 (`new: rw`, `old: rw`) and 04
+/// (`new: rw`, `old: read+delete`): 04 wrote the latest saves to `new` only,
+/// so `old` holds an older copy; a logout then reached `new` (its tombstone
+/// there) but not `old` (the connection was killed before `old` read it).
+/// A step-03 instance that misses `new` must not serve `old`'s older copy:
+/// it checks `new` for the tombstone first (the model test's seed
+/// 1796238489914775815 found this: "loaded v10, older than acknowledged v12").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_backend_that_missed_is_checked_for_a_logout_before_a_later_one_answers() {
+    let [new, old] = <[RedisServer; 2]>::try_from(servers(2)).ok().unwrap();
+    let step_03 = MultiRedisStore::builder()
+        .backend(Backend::url("new", new.url()))
+        .backend(Backend::url("old", old.url()))
+        .build()
+        .await
+        .unwrap();
+    let rec = record("ada");
+    raw_set(&old, &rec.id.to_string(), &codec::encode(&rec).unwrap()).await;
+    let tombstone = format!("{}:tombstone", rec.id);
+    raw_set(&new, &tombstone, b"1").await;
+    assert_eq!(step_03.load(&rec.id).await.unwrap(), None, "the logout that reached `new` holds");
+    assert!(!exists(&new, &rec.id.to_string()).await, "and nothing was copied over its tombstone");
+
+    // Without a tombstone, `old`'s copy is served, and copied into `new`.
+    let other = record("grace");
+    raw_set(&old, &other.id.to_string(), &codec::encode(&other).unwrap()).await;
+    assert_eq!(step_03.load(&other.id).await.unwrap().as_ref(), Some(&other));
+    assert!(exists(&new, &other.id.to_string()).await);
+}
