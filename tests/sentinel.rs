@@ -168,8 +168,19 @@ async fn a_forced_failover_under_load_loses_no_saved_session() {
     }
     // A write waits for a replica: the demoted master, once resynced.
     wait_for_replica(&t.replica.url()).await;
+    // (With a 250 ms WAIT, a loaded machine's replica can be late: an error
+    // then, whose outcome is unknown; a later login succeeds.)
     let mut fresh = record("after");
-    store.create(&mut fresh).await.unwrap();
+    let mut created = store.create(&mut fresh).await;
+    for _ in 0..20 {
+        if created.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        fresh = record("after");
+        created = store.create(&mut fresh).await;
+    }
+    created.unwrap();
     let on_new_master: bool =
         redis::cmd("EXISTS").arg(fresh.id.to_string()).query_async(&mut conn(&t.replica).await).await.unwrap();
     assert!(on_new_master, "writes reach the promoted replica");
