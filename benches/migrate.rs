@@ -18,8 +18,9 @@ use std::time::Instant;
 
 use time::{Duration, OffsetDateTime};
 use tower_sessions_core::session::{Id, Record};
+use tower_sessions_multi_redis_store::migrate::{self, Migrator};
 use tower_sessions_multi_redis_store::testing::RedisServer;
-use tower_sessions_multi_redis_store::{Backend, MigrateOptions, Migrator, Modes, MultiRedisStore, codec};
+use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore, codec};
 
 const PREFIX: &str = "s:";
 
@@ -127,7 +128,7 @@ async fn main() {
     let cpu_before = (cpu(&old), cpu(&new), support::cpu_seconds(std::process::id()));
     let batch: usize = std::env::var("BENCH_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let migrator =
-        Migrator::for_store(&store, MigrateOptions::default().move_sessions(true).batch_size(batch)).unwrap();
+        Migrator::for_store(&store, migrate::Options::default().move_sessions(true).batch_size(batch)).unwrap();
     let started = Instant::now();
     let report = migrator.run(|_| {}, std::future::pending()).await.unwrap();
     let elapsed = started.elapsed().as_secs_f64();

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::{Id, Record};
+use tower_sessions_multi_redis_store::migrate::{self, Migrator};
 use tower_sessions_multi_redis_store::testing::RedisServer;
-use tower_sessions_multi_redis_store::{Config, MigrateOptions, Migrator, MultiRedisStore, codec, plan};
+use tower_sessions_multi_redis_store::{Config, MultiRedisStore, codec, plan};
 
 const TASKS: usize = 32;
 
@@ -125,11 +126,14 @@ async fn run() {
             let store = build(&step.config).await;
             let (started, before) = (Instant::now(), counts());
             let what = if n == 2 {
-                let report =
-                    Migrator::new(&store, "old", &["new"], MigrateOptions::default()).unwrap().repair().await.unwrap();
+                let report = Migrator::new(&store, Some("old"), &["new"], migrate::Options::default())
+                    .unwrap()
+                    .repair()
+                    .await
+                    .unwrap();
                 format!("{n:02}.sh: repair ({} checked, {} removed)", report.checked, report.removed)
             } else {
-                let migrator = Migrator::for_store(&store, MigrateOptions::default().move_sessions(true)).unwrap();
+                let migrator = Migrator::for_store(&store, migrate::Options::default().move_sessions(true)).unwrap();
                 let report = migrator.run(|_| {}, std::future::pending()).await.unwrap();
                 let left = migrator.verify().await.unwrap().checked;
                 format!(

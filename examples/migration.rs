@@ -18,8 +18,9 @@
 mod app;
 
 use redis::AsyncCommands;
+use tower_sessions_multi_redis_store::migrate::{self, Migrator};
 use tower_sessions_multi_redis_store::testing::RedisServer;
-use tower_sessions_multi_redis_store::{Config, MigrateOptions, Migrator, MultiRedisStore, plan};
+use tower_sessions_multi_redis_store::{Config, MultiRedisStore, plan};
 
 const PREFIX: &str = "demo:";
 
@@ -130,10 +131,11 @@ async fn main() -> Result<()> {
             let store: MultiRedisStore =
                 Config::from_toml_str(&step.config)?.into_builder()?.announce(false).build().await?;
             if n == 2 {
-                let report = Migrator::new(&store, "old", &["new"], MigrateOptions::default())?.repair().await?;
+                let report =
+                    Migrator::new(&store, Some("old"), &["new"], migrate::Options::default())?.repair().await?;
                 println!("  {n:02}.sh: repair new against old: checked {}, removed {}", report.checked, report.removed);
             } else {
-                let migrator = Migrator::for_store(&store, MigrateOptions::default().move_sessions(true))?;
+                let migrator = Migrator::for_store(&store, migrate::Options::default().move_sessions(true))?;
                 let moved = migrator.run(|_| {}, std::future::pending()).await?;
                 let left = migrator.verify().await?.checked;
                 println!(

@@ -2,8 +2,8 @@
 //! which configurations are live and when a rolling deploy finished: the
 //! fingerprint of its configuration (backend names, modes and order, and the
 //! store-wide settings; never an address or a secret), in a key that lives
-//! [`ANNOUNCE_TTL`] and that a task of the store refreshes every
-//! [`ANNOUNCE_EVERY`] while the store lives.
+//! [`LiveConfiguration::ANNOUNCE_TTL`] and that a task of the store refreshes every
+//! [`LiveConfiguration::ANNOUNCE_EVERY`] while the store lives.
 //!
 //! The key is `<prefix>multi-redis-sessions:instance:<fingerprint>:<instance>`
 //! in every backend the store writes or deletes from. It is not a session id,
@@ -18,17 +18,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::keys::ANNOUNCE_TAIL;
 use crate::node::Node;
 use crate::store::{Inner, MultiRedisStore};
-
-/// How often an instance renews its announcement.
-pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
-
-/// How long an announcement lives without renewal.
-pub const ANNOUNCE_TTL: Duration = Duration::from_secs(15);
-
-/// What comes after a backend's prefix in an announcement's key.
-pub(crate) const TAIL: &str = "multi-redis-sessions:instance:";
 
 /// The configurations live in a store's backends (from
 /// [`MultiRedisStore::live_configurations`]).
@@ -43,6 +35,46 @@ pub struct LiveConfiguration {
     pub instances: usize,
 }
 
+impl LiveConfiguration {
+    /// How often an instance renews its announcement.
+    pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+
+    /// How long an announcement lives without renewal.
+    pub const ANNOUNCE_TTL: Duration = Duration::from_secs(15);
+}
+
+impl MultiRedisStore {
+    /// What this configuration is, without any address or secret: the
+    /// backends' names and modes in order, and the store-wide settings.
+    pub(crate) fn description(&self) -> String {
+        let o = self.options();
+        let settings = format!(
+            "copy_on_read={:?} read_policy={:?} write_policy={:?} refuse_late_writes={} tombstone_ttl={:?}",
+            o.copy_on_read, o.read_policy, o.write_policy, o.refuse_late_writes, o.tombstone_ttl
+        );
+        describe(self.nodes().iter().map(|n| (n.name.clone(), n.modes.to_string())), &settings)
+    }
+
+    /// The fingerprint of this configuration (16 hex digits): equal for two
+    /// instances built from the same file, different when a backend, its
+    /// modes, their order or a store-wide setting differ. Addresses and
+    /// secrets are not part of it.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.description())
+    }
+
+    /// The configurations that app instances announce in this store's
+    /// backends right now, and how many instances run each: a rolling deploy
+    /// is done when only one is left (see `announce`).
+    ///
+    /// # Errors
+    ///
+    /// When a backend cannot be scanned.
+    pub async fn live_configurations(&self) -> Result<Vec<LiveConfiguration>, Error> {
+        live(self.nodes()).await
+    }
+}
+
 /// The fingerprint of a configuration's description (FNV-1a, 64 bits: fixed
 /// across processes and releases, unlike `std`'s hasher).
 pub(crate) fn fingerprint(description: &str) -> String {
@@ -54,7 +86,7 @@ pub(crate) fn fingerprint(description: &str) -> String {
     format!("{hash:016x}")
 }
 
-/// Announces `store` now and then every [`ANNOUNCE_EVERY`] until it is
+/// Announces `store` now and then every [`LiveConfiguration::ANNOUNCE_EVERY`] until it is
 /// dropped, from a task of its own (when a tokio runtime runs the build).
 pub(crate) fn start(store: &MultiRedisStore) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
@@ -65,7 +97,7 @@ pub(crate) fn start(store: &MultiRedisStore) {
             let Some(store) = MultiRedisStore::upgrade(&weak) else { return };
             announce(&store, &instance).await;
             drop(store);
-            tokio::time::sleep(ANNOUNCE_EVERY).await;
+            tokio::time::sleep(LiveConfiguration::ANNOUNCE_EVERY).await;
         }
     });
 }
@@ -75,8 +107,8 @@ async fn announce(store: &MultiRedisStore, instance: &str) {
     let value = store.description();
     let nodes = store.nodes().iter().filter(|n| n.modes.can_delete());
     for node in nodes {
-        let id = format!("{TAIL}{fingerprint}:{instance}");
-        if let Err(err) = node.announce(&id, &value, ANNOUNCE_TTL).await {
+        let id = format!("{ANNOUNCE_TAIL}{fingerprint}:{instance}");
+        if let Err(err) = node.announce(&id, &value, LiveConfiguration::ANNOUNCE_TTL).await {
             tracing::debug!(backend = %node.name, error = %err, "could not announce this instance");
         }
     }
@@ -89,10 +121,10 @@ pub(crate) async fn live(nodes: &[Node]) -> Result<Vec<LiveConfiguration>, Error
     for node in nodes.iter().filter(|n| n.modes.can_delete()) {
         let mut cursor = 0;
         loop {
-            let (next, keys) = node.scan_after_prefix(cursor, 1000, TAIL).await?;
+            let (next, keys) = node.scan_after_prefix(cursor, 1000, ANNOUNCE_TAIL).await?;
             for key in keys {
                 let Some(id) = node.id_of(&key) else { continue };
-                let Some(rest) = id.strip_prefix(TAIL) else { continue };
+                let Some(rest) = id.strip_prefix(ANNOUNCE_TAIL) else { continue };
                 let Some((fingerprint, instance)) = rest.split_once(':') else { continue };
                 if !instances.insert((fingerprint.to_owned(), instance.to_owned())) {
                     continue;

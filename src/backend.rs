@@ -1,24 +1,19 @@
 //! One backend as users describe it ([`Backend`]): a name, its modes, where
 //! its server is, and how to talk to it. Its live form is `node.rs`.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::breaker::BreakerConfig;
 use crate::mode::Modes;
-use crate::redact::redact_url;
-
-/// The socket timeout used when none is configured: bounds connecting and
-/// every command.
-pub const DEFAULT_SOCKET_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::redact::{Pem, RedisUrl, Secret};
 
 /// Where a backend's server is.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Address {
     /// `redis://`, `rediss://`, `redis+unix://` or `unix://` URL (may carry credentials).
-    Url(String),
+    Url(RedisUrl),
     /// Host name or IP and port.
     Tcp {
         /// Host name or IP address.
@@ -29,9 +24,12 @@ pub enum Address {
     /// Path of a unix domain socket.
     Unix(PathBuf),
     /// Several servers, each holding the sessions whose ids hash to it
-    /// (weighted rendezvous hashing, see [`Partition`](crate::Partition)).
-    /// Each member is a one-server [`Backend`]: its name labels it in the
-    /// hash, its [`weight`](Backend::weight) sets its share.
+    /// (weighted rendezvous hashing: the member with the highest
+    /// `weight / -ln(u)`, `u` uniform from a fixed hash of its name and the
+    /// id). Each member is a one-server [`Backend`]: its name labels it in the
+    /// hash, its [`weight`](Backend::weight) sets its share; adding a member
+    /// moves only the sessions it takes. The mapping is the same in every
+    /// process and release.
     Partitioned(Vec<Backend>),
     /// The master of `master` as named by these sentinels (host, port);
     /// re-discovered after a failover.
@@ -43,21 +41,6 @@ pub enum Address {
     },
     /// A Redis Cluster, reached through these seed nodes (host, port).
     Cluster(Vec<(String, u16)>),
-}
-
-impl fmt::Debug for Address {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Address::Url(url) => f.debug_tuple("Url").field(&redact_url(url)).finish(),
-            Address::Tcp { host, port } => f.debug_struct("Tcp").field("host", host).field("port", port).finish(),
-            Address::Unix(path) => f.debug_tuple("Unix").field(path).finish(),
-            Address::Partitioned(members) => f.debug_tuple("Partitioned").field(members).finish(),
-            Address::Sentinel { sentinels, master } => {
-                f.debug_struct("Sentinel").field("sentinels", sentinels).field("master", master).finish()
-            }
-            Address::Cluster(seeds) => f.debug_tuple("Cluster").field(seeds).finish(),
-        }
-    }
 }
 
 /// The description of one backend: a name, its [`Modes`], where it is, and
@@ -79,7 +62,7 @@ impl fmt::Debug for Address {
 ///     .socket_timeout(Duration::from_millis(500));
 /// assert!(!format!("{old:?}").contains("s3cret"));
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 #[must_use]
 pub struct Backend {
     pub(crate) name: String,
@@ -88,15 +71,15 @@ pub struct Backend {
     pub(crate) address: Address,
     pub(crate) db: Option<i64>,
     pub(crate) username: Option<String>,
-    pub(crate) password: Option<String>,
+    pub(crate) password: Option<Secret>,
     pub(crate) socket_timeout: Duration,
     pub(crate) retry_on_timeout: bool,
     pub(crate) allow_read_without_delete: bool,
-    pub(crate) tls_root_ca: Option<Vec<u8>>,
-    pub(crate) tls_client: Option<(Vec<u8>, Vec<u8>)>,
+    pub(crate) tls_root_ca: Option<Pem>,
+    pub(crate) tls_client: Option<(Pem, Secret<Vec<u8>>)>,
     pub(crate) breaker: BreakerConfig,
     pub(crate) weight: u32,
-    pub(crate) sentinel_password: Option<String>,
+    pub(crate) sentinel_password: Option<Secret>,
     pub(crate) tls: bool,
     pub(crate) tcp_nodelay: bool,
     pub(crate) auto_pipeline: bool,
@@ -105,6 +88,10 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// The socket timeout used when none is configured: bounds connecting and
+    /// every command.
+    pub const DEFAULT_SOCKET_TIMEOUT: Duration = Duration::from_secs(2);
+
     /// A backend at `address`, reading and writing, with no key prefix.
     pub fn new(name: impl Into<String>, address: Address) -> Backend {
         // A Sentinel group exists to fail over to a replica: there, a write
@@ -118,7 +105,7 @@ impl Backend {
             db: None,
             username: None,
             password: None,
-            socket_timeout: DEFAULT_SOCKET_TIMEOUT,
+            socket_timeout: Backend::DEFAULT_SOCKET_TIMEOUT,
             retry_on_timeout: false,
             allow_read_without_delete: false,
             tls_root_ca: None,
@@ -136,7 +123,7 @@ impl Backend {
 
     /// A backend given by URL: `redis://[user][:password@]host[:port][/db]`,
     /// `rediss://...` (TLS), `redis+unix:///path?db=N` or `unix:///path`.
-    pub fn url(name: impl Into<String>, url: impl Into<String>) -> Backend {
+    pub fn url(name: impl Into<String>, url: impl Into<RedisUrl>) -> Backend {
         Backend::new(name, Address::Url(url.into()))
     }
 
@@ -205,7 +192,7 @@ impl Backend {
     }
 
     /// The password of the sentinels themselves (never printed).
-    pub fn sentinel_password(mut self, password: impl Into<String>) -> Backend {
+    pub fn sentinel_password(mut self, password: impl Into<Secret>) -> Backend {
         self.sentinel_password = Some(password.into());
         self
     }
@@ -242,12 +229,12 @@ impl Backend {
     }
 
     /// Password (overrides the one of a URL). Never printed.
-    pub fn password(mut self, password: impl Into<String>) -> Backend {
+    pub fn password(mut self, password: impl Into<Secret>) -> Backend {
         self.password = Some(password.into());
         self
     }
 
-    /// Bounds connecting and every command (default [`DEFAULT_SOCKET_TIMEOUT`]).
+    /// Bounds connecting and every command (default [`Backend::DEFAULT_SOCKET_TIMEOUT`]).
     pub fn socket_timeout(mut self, timeout: Duration) -> Backend {
         self.socket_timeout = timeout;
         self
@@ -358,14 +345,14 @@ impl Backend {
     /// For a `rediss://` backend: trust this CA (PEM) instead of the system's
     /// roots. Needs the `tls` feature to connect.
     pub fn tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Backend {
-        self.tls_root_ca = Some(pem.into());
+        self.tls_root_ca = Some(Pem(pem.into()));
         self
     }
 
     /// For a `rediss://` backend: present this client certificate and key
     /// (PEM) to a server that authenticates clients. The key is never printed.
     pub fn tls_client_cert(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Backend {
-        self.tls_client = Some((cert_pem.into(), key_pem.into()));
+        self.tls_client = Some((Pem(cert_pem.into()), Secret::new(key_pem.into())));
         self
     }
 
@@ -381,41 +368,8 @@ impl Backend {
         &self.name
     }
 
-    /// The backend's modes.
-    pub fn get_modes(&self) -> Modes {
-        self.modes
-    }
-
-    /// The key prefix.
-    pub fn get_prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// Where the server is.
     pub fn address(&self) -> &Address {
         &self.address
-    }
-}
-
-impl fmt::Debug for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Backend")
-            .field("name", &self.name)
-            .field("modes", &self.modes)
-            .field("prefix", &self.prefix)
-            .field("address", &self.address)
-            .field("db", &self.db)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("socket_timeout", &self.socket_timeout)
-            .field("retry_on_timeout", &self.retry_on_timeout)
-            .field("tcp_nodelay", &self.tcp_nodelay)
-            .field("auto_pipeline", &self.auto_pipeline)
-            .field("allow_read_without_delete", &self.allow_read_without_delete)
-            .field("tls_root_ca", &self.tls_root_ca.as_ref().map(|_| "<pem>"))
-            .field("tls_client", &self.tls_client.as_ref().map(|_| "<pem + redacted key>"))
-            .field("wait_replicas", &self.wait_replicas)
-            .field("wait_timeout", &self.wait_timeout)
-            .finish_non_exhaustive()
     }
 }

@@ -21,28 +21,31 @@ use tokio::time::Instant;
 /// use tower_sessions_multi_redis_store::BreakerConfig;
 ///
 /// let breaker = BreakerConfig::default().failure_threshold(3).cool_down(Duration::from_secs(2));
-/// assert_eq!(BreakerConfig::disabled().get_failure_threshold(), 0);
-/// # let _ = breaker;
+/// assert_ne!(breaker, BreakerConfig::disabled());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use]
 pub struct BreakerConfig {
-    failure_threshold: u32,
-    cool_down: Duration,
+    pub(crate) failure_threshold: u32,
+    pub(crate) cool_down: Duration,
 }
-
-/// Consecutive failures that open a breaker by default.
-pub const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
-/// How long an open breaker skips its backend by default.
-pub const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(5);
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        BreakerConfig { failure_threshold: DEFAULT_FAILURE_THRESHOLD, cool_down: DEFAULT_COOL_DOWN }
+        BreakerConfig {
+            failure_threshold: BreakerConfig::DEFAULT_FAILURE_THRESHOLD,
+            cool_down: BreakerConfig::DEFAULT_COOL_DOWN,
+        }
     }
 }
 
 impl BreakerConfig {
+    /// Consecutive failures that open a breaker by default.
+    pub const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
+
+    /// How long an open breaker skips its backend by default.
+    pub const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(5);
+
     /// A breaker that never opens.
     pub fn disabled() -> Self {
         BreakerConfig { failure_threshold: 0, cool_down: Duration::ZERO }
@@ -58,16 +61,6 @@ impl BreakerConfig {
     pub fn cool_down(mut self, cool_down: Duration) -> Self {
         self.cool_down = cool_down;
         self
-    }
-
-    /// The threshold (0: disabled).
-    pub fn get_failure_threshold(&self) -> u32 {
-        self.failure_threshold
-    }
-
-    /// The cool-down.
-    pub fn get_cool_down(&self) -> Duration {
-        self.cool_down
     }
 }
 

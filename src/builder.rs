@@ -7,21 +7,8 @@ use std::time::Duration;
 use crate::backend::Backend;
 use crate::error::Error;
 use crate::node::Node;
-use crate::store::{CopyOnRead, MultiRedisStore, Options, ReadPolicy, WritePolicy};
-
-/// How many ids `create` tries before giving up (a collision of 128-bit
-/// random ids is already astronomically unlikely).
-pub const DEFAULT_CREATE_ATTEMPTS: usize = 8;
-
-/// The longest socket timeout, operation deadline or breaker cool-down
-/// accepted: a day. Longer ones are refused rather than overflow a clock.
-pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
-
-/// The longest tombstone life accepted: thirty days.
-pub const MAX_TOMBSTONE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-
-/// How long a logout's tombstone lives when none is configured.
-pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
+use crate::policy::{CopyOnRead, ReadPolicy, WritePolicy};
+use crate::store::{MultiRedisStore, Options};
 
 /// Describes a [`MultiRedisStore`]; [`build`](Self::build) validates it.
 ///
@@ -55,6 +42,20 @@ pub struct MultiRedisStoreBuilder {
 }
 
 impl MultiRedisStoreBuilder {
+    /// How many ids `create` tries before giving up (a collision of 128-bit
+    /// random ids is already astronomically unlikely).
+    pub const DEFAULT_CREATE_ATTEMPTS: usize = 8;
+
+    /// The longest socket timeout, operation deadline or breaker cool-down
+    /// accepted: a day. Longer ones are refused rather than overflow a clock.
+    pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+    /// The longest tombstone life accepted: thirty days.
+    pub const MAX_TOMBSTONE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+    /// How long a logout's tombstone lives when none is configured.
+    pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
+
     /// Appends a backend; order matters (`load` asks readers in this order).
     pub fn backend(mut self, backend: Backend) -> Self {
         self.backends.push(backend);
@@ -93,14 +94,14 @@ impl MultiRedisStoreBuilder {
         self
     }
 
-    /// How many ids `create` tries (default [`DEFAULT_CREATE_ATTEMPTS`]).
+    /// How many ids `create` tries (default [`MultiRedisStoreBuilder::DEFAULT_CREATE_ATTEMPTS`]).
     pub fn create_attempts(mut self, attempts: usize) -> Self {
         self.create_attempts = Some(attempts);
         self
     }
 
     /// How long the tombstone a logout leaves in each write backend lives
-    /// (default [`DEFAULT_TOMBSTONE_TTL`]; at least four socket timeouts). A
+    /// (default [`MultiRedisStoreBuilder::DEFAULT_TOMBSTONE_TTL`]; at least four socket timeouts). A
     /// copy of a session into a write backend is refused by the server once
     /// half this time has passed since the session was read from its source,
     /// so no copy, however late, outlives the tombstone it must meet.
@@ -149,10 +150,10 @@ impl MultiRedisStoreBuilder {
         if self.deadline == Some(Duration::ZERO) {
             return Err(Error::config(None, "deadline", "must be greater than zero"));
         }
-        if self.deadline.is_some_and(|d| d > MAX_WAIT) {
+        if self.deadline.is_some_and(|d| d > MultiRedisStoreBuilder::MAX_WAIT) {
             return Err(Error::config(None, "deadline", "must be at most a day"));
         }
-        if self.tombstone_ttl.is_some_and(|t| t > MAX_TOMBSTONE_TTL) {
+        if self.tombstone_ttl.is_some_and(|t| t > MultiRedisStoreBuilder::MAX_TOMBSTONE_TTL) {
             return Err(Error::config(None, "tombstone_ttl", "must be at most thirty days"));
         }
         if self.tombstone_ttl.is_some_and(|t| t.as_millis() == 0) {
@@ -176,7 +177,7 @@ impl MultiRedisStoreBuilder {
             if b.socket_timeout == Duration::ZERO {
                 return Err(Error::config(name, "socket_timeout", "must be greater than zero"));
             }
-            if b.socket_timeout > MAX_WAIT {
+            if b.socket_timeout > MultiRedisStoreBuilder::MAX_WAIT {
                 return Err(Error::config(name, "socket_timeout", "must be at most a day"));
             }
             if b.wait_replicas > 0 && b.wait_timeout.is_some_and(|t| t.is_zero() || t >= b.socket_timeout) {
@@ -186,7 +187,7 @@ impl MultiRedisStoreBuilder {
                     "must be greater than zero and shorter than socket_timeout (which bounds a write and its WAIT)",
                 ));
             }
-            if b.breaker.get_cool_down() > MAX_WAIT {
+            if b.breaker.cool_down > MultiRedisStoreBuilder::MAX_WAIT {
                 return Err(Error::config(name, "breaker_cool_down", "must be at most a day"));
             }
             if b.modes.can_read() && !b.modes.can_delete() && !b.allow_read_without_delete {
@@ -197,7 +198,7 @@ impl MultiRedisStoreBuilder {
                      loadable there (set allow_read_without_delete to accept that)",
                 ));
             }
-            if matches!(b.address, crate::Address::Cluster(_)) && !crate::scripts::prefix_fits_cluster(&b.prefix) {
+            if matches!(b.address, crate::Address::Cluster(_)) && !crate::keys::prefix_fits_cluster(&b.prefix) {
                 return Err(Error::config(
                     name,
                     "prefix",
@@ -240,7 +241,7 @@ impl MultiRedisStoreBuilder {
     pub async fn build(self) -> Result<MultiRedisStore, Error> {
         self.validate()?;
         let refuse_late_writes = self.refuse_late_writes.unwrap_or(true);
-        let tombstone_ttl = self.tombstone_ttl.unwrap_or(DEFAULT_TOMBSTONE_TTL);
+        let tombstone_ttl = self.tombstone_ttl.unwrap_or(MultiRedisStoreBuilder::DEFAULT_TOMBSTONE_TTL);
         let nodes = self
             .backends
             .iter()
@@ -253,7 +254,7 @@ impl MultiRedisStoreBuilder {
                 read_policy: self.read_policy,
                 write_policy: self.write_policy,
                 deadline: self.deadline,
-                create_attempts: self.create_attempts.unwrap_or(DEFAULT_CREATE_ATTEMPTS),
+                create_attempts: self.create_attempts.unwrap_or(MultiRedisStoreBuilder::DEFAULT_CREATE_ATTEMPTS),
                 refuse_late_writes,
                 tombstone_ttl,
             },
@@ -262,5 +263,12 @@ impl MultiRedisStoreBuilder {
             crate::announce::start(&store);
         }
         Ok(store)
+    }
+}
+
+impl MultiRedisStore {
+    /// Starts describing a store.
+    pub fn builder() -> MultiRedisStoreBuilder {
+        MultiRedisStoreBuilder::default()
     }
 }

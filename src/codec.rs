@@ -55,7 +55,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, rmp_serde::decode::Error> {
 /// # Errors
 ///
 /// When the bytes are not a MessagePack session record.
-pub fn decode_expiry(bytes: &[u8]) -> Result<OffsetDateTime, rmp_serde::decode::Error> {
+pub(crate) fn decode_expiry(bytes: &[u8]) -> Result<OffsetDateTime, rmp_serde::decode::Error> {
     #[derive(serde::Deserialize)]
     struct Shape {
         #[allow(dead_code)]
@@ -125,5 +125,78 @@ mod tests {
     fn expiry_is_clamped_to_a_positive_instant() {
         assert_eq!(expiry_millis(OffsetDateTime::UNIX_EPOCH - Duration::days(1)), 1);
         assert_eq!(expiry_millis(OffsetDateTime::UNIX_EPOCH + Duration::milliseconds(1500)), 1500);
+    }
+
+    mod props {
+        use proptest::prelude::*;
+        use tower_sessions_core::session::Id;
+
+        use super::super::*;
+
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<u64>().prop_map(serde_json::Value::from),
+                (-1e300f64..1e300).prop_map(serde_json::Value::from),
+                ".{0,40}".prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(3, 24, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                    prop::collection::hash_map(".{0,12}", inner, 0..6)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn record() -> impl Strategy<Value = Record> {
+            (
+                any::<i128>(),
+                prop::collection::hash_map(".{0,16}", json_value(), 0..8),
+                -62_000_000_000i64..250_000_000_000,
+                0u32..1_000_000_000,
+            )
+                .prop_map(|(id, data, secs, nanos)| Record {
+                    id: Id(id),
+                    data,
+                    expiry_date: OffsetDateTime::from_unix_timestamp(secs).unwrap()
+                        + time::Duration::nanoseconds(nanos.into()),
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            #[test]
+            fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                let full = decode(&bytes);
+                let fast = decode_expiry(&bytes);
+                // The fast path never accepts what the full decoder refuses for its shape.
+                if let Ok(record) = &full {
+                    prop_assert_eq!(fast.ok(), Some(record.expiry_date));
+                }
+            }
+
+            #[test]
+            fn decoding_corrupted_records_never_panics(rec in record(), flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+                let mut bytes = encode(&rec).unwrap();
+                for (at, byte) in flips {
+                    let i = at.index(bytes.len());
+                    bytes[i] ^= byte | 1;
+                }
+                let _ = decode(&bytes);
+                let _ = decode_expiry(&bytes);
+            }
+
+            #[test]
+            fn records_round_trip(rec in record()) {
+                let bytes = encode(&rec).unwrap();
+                prop_assert_eq!(&bytes, &rmp_serde::to_vec(&rec).unwrap());
+                prop_assert_eq!(decode(&bytes).unwrap(), rec.clone());
+                prop_assert_eq!(decode_expiry(&bytes).unwrap(), rec.expiry_date);
+            }
+        }
     }
 }

@@ -32,6 +32,7 @@ use tower_sessions_core::session_store;
 #[non_exhaustive]
 pub enum Error {
     /// The store's configuration is invalid; found when it is built.
+    #[non_exhaustive]
     #[error("invalid configuration: {}field `{field}`: {reason}", BackendPrefix(.backend.as_deref()))]
     Config {
         /// The backend concerned, when the problem is one backend's.
@@ -43,6 +44,7 @@ pub enum Error {
     },
 
     /// A configuration file could not be read or parsed.
+    #[non_exhaustive]
     #[error("configuration file {}: {reason}", .path.display())]
     ConfigFile {
         /// The file.
@@ -52,6 +54,7 @@ pub enum Error {
     },
 
     /// A Redis command failed on a backend.
+    #[non_exhaustive]
     #[error("backend `{backend}`: {op} failed: {source}")]
     Redis {
         /// The backend's name.
@@ -64,6 +67,7 @@ pub enum Error {
     },
 
     /// A backend did not answer within its timeout.
+    #[non_exhaustive]
     #[error("backend `{backend}`: {op} timed out after {after:?}")]
     Timeout {
         /// The backend's name.
@@ -75,6 +79,7 @@ pub enum Error {
     },
 
     /// A backend's circuit breaker is open: it was not asked.
+    #[non_exhaustive]
     #[error("backend `{backend}`: skipped, circuit breaker open (next probe in {retry_in:?})")]
     Unavailable {
         /// The backend's name.
@@ -84,6 +89,7 @@ pub enum Error {
     },
 
     /// The store operation's overall deadline passed.
+    #[non_exhaustive]
     #[error("{op}: deadline of {after:?} passed")]
     Deadline {
         /// `load`, `create`, `save` or `delete`.
@@ -93,6 +99,7 @@ pub enum Error {
     },
 
     /// A value stored under a session key is not a session record.
+    #[non_exhaustive]
     #[error("backend `{backend}`: the stored value is not a session record: {reason}")]
     Decode {
         /// The backend's name.
@@ -102,14 +109,17 @@ pub enum Error {
     },
 
     /// A session record could not be encoded.
+    #[non_exhaustive]
     #[error("encoding the session record failed: {0}")]
     Encode(String),
 
     /// Several backends failed during one operation; each error names its backend.
+    #[non_exhaustive]
     #[error("{} backends failed: {}", .0.len(), ErrorList(.0))]
     Backends(Vec<Error>),
 
     /// `create` drew an id already taken on every attempt.
+    #[non_exhaustive]
     #[error("no free session id found after {attempts} attempts")]
     IdCollision {
         /// How many ids were tried.

@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+use crate::mode::Modes;
+
 use crate::breaker::BreakerState;
 
 /// Counts of what happened on one backend since the store was built.
@@ -41,8 +43,8 @@ pub(crate) enum Counter {
 pub struct BackendHealth {
     /// The backend's name.
     pub name: String,
-    /// Its modes, e.g. `read+delete`.
-    pub modes: String,
+    /// Its modes (serialized as e.g. `"read+delete"`).
+    pub modes: Modes,
     /// Whether its last command succeeded and its breaker is closed.
     pub up: bool,
     /// Its circuit breaker.

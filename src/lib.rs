@@ -6,22 +6,25 @@
 //! # Layout
 //!
 //! * [`mode`](Mode): `Mode` / `Modes`, what a backend may do;
-//! * `backend`: [`Backend`], one server's description, and the few commands run on it;
+//! * `backend`: [`Backend`], one backend's description;
+//! * `node`: a live backend: its connection, breaker, timeouts and the commands run on it;
+//! * `health`: [`BackendHealth`], what the store saw of each backend;
 //! * `breaker`: the per-backend circuit breaker ([`BreakerConfig`]);
 //! * `connection`: one backend's link: standalone (reconnecting `ConnectionManager`,
 //!   writing concurrent commands together once busy unless `auto_pipeline` is off,
 //!   `link.rs`), partition, Sentinel (master re-checked every second), Redis Cluster;
-//! * `partition`: [`Partition`], weighted rendezvous hashing of session ids over members;
+//! * `partition`: weighted rendezvous hashing of session ids over a partition's members;
 //! * [`codec`]: the wire format, byte-compatible with `tower-sessions-redis-store`;
 //! * `store`: [`MultiRedisStore`] and **the fan-out rules** of `load`/`create`/`save`/`delete`;
 //! * `scripts`: the Lua scripts every session write runs: a logout's tombstone,
 //!   copies that write only where no logout did, writes refused past their deadline;
+//! * `keys`: the keys the store writes besides sessions (tombstones, announcements);
 //! * `clock`: what a backend knows of its servers' clocks, for those deadlines;
 //! * `policy`: [`CopyOnRead`], [`ReadPolicy`], [`WritePolicy`];
 //! * `builder`: [`MultiRedisStoreBuilder`], validation of the whole shape;
 //! * `config`: [`Config`], TOML/JSON files, including the seed Django package's shape;
 //! * `error`: [`Error`], which always names the backend at fault;
-//! * `migrate`: [`Migrator`], the bulk migrator (and `verify`, `repair`) behind the CLI;
+//! * [`migrate`]: [`Migrator`](migrate::Migrator), the bulk migrator (and `verify`, `repair`) behind the CLI;
 //! * [`plan`]: migration plans for rolling deploys, and `check` of two configurations;
 //! * `stats`: [`BackendStats`], reachability, round trip and session count per backend;
 //! * `announce`: each instance's configuration fingerprint in the backends
@@ -77,7 +80,8 @@ mod config;
 mod connection;
 mod error;
 mod health;
-mod migrate;
+mod keys;
+pub mod migrate;
 mod mode;
 mod node;
 mod partition;
@@ -90,24 +94,18 @@ mod store;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
-pub use announce::{ANNOUNCE_EVERY, ANNOUNCE_TTL, LiveConfiguration};
-pub use backend::{Address, Backend, DEFAULT_SOCKET_TIMEOUT};
-pub use breaker::{BreakerConfig, BreakerState, DEFAULT_COOL_DOWN, DEFAULT_FAILURE_THRESHOLD};
-pub use builder::{
-    DEFAULT_CREATE_ATTEMPTS, DEFAULT_TOMBSTONE_TTL, MAX_TOMBSTONE_TTL, MAX_WAIT, MultiRedisStoreBuilder,
-};
-pub use config::{BackendConfig, Config};
+pub use announce::LiveConfiguration;
+pub use backend::{Address, Backend};
+pub use breaker::{BreakerConfig, BreakerState};
+pub use builder::MultiRedisStoreBuilder;
+pub use config::{BackendConfig, Config, MemberConfig};
 pub use error::Error;
 pub use health::{BackendCounters, BackendHealth};
-pub use migrate::{
-    DEFAULT_BATCH_SIZE, DEFAULT_MAX_LISTED, KeyFailure, MigrateOptions, Migrator, Progress, RepairReport, Report,
-    VerifyReport,
-};
 pub use mode::{Mode, Modes, UnknownMode};
-pub use partition::Partition;
-pub use redact::redact_url;
+pub use policy::{CopyOnRead, ReadPolicy, WritePolicy};
+pub use redact::{RedisUrl, Secret};
 pub use stats::BackendStats;
-pub use store::{CopyOnRead, MultiRedisStore, ReadPolicy, WritePolicy};
+pub use store::MultiRedisStore;
 
 /// The README's examples, compiled and run as doc tests.
 #[doc = include_str!("../README.md")]

@@ -33,8 +33,8 @@ use tower_sessions_core::session::Id;
 
 use crate::codec;
 use crate::error::Error;
+use crate::keys;
 use crate::node::{Copied, Node};
-use crate::scripts;
 use crate::store::MultiRedisStore;
 
 /// The batch size used when none is given.
@@ -46,14 +46,14 @@ pub const DEFAULT_MAX_LISTED: usize = 1000;
 /// How a migration runs.
 ///
 /// ```
-/// use tower_sessions_multi_redis_store::MigrateOptions;
+/// use tower_sessions_multi_redis_store::migrate::Options;
 ///
-/// let options = MigrateOptions::default().move_sessions(true).batch_size(500).rate_limit(Some(20_000));
+/// let options = Options::default().move_sessions(true).batch_size(500).rate_limit(Some(20_000));
 /// assert!(options.is_move());
 /// ```
 #[derive(Clone, Debug)]
 #[must_use]
-pub struct MigrateOptions {
+pub struct Options {
     batch_size: usize,
     dry_run: bool,
     move_sessions: bool,
@@ -62,9 +62,9 @@ pub struct MigrateOptions {
     max_listed: usize,
 }
 
-impl Default for MigrateOptions {
+impl Default for Options {
     fn default() -> Self {
-        MigrateOptions {
+        Options {
             batch_size: DEFAULT_BATCH_SIZE,
             dry_run: false,
             move_sessions: false,
@@ -75,7 +75,7 @@ impl Default for MigrateOptions {
     }
 }
 
-impl MigrateOptions {
+impl Options {
     /// Keys per `SCAN` and per pipeline (default [`DEFAULT_BATCH_SIZE`]).
     pub fn batch_size(mut self, n: usize) -> Self {
         self.batch_size = n.max(1);
@@ -208,12 +208,13 @@ pub struct RepairReport {
 /// Moves sessions from one backend of a store into others.
 ///
 /// ```no_run
-/// use tower_sessions_multi_redis_store::{MigrateOptions, Migrator, MultiRedisStore};
+/// use tower_sessions_multi_redis_store::MultiRedisStore;
+/// use tower_sessions_multi_redis_store::migrate::{Migrator, Options};
 ///
 /// # async fn run() -> Result<(), tower_sessions_multi_redis_store::Error> {
 /// let store = MultiRedisStore::from_config_file("sessions.toml").await?;
 /// // The one read+delete backend into the write backends.
-/// let migrator = Migrator::for_store(&store, MigrateOptions::default().move_sessions(true))?;
+/// let migrator = Migrator::for_store(&store, Options::default().move_sessions(true))?;
 /// let report = migrator
 ///     .run(|p| eprintln!("{} copied", p.copied), std::future::pending())
 ///     .await?;
@@ -225,30 +226,70 @@ pub struct Migrator {
     store: MultiRedisStore,
     source: usize,
     targets: Vec<usize>,
-    options: MigrateOptions,
+    options: Options,
 }
 
 impl Migrator {
-    /// From `source` into `targets`, all named backends of `store`.
+    /// From `source` into `targets`, named backends of `store`. Without a
+    /// source, the store's one source (a `read` backend it does not write);
+    /// without targets, its `write` backends other than the source: the
+    /// migration its configuration describes.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when a name is unknown, the source is a target, or
-    /// there is no target.
+    /// [`Error::Config`] when a name is unknown, the source is a target,
+    /// there is no target, or no source is named and the store has not
+    /// exactly one; for a move, unless the source is not written and every
+    /// write backend is a target.
     pub fn new(
         store: &MultiRedisStore,
-        source: &str,
+        source: Option<&str>,
         targets: &[&str],
-        options: MigrateOptions,
+        options: Options,
     ) -> Result<Migrator, Error> {
+        let nodes = store.nodes();
         let index = |name: &str, field: &'static str| {
-            store
-                .nodes()
+            nodes
                 .iter()
                 .position(|n| n.name == name)
                 .ok_or_else(|| Error::config(Some(name), field, "no backend of this name"))
         };
-        let source = index(source, "from")?;
+        let source = match source {
+            Some(name) => index(name, "from")?,
+            None => {
+                let mut sources =
+                    (0..nodes.len()).filter(|&i| nodes[i].modes.can_read() && !nodes[i].modes.can_write());
+                match (sources.next(), sources.next()) {
+                    (Some(one), None) => one,
+                    (None, _) => {
+                        return Err(Error::config(
+                            None,
+                            "from",
+                            "no read backend without write to migrate from; name one",
+                        ));
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(Error::config(
+                            None,
+                            "from",
+                            "several read-only backends; name the one to migrate from",
+                        ));
+                    }
+                }
+            }
+        };
+        let default_targets: Vec<&str>;
+        let targets = if targets.is_empty() {
+            default_targets = nodes
+                .iter()
+                .enumerate()
+                .filter(|&(i, n)| i != source && n.modes.can_write())
+                .map(|(_, n)| n.name.as_str())
+                .collect();
+            &default_targets[..]
+        } else {
+            targets
+        };
         let mut indices = Vec::new();
         for name in targets {
             let i = index(name, "to")?;
@@ -268,7 +309,6 @@ impl Migrator {
             // (else a write backend that did not get the copy misses it), and
             // the source is not one of them (else its `DEL` could remove a
             // save it received after the copy was read).
-            let nodes = store.nodes();
             if nodes[source].modes.can_write() {
                 return Err(Error::config(
                     Some(&nodes[source].name),
@@ -287,26 +327,14 @@ impl Migrator {
         Ok(Migrator { store: store.clone(), source, targets: indices, options })
     }
 
-    /// From the store's one source (a `read` backend that is not written)
-    /// into its `write` backends: the migration its configuration describes.
+    /// The migration the store's configuration describes:
+    /// [`new`](Self::new) without a source or targets.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] unless there is exactly one source.
-    pub fn for_store(store: &MultiRedisStore, options: MigrateOptions) -> Result<Migrator, Error> {
-        let nodes = store.nodes();
-        let sources: Vec<&Node> = nodes.iter().filter(|n| n.modes.can_read() && !n.modes.can_write()).collect();
-        let source = match sources.as_slice() {
-            [one] => one.name.as_str(),
-            [] => {
-                return Err(Error::config(None, "from", "no read backend without write to migrate from; name one"));
-            }
-            _ => {
-                return Err(Error::config(None, "from", "several read-only backends; name the one to migrate from"));
-            }
-        };
-        let targets: Vec<&str> = nodes.iter().filter(|n| n.modes.can_write()).map(|n| n.name.as_str()).collect();
-        Migrator::new(store, source, &targets, options)
+    /// As [`new`](Self::new).
+    pub fn for_store(store: &MultiRedisStore, options: Options) -> Result<Migrator, Error> {
+        Migrator::new(store, None, &[], options)
     }
 
     /// The source backend's name.
@@ -402,7 +430,7 @@ impl Migrator {
     async fn read(&self, cursor: u64) -> Result<ReadBatch, Error> {
         let source = self.source_node();
         let (next, mut keys) = source.scan(cursor, self.options.batch_size).await?;
-        keys.retain(|k| !scripts::is_internal(k));
+        keys.retain(|k| !keys::is_internal(k));
         let mut batch = ReadBatch { next, scanned: keys.len() as u64, ..ReadBatch::default() };
         let keys: Vec<String> =
             keys.into_iter().filter(|k| source.id_of(k).is_some_and(|id| Id::from_str(id).is_ok())).collect();
@@ -586,7 +614,7 @@ impl Migrator {
             let (next, keys) = target.scan(cursor, self.options.batch_size).await?;
             let ids: Vec<&str> = keys
                 .iter()
-                .filter(|k| !scripts::is_internal(k))
+                .filter(|k| !keys::is_internal(k))
                 .filter_map(|k| target.id_of(k))
                 .filter(|id| Id::from_str(id).is_ok())
                 .collect();

@@ -176,6 +176,13 @@ impl fmt::Display for Modes {
     }
 }
 
+/// As its [`Display`](fmt::Display) form, e.g. `"read+delete"`.
+impl Serialize for Modes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl fmt::Debug for Modes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Modes({self})")

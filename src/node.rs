@@ -175,7 +175,7 @@ impl Node {
         let breaker = self.breaker.state();
         BackendHealth {
             name: self.name.clone(),
-            modes: self.modes.to_string(),
+            modes: self.modes,
             up: self.last_ok.load(Ordering::Relaxed) && breaker == BreakerState::Closed,
             breaker,
             last_error: self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
@@ -496,7 +496,7 @@ impl Node {
             cmd.arg("EVALSHA").arg(script.sha());
         }
         if tombstone {
-            let tomb = crate::scripts::tombstone_key(key, self.conn.is_cluster());
+            let tomb = crate::keys::tombstone_key(key, self.conn.is_cluster());
             cmd.arg(2).arg(key).arg(tomb);
         } else {
             cmd.arg(1).arg(key);

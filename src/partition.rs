@@ -15,14 +15,8 @@
 //! mapping depends only on labels, weights and the id: it is the same in
 //! every process and every release (a golden test pins it).
 //!
-//! ```
-//! use tower_sessions_multi_redis_store::Partition;
-//!
-//! let partition = Partition::new([("a", 1), ("b", 1), ("c", 2)]);
-//! let member = partition.member_of("d2ZVRDMiEQDvzauJZ0UjAQ");
-//! assert!(member < 3);
-//! assert_eq!(member, partition.member_of("d2ZVRDMiEQDvzauJZ0UjAQ"));
-//! ```
+//! Tests see it as `testing::Partition` (feature `test-util`), to check that a
+//! session lands on the member it hashes to.
 
 /// The members of a partitioned backend: labels and weights.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,16 +1,128 @@
-//! Keeping secrets out of `Debug`, `Display`, errors and logs.
+//! Keeping secrets out of `Debug`, `Display`, errors and logs: [`Secret`]
+//! for passwords and keys, [`RedisUrl`] for URLs that may hold one. Types
+//! that carry them derive `Debug`, so a field added later is covered too.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+/// A password or a private key: `Debug` prints `<redacted>`, and nothing in
+/// this crate prints it otherwise.
+///
+/// ```
+/// use tower_sessions_multi_redis_store::Secret;
+///
+/// let password = Secret::from("s3cret");
+/// assert_eq!(format!("{password:?}"), "<redacted>");
+/// assert_eq!(password.expose(), "s3cret");
+/// ```
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret<T = String>(T);
+
+impl<T> Secret<T> {
+    /// Wraps `value`.
+    pub fn new(value: T) -> Secret<T> {
+        Secret(value)
+    }
+
+    /// The secret itself, for the one place that sends it to a server.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Secret {
+        Secret(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Secret {
+        Secret(value.to_owned())
+    }
+}
+
+impl From<&String> for Secret {
+    fn from(value: &String) -> Secret {
+        Secret(value.clone())
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A Redis URL (`redis://`, `rediss://`, `redis+unix://`, `unix://`): `Debug`
+/// and `Display` show it with its password (user-info password, or a
+/// `pass`/`password` query parameter) replaced by `<redacted>`.
+///
+/// ```
+/// use tower_sessions_multi_redis_store::RedisUrl;
+///
+/// let url = RedisUrl::from("redis://app:s3cret@db:6379/1");
+/// assert_eq!(url.to_string(), "redis://app:<redacted>@db:6379/1");
+/// assert_eq!(format!("{url:?}"), "\"redis://app:<redacted>@db:6379/1\"");
+/// assert_eq!(url.expose(), "redis://app:s3cret@db:6379/1");
+/// ```
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// The whole URL, password included, for the one place that connects.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for RedisUrl {
+    fn from(url: String) -> RedisUrl {
+        RedisUrl(url)
+    }
+}
+
+impl From<&str> for RedisUrl {
+    fn from(url: &str) -> RedisUrl {
+        RedisUrl(url.to_owned())
+    }
+}
+
+impl From<&String> for RedisUrl {
+    fn from(url: &String) -> RedisUrl {
+        RedisUrl(url.clone())
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&redact_url(&self.0), f)
+    }
+}
+
+/// PEM text (a certificate): `Debug` shows its size, not its bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Pem(pub(crate) Vec<u8>);
+
+impl fmt::Debug for Pem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<PEM, {} bytes>", self.0.len())
+    }
+}
 
 /// A URL with its password (user-info password, or a `pass`/`password` query
 /// parameter) replaced by `<redacted>`. Works on malformed URLs too.
 ///
-/// ```
-/// use tower_sessions_multi_redis_store::redact_url;
-///
-/// assert_eq!(redact_url("redis://app:s3cret@db:6379/1"), "redis://app:<redacted>@db:6379/1");
-/// assert_eq!(redact_url("redis+unix:///run/r.sock?db=1&pass=s3cret"), "redis+unix:///run/r.sock?db=1&pass=<redacted>");
-/// assert_eq!(redact_url("redis://db:6379"), "redis://db:6379");
-/// ```
-pub fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     let (scheme, rest) = match url.find("://") {
         Some(at) => url.split_at(at + 3),
         None => ("", url),
@@ -48,6 +160,16 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::redact_url;
+
+    #[test]
+    fn passwords_in_user_info_and_query() {
+        assert_eq!(redact_url("redis://app:s3cret@db:6379/1"), "redis://app:<redacted>@db:6379/1");
+        assert_eq!(
+            redact_url("redis+unix:///run/r.sock?db=1&pass=s3cret"),
+            "redis+unix:///run/r.sock?db=1&pass=<redacted>"
+        );
+        assert_eq!(redact_url("redis://db:6379"), "redis://db:6379");
+    }
 
     #[test]
     fn password_only_and_garbage() {

@@ -7,6 +7,7 @@ use futures_util::future::join_all;
 use serde::Serialize;
 use tower_sessions_core::session::Id;
 
+use crate::mode::Modes;
 use crate::node::Node;
 use crate::store::MultiRedisStore;
 
@@ -16,8 +17,8 @@ use crate::store::MultiRedisStore;
 pub struct BackendStats {
     /// The backend's name.
     pub name: String,
-    /// Its modes, e.g. `read+delete`.
-    pub modes: String,
+    /// Its modes (serialized as e.g. `"read+delete"`).
+    pub modes: Modes,
     /// Whether it answered `PING`.
     pub reachable: bool,
     /// `PING` round trip in milliseconds.
@@ -39,7 +40,7 @@ impl MultiRedisStore {
 async fn stats_of(node: &Node) -> BackendStats {
     let mut stats = BackendStats {
         name: node.name.clone(),
-        modes: node.modes.to_string(),
+        modes: node.modes,
         reachable: false,
         round_trip_ms: None,
         sessions: None,

@@ -70,7 +70,6 @@
 //! either no copy or a final one, never one waiting for a check.
 
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,13 +80,12 @@ use tower_sessions_core::session::{Id, Record};
 use tower_sessions_core::{SessionStore, session_store};
 use tracing::Instrument;
 
-use crate::builder::MultiRedisStoreBuilder;
 use crate::clock;
 use crate::codec;
 use crate::error::Error;
 use crate::health::{BackendHealth, Counter};
 use crate::node::{Copied, CopyMode, Deadline, Node};
-pub use crate::policy::{CopyOnRead, ReadPolicy, WritePolicy};
+use crate::policy::{CopyOnRead, ReadPolicy, WritePolicy};
 
 /// A [`SessionStore`] over an ordered list of Redis backends, each allowed to
 /// `read`, `write` and/or `delete`.
@@ -146,21 +144,6 @@ impl fmt::Debug for MultiRedisStore {
 }
 
 impl MultiRedisStore {
-    /// Starts describing a store.
-    pub fn builder() -> MultiRedisStoreBuilder {
-        MultiRedisStoreBuilder::default()
-    }
-
-    /// Builds a store from a TOML or JSON file (chosen by extension); see
-    /// [`Config`](crate::Config) for the shapes accepted.
-    ///
-    /// # Errors
-    ///
-    /// When the file cannot be read or parsed, or the configuration is invalid.
-    pub async fn from_config_file(path: impl AsRef<Path>) -> Result<MultiRedisStore, Error> {
-        crate::config::Config::from_file(path)?.into_builder()?.build().await
-    }
-
     pub(crate) fn from_nodes(nodes: Vec<Node>, options: Options) -> MultiRedisStore {
         let select = |keep: fn(&Node) -> bool| -> Vec<usize> {
             nodes.iter().enumerate().filter(|(_, n)| keep(n)).map(|(i, _)| i).collect()
@@ -180,39 +163,14 @@ impl MultiRedisStore {
         weak.upgrade().map(|inner| MultiRedisStore { inner })
     }
 
-    /// What this configuration is, without any address or secret: the
-    /// backends' names and modes in order, and the store-wide settings.
-    pub(crate) fn description(&self) -> String {
-        let o = &self.inner.options;
-        let settings = format!(
-            "copy_on_read={:?} read_policy={:?} write_policy={:?} refuse_late_writes={} tombstone_ttl={:?}",
-            o.copy_on_read, o.read_policy, o.write_policy, o.refuse_late_writes, o.tombstone_ttl
-        );
-        crate::announce::describe(self.inner.nodes.iter().map(|n| (n.name.clone(), n.modes.to_string())), &settings)
-    }
-
-    /// The fingerprint of this configuration (16 hex digits): equal for two
-    /// instances built from the same file, different when a backend, its
-    /// modes, their order or a store-wide setting differ. Addresses and
-    /// secrets are not part of it.
-    pub fn fingerprint(&self) -> String {
-        crate::announce::fingerprint(&self.description())
-    }
-
-    /// The configurations that app instances announce in this store's
-    /// backends right now, and how many instances run each: a rolling deploy
-    /// is done when only one is left (see `announce`).
-    ///
-    /// # Errors
-    ///
-    /// When a backend cannot be scanned.
-    pub async fn live_configurations(&self) -> Result<Vec<crate::announce::LiveConfiguration>, Error> {
-        crate::announce::live(&self.inner.nodes).await
-    }
-
     /// The live backends, in configured order.
     pub(crate) fn nodes(&self) -> &[Node] {
         &self.inner.nodes
+    }
+
+    /// The store-wide settings.
+    pub(crate) fn options(&self) -> &Options {
+        &self.inner.options
     }
 
     /// The backends' names and modes, in configured order.

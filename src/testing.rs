@@ -21,6 +21,10 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, Signal, kill_process};
 use tempfile::TempDir;
 
+/// Which member of a partitioned backend a session id lives on (weighted
+/// rendezvous hashing; the mapping is fixed across processes and releases).
+pub use crate::partition::Partition;
+
 /// Why a test server could not be started.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -11,8 +11,9 @@ use std::time::Duration;
 use common::{acceptance, raw_set, record};
 use tokio::sync::Mutex;
 use tower_sessions_core::SessionStore;
+use tower_sessions_multi_redis_store::migrate::{self, Migrator};
 use tower_sessions_multi_redis_store::testing::RedisServer;
-use tower_sessions_multi_redis_store::{Backend, MigrateOptions, Migrator, Modes, MultiRedisStore, codec};
+use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore, codec};
 
 fn redis_cli(args: &[&str]) -> String {
     let out = Command::new("redis-cli").args(args).output().expect("redis-cli on PATH");
@@ -167,7 +168,7 @@ async fn a_migration_from_a_standalone_backend_into_a_cluster_moves_everything()
         raw_set(&old, &rec.id.to_string(), &codec::encode(&rec).unwrap()).await;
         records.push(rec);
     }
-    let migrator = Migrator::for_store(&app, MigrateOptions::default().move_sessions(true).batch_size(200)).unwrap();
+    let migrator = Migrator::for_store(&app, migrate::Options::default().move_sessions(true).batch_size(200)).unwrap();
     let report = migrator.run(|_| {}, std::future::pending()).await.unwrap();
     assert!(report.finished && report.is_clean(), "{report:?}");
     assert_eq!(report.progress.copied, 1000);
@@ -188,7 +189,7 @@ async fn a_migration_from_a_standalone_backend_into_a_cluster_moves_everything()
         .build()
         .await
         .unwrap();
-    let report = Migrator::for_store(&back, MigrateOptions::default().move_sessions(true))
+    let report = Migrator::for_store(&back, migrate::Options::default().move_sessions(true))
         .unwrap()
         .run(|_| {}, std::future::pending())
         .await
@@ -326,7 +327,7 @@ async fn a_failover_and_a_reshard_during_migrate_and_verify_lose_and_double_noth
     };
     // Each run takes about 3 s (1,000 sessions a second); the topology
     // changes while it runs.
-    let options = || MigrateOptions::default().batch_size(100).rate_limit(Some(1000));
+    let options = || migrate::Options::default().batch_size(100).rate_limit(Some(1000));
     let nodes = Arc::new(nodes);
     let churn = |first: u16, from: usize, to: usize| {
         let nodes = nodes.clone();

@@ -172,10 +172,11 @@ where
     for slot in slots.iter() {
         let mut slot = slot.lock().await;
         if let Slot::Deleting(id) = *slot {
-            app.delete(&id).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+            common::patiently(name, || app.delete(&id)).await;
             *slot = Slot::Deleted(id);
         }
-        let loaded = app.load(&id_of(&slot)).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let id = id_of(&slot);
+        let loaded = common::patiently(name, || app.load(&id)).await;
         check_load(&slot, &loaded, name);
         if let Slot::Deleted(id) = *slot {
             for server in [&new, &old] {

@@ -20,8 +20,9 @@ use common::proxy::DelayProxy;
 use common::{exists, raw_get, raw_set, record, servers};
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::Record;
+use tower_sessions_multi_redis_store::migrate::{self, Migrator};
 use tower_sessions_multi_redis_store::testing::RedisServer;
-use tower_sessions_multi_redis_store::{Backend, CopyOnRead, MigrateOptions, Migrator, Modes, MultiRedisStore, codec};
+use tower_sessions_multi_redis_store::{Backend, CopyOnRead, Modes, MultiRedisStore, codec};
 
 const SHORT: Duration = Duration::from_millis(200);
 const HELD: Duration = Duration::from_millis(500);
@@ -121,7 +122,7 @@ async fn a_move_whose_source_del_loses_its_reply_loses_nothing() {
     let m = instance(new.url(), proxy.url(), CopyOnRead::Copy, SHORT).await;
     m.load(&records[0].id).await.unwrap(); // connected
     proxy.hold(true);
-    let report = Migrator::for_store(&m, MigrateOptions::default().move_sessions(true))
+    let report = Migrator::for_store(&m, migrate::Options::default().move_sessions(true))
         .unwrap()
         .run(|_| {}, std::future::pending())
         .await
@@ -133,7 +134,7 @@ async fn a_move_whose_source_del_loses_its_reply_loses_nothing() {
         assert_eq!(b.load(&rec.id).await.unwrap().as_ref(), Some(rec), "lost");
         assert!(exists(new, &rec.id.to_string()).await);
     }
-    let again = Migrator::for_store(&m, MigrateOptions::default().move_sessions(true))
+    let again = Migrator::for_store(&m, migrate::Options::default().move_sessions(true))
         .unwrap()
         .run(|_| {}, std::future::pending())
         .await
@@ -250,7 +251,7 @@ async fn the_migrators_late_copies_never_bring_back_a_logout() {
     to_new.hold(true);
     to_old.hold(true);
     let migrate = |m: MultiRedisStore| async move {
-        Migrator::for_store(&m, MigrateOptions::default().move_sessions(true))
+        Migrator::for_store(&m, migrate::Options::default().move_sessions(true))
             .unwrap()
             .run(|_| {}, std::future::pending())
             .await
@@ -342,14 +343,14 @@ async fn a_move_needs_every_write_backend_as_a_target_and_a_source_not_written()
         .build()
         .await
         .unwrap();
-    let moving = MigrateOptions::default().move_sessions(true);
-    let err = Migrator::new(&store, "old", &["new"], moving.clone()).unwrap_err().to_string();
+    let moving = migrate::Options::default().move_sessions(true);
+    let err = Migrator::new(&store, Some("old"), &["new"], moving.clone()).unwrap_err().to_string();
     assert!(err.contains("backend `shadow`, field `to`"), "{err}");
-    let err = Migrator::new(&store, "new", &["shadow"], moving.clone()).unwrap_err().to_string();
+    let err = Migrator::new(&store, Some("new"), &["shadow"], moving.clone()).unwrap_err().to_string();
     assert!(err.contains("backend `new`, field `from`"), "{err}");
-    assert!(Migrator::new(&store, "old", &["new", "shadow"], moving).is_ok());
+    assert!(Migrator::new(&store, Some("old"), &["new", "shadow"], moving).is_ok());
     // Copying without a move may pick any targets.
-    assert!(Migrator::new(&store, "old", &["new"], MigrateOptions::default()).is_ok());
+    assert!(Migrator::new(&store, Some("old"), &["new"], migrate::Options::default()).is_ok());
 }
 
 /// A copy that reaches its server later than half a tombstone's life after

@@ -11,8 +11,9 @@ use redis::AsyncCommands;
 use tokio::sync::Mutex;
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::{Id, Record};
+use tower_sessions_multi_redis_store::migrate::{self, Migrator};
 use tower_sessions_multi_redis_store::testing::RedisServer;
-use tower_sessions_multi_redis_store::{Backend, MigrateOptions, Migrator, Modes, MultiRedisStore, codec};
+use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore, codec};
 
 const PREFIX: &str = "s:";
 
@@ -119,9 +120,11 @@ async fn migrate_move_under_live_traffic_loses_nothing_and_resurrects_nothing() 
         });
     }
 
-    let migrator =
-        Migrator::for_store(&app, MigrateOptions::default().move_sessions(true).batch_size(50).rate_limit(Some(4000)))
-            .unwrap();
+    let migrator = Migrator::for_store(
+        &app,
+        migrate::Options::default().move_sessions(true).batch_size(50).rate_limit(Some(4000)),
+    )
+    .unwrap();
     assert_eq!((migrator.source(), migrator.targets()), ("old", vec!["new"]));
     let report = migrator.run(|_| {}, std::future::pending()).await.unwrap();
     migration_done.store(true, Ordering::Relaxed);
@@ -161,7 +164,7 @@ async fn a_dry_run_changes_nothing() {
     let (new, old) = (&servers[0], &servers[1]);
     let app = migrating_store(new, old).await;
     let records = populate(old, 500).await;
-    let migrator = Migrator::for_store(&app, MigrateOptions::default().dry_run(true).move_sessions(true)).unwrap();
+    let migrator = Migrator::for_store(&app, migrate::Options::default().dry_run(true).move_sessions(true)).unwrap();
     let report = migrator.run(|_| {}, std::future::pending()).await.unwrap();
     assert!(report.finished && report.dry_run);
     assert_eq!(report.progress.copied, 500, "would copy");
@@ -201,7 +204,7 @@ async fn an_interrupted_migration_resumed_from_its_cursor_ends_like_an_uninterru
     }
     let _: () = pipe.query_async(&mut conn(&servers[3]).await).await.unwrap();
 
-    let options = || MigrateOptions::default().move_sessions(true).batch_size(100);
+    let options = || migrate::Options::default().move_sessions(true).batch_size(100);
     let interrupted_app = migrating_store(&servers[0], &servers[1]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let first = Migrator::for_store(&interrupted_app, options()).unwrap();
@@ -251,7 +254,7 @@ async fn corrupt_values_are_reported_by_key_and_left_in_place() {
     // Not a session id at all: skipped, untouched.
     common::raw_set(old, &format!("{PREFIX}not-a-session"), b"x").await;
 
-    let migrator = Migrator::for_store(&app, MigrateOptions::default().move_sessions(true)).unwrap();
+    let migrator = Migrator::for_store(&app, migrate::Options::default().move_sessions(true)).unwrap();
     let report = migrator.run(|_| {}, std::future::pending()).await.unwrap();
     assert!(report.finished && !report.is_clean());
     assert_eq!(report.progress.corrupt, 5);
@@ -286,7 +289,7 @@ async fn a_copy_the_migrator_makes_after_a_logout_is_undone() {
             .await
             .unwrap();
         let records = populate(old, 3).await;
-        let migrator = Migrator::for_store(&slow, MigrateOptions::default().move_sessions(move_sessions)).unwrap();
+        let migrator = Migrator::for_store(&slow, migrate::Options::default().move_sessions(move_sessions)).unwrap();
         let run = tokio::spawn(async move { migrator.run(|_| {}, std::future::pending()).await });
         // The copies are on their way to "new"; meanwhile the users log out.
         tokio::time::sleep(Duration::from_millis(80)).await;
@@ -325,7 +328,7 @@ async fn a_load_racing_a_move_still_finds_the_session() {
     });
     tokio::time::sleep(Duration::from_millis(60)).await;
     // ...after the session was moved from "old" to "new".
-    let report = Migrator::for_store(&migrating, MigrateOptions::default().move_sessions(true))
+    let report = Migrator::for_store(&migrating, migrate::Options::default().move_sessions(true))
         .unwrap()
         .run(|_| {}, std::future::pending())
         .await

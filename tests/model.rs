@@ -31,8 +31,9 @@ use common::proxy::DelayProxy;
 use common::{Rng, conn};
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::{Id, Record};
+use tower_sessions_multi_redis_store::migrate::{self, Migrator};
 use tower_sessions_multi_redis_store::testing::RedisServer;
-use tower_sessions_multi_redis_store::{MigrateOptions, Migrator, MultiRedisStore, codec};
+use tower_sessions_multi_redis_store::{MultiRedisStore, codec};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fault {
@@ -200,12 +201,13 @@ async fn walk(world: &World, instances: &Instances, steps: &[std::path::PathBuf]
         let store = MultiRedisStore::from_config_file(step).await.unwrap();
         loop {
             let done = match n + 1 {
-                2 => match Migrator::new(&store, "old", &["new"], MigrateOptions::default()) {
+                2 => match Migrator::new(&store, Some("old"), &["new"], migrate::Options::default()) {
                     Ok(m) => m.repair().await.is_ok(),
                     Err(_) => false,
                 },
                 4 => {
-                    let migrator = Migrator::for_store(&store, MigrateOptions::default().move_sessions(true)).unwrap();
+                    let migrator =
+                        Migrator::for_store(&store, migrate::Options::default().move_sessions(true)).unwrap();
                     let moved = migrator.run(|_| {}, std::future::pending()).await;
                     moved.is_ok_and(|r| r.finished && r.is_clean())
                         && migrator.verify().await.is_ok_and(|v| v.checked == 0 && v.missing == 0)
@@ -326,8 +328,11 @@ async fn run(seed: u64, scenario: Scenario, fault: Fault, millis: u64) -> Vec<St
         tasks.spawn(async move {
             let mut cursor = 0;
             while !stop.load(Ordering::Relaxed) {
-                let options =
-                    MigrateOptions::default().move_sessions(true).batch_size(50).rate_limit(Some(rate)).cursor(cursor);
+                let options = migrate::Options::default()
+                    .move_sessions(true)
+                    .batch_size(50)
+                    .rate_limit(Some(rate))
+                    .cursor(cursor);
                 let migrator = Migrator::for_store(&store, options).unwrap();
                 let stopping = {
                     let stop = stop.clone();
@@ -503,7 +508,7 @@ async fn run(seed: u64, scenario: Scenario, fault: Fault, millis: u64) -> Vec<St
     tokio::time::sleep(Duration::from_millis(600)).await;
     let fresh = MultiRedisStore::from_config_file(steps.last().unwrap_or(&path)).await.unwrap();
     if scenario != Scenario::Rolling {
-        let report = Migrator::for_store(&fresh, MigrateOptions::default().move_sessions(true))
+        let report = Migrator::for_store(&fresh, migrate::Options::default().move_sessions(true))
             .unwrap()
             .run(|_| {}, std::future::pending())
             .await

@@ -11,8 +11,10 @@ use common::{acceptance, conn, raw_set, record, servers};
 use redis::AsyncCommands;
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::Id;
+use tower_sessions_multi_redis_store::migrate::{self, Migrator};
+use tower_sessions_multi_redis_store::testing::Partition;
 use tower_sessions_multi_redis_store::testing::RedisServer;
-use tower_sessions_multi_redis_store::{Backend, MigrateOptions, Migrator, Modes, MultiRedisStore, Partition, codec};
+use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore, codec};
 
 fn ids(n: usize) -> Vec<String> {
     (0..n).map(|_| Id::default().to_string()).collect()
@@ -120,7 +122,7 @@ async fn copy_on_read_and_migration_into_a_partition() {
     }
     // One user comes back: copied into its member.
     assert_eq!(app.load(&records[0].id).await.unwrap(), Some(records[0].clone()));
-    let report = Migrator::for_store(&app, MigrateOptions::default().move_sessions(true))
+    let report = Migrator::for_store(&app, migrate::Options::default().move_sessions(true))
         .unwrap()
         .run(|_| {}, std::future::pending())
         .await
@@ -158,7 +160,7 @@ async fn migration_out_of_a_partition_scans_every_member() {
     for server in &s[..3] {
         assert!(!keys(server).await.is_empty(), "every member holds some");
     }
-    let migrator = Migrator::for_store(&app, MigrateOptions::default().move_sessions(true).batch_size(50)).unwrap();
+    let migrator = Migrator::for_store(&app, migrate::Options::default().move_sessions(true).batch_size(50)).unwrap();
     let report = migrator.run(|_| {}, std::future::pending()).await.unwrap();
     assert!(report.finished && report.is_clean());
     assert_eq!(report.progress.copied, 300);

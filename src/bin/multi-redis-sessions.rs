@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use tower_sessions_multi_redis_store::{
-    BackendStats, DEFAULT_BATCH_SIZE, Error, MigrateOptions, Migrator, MultiRedisStore, Progress, Report,
-};
+use tower_sessions_multi_redis_store::migrate::{self, Migrator, Progress, Report};
+use tower_sessions_multi_redis_store::{BackendStats, Error, MultiRedisStore};
 
 /// What each exit code means.
 const EXIT_CODES: &str = "Exit codes:
@@ -104,7 +103,7 @@ struct Pair {
     #[arg(long)]
     to: Vec<String>,
     /// Keys per SCAN and per pipeline.
-    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
+    #[arg(long, default_value_t = migrate::DEFAULT_BATCH_SIZE)]
     batch: usize,
 }
 
@@ -148,14 +147,16 @@ async fn main() -> ExitCode {
             // A configuration problem touched nothing; anything else is a
             // backend that could not be reached or read.
             match err {
-                Error::Config { .. } | Error::ConfigFile { .. } => ExitCode::from(2),
+                Failure::File { .. } | Failure::Store(Error::Config { .. } | Error::ConfigFile { .. }) => {
+                    ExitCode::from(2)
+                }
                 _ => ExitCode::from(3),
             }
         }
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode, Error> {
+async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
         Command::Migrate(args) => migrate(args).await,
         Command::Verify(args) => verify(args).await,
@@ -167,32 +168,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
     }
 }
 
-async fn migrator(pair: &Pair, options: MigrateOptions) -> Result<Migrator, Error> {
+async fn migrator(pair: &Pair, options: migrate::Options) -> Result<Migrator, Error> {
     let store = store(&pair.common.config).await?;
-    let options = options.batch_size(pair.batch);
-    match &pair.from {
-        None if pair.to.is_empty() => Migrator::for_store(&store, options),
-        from => {
-            let default = Migrator::for_store(&store, MigrateOptions::default()).ok();
-            let source = match (from, &default) {
-                (Some(name), _) => name.clone(),
-                (None, Some(m)) => m.source().to_owned(),
-                (None, None) => return Err(config_error("from", "give --from")),
-            };
-            let targets: Vec<String> = if pair.to.is_empty() {
-                store
-                    .backends()
-                    .filter(|(_, m)| m.can_write())
-                    .map(|(n, _)| n.to_owned())
-                    .filter(|n| *n != source)
-                    .collect()
-            } else {
-                pair.to.clone()
-            };
-            let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
-            Migrator::new(&store, &source, &targets, options)
-        }
-    }
+    let targets: Vec<&str> = pair.to.iter().map(String::as_str).collect();
+    Migrator::new(&store, pair.from.as_deref(), &targets, options.batch_size(pair.batch))
 }
 
 /// The store a configuration file describes, which does not announce itself:
@@ -201,8 +180,20 @@ async fn store(path: &std::path::Path) -> Result<MultiRedisStore, Error> {
     tower_sessions_multi_redis_store::Config::from_file(path)?.into_builder()?.announce(false).build().await
 }
 
-fn config_error(field: &'static str, reason: &str) -> Error {
-    Error::Config { backend: None, field, reason: reason.to_owned() }
+/// Why a command failed: the store's error, or a file of the command's own.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Store(#[from] Error),
+    #[error("--{option} {}: {source}", .path.display())]
+    File { option: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+impl Failure {
+    fn file(option: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Failure + use<> {
+        let path = path.to_owned();
+        move |source| Failure::File { option, path, source }
+    }
 }
 
 fn progress_line(p: &Progress) -> String {
@@ -212,8 +203,8 @@ fn progress_line(p: &Progress) -> String {
     )
 }
 
-async fn migrate(args: MigrateArgs) -> Result<ExitCode, Error> {
-    let options = MigrateOptions::default()
+async fn migrate(args: MigrateArgs) -> Result<ExitCode, Failure> {
+    let options = migrate::Options::default()
         .move_sessions(args.move_sessions)
         .dry_run(args.dry_run)
         .rate_limit(args.rate)
@@ -279,9 +270,9 @@ fn print_report(report: &Report, elapsed: f64, json: bool) {
     }
 }
 
-async fn verify(args: VerifyArgs) -> Result<ExitCode, Error> {
+async fn verify(args: VerifyArgs) -> Result<ExitCode, Failure> {
     let pair = args.pair;
-    let migrator = migrator(&pair, MigrateOptions::default()).await?;
+    let migrator = migrator(&pair, migrate::Options::default()).await?;
     let report = migrator.verify().await?;
     if pair.common.json {
         println!("{}", serde_json::to_value(&report).unwrap_or_default());
@@ -308,8 +299,8 @@ async fn verify(args: VerifyArgs) -> Result<ExitCode, Error> {
     Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-async fn repair(pair: Pair) -> Result<ExitCode, Error> {
-    let migrator = migrator(&pair, MigrateOptions::default()).await?;
+async fn repair(pair: Pair) -> Result<ExitCode, Failure> {
+    let migrator = migrator(&pair, migrate::Options::default()).await?;
     let report = migrator.repair().await?;
     if pair.common.json {
         println!("{}", serde_json::to_value(&report).unwrap_or_default());
@@ -328,18 +319,18 @@ async fn repair(pair: Pair) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn read(path: &std::path::Path, field: &'static str) -> Result<String, Error> {
-    std::fs::read_to_string(path).map_err(|e| config_error(field, &format!("{}: {e}", path.display())))
+fn read(path: &std::path::Path, option: &'static str) -> Result<String, Failure> {
+    std::fs::read_to_string(path).map_err(Failure::file(option, path))
 }
 
-fn plan(args: PlanArgs) -> Result<ExitCode, Error> {
+fn plan(args: PlanArgs) -> Result<ExitCode, Failure> {
     let steps = tower_sessions_multi_redis_store::plan::plan(&read(&args.from, "from")?, &read(&args.to, "to")?)?;
     let write = |name: String, text: &str| {
         let path = args.out.join(name);
-        std::fs::write(&path, text).map_err(|e| config_error("out", &format!("{}: {e}", path.display())))?;
-        Ok::<_, Error>(path)
+        std::fs::write(&path, text).map_err(Failure::file("out", &path))?;
+        Ok::<_, Failure>(path)
     };
-    std::fs::create_dir_all(&args.out).map_err(|e| config_error("out", &e.to_string()))?;
+    std::fs::create_dir_all(&args.out).map_err(Failure::file("out", &args.out))?;
     for (i, step) in steps.iter().enumerate() {
         let n = i + 1;
         println!("{}", write(format!("{n:02}.toml"), &step.config)?.display());
@@ -366,7 +357,7 @@ fn make_executable(path: &std::path::Path) {
 #[cfg(not(unix))]
 fn make_executable(_: &std::path::Path) {}
 
-fn check(args: CheckArgs) -> Result<ExitCode, Error> {
+fn check(args: CheckArgs) -> Result<ExitCode, Failure> {
     use tower_sessions_multi_redis_store::{Config, plan};
     let (a, b) = (Config::from_file(&args.a)?, Config::from_file(&args.b)?);
     let findings = plan::check(&a, &b);
@@ -391,7 +382,7 @@ fn check(args: CheckArgs) -> Result<ExitCode, Error> {
     Ok(if unsafe_ { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-async fn status(common: Common) -> Result<ExitCode, Error> {
+async fn status(common: Common) -> Result<ExitCode, Failure> {
     let store = store(&common.config).await?;
     let live = store.live_configurations().await?;
     let this = store.fingerprint();
@@ -410,7 +401,7 @@ async fn status(common: Common) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn stats(common: Common) -> Result<ExitCode, Error> {
+async fn stats(common: Common) -> Result<ExitCode, Failure> {
     let store = store(&common.config).await?;
     let stats: Vec<BackendStats> = store.stats().await;
     if common.json {

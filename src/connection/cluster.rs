@@ -173,7 +173,7 @@ impl Cluster {
             builder = builder.username(username.clone());
         }
         if let Some(password) = &backend.password {
-            builder = builder.password(password.clone());
+            builder = builder.password(password.expose().clone());
         }
         let client = builder.build().map_err(|err| Error::config(name, "cluster", err.to_string()))?;
         let mut redis = redis::RedisConnectionInfo::default();
@@ -181,7 +181,7 @@ impl Cluster {
             redis = redis.set_username(username);
         }
         if let Some(password) = &backend.password {
-            redis = redis.set_password(password);
+            redis = redis.set_password(password.expose());
         }
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(backend.socket_timeout))

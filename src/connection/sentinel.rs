@@ -181,7 +181,7 @@ impl Sentinel {
         }
         let mut sentinel_settings = RedisConnectionInfo::default();
         if let Some(password) = &backend.sentinel_password {
-            sentinel_settings = sentinel_settings.set_password(password);
+            sentinel_settings = sentinel_settings.set_password(password.expose());
         }
         let sentinels = sentinels
             .iter()
@@ -200,7 +200,7 @@ impl Sentinel {
             redis = redis.set_username(username);
         }
         if let Some(password) = &backend.password {
-            redis = redis.set_password(password);
+            redis = redis.set_password(password.expose());
         }
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(backend.socket_timeout))

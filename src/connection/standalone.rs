@@ -16,10 +16,10 @@ pub(crate) fn connection_info(backend: &Backend) -> Result<ConnectionInfo, Error
     let name = Some(backend.name.as_str());
     let info = match &backend.address {
         Address::Url(url) => {
-            if cfg!(not(feature = "tls")) && is_tls_url(url) {
+            if cfg!(not(feature = "tls")) && is_tls_url(url.expose()) {
                 return Err(Error::config(name, "url", "rediss:// (TLS) needs the crate feature `tls`"));
             }
-            url.as_str().into_connection_info().map_err(|err| {
+            url.expose().into_connection_info().map_err(|err| {
                 Error::config(
                     name,
                     "url",
@@ -77,7 +77,7 @@ pub(crate) fn connection_info(backend: &Backend) -> Result<ConnectionInfo, Error
         redis = redis.set_username(username);
     }
     if let Some(password) = &backend.password {
-        redis = redis.set_password(password);
+        redis = redis.set_password(password.expose());
     }
     // redis-rs 1.x leaves Nagle's algorithm on; see `Backend::tcp_nodelay`.
     let tcp = info.tcp_settings().clone().set_nodelay(backend.tcp_nodelay);
@@ -110,11 +110,11 @@ pub(crate) fn client(backend: &Backend, info: ConnectionInfo) -> Result<redis::C
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
     let certificates = redis::TlsCertificates {
-        client_tls: backend
-            .tls_client
-            .as_ref()
-            .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
-        root_cert: backend.tls_root_ca.clone(),
+        client_tls: backend.tls_client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+            client_cert: cert.0.clone(),
+            client_key: key.expose().clone(),
+        }),
+        root_cert: backend.tls_root_ca.as_ref().map(|ca| ca.0.clone()),
     };
     redis::Client::build_with_tls(info, certificates).map_err(|err| {
         Error::config(
@@ -135,15 +135,15 @@ fn check_pem(backend: &Backend) -> Result<(), Error> {
     let name = Some(backend.name.as_str());
     let has_certs = |pem: &[u8]| CertificateDer::pem_slice_iter(pem).next().is_some_and(|c| c.is_ok());
     if let Some(ca) = &backend.tls_root_ca
-        && !has_certs(ca)
+        && !has_certs(&ca.0)
     {
         return Err(Error::config(name, "tls_ca_file", "not usable PEM: no certificate found"));
     }
     if let Some((cert, key)) = &backend.tls_client {
-        if !has_certs(cert) {
+        if !has_certs(&cert.0) {
             return Err(Error::config(name, "tls_cert_file", "not usable PEM: no certificate found"));
         }
-        if PrivateKeyDer::from_pem_slice(key).is_err() {
+        if PrivateKeyDer::from_pem_slice(key.expose()).is_err() {
             return Err(Error::config(name, "tls_key_file", "not usable PEM: no private key found"));
         }
     }

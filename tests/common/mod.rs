@@ -26,6 +26,24 @@ impl Rng {
     }
 }
 
+/// `op` retried until it succeeds (10 s at most): for checks after a fault
+/// healed, where a backend may still answer slowly on a loaded machine and
+/// trip its breaker (errors are allowed; the state is what is checked).
+pub async fn patiently<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    mut op: impl FnMut() -> F,
+) -> T {
+    let mut last = String::new();
+    for _ in 0..100 {
+        match op().await {
+            Ok(value) => return value,
+            Err(err) => last = err.to_string(),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{what}: still failing after 10 s: {last}")
+}
+
 /// A live record for `user`, expiring in an hour.
 pub fn record(user: &str) -> Record {
     Record {

@@ -52,22 +52,24 @@
 //! host, port, db, password and unix socket, and a unix socket over host and
 //! port; what it overrides is ignored with a logged warning.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+mod seed;
 
 use crate::backend::{Address, Backend};
 use crate::breaker::BreakerConfig;
 use crate::builder::MultiRedisStoreBuilder;
 use crate::error::Error;
 use crate::mode::{Mode, Modes};
-use crate::redact::redact_url;
-use crate::store::{CopyOnRead, ReadPolicy, WritePolicy};
+use crate::policy::{CopyOnRead, ReadPolicy, WritePolicy};
+use crate::redact::{RedisUrl, Secret};
+use crate::store::MultiRedisStore;
 
 /// A whole configuration file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Config {
@@ -93,7 +95,7 @@ pub struct Config {
 }
 
 /// One `[[backends]]` entry.
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct BackendConfig {
@@ -102,7 +104,7 @@ pub struct BackendConfig {
     /// `read`, `write`, `delete`.
     pub modes: Vec<Mode>,
     /// `redis://`, `rediss://`, `redis+unix://` or `unix://` URL.
-    pub url: Option<String>,
+    pub url: Option<RedisUrl>,
     /// Host name or IP (with `port`, default 6379).
     pub host: Option<String>,
     /// TCP port.
@@ -114,7 +116,7 @@ pub struct BackendConfig {
     /// ACL user name.
     pub username: Option<String>,
     /// Password (never printed).
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Key prefix.
     pub prefix: Option<String>,
     /// Seconds (fractions allowed) bounding connect and each command.
@@ -144,7 +146,7 @@ pub struct BackendConfig {
     /// The master's name the sentinels monitor.
     pub master: Option<String>,
     /// The sentinels' own password (never printed).
-    pub sentinel_password: Option<String>,
+    pub sentinel_password: Option<Secret>,
     /// Redis Cluster seed nodes as `"host:port"` (instead of `url`/`host`/`unix_socket`).
     pub cluster: Option<Vec<String>>,
     /// For a Sentinel backend: TLS to the sentinels and the master.
@@ -157,7 +159,7 @@ pub struct BackendConfig {
 }
 
 /// One member of a partitioned backend (`[[backends.members]]`).
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct MemberConfig {
@@ -165,7 +167,7 @@ pub struct MemberConfig {
     /// a member moves its sessions.
     pub name: Option<String>,
     /// URL.
-    pub url: Option<String>,
+    pub url: Option<RedisUrl>,
     /// Host (with `port`, default 6379).
     pub host: Option<String>,
     /// TCP port.
@@ -177,31 +179,15 @@ pub struct MemberConfig {
     /// ACL user name.
     pub username: Option<String>,
     /// Password (never printed).
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Share of sessions (default 1).
     pub weight: Option<u32>,
-}
-
-impl fmt::Debug for MemberConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemberConfig")
-            .field("name", &self.name)
-            .field("url", &self.url.as_deref().map(redact_url))
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("unix_socket", &self.unix_socket)
-            .field("db", &self.db)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("weight", &self.weight)
-            .finish()
-    }
 }
 
 /// The address given by `url`, `host`/`port` or `unix_socket`: exactly one.
 fn address(
     name: Option<&str>,
-    url: Option<String>,
+    url: Option<RedisUrl>,
     host: Option<String>,
     port: Option<u16>,
     unix_socket: Option<PathBuf>,
@@ -226,7 +212,7 @@ impl MemberConfig {
         let label = self.name.clone();
         let address = address(Some(backend), self.url, self.host, self.port, self.unix_socket)?;
         let label = label.unwrap_or_else(|| match &address {
-            Address::Url(url) => redact_url(url),
+            Address::Url(url) => url.to_string(),
             Address::Tcp { host, port } => format!("{host}:{port}/{}", self.db.unwrap_or(0)),
             Address::Unix(path) => format!("{}/{}", path.display(), self.db.unwrap_or(0)),
             Address::Partitioned(_) | Address::Sentinel { .. } | Address::Cluster(_) => String::new(),
@@ -242,41 +228,6 @@ impl MemberConfig {
             member = member.password(password);
         }
         Ok(member)
-    }
-}
-
-impl fmt::Debug for BackendConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BackendConfig")
-            .field("name", &self.name)
-            .field("modes", &self.modes)
-            .field("url", &self.url.as_deref().map(redact_url))
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("unix_socket", &self.unix_socket)
-            .field("db", &self.db)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("prefix", &self.prefix)
-            .field("socket_timeout", &self.socket_timeout)
-            .field("retry_on_timeout", &self.retry_on_timeout)
-            .field("tcp_nodelay", &self.tcp_nodelay)
-            .field("auto_pipeline", &self.auto_pipeline)
-            .field("allow_read_without_delete", &self.allow_read_without_delete)
-            .field("tls_ca_file", &self.tls_ca_file)
-            .field("tls_cert_file", &self.tls_cert_file)
-            .field("tls_key_file", &self.tls_key_file)
-            .field("breaker_failures", &self.breaker_failures)
-            .field("breaker_cool_down", &self.breaker_cool_down)
-            .field("members", &self.members)
-            .field("sentinels", &self.sentinels)
-            .field("master", &self.master)
-            .field("sentinel_password", &self.sentinel_password.as_ref().map(|_| "<redacted>"))
-            .field("cluster", &self.cluster)
-            .field("tls", &self.tls)
-            .field("wait_replicas", &self.wait_replicas)
-            .field("wait_timeout", &self.wait_timeout)
-            .finish()
     }
 }
 
@@ -333,23 +284,10 @@ impl Config {
     pub fn from_json_str(text: &str) -> Result<Config, Error> {
         let json_error = |err: serde_json::Error| parse_error(err.to_string());
         let probe: serde_json::Value = serde_json::from_str(text).map_err(json_error)?;
-        let seed = match &probe {
-            serde_json::Value::Array(_) => serde_json::from_str::<Vec<SeedEntry>>(text).map_err(json_error)?,
-            serde_json::Value::Object(map) if map.contains_key("ACS_SESSION_MULTISESSIONS_POOL") => {
-                serde_json::from_str::<SeedFile>(text).map_err(json_error)?.pool
-            }
-            _ => return serde_json::from_str(text).map_err(json_error),
-        };
-        Ok(Config {
-            copy_on_read: CopyOnRead::default(),
-            read_policy: ReadPolicy::default(),
-            write_policy: WritePolicy::default(),
-            deadline: None,
-            tombstone_ttl: None,
-            refuse_late_writes: None,
-            announce: None,
-            backends: seed.into_iter().map(SeedEntry::into_backend_config).collect(),
-        })
+        match seed::backends(&probe, text) {
+            Some(backends) => Ok(Config { backends: backends.map_err(json_error)?, ..Config::default() }),
+            None => serde_json::from_str(text).map_err(json_error),
+        }
     }
 
     /// The builder this configuration describes.
@@ -552,171 +490,15 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// `{"ACS_SESSION_MULTISESSIONS_POOL": [...]}`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SeedFile {
-    #[serde(rename = "ACS_SESSION_MULTISESSIONS_POOL")]
-    pool: Vec<SeedEntry>,
-}
-
-/// One entry of the seed's `ACS_SESSION_MULTISESSIONS_POOL`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SeedEntry {
-    backend: NameOrNumber,
-    modes: Vec<Mode>,
-    #[serde(default)]
-    setting: SeedSetting,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum NameOrNumber {
-    Name(String),
-    Number(i64),
-}
-
-/// The seed's `setting` keys (those of django-redis-sessions).
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "SCREAMING_SNAKE_CASE")]
-struct SeedSetting {
-    session_redis_host: Option<String>,
-    session_redis_port: Option<u16>,
-    session_redis_db: Option<i64>,
-    session_redis_username: Option<String>,
-    session_redis_password: Option<String>,
-    session_redis_prefix: Option<String>,
-    session_redis_socket_timeout: Option<f64>,
-    session_redis_retry_on_timeout: Option<bool>,
-    session_redis_unix_domain_socket_path: Option<PathBuf>,
-    session_redis_url: Option<String>,
-    session_redis_pool: Option<Vec<SeedPoolMember>>,
-    /// `[(host, port), ...]`: JSON arrays of two.
-    session_redis_sentinel_list: Option<Vec<(String, u16)>>,
-    session_redis_sentinel_master_alias: Option<String>,
-    /// This crate's addition: `wait_replicas`.
-    session_redis_wait_replicas: Option<u32>,
-    /// This crate's addition: `wait_timeout` (seconds).
-    session_redis_wait_timeout: Option<f64>,
-}
-
-/// One entry of the seed's `SESSION_REDIS_POOL`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "SCREAMING_SNAKE_CASE")]
-struct SeedPoolMember {
-    session_redis_host: Option<String>,
-    session_redis_port: Option<u16>,
-    session_redis_db: Option<i64>,
-    session_redis_username: Option<String>,
-    session_redis_password: Option<String>,
-    session_redis_unix_domain_socket_path: Option<PathBuf>,
-    session_redis_url: Option<String>,
-    session_redis_weight: Option<u32>,
-}
-
-impl SeedPoolMember {
-    fn into_member(self) -> MemberConfig {
-        let url = set(self.session_redis_url);
-        let unix_socket = self.session_redis_unix_domain_socket_path.filter(|p| !p.as_os_str().is_empty());
-        let mut host = set(self.session_redis_host);
-        if url.is_none() && unix_socket.is_none() && host.is_none() {
-            host = Some("localhost".to_owned());
-        }
-        MemberConfig {
-            name: None,
-            port: if host.is_some() { self.session_redis_port } else { None },
-            url,
-            host,
-            unix_socket,
-            db: self.session_redis_db,
-            username: set(self.session_redis_username),
-            password: set(self.session_redis_password),
-            weight: self.session_redis_weight,
-        }
-    }
-}
-
-/// `None` for `null` and `""`, as the seed's examples use both for "unset".
-fn set(value: Option<String>) -> Option<String> {
-    value.filter(|v| !v.is_empty())
-}
-
-impl SeedEntry {
-    fn into_backend_config(self) -> BackendConfig {
-        let s = self.setting;
-        let name = match self.backend {
-            NameOrNumber::Name(name) => name,
-            NameOrNumber::Number(n) => n.to_string(),
-        };
-        let members = s.session_redis_pool.map(|pool| pool.into_iter().map(SeedPoolMember::into_member).collect());
-        let sentinels: Option<Vec<String>> = s.session_redis_sentinel_list.map(|list| {
-            list.into_iter()
-                .map(|(h, p)| if h.contains(':') { format!("[{h}]:{p}") } else { format!("{h}:{p}") })
-                .collect()
-        });
-        let url = set(s.session_redis_url);
-        let mut unix_socket = s.session_redis_unix_domain_socket_path.filter(|p| !p.as_os_str().is_empty());
-        let mut host = set(s.session_redis_host);
-        let mut port = s.session_redis_port;
-        let (mut db, mut password) = (s.session_redis_db, set(s.session_redis_password));
-        // django-redis-sessions' precedence: the URL, else the unix socket, else host and port.
-        let ignored = |what: &str, by: &str| tracing::warn!(backend = %name, "{what} is ignored: {by} is given");
-        if url.is_some() {
-            for (what, given) in [
-                ("SESSION_REDIS_HOST", host.take().is_some()),
-                ("SESSION_REDIS_PORT", port.take().is_some()),
-                ("SESSION_REDIS_DB", db.take().is_some()),
-                ("SESSION_REDIS_PASSWORD", password.take().is_some()),
-                ("SESSION_REDIS_UNIX_DOMAIN_SOCKET_PATH", unix_socket.take().is_some()),
-            ] {
-                if given {
-                    ignored(what, "SESSION_REDIS_URL");
-                }
-            }
-        } else if unix_socket.is_some() {
-            for (what, given) in
-                [("SESSION_REDIS_HOST", host.take().is_some()), ("SESSION_REDIS_PORT", port.take().is_some())]
-            {
-                if given {
-                    ignored(what, "SESSION_REDIS_UNIX_DOMAIN_SOCKET_PATH");
-                }
-            }
-        }
-        if url.is_none() && unix_socket.is_none() && host.is_none() && members.is_none() && sentinels.is_none() {
-            host = Some("localhost".to_owned());
-        }
-        BackendConfig {
-            name,
-            modes: self.modes,
-            port: if host.is_some() { port } else { None },
-            url,
-            host,
-            unix_socket,
-            db,
-            username: set(s.session_redis_username),
-            password,
-            // django-redis-sessions stores a session under `prefix:key`.
-            prefix: set(s.session_redis_prefix).map(|p| format!("{p}:")),
-            socket_timeout: s.session_redis_socket_timeout,
-            retry_on_timeout: s.session_redis_retry_on_timeout,
-            tcp_nodelay: None,
-            auto_pipeline: None,
-            allow_read_without_delete: None,
-            tls_ca_file: None,
-            tls_cert_file: None,
-            tls_key_file: None,
-            breaker_failures: None,
-            breaker_cool_down: None,
-            members,
-            sentinels,
-            master: set(s.session_redis_sentinel_master_alias),
-            sentinel_password: None,
-            cluster: None,
-            tls: None,
-            wait_replicas: s.session_redis_wait_replicas,
-            wait_timeout: s.session_redis_wait_timeout,
-        }
+impl MultiRedisStore {
+    /// Builds a store from a TOML or JSON file (chosen by extension); see
+    /// [`Config`] for the shapes accepted.
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be read or parsed, or the configuration is invalid.
+    pub async fn from_config_file(path: impl AsRef<Path>) -> Result<MultiRedisStore, Error> {
+        Config::from_file(path)?.into_builder()?.build().await
     }
 }
 

@@ -1,0 +1,79 @@
+//! The keys the store writes besides sessions, and how they are named.
+//!
+//! The tombstone key is the session key followed by [`TOMBSTONE_SUFFIX`], so
+//! it falls under the same key prefix (ACL key patterns, `SCAN MATCH`). On a
+//! Redis Cluster it must also share the session key's hash slot (a script
+//! may only touch keys of one slot): there, a key without a hash tag of its
+//! own is wrapped in one, `{<key>}:tombstone`.
+//!
+//! An instance's announcement (`announce.rs`) lives at
+//! `<prefix>`[`ANNOUNCE_TAIL`]`<fingerprint>:<instance>`. Neither is a
+//! session id (an id is 22 characters of base64url, never a `:`), so the
+//! migrator, `verify` and `stats` pass both by.
+
+/// What comes after a backend's prefix in an announcement's key.
+pub(crate) const ANNOUNCE_TAIL: &str = "multi-redis-sessions:instance:";
+
+/// What every tombstone key ends with (a session id never holds a `:`).
+pub(crate) const TOMBSTONE_SUFFIX: &str = ":tombstone";
+
+/// The tombstone key of a session key, on a cluster or not.
+pub(crate) fn tombstone_key(key: &str, cluster: bool) -> String {
+    let mut tomb = String::with_capacity(key.len() + TOMBSTONE_SUFFIX.len() + 2);
+    if cluster && hash_tag(key).is_none() {
+        tomb.push('{');
+        tomb.push_str(key);
+        tomb.push('}');
+    } else {
+        tomb.push_str(key);
+    }
+    tomb.push_str(TOMBSTONE_SUFFIX);
+    tomb
+}
+
+/// Whether a key found by `SCAN` is a tombstone, not a session.
+pub(crate) fn is_tombstone(key: &str) -> bool {
+    key.ends_with(TOMBSTONE_SUFFIX)
+}
+
+/// Whether a key found by `SCAN` is the store's own (a tombstone, an
+/// instance's announcement), not a session.
+pub(crate) fn is_internal(key: &str) -> bool {
+    is_tombstone(key) || key.contains(ANNOUNCE_TAIL)
+}
+
+/// Redis Cluster's hash tag of `key`: what stands between the first `{` and
+/// the first `}` after it, if not empty.
+pub(crate) fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let len = key[open + 1..].find('}')?;
+    (len > 0).then(|| &key[open + 1..open + 1 + len])
+}
+
+/// Whether a key prefix lets a cluster tombstone share the session's hash
+/// slot: it must not hold a `}` unless the key gets a hash tag of its own
+/// (the id itself never holds braces).
+pub(crate) fn prefix_fits_cluster(prefix: &str) -> bool {
+    hash_tag(prefix).is_some() || !prefix.contains('}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tombstone_shares_the_session_keys_hash_slot_and_prefix() {
+        for key in ["abc", "sess:abc", "{user1}:abc", "a{b}c", "a{}b", "x}y"] {
+            let plain = tombstone_key(key, false);
+            assert!(plain.starts_with(key) && is_tombstone(&plain), "{plain}");
+            if !prefix_fits_cluster(key) {
+                assert!(key.contains('}') && hash_tag(key).is_none(), "{key}");
+                continue;
+            }
+            let tomb = tombstone_key(key, true);
+            assert!(is_tombstone(&tomb));
+            assert_eq!(hash_tag(&tomb), Some(hash_tag(key).unwrap_or(key)), "{key} -> {tomb}");
+        }
+        assert!(!is_tombstone("sess:AAAAAAAAAAAAAAAAAAAAAA"));
+    }
+}
