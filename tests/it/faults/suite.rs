@@ -7,13 +7,11 @@
 //! session (lost) or a session for a confirmed logout (resurrected) fails the
 //! test; so does a counter outside [last confirmed save, last attempted save].
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Rng, conn, raw_set, record};
+use crate::common::{Rng, conn, raw_set, record};
 use redis::AsyncCommands;
 use tokio::sync::Mutex;
 use tower_sessions_core::SessionStore;
@@ -172,11 +170,11 @@ where
     for slot in slots.iter() {
         let mut slot = slot.lock().await;
         if let Slot::Deleting(id) = *slot {
-            common::patiently(name, || app.delete(&id)).await;
+            crate::common::patiently(name, || app.delete(&id)).await;
             *slot = Slot::Deleted(id);
         }
         let id = id_of(&slot);
-        let loaded = common::patiently(name, || app.load(&id)).await;
+        let loaded = crate::common::patiently(name, || app.load(&id)).await;
         check_load(&slot, &loaded, name);
         if let Slot::Deleted(id) = *slot {
             for server in [&new, &old] {

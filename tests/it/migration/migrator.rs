@@ -1,12 +1,10 @@
 //! Issue 3: the bulk migrator against real servers.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Rng, conn, exists, pttl, raw_get, record, servers};
+use crate::common::{Rng, conn, exists, pttl, raw_get, record, servers};
 use redis::AsyncCommands;
 use tokio::sync::Mutex;
 use tower_sessions_core::SessionStore;
@@ -48,7 +46,7 @@ async fn populate(server: &RedisServer, n: usize) -> Vec<Record> {
 }
 
 async fn key_count(server: &RedisServer) -> usize {
-    common::session_keys(server).await.len()
+    crate::common::session_keys(server).await.len()
 }
 
 async fn assert_in(server: &RedisServer, rec: &Record) {
@@ -178,7 +176,7 @@ async fn a_dry_run_changes_nothing() {
 /// Every key and value of a server.
 async fn snapshot(server: &RedisServer) -> Vec<(String, Vec<u8>)> {
     let mut conn = conn(server).await;
-    let mut keys = common::session_keys(server).await;
+    let mut keys = crate::common::session_keys(server).await;
     keys.sort();
     let mut out = Vec::new();
     for key in keys {
@@ -248,11 +246,11 @@ async fn corrupt_values_are_reported_by_key_and_left_in_place() {
     let mut bad_keys = Vec::new();
     for i in 0..5 {
         let key = format!("{PREFIX}{}", record("x").id);
-        common::raw_set(old, &key, format!("garbage {i}").as_bytes()).await;
+        crate::common::raw_set(old, &key, format!("garbage {i}").as_bytes()).await;
         bad_keys.push(key);
     }
     // Not a session id at all: skipped, untouched.
-    common::raw_set(old, &format!("{PREFIX}not-a-session"), b"x").await;
+    crate::common::raw_set(old, &format!("{PREFIX}not-a-session"), b"x").await;
 
     let migrator = Migrator::for_store(&app, migrate::Options::default().move_sessions(true)).unwrap();
     let report = migrator.run(|_| {}, std::future::pending()).await.unwrap();
@@ -278,7 +276,7 @@ async fn corrupt_values_are_reported_by_key_and_left_in_place() {
 async fn a_copy_the_migrator_makes_after_a_logout_is_undone() {
     let servers = servers(2);
     let (new, old) = (&servers[0], &servers[1]);
-    let proxy = common::proxy::DelayProxy::start(new.port(), Duration::from_millis(200)).await;
+    let proxy = crate::common::proxy::DelayProxy::start(new.port(), Duration::from_millis(200)).await;
     for move_sessions in [true, false] {
         let app = migrating_store(new, old).await;
         // The migrator reaches "new" over a slow path.
@@ -309,7 +307,7 @@ async fn a_copy_the_migrator_makes_after_a_logout_is_undone() {
 async fn a_load_racing_a_move_still_finds_the_session() {
     let servers = servers(2);
     let (new, old) = (&servers[0], &servers[1]);
-    let proxy = common::proxy::DelayProxy::start(old.port(), Duration::from_millis(250)).await;
+    let proxy = crate::common::proxy::DelayProxy::start(old.port(), Duration::from_millis(250)).await;
     // The app reaches "old" over a slow path; the migrator directly.
     let app = MultiRedisStore::builder()
         .backend(Backend::url("new", new.url()).prefix(PREFIX))

@@ -2,13 +2,11 @@
 //! replica, three sentinels): the acceptance suite, then a forced failover
 //! under continuous load.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{acceptance, conn, record, wait_for_replica, wait_for_replicas};
+use crate::common::{acceptance, conn, record, wait_for_replica, wait_for_replicas};
 use tokio::sync::Mutex;
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::Record;

@@ -2,11 +2,9 @@
 //! logouts never resurrect a session; a save of a not-yet-migrated session
 //! lands in every write backend; sessions nobody deletes are never lost.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{exists, pttl, raw_get, raw_set, record, servers};
+use crate::common::{exists, pttl, raw_get, raw_set, record, servers};
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::Record;
 use tower_sessions_multi_redis_store::testing::RedisServer;
@@ -205,7 +203,7 @@ async fn saves_loads_and_logouts_racing_never_resurrect_nor_lose_a_session() {
             let shape = Shape { name: shape.name, backends: shape.backends.clone(), policy: shape.policy };
             race(shape, &servers).await;
             for s in servers.iter() {
-                common::flushall(s).await;
+                crate::common::flushall(s).await;
             }
         }
     }

@@ -1,11 +1,9 @@
 //! Show 5: a read backend killed with SIGKILL mid-test, then restarted on
 //! the same port; the store recovers without being rebuilt.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{record, servers};
+use crate::common::{record, servers};
 use tower_sessions_core::session::Id;
 use tower_sessions_core::{SessionStore, session_store};
 use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore};
@@ -62,5 +60,5 @@ async fn a_killed_read_backend_fails_loudly_and_the_store_recovers_after_restart
     assert!(recovered, "store did not recover after the restart");
     store.delete(&fresh.id).await.unwrap();
     assert_eq!(store.load(&fresh.id).await.unwrap(), None);
-    common::acceptance(&store, "after restart").await;
+    crate::common::acceptance(&store, "after restart").await;
 }

@@ -1,11 +1,9 @@
 //! Issue 5: the circuit breaker, the read and write policies, the deadline,
 //! health and counters, on real servers.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{raw_set, record, servers};
+use crate::common::{raw_set, record, servers};
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::Id;
 use tower_sessions_multi_redis_store::testing::RedisServer;
@@ -137,7 +135,7 @@ async fn write_policies_all_or_any() {
     let mut rec = record("ada");
     let err = all.create(&mut rec).await.unwrap_err().to_string();
     assert!(err.contains("backend `b`"), "{err}");
-    assert!(!common::exists(&servers[0], &rec.id.to_string()).await, "undone on `a`");
+    assert!(!crate::common::exists(&servers[0], &rec.id.to_string()).await, "undone on `a`");
 
     let mut rec = record("bob");
     any.create(&mut rec).await.unwrap();

@@ -1,9 +1,7 @@
 //! Show 6: byte compatibility with tower-sessions-redis-store, whose storage is
 //! `SET <id> rmp_serde::to_vec(&record) EXAT <expiry seconds>` with no prefix.
 
-mod common;
-
-use common::{pttl, raw_get, record, servers};
+use crate::common::{pttl, raw_get, record, servers};
 use redis::AsyncCommands;
 use time::OffsetDateTime;
 use tower_sessions_core::SessionStore;
@@ -41,7 +39,7 @@ fn golden_bytes_are_pinned() {
 async fn sessions_written_like_tower_sessions_redis_store_load() {
     let server = &servers(1)[0];
     let store = MultiRedisStore::builder().backend(Backend::url("main", server.url())).build().await.unwrap();
-    let mut conn = common::conn(server).await;
+    let mut conn = crate::common::conn(server).await;
 
     // Compact form, EXAT seconds, no prefix: exactly what the other crate does.
     let compact = record("compact");

@@ -1,11 +1,9 @@
 //! Issue 5, show 4: no password in any `Debug`, `Display`, error message or
 //! log line, including the logs of failing connections.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Captured, record};
+use crate::common::{Captured, record};
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::Id;
 use tower_sessions_multi_redis_store::testing::RedisServer;

@@ -10,14 +10,12 @@
 //! * a logout whose `DEL` on the source fails, leaving the source's older copy;
 //! * the migrator copying while logouts finish first.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::proxy::DelayProxy;
-use common::{exists, raw_get, raw_set, record, servers};
+use crate::common::proxy::DelayProxy;
+use crate::common::{exists, raw_get, raw_set, record, servers};
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::Record;
 use tower_sessions_multi_redis_store::migrate::{self, Migrator};
@@ -140,7 +138,7 @@ async fn a_move_whose_source_del_loses_its_reply_loses_nothing() {
         .await
         .unwrap();
     assert!(again.finished && again.is_clean(), "{again:?}");
-    assert!(common::session_keys(old).await.is_empty());
+    assert!(crate::common::session_keys(old).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,7 +276,7 @@ async fn the_migrators_late_copies_never_bring_back_a_logout() {
     for rec in &records[20..] {
         assert_eq!(b.load(&rec.id).await.unwrap().as_ref(), Some(rec));
     }
-    assert!(common::session_keys(old).await.is_empty(), "the move left sessions in old");
+    assert!(crate::common::session_keys(old).await.is_empty(), "the move left sessions in old");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,7 +394,8 @@ async fn scripts_flushed_from_the_server_are_sent_again() {
     store.save(&rec).await.unwrap();
     let before = store.health()[0].counters.errors;
     for server in [new, old] {
-        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut common::conn(server).await).await.unwrap();
+        let _: () =
+            redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut crate::common::conn(server).await).await.unwrap();
     }
     let moved = record("bob");
     in_old(old, &moved).await;

@@ -5,11 +5,9 @@
 //! timeout. (That the commands really share one write is a unit test in that
 //! file.)
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{conn, record, servers};
+use crate::common::{conn, record, servers};
 use tower_sessions_core::SessionStore;
 use tower_sessions_multi_redis_store::testing::RedisServer;
 use tower_sessions_multi_redis_store::{Backend, BreakerConfig, Config, MultiRedisStore};

@@ -1,11 +1,9 @@
 //! `socket_timeout` bounds every command on a frozen (SIGSTOP) server, and
 //! `retry_on_timeout` retries an idempotent command once.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{record, servers};
+use crate::common::{record, servers};
 use tower_sessions_core::SessionStore;
 use tower_sessions_multi_redis_store::testing::RedisServer;
 use tower_sessions_multi_redis_store::{Backend, MultiRedisStore};

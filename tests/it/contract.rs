@@ -3,9 +3,7 @@
 //! host/port and unix socket. Also checks that exactly the combinations the
 //! contract allows are accepted.
 
-mod common;
-
-use common::{acceptance, servers};
+use crate::common::{acceptance, servers};
 use tower_sessions_multi_redis_store::testing::RedisServer;
 use tower_sessions_multi_redis_store::{Backend, Error, Mode, Modes, MultiRedisStore};
 

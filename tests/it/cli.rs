@@ -1,12 +1,10 @@
 //! Issue 3, show 4: the built `multi-redis-sessions` binary on config files.
 #![cfg(feature = "cli")]
 
-mod common;
-
 use std::io::Write;
 use std::process::{Command, Output};
 
-use common::{conn, raw_set, record, servers};
+use crate::common::{conn, raw_set, record, servers};
 use redis::AsyncCommands;
 use tower_sessions_multi_redis_store::codec;
 use tower_sessions_multi_redis_store::testing::RedisServer;
@@ -202,7 +200,7 @@ async fn plan_writes_steps_that_check_accepts_and_whose_scripts_run() {
 
     // Sessions in "old"; one stale copy and one left over from a logout in "new".
     fill(old, 20).await;
-    let keys = common::session_keys(old).await;
+    let keys = crate::common::session_keys(old).await;
     raw_set(new, &keys[0], &codec::encode(&record("stale")).unwrap()).await;
     let gone = record("gone");
     raw_set(new, &format!("s:{}", gone.id), &codec::encode(&gone).unwrap()).await;
@@ -216,8 +214,8 @@ async fn plan_writes_steps_that_check_accepts_and_whose_scripts_run() {
     assert!(String::from_utf8_lossy(&repaired.stdout).contains("removed 2"), "{repaired:?}");
     let moved = run("04.sh");
     assert!(moved.status.success(), "{moved:?}");
-    assert!(common::session_keys(old).await.is_empty());
-    assert_eq!(common::session_keys(new).await.len(), 20);
+    assert!(crate::common::session_keys(old).await.is_empty());
+    assert_eq!(crate::common::session_keys(new).await.len(), 20);
 }
 
 /// A source that goes away: before the run, exit 3 (not 2: the arguments

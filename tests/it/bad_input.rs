@@ -1,11 +1,9 @@
 //! Show 7: bad input gets a clear error naming the backend and the field, and
 //! nothing is lost.
 
-mod common;
-
 use std::io::Write;
 
-use common::{raw_get, raw_set, record, servers};
+use crate::common::{raw_get, raw_set, record, servers};
 use tower_sessions_core::{SessionStore, session_store};
 use tower_sessions_multi_redis_store::testing::RedisServer;
 use tower_sessions_multi_redis_store::{Backend, Config, Error, Modes, MultiRedisStore};
@@ -221,7 +219,7 @@ async fn the_seed_shape_loads_unchanged() {
         raw_get(&servers[0], &format!("ds_:{}", rec.id)).await.is_some(),
         "django-redis-sessions' layout, prefix:id"
     );
-    common::acceptance(&store, "seed config").await;
+    crate::common::acceptance(&store, "seed config").await;
 
     // The plain list form (no wrapping object) too.
     let bare = text.replacen("{\"ACS_SESSION_MULTISESSIONS_POOL\": ", "", 1);
@@ -305,7 +303,7 @@ async fn in_the_seed_shape_the_url_wins_over_host_port_db_and_password() {
         server.port()
     );
     let path = write_file(".json", &text);
-    let logs = common::Captured::default();
+    let logs = crate::common::Captured::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
     let store = {

@@ -3,11 +3,9 @@
 //! acceptance suite, copy-on-read and migrations into and out of a partition,
 //! and both configuration shapes.
 
-mod common;
-
 use std::io::Write;
 
-use common::{acceptance, conn, raw_set, record, servers};
+use crate::common::{acceptance, conn, raw_set, record, servers};
 use redis::AsyncCommands;
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::Id;
@@ -74,7 +72,7 @@ fn pool(name: &str, s: &[RedisServer]) -> Backend {
 }
 
 async fn keys(server: &RedisServer) -> Vec<String> {
-    common::session_keys(server).await
+    crate::common::session_keys(server).await
 }
 
 #[tokio::test]

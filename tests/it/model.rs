@@ -20,15 +20,13 @@
 //! seed; `MODEL_SEED=<n>` replays one, `MODEL_SEEDS=<n>` runs more seeds and
 //! `MODEL_MILLIS=<n>` runs longer.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::proxy::DelayProxy;
-use common::{Rng, conn};
+use crate::common::proxy::DelayProxy;
+use crate::common::{Rng, conn};
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::{Id, Record};
 use tower_sessions_multi_redis_store::migrate::{self, Migrator};
@@ -527,7 +525,7 @@ async fn run(seed: u64, scenario: Scenario, fault: Fault, millis: u64) -> Vec<St
         let in_old: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut old_conn).await.unwrap();
         let mut in_new: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut new_conn).await.unwrap();
         if let Some(second) = &new2 {
-            in_new |= common::exists(second, &key).await;
+            in_new |= crate::common::exists(second, &key).await;
         }
         if in_old {
             world.violation(format!("I4 final: {id} still in old after the final migration ({m:?})"));
@@ -543,7 +541,7 @@ async fn run(seed: u64, scenario: Scenario, fault: Fault, millis: u64) -> Vec<St
         }
     }
     if let Some(second) = &new2 {
-        let (a, b) = (common::session_keys(&new).await.len(), common::session_keys(second).await.len());
+        let (a, b) = (crate::common::session_keys(&new).await.len(), crate::common::session_keys(second).await.len());
         if a == 0 || b == 0 {
             world.violation(format!("the partition was not used: {a} and {b} sessions in its members"));
         }

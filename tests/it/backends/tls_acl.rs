@@ -2,11 +2,9 @@
 //! `redis-server --tls-port`) and ACL users, on real servers.
 #![cfg(feature = "tls")]
 
-mod common;
-
 use std::path::Path;
 
-use common::{acceptance, record};
+use crate::common::{acceptance, record};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tower_sessions_core::{SessionStore, session_store};
 use tower_sessions_multi_redis_store::testing::RedisServer;
@@ -124,7 +122,7 @@ async fn an_acl_user_with_limited_rights_works_and_a_wrong_password_names_the_ba
         .arg("+time")
         .arg("+pttl")
         .arg("+ping")
-        .query_async(&mut common::conn(&server).await)
+        .query_async(&mut crate::common::conn(&server).await)
         .await
         .unwrap();
     let limited =
@@ -191,7 +189,7 @@ async fn a_sentinel_backend_over_tls() {
             RedisServer::start_sentinel_with("sessions", master_tls.parse().unwrap(), &lines).unwrap()
         })
         .collect();
-    common::wait_for_replica(&master.url()).await;
+    crate::common::wait_for_replica(&master.url()).await;
     let addrs: Vec<(&str, u16)> = sentinel_tls_ports.iter().map(|p| ("127.0.0.1", *p)).collect();
     let store = MultiRedisStore::builder()
         .backend(Backend::sentinel("ha", addrs.clone(), "sessions").tls(true).tls_root_ca(pki.ca_pem.clone()))
@@ -201,8 +199,11 @@ async fn a_sentinel_backend_over_tls() {
     acceptance(&store, "sentinel over TLS").await;
     let mut rec = record("ada");
     store.create(&mut rec).await.unwrap();
-    let found: bool =
-        redis::cmd("EXISTS").arg(rec.id.to_string()).query_async(&mut common::conn(&master).await).await.unwrap();
+    let found: bool = redis::cmd("EXISTS")
+        .arg(rec.id.to_string())
+        .query_async(&mut crate::common::conn(&master).await)
+        .await
+        .unwrap();
     assert!(found, "written to the master");
 
     // Another CA: refused, naming the backend.

@@ -1,14 +1,12 @@
 //! Issue 4: a Redis Cluster backend on a real three-primary cluster: the
 //! acceptance suite, resharding under load, and a migration into it.
 
-mod common;
-
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{acceptance, raw_set, record};
+use crate::common::{acceptance, raw_set, record};
 use tokio::sync::Mutex;
 use tower_sessions_core::SessionStore;
 use tower_sessions_multi_redis_store::migrate::{self, Migrator};
@@ -373,7 +371,7 @@ async fn a_failover_and_a_reshard_during_migrate_and_verify_lose_and_double_noth
         .filter(|k| !k.is_empty() && !k.contains("multi-redis-sessions:instance:"))
         .collect();
     assert!(left.is_empty(), "nothing left in the source (nor its replicas): {left:?}");
-    assert_eq!(common::session_keys(&new).await.len() as u64, N);
+    assert_eq!(crate::common::session_keys(&new).await.len() as u64, N);
     for rec in &records {
         assert_eq!(app.load(&rec.id).await.unwrap().as_ref(), Some(rec));
     }

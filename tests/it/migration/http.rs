@@ -6,17 +6,15 @@
 //! session is copied to "new" with its remaining TTL, and logout removes it
 //! from both.
 
-mod common;
-
-#[path = "../examples/shared/app.rs"]
+#[path = "../../../examples/shared/app.rs"]
 mod app;
 
-use common::{pttl, servers};
+use crate::common::{pttl, servers};
 use tower_sessions_multi_redis_store::testing::RedisServer;
 use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore};
 
 async fn keys(server: &RedisServer) -> Vec<String> {
-    common::session_keys(server).await
+    crate::common::session_keys(server).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,7 +62,7 @@ async fn users_stay_logged_in_across_the_switch_and_logout_clears_both() {
     // A modifying request is served from "new" and updates it there.
     let me = client.get(format!("{base}/me")).send().await.unwrap();
     assert_eq!(me.text().await.unwrap(), "ada (2 visits)");
-    let stored = common::raw_get(new, &key).await.unwrap();
+    let stored = crate::common::raw_get(new, &key).await.unwrap();
     let record = tower_sessions_multi_redis_store::codec::decode(&stored).unwrap();
     assert_eq!(record.data["visits"], serde_json::json!(2));
 

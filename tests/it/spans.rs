@@ -1,9 +1,7 @@
 //! With a subscriber, every store operation runs in a `session_store` span
 //! naming the operation and recording its outcome.
 
-mod common;
-
-use common::{Captured, record, servers};
+use crate::common::{Captured, record, servers};
 use tower_sessions_core::SessionStore;
 use tower_sessions_multi_redis_store::{Backend, MultiRedisStore};
 use tracing_subscriber::fmt::format::FmtSpan;
