@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::Id;
-use tower_sessions_multi_redis_store::testing::RedisServer;
+use tower_sessions_multi_redis_store::testing::SentinelGroup;
 use tower_sessions_multi_redis_store::{Backend, MultiRedisStore};
 
 const SESSIONS: usize = 5_000;
@@ -67,25 +67,14 @@ async fn run(store: &MultiRedisStore, ids: &Arc<Vec<Id>>, tasks: usize, millis: 
 #[tokio::main]
 async fn main() {
     let millis = std::env::var("BENCH_MILLIS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
-    let master = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]).unwrap();
-    let port = master.port().to_string();
-    let _replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).unwrap();
-    let sentinel = RedisServer::start_sentinel("sessions", master.port()).unwrap();
-    // Until the replica acknowledges writes.
-    let mut conn = master.client().unwrap().get_multiplexed_async_connection().await.unwrap();
-    for _ in 0..200 {
-        let _: () = redis::cmd("SET").arg("probe").arg(1).query_async(&mut conn).await.unwrap();
-        let acked: u32 = redis::cmd("WAIT").arg(1).arg(100).query_async(&mut conn).await.unwrap();
-        if acked == 1 {
-            break;
-        }
-    }
+    let group = SentinelGroup::start("sessions", 1).unwrap();
+    let master = &group.master;
     let build = |b: Backend| async move { MultiRedisStore::builder().backend(b).build().await.unwrap() };
-    let sentinels = [("127.0.0.1", sentinel.port())];
+    let sentinels = group.sentinel_addrs();
     let cases: Vec<(&str, MultiRedisStore)> = vec![
         ("one server, wait_replicas(0)", build(Backend::url("m", master.url())).await),
         ("one server, wait_replicas(1)", build(Backend::url("m", master.url()).wait_replicas(1)).await),
-        ("Sentinel, wait_replicas(1) (default)", build(Backend::sentinel("ha", sentinels, "sessions")).await),
+        ("Sentinel, wait_replicas(1) (default)", build(Backend::sentinel("ha", sentinels.clone(), "sessions")).await),
         ("Sentinel, wait_replicas(0)", build(Backend::sentinel("ha", sentinels, "sessions").wait_replicas(0)).await),
     ];
     let mut ids = Vec::with_capacity(SESSIONS);

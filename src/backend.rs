@@ -319,11 +319,13 @@ impl Backend {
         self
     }
 
-    /// How long `WAIT` may take, in milliseconds (at least 1: `WAIT n 0`
-    /// would wait for ever).
-    pub(crate) fn wait_millis(&self) -> u64 {
+    /// The replicas a write waits for and how long `WAIT` may take, in
+    /// milliseconds (at least 1: `WAIT n 0` would wait for ever); `None`
+    /// when writes do not wait.
+    pub(crate) fn wait(&self) -> Option<(u32, u64)> {
         let timeout = self.wait_timeout.unwrap_or(self.socket_timeout / 2);
-        u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1)
+        let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+        (self.wait_replicas > 0).then_some((self.wait_replicas, millis))
     }
 
     /// Retry an idempotent command (`GET`, `EXISTS`, `DEL`, `SET XX`) once after

@@ -30,8 +30,7 @@ use tower_sessions_core::session::Record;
 /// When a value in the session data cannot be represented in MessagePack.
 pub fn encode(record: &Record) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     // What `rmp_serde::to_vec` writes, into a buffer sized for a typical
-    // session rather than grown from empty (a realloc per doubling showed in
-    // the profile).
+    // session: one allocation instead of one per doubling from empty.
     let mut bytes = Vec::with_capacity(256);
     rmp_serde::encode::write(&mut bytes, record)?;
     Ok(bytes)

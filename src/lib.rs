@@ -13,6 +13,8 @@
 //! * `connection`: one backend's link: standalone (reconnecting `ConnectionManager`,
 //!   writing concurrent commands together once busy unless `auto_pipeline` is off,
 //!   `link.rs`), partition, Sentinel (master re-checked every second), Redis Cluster;
+//!   the settings they are all built from (`settings.rs`), and scans and batches over
+//!   any of them (`scan.rs`, `batch.rs`);
 //! * `partition`: weighted rendezvous hashing of session ids over a partition's members;
 //! * [`codec`]: the wire format, byte-compatible with `tower-sessions-redis-store`;
 //! * `store`: [`MultiRedisStore`] and **the fan-out rules** of `load`/`create`/`save`/`delete`;
@@ -29,7 +31,7 @@
 //! * `stats`: [`BackendStats`], reachability, round trip and session count per backend;
 //! * `announce`: each instance's configuration fingerprint in the backends
 //!   ([`LiveConfiguration`]), to see when a rolling deploy finished;
-//! * `redact`: passwords out of URLs for `Debug`, errors and logs;
+//! * `redact`: [`Secret`] and [`RedisUrl`], which keep passwords out of `Debug`, errors and logs;
 //! * `testing` (feature `test-util`): throwaway `redis-server` processes and sentinels;
 //! * `bin/multi-redis-sessions` (feature `cli`): migrate, verify, stats.
 //!

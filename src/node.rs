@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use redis::{Cmd, FromRedisValue, Pipeline, Value};
+use redis::{Cmd, FromRedisValue, Value};
 
 use crate::backend::{Address, Backend};
 use crate::breaker::{Breaker, BreakerState, Permit};
@@ -21,10 +21,6 @@ use crate::scripts::{COPY, FILL, LOGOUT, Lua, SAVE};
 
 /// The instant an operation must be done by, if any.
 pub(crate) type Deadline = Option<tokio::time::Instant>;
-
-/// Bits of a composite SCAN cursor that hold the member of a partitioned backend.
-const MEMBER_SHIFT: u32 = 56;
-const INNER_MASK: u64 = (1 << MEMBER_SHIFT) - 1;
 
 /// What a copy into a write backend is to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,7 +138,7 @@ impl Node {
             socket_timeout: backend.socket_timeout,
             refuse_late_writes,
             tombstone_ttl,
-            wait: (backend.wait_replicas > 0).then(|| (backend.wait_replicas, backend.wait_millis())),
+            wait: backend.wait(),
             retry_on_timeout: backend.retry_on_timeout,
             breaker: Breaker::new(backend.breaker),
             counters: Default::default(),
@@ -331,110 +327,46 @@ impl Node {
         key.strip_prefix(self.prefix.as_str())
     }
 
-    /// `SCAN cursor MATCH <prefix>* COUNT count`: the next cursor and keys.
-    /// A partitioned backend is walked member after member; the member is
-    /// kept in the top 8 bits of the cursor. A cluster is walked hash slot
-    /// by hash slot, the cursor being the next slot (`cluster.rs` says why).
+    /// `SCAN` for this backend's keys, from `cursor` on (`0` to start); the
+    /// next cursor (`0`: done) and keys. `connection/scan.rs` says how a
+    /// partition and a cluster are walked.
     pub(crate) async fn scan(&self, cursor: u64, count: usize) -> Result<(u64, Vec<String>), Error> {
         self.scan_after_prefix(cursor, count, "").await
     }
 
-    /// `SCAN cursor MATCH <prefix><tail>*`, prefix and `tail` taken literally
-    /// (glob characters escaped).
+    /// As [`scan`](Self::scan), for the keys that go on with `tail` after
+    /// the prefix.
     pub(crate) async fn scan_after_prefix(
         &self,
         cursor: u64,
         count: usize,
         tail: &str,
     ) -> Result<(u64, Vec<String>), Error> {
-        let out_of_range = || Error::Redis {
-            backend: self.name.clone(),
-            op: "SCAN",
-            source: redis::RedisError::from((redis::ErrorKind::Client, "SCAN cursor out of range")),
-        };
-        if let Some(cluster) = self.conn.cluster() {
-            let from = u16::try_from(cursor).ok().filter(|&slot| slot < crate::connection::CLUSTER_SLOTS);
-            let from = from.ok_or_else(out_of_range)?;
-            let slots = u16::try_from(count.clamp(64, 2048)).unwrap_or(2048);
-            let (mut keys, next) = self.guarded("SCAN", None, true, || cluster.scan_slots(from, slots)).await?;
-            let literal = format!("{}{tail}", self.prefix);
-            keys.retain(|key| key.starts_with(&literal));
-            return Ok((next.map_or(0, u64::from), keys));
-        }
-        let mut pattern = String::with_capacity(self.prefix.len() + tail.len() + 1);
-        for c in self.prefix.chars().chain(tail.chars()) {
-            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-                pattern.push('\\');
-            }
-            pattern.push(c);
-        }
-        pattern.push('*');
-        let (member, inner) = (cursor >> MEMBER_SHIFT, cursor & INNER_MASK);
-        let mut cmd = redis::cmd("SCAN");
-        cmd.arg(inner).arg("MATCH").arg(pattern).arg("COUNT").arg(count);
-        let members = self.conn.members() as u64;
-        let (next, keys): (u64, Vec<String>) = self.run("SCAN", member as usize, &cmd, true, None).await?;
-        if next > INNER_MASK {
-            return Err(out_of_range());
-        }
-        let next = match next {
-            0 if member + 1 < members => (member + 1) << MEMBER_SHIFT,
-            0 => 0,
-            inner => (member << MEMBER_SHIFT) | inner,
-        };
-        Ok((next, keys))
+        let literal = format!("{}{tail}", self.prefix);
+        self.guarded("SCAN", None, true, || self.conn.scan(cursor, count, &literal)).await
     }
 
     /// Sends commands, each to its member, in one pipeline per member (run
-    /// concurrently). Replies
-    /// come back in order; a command's error is its reply.
-    /// With `write`, the batch counts as done once the replicas this backend
-    /// waits for hold it (a `WAIT` after each member's pipeline).
+    /// concurrently). Replies come back in order; a command's error is its
+    /// reply. With `write`, the batch counts as done once the replicas this
+    /// backend waits for hold it (a `WAIT` ends each member's pipeline).
     pub(crate) async fn batch(
         &self,
         op: &'static str,
         items: Vec<(usize, Cmd)>,
         write: bool,
     ) -> Result<Vec<Value>, Error> {
-        let len = items.len();
-        let members = self.conn.members();
-        let mut pipes: Vec<(Pipeline, Vec<usize>)> = (0..members)
-            .map(|_| {
-                let mut pipe = redis::pipe();
-                pipe.ignore_errors();
-                (pipe, Vec::new())
-            })
-            .collect();
-        for (i, (member, cmd)) in items.into_iter().enumerate() {
-            let (pipe, order) = &mut pipes[member.min(members - 1)];
-            pipe.add_command(cmd);
-            order.push(i);
-        }
+        let batch = self.conn.batch(items);
+        let wait = if write { self.wait } else { None };
         // Bounded as one command (redis-rs's response timeout covers a whole
         // pipeline); the migrator's batches are idempotent, so one that
         // timed out is reported and redone.
         let deadline = tokio::time::Instant::now() + self.op_timeout;
-        let replies =
-            futures_util::future::join_all(pipes.iter().enumerate().filter(|(_, (_, order))| !order.is_empty()).map(
-                |(member, (pipe, order))| async move {
-                    let send = || async {
-                        match (write, self.wait) {
-                            (true, Some(wait)) => self.conn.query_pipeline_replicated(member, pipe, wait).await,
-                            _ => self.conn.query_pipeline::<Vec<Value>>(member, pipe).await,
-                        }
-                    };
-                    let result = self.guarded(op, Some(deadline), false, send).await;
-                    (order, result)
-                },
-            ))
-            .await;
-        let mut out = vec![Value::Nil; len];
-        for (order, result) in replies {
-            for (&i, value) in order.iter().zip(result?) {
-                out[i] = value;
-            }
-        }
-        Ok(out)
+        let replies = futures_util::future::join_all(batch.pipelines().map(|(member, pipe)| {
+            self.guarded(op, Some(deadline), false, move || self.conn.query_pipeline_write(member, pipe, wait))
+        }))
+        .await;
+        batch.replies(replies)
     }
 
     /// `PING` of every member: the slowest round trip.
@@ -545,39 +477,13 @@ impl Node {
         Ok(())
     }
 
-    /// The cluster's primaries (host, port), when this backend is a cluster.
-    async fn cluster_primaries(&self) -> Result<Option<Vec<(String, u16)>>, Error> {
-        match self.conn.cluster_primaries().await {
-            None => Ok(None),
-            Some(primaries) => primaries.map(Some).map_err(|source| Error::Redis {
-                backend: self.name.clone(),
-                op: "CLUSTER NODES",
-                source,
-            }),
-        }
-    }
-
     /// Prepares every server of this backend for pipelined copies (the
     /// migrator's batches): learns their clocks, and loads the copy script
     /// so a pipeline can name it by its SHA1 (a batch cannot fall back on
     /// `NOSCRIPT`; a server that restarts mid-run answers it, and those
     /// sessions are reported and redone by a later run).
     pub(crate) async fn prepare_copies(&self) -> Result<(), Error> {
-        let mut load = redis::cmd("SCRIPT");
-        load.arg("LOAD").arg(COPY.code);
-        match self.cluster_primaries().await? {
-            Some(primaries) => {
-                for addr in &primaries {
-                    let _: String =
-                        self.guarded("SCRIPT LOAD", None, true, || self.conn.query_cluster_node(addr, &load)).await?;
-                }
-            }
-            None => {
-                for member in 0..self.conn.members() {
-                    let _: String = self.run("SCRIPT LOAD", member, &load, true, None).await?;
-                }
-            }
-        }
+        self.guarded("SCRIPT LOAD", None, true, || self.conn.load_script(COPY.code)).await?;
         for member in 0..self.conn.members() {
             self.know_clock(member, None).await?;
         }

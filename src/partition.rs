@@ -47,16 +47,6 @@ impl Partition {
         }
     }
 
-    /// How many members.
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
-    /// Whether there is no member.
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
     /// The index of the member that holds session `id` (0 when there is one
     /// member or none).
     pub fn member_of(&self, id: &str) -> usize {

@@ -628,8 +628,7 @@ mod tests {
 
     /// tower-sessions boxes the future of every `load` and `save`, and each
     /// `.await` level moves its child future by value; past ~1 KB, glibc's
-    /// malloc leaves its per-thread cache for a slow path. The first profile
-    /// of this store found 8 KB futures. Keep them small.
+    /// malloc leaves its per-thread cache for a slow path. Keep them small.
     #[tokio::test]
     async fn operation_futures_stay_small() {
         let store = MultiRedisStore::builder()

@@ -365,8 +365,86 @@ impl Drop for RedisServer {
     }
 }
 
+/// A Sentinel group of throwaway servers: a master, its replicas, and three
+/// sentinels watching it (quorum 2); every process is killed on drop.
+///
+/// ```no_run
+/// use tower_sessions_multi_redis_store::Backend;
+/// use tower_sessions_multi_redis_store::testing::SentinelGroup;
+///
+/// let group = SentinelGroup::start("sessions", 1).expect("redis-server");
+/// let backend = Backend::sentinel("ha", group.sentinel_addrs(), "sessions");
+/// ```
+#[non_exhaustive]
+pub struct SentinelGroup {
+    /// The master.
+    pub master: RedisServer,
+    /// Its replicas.
+    pub replicas: Vec<RedisServer>,
+    /// The sentinels.
+    pub sentinels: Vec<RedisServer>,
+}
+
+impl SentinelGroup {
+    /// Starts a master named `name` with `replicas` replicas and three
+    /// sentinels, and returns once every replica acknowledges writes
+    /// (`WAIT`) and the sentinels know a replica (so a failover can happen).
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisServer::start`], or [`ServerError::NotReady`] when the group
+    /// does not settle within 15 s.
+    pub fn start(name: &str, replicas: usize) -> Result<SentinelGroup, ServerError> {
+        // A replica's full sync starts at once (by default it waits 5 s for others to join it).
+        let master = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"])?;
+        let port = master.port().to_string();
+        let replica_args = ["--replicaof", "127.0.0.1", &port, "--repl-diskless-sync-delay", "0"];
+        let replicas = (0..replicas).map(|_| RedisServer::start_with(&replica_args)).collect::<Result<Vec<_>, _>>()?;
+        let sentinels =
+            (0..3).map(|_| RedisServer::start_sentinel(name, master.port())).collect::<Result<Vec<_>, _>>()?;
+        let group = SentinelGroup { master, replicas, sentinels };
+        group.settle(name)?;
+        Ok(group)
+    }
+
+    /// The sentinels' addresses, for [`Backend::sentinel`](crate::Backend::sentinel).
+    pub fn sentinel_addrs(&self) -> Vec<(String, u16)> {
+        self.sentinels.iter().map(|s| ("127.0.0.1".to_owned(), s.port())).collect()
+    }
+
+    fn settle(&self, name: &str) -> Result<(), ServerError> {
+        let not_ready = |reason: String| ServerError::NotReady { port: self.master.port(), reason };
+        let timeout = Some(Duration::from_secs(1));
+        let connect = |server: &RedisServer| {
+            let conn = server.client().and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))?;
+            conn.set_read_timeout(timeout)?;
+            Ok::<_, redis::RedisError>(conn)
+        };
+        let started = Instant::now();
+        let mut last = String::new();
+        while started.elapsed() < Duration::from_secs(15) {
+            let ready = (|| {
+                let wanted = self.replicas.len();
+                let mut master = connect(&self.master)?;
+                redis::cmd("SET").arg("sentinel-group-probe").arg(1).exec(&mut master)?;
+                let acked: usize = redis::cmd("WAIT").arg(wanted).arg(100).query(&mut master)?;
+                let known: Vec<redis::Value> =
+                    redis::cmd("SENTINEL").arg("REPLICAS").arg(name).query(&mut connect(&self.sentinels[0])?)?;
+                Ok::<_, redis::RedisError>(acked >= wanted && (wanted == 0 || !known.is_empty()))
+            })();
+            match ready {
+                Ok(true) => return Ok(()),
+                Ok(false) => last = "replicas not in sync yet".to_owned(),
+                Err(err) => last = err.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(not_ready(format!("the Sentinel group did not settle: {last}")))
+    }
+}
+
 /// A port the OS considers free right now (never 6379).
-fn free_port() -> io::Result<u16> {
+pub fn free_port() -> io::Result<u16> {
     loop {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         if port != 6379 {

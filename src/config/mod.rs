@@ -544,10 +544,9 @@ mod wait_tests {
         )
         .unwrap();
         let backends: Vec<Backend> = toml.backends.into_iter().map(|b| b.into_backend().unwrap()).collect();
-        assert_eq!(backends[0].wait_replicas, 1, "Sentinel: on by default");
-        assert_eq!(backends[0].wait_millis(), 1000, "half the socket timeout");
-        assert_eq!((backends[1].wait_replicas, backends[1].wait_millis()), (2, 200));
-        assert_eq!(backends[2].wait_replicas, 0, "one server: off");
+        assert_eq!(backends[0].wait(), Some((1, 1000)), "Sentinel: on by default, half the socket timeout");
+        assert_eq!(backends[1].wait(), Some((2, 200)));
+        assert_eq!(backends[2].wait(), None, "one server: off");
 
         let seed = Config::from_json_str(
             r#"[{"backend": "ha", "modes": ["read", "write"],

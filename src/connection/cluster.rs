@@ -12,7 +12,7 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr
 use redis::{Cmd, FromRedisValue, IntoConnectionInfo, Pipeline, RedisError, RedisResult, Value};
 
 use super::replication::Wait;
-use crate::backend::{Address, Backend};
+use super::settings::Settings;
 use crate::error::Error;
 
 /// The key a session command names: `EVAL[SHA] script numkeys key ...`
@@ -146,7 +146,8 @@ impl Topology {
 pub(crate) struct Cluster {
     client: ClusterClient,
     /// The nodes' credentials and timeouts, for the scan's own connections.
-    node_settings: (redis::RedisConnectionInfo, redis::AsyncConnectionConfig, bool),
+    /// For the connections to single nodes.
+    settings: Settings,
     /// Connections to single nodes by address, for slot scans: redis-rs's
     /// cluster client reaches only the nodes its (possibly stale) slot map
     /// names, and a scan asks the nodes `CLUSTER NODES` names.
@@ -156,39 +157,27 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
-    pub(crate) fn open(backend: &Backend) -> Result<Cluster, Error> {
-        let name = Some(backend.name.as_str());
-        let Address::Cluster(seeds) = &backend.address else {
-            return Err(Error::config(name, "cluster", "not a cluster backend"));
-        };
+    pub(crate) fn open(seeds: &[(String, u16)], settings: Settings) -> Result<Cluster, Error> {
+        let name = Some(settings.name.as_str());
         if seeds.is_empty() {
             return Err(Error::config(name, "cluster", "no seed node given"));
         }
         let nodes: Vec<String> = seeds.iter().map(|(host, port)| format!("redis://{host}:{port}")).collect();
         let mut builder = ClusterClientBuilder::new(nodes)
-            .connection_timeout(backend.socket_timeout)
-            .response_timeout(backend.socket_timeout)
-            .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(backend.tcp_nodelay));
-        if let Some(username) = &backend.username {
-            builder = builder.username(username.clone());
+            .connection_timeout(settings.socket_timeout)
+            .response_timeout(settings.socket_timeout)
+            .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(settings.tcp_nodelay));
+        let (username, password) = settings.credentials();
+        if let Some(username) = username {
+            builder = builder.username(username);
         }
-        if let Some(password) = &backend.password {
-            builder = builder.password(password.expose().clone());
+        if let Some(password) = password {
+            builder = builder.password(password);
         }
         let client = builder.build().map_err(|err| Error::config(name, "cluster", err.to_string()))?;
-        let mut redis = redis::RedisConnectionInfo::default();
-        if let Some(username) = &backend.username {
-            redis = redis.set_username(username);
-        }
-        if let Some(password) = &backend.password {
-            redis = redis.set_password(password.expose());
-        }
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(backend.socket_timeout))
-            .set_response_timeout(Some(backend.socket_timeout));
         Ok(Cluster {
             client,
-            node_settings: (redis, config, backend.tcp_nodelay),
+            settings,
             nodes: std::sync::Mutex::new(std::collections::HashMap::new()),
             current: RwLock::new(None),
             connecting: tokio::sync::Mutex::new(()),
@@ -320,11 +309,13 @@ impl Cluster {
         let mut conn = match cached {
             Some(conn) => conn,
             None => {
-                let (redis, config, nodelay) = &self.node_settings;
                 let info = redis::ConnectionAddr::Tcp(addr.0.clone(), addr.1).into_connection_info()?;
-                let tcp = info.tcp_settings().clone().set_nodelay(*nodelay);
-                let info = info.set_redis_settings(redis.clone()).set_tcp_settings(tcp);
-                let conn = redis::Client::open(info)?.get_multiplexed_async_connection_with_config(config).await?;
+                let login = self.settings.login(redis::RedisConnectionInfo::default()).map_err(|err| {
+                    RedisError::from((redis::ErrorKind::InvalidClientConfig, "login", err.to_string()))
+                })?;
+                let info = self.settings.nodelay(info.set_redis_settings(login));
+                let timeouts = self.settings.timeouts();
+                let conn = redis::Client::open(info)?.get_multiplexed_async_connection_with_config(&timeouts).await?;
                 self.nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(addr.clone(), conn.clone());
                 conn
             }

@@ -1,10 +1,13 @@
 //! Connections to one backend's server(s), behind one type the backend uses:
 //! one server, or a partition of several (weighted rendezvous hashing).
 
+mod batch;
 mod cluster;
 mod link;
 mod replication;
+mod scan;
 mod sentinel;
+mod settings;
 pub(crate) mod standalone;
 
 use link::Link;
@@ -14,8 +17,7 @@ pub(crate) use replication::Wait;
 use crate::backend::{Address, Backend};
 use crate::error::Error;
 use crate::partition::Partition;
-
-pub(crate) use cluster::SLOTS as CLUSTER_SLOTS;
+use settings::Settings;
 
 /// The live connection of one backend.
 pub(crate) enum Connection {
@@ -36,34 +38,25 @@ enum Route<'a> {
     Cluster(&'a cluster::Cluster),
 }
 
-/// A partition member with the settings it inherits from its backend.
-fn member_of_backend(parent: &Backend, member: &Backend) -> Backend {
-    let mut m = member.clone();
-    m.name = format!("{}/{}", parent.name, member.name);
-    m.socket_timeout = parent.socket_timeout;
-    m.tcp_nodelay = parent.tcp_nodelay;
-    m.auto_pipeline = parent.auto_pipeline;
-    m.wait_replicas = parent.wait_replicas;
-    m.wait_timeout = parent.wait_timeout;
-    m
-}
-
 impl Connection {
     /// Prepares the connection (lazily: no network traffic yet).
     pub(crate) fn open(backend: &Backend) -> Result<Connection, Error> {
+        let settings = Settings::of(backend);
         match &backend.address {
             Address::Partitioned(members) => {
                 validate(backend)?;
-                let managers = members
+                let links = members
                     .iter()
-                    .map(|m| standalone::open(&member_of_backend(backend, m)))
+                    .map(|m| standalone::open(&m.address, &settings.member(m)))
                     .collect::<Result<Vec<_>, _>>()?;
                 let partition = Partition::new(members.iter().map(|m| (m.name.as_str(), m.weight)));
-                Ok(Connection::Partitioned { members: managers, partition })
+                Ok(Connection::Partitioned { members: links, partition })
             }
-            Address::Sentinel { .. } => Ok(Connection::Sentinel(Box::new(sentinel::Sentinel::open(backend)?))),
-            Address::Cluster(_) => Ok(Connection::Cluster(Box::new(cluster::Cluster::open(backend)?))),
-            _ => standalone::open(backend).map(Connection::Standalone),
+            Address::Sentinel { sentinels, master } => {
+                Ok(Connection::Sentinel(Box::new(sentinel::Sentinel::open(sentinels, master, settings)?)))
+            }
+            Address::Cluster(seeds) => Ok(Connection::Cluster(Box::new(cluster::Cluster::open(seeds, settings)?))),
+            address => standalone::open(address, &settings).map(Connection::Standalone),
         }
     }
 
@@ -143,12 +136,7 @@ impl Connection {
     /// on another connection, or to another master, and cover nothing). On a
     /// cluster, each write is paired with its own `WAIT` on its slot's
     /// primary.
-    pub(crate) async fn query_pipeline_replicated(
-        &self,
-        member: usize,
-        pipe: &Pipeline,
-        wait: Wait,
-    ) -> RedisResult<Vec<Value>> {
+    async fn query_pipeline_replicated(&self, member: usize, pipe: &Pipeline, wait: Wait) -> RedisResult<Vec<Value>> {
         if let Route::Cluster(cluster) = self.route(member) {
             return Box::pin(cluster.query_each_replicated(pipe, wait)).await;
         }
@@ -164,36 +152,39 @@ impl Connection {
         }
     }
 
-    /// The Redis Cluster client, when this is a cluster.
-    pub(crate) fn cluster(&self) -> Option<&cluster::Cluster> {
-        match self {
-            Connection::Cluster(cluster) => Some(cluster),
-            _ => None,
+    /// Loads a script into every server of this backend (every primary of a
+    /// cluster), so that pipelines can name it by its SHA1.
+    pub(crate) async fn load_script(&self, code: &str) -> RedisResult<()> {
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(code);
+        if let Connection::Cluster(cluster) = self {
+            for addr in &cluster.primaries().await? {
+                let _: String = cluster.query_node(addr, &load).await?;
+            }
+            return Ok(());
         }
+        for member in 0..self.members() {
+            let _: String = self.query(member, &load).await?;
+        }
+        Ok(())
     }
 
-    /// The cluster's primaries, when this is a cluster.
-    pub(crate) async fn cluster_primaries(&self) -> Option<RedisResult<Vec<(String, u16)>>> {
-        match self {
-            Connection::Cluster(cluster) => Some(cluster.primaries().await),
-            _ => None,
-        }
-    }
-
-    /// One command on a cluster node given by address.
-    pub(crate) async fn query_cluster_node<T: FromRedisValue>(
+    /// Sends a pipeline of writes to a member; with `wait`, acknowledged once
+    /// its replicas hold them.
+    pub(crate) async fn query_pipeline_write(
         &self,
-        addr: &(String, u16),
-        cmd: &Cmd,
-    ) -> RedisResult<T> {
-        match self {
-            Connection::Cluster(cluster) => cluster.query_node(addr, cmd).await,
-            _ => unreachable_connection(),
+        member: usize,
+        pipe: &Pipeline,
+        wait: Option<Wait>,
+    ) -> RedisResult<Vec<Value>> {
+        match wait {
+            Some(wait) => self.query_pipeline_replicated(member, pipe, wait).await,
+            None => self.query_pipeline(member, pipe).await,
         }
     }
 
     /// Sends a pipeline to a member and reads all its replies.
-    pub(crate) async fn query_pipeline<T: FromRedisValue>(&self, member: usize, pipe: &Pipeline) -> RedisResult<T> {
+    async fn query_pipeline<T: FromRedisValue>(&self, member: usize, pipe: &Pipeline) -> RedisResult<T> {
         match self.route(member) {
             Route::Link(link) => pipe.query_async(&mut link.manager()).await,
             Route::Sentinel(sentinel) => Box::pin(sentinel.query_pipeline(pipe)).await,
@@ -208,14 +199,14 @@ fn unreachable_connection<T>() -> RedisResult<T> {
 
 /// Checks a backend's connection settings without connecting.
 pub(crate) fn validate(backend: &Backend) -> Result<(), Error> {
-    if let Address::Sentinel { .. } = &backend.address {
-        return sentinel::Sentinel::open(backend).map(|_| ());
-    }
-    if let Address::Cluster(_) = &backend.address {
-        return cluster::Cluster::open(backend).map(|_| ());
-    }
-    let Address::Partitioned(members) = &backend.address else {
-        return standalone::connection_info(backend).map(|_| ());
+    let settings = Settings::of(backend);
+    let members = match &backend.address {
+        Address::Sentinel { sentinels, master } => {
+            return sentinel::Sentinel::open(sentinels, master, settings).map(|_| ());
+        }
+        Address::Cluster(seeds) => return cluster::Cluster::open(seeds, settings).map(|_| ()),
+        Address::Partitioned(members) => members,
+        address => return standalone::connection_info(address, &settings).map(|_| ()),
     };
     let name = Some(backend.name.as_str());
     if members.is_empty() {
@@ -232,7 +223,7 @@ pub(crate) fn validate(backend: &Backend) -> Result<(), Error> {
         if !labels.insert(m.name.as_str()) {
             return Err(Error::config(name, "members", format!("two members are named `{}`", m.name)));
         }
-        standalone::connection_info(&member_of_backend(backend, m))?;
+        standalone::connection_info(&m.address, &settings.member(m))?;
     }
     Ok(())
 }

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use super::link::Link;
 use super::replication::{Wait, acknowledged, is_not_replicated};
-use crate::backend::{Address, Backend};
+use super::settings::Settings;
 use crate::error::Error;
 
 /// A server's host and port.
@@ -44,8 +44,8 @@ struct Master {
 }
 
 pub(crate) struct Sentinel {
-    /// The backend's settings, for TLS clients.
-    backend: Backend,
+    /// The backend's connection settings (TLS, timeouts).
+    settings: Settings,
     sentinels: Vec<ConnectionInfo>,
     master_name: String,
     redis: RedisConnectionInfo,
@@ -162,54 +162,37 @@ fn nodelay(info: ConnectionInfo, on: bool) -> ConnectionInfo {
 }
 
 impl Sentinel {
-    pub(crate) fn open(backend: &Backend) -> Result<Sentinel, Error> {
-        let name = Some(backend.name.as_str());
-        let Address::Sentinel { sentinels, master } = &backend.address else {
-            return Err(Error::config(name, "sentinels", "not a sentinel backend"));
-        };
+    pub(crate) fn open(sentinels: &[(String, u16)], master: &str, settings: Settings) -> Result<Sentinel, Error> {
+        let name = Some(settings.name.as_str());
         if sentinels.is_empty() {
             return Err(Error::config(name, "sentinels", "no sentinel given"));
         }
         if master.is_empty() {
             return Err(Error::config(name, "master", "must not be empty"));
         }
-        if backend.tls && cfg!(not(feature = "tls")) {
+        if settings.tls && cfg!(not(feature = "tls")) {
             return Err(Error::config(name, "tls", "TLS needs the crate feature `tls`"));
         }
-        if !backend.tls && (backend.tls_root_ca.is_some() || backend.tls_client.is_some()) {
+        if !settings.tls && (settings.tls_root_ca.is_some() || settings.tls_client.is_some()) {
             return Err(Error::config(name, "tls", "TLS certificates given but `tls` is off"));
         }
-        let mut sentinel_settings = RedisConnectionInfo::default();
-        if let Some(password) = &backend.sentinel_password {
-            sentinel_settings = sentinel_settings.set_password(password.expose());
-        }
+        let sentinel_login = settings.sentinel_login();
         let sentinels = sentinels
             .iter()
             .map(|(host, port)| {
-                addr(backend.tls, host, *port)
+                addr(settings.tls, host, *port)
                     .into_connection_info()
-                    .map(|info| nodelay(info.set_redis_settings(sentinel_settings.clone()), true))
+                    .map(|info| nodelay(info.set_redis_settings(sentinel_login.clone()), true))
                     .map_err(|err| Error::config(name, "sentinels", err.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut redis = RedisConnectionInfo::default();
-        if let Some(db) = backend.db {
-            redis = redis.set_db(db);
-        }
-        if let Some(username) = &backend.username {
-            redis = redis.set_username(username);
-        }
-        if let Some(password) = &backend.password {
-            redis = redis.set_password(password.expose());
-        }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(backend.socket_timeout))
-            .set_response_timeout(Some(backend.socket_timeout));
+        let redis = settings.login(RedisConnectionInfo::default())?;
+        let config = settings.timeouts();
         Ok(Sentinel {
-            backend: backend.clone(),
-            master_name: master.clone(),
+            master_name: master.to_owned(),
             redis,
             config,
+            settings,
             sentinel_conns: std::sync::Mutex::new(vec![None; sentinels.len()]),
             sentinels,
             current: RwLock::new(None),
@@ -386,10 +369,10 @@ impl Sentinel {
     /// A connection to `addr`, once `ROLE` says it is a master.
     async fn connect_master(&self, addr: &(String, u16)) -> RedisResult<MultiplexedConnection> {
         let info = nodelay(
-            self::addr(self.backend.tls, &addr.0, addr.1)
+            self::addr(self.settings.tls, &addr.0, addr.1)
                 .into_connection_info()?
                 .set_redis_settings(self.redis.clone()),
-            self.backend.tcp_nodelay,
+            self.settings.tcp_nodelay,
         );
         let mut conn = self.client(info)?.get_multiplexed_async_connection_with_config(&self.config).await?;
         let role: redis::Value = redis::cmd("ROLE").query_async(&mut conn).await?;
@@ -423,7 +406,7 @@ impl Sentinel {
 
     /// A client for a sentinel or the master, with the backend's TLS settings.
     fn client(&self, info: ConnectionInfo) -> RedisResult<redis::Client> {
-        super::standalone::client(&self.backend, info)
+        super::standalone::client(&self.settings, info)
             .map_err(|err| RedisError::from((ErrorKind::InvalidClientConfig, "TLS settings", err.to_string())))
     }
 
@@ -458,7 +441,7 @@ impl Sentinel {
         };
         // One bound for both attempts and the discovery between them, as
         // for the other kinds of backend (twice the socket timeout).
-        let bound = self.backend.socket_timeout.saturating_mul(2);
+        let bound = self.settings.socket_timeout.saturating_mul(2);
         match tokio::time::timeout(bound, attempts).await {
             Ok(result) => result,
             Err(_) => Err(RedisError::from(std::io::Error::new(

@@ -7,14 +7,15 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
 use super::link::Link;
-use crate::backend::{Address, Backend};
+use super::settings::Settings;
+use crate::backend::Address;
 use crate::error::Error;
 
-/// What redis-rs needs to reach the backend's server, with the backend's
+/// What redis-rs needs to reach the server at `address`, with the backend's
 /// db/username/password applied over those of a URL.
-pub(crate) fn connection_info(backend: &Backend) -> Result<ConnectionInfo, Error> {
-    let name = Some(backend.name.as_str());
-    let info = match &backend.address {
+pub(crate) fn connection_info(address: &Address, settings: &Settings) -> Result<ConnectionInfo, Error> {
+    let name = Some(settings.name.as_str());
+    let info = match address {
         Address::Url(url) => {
             if cfg!(not(feature = "tls")) && is_tls_url(url.expose()) {
                 return Err(Error::config(name, "url", "rediss:// (TLS) needs the crate feature `tls`"));
@@ -60,28 +61,15 @@ pub(crate) fn connection_info(backend: &Backend) -> Result<ConnectionInfo, Error
         }
     };
     let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
-    if !tls && backend.tls_root_ca.is_some() {
+    if !tls && settings.tls_root_ca.is_some() {
         return Err(Error::config(name, "tls_ca_file", "given for an address that is not rediss://"));
     }
-    if !tls && backend.tls_client.is_some() {
+    if !tls && settings.tls_client.is_some() {
         return Err(Error::config(name, "tls_cert_file", "given for an address that is not rediss://"));
     }
-    let mut redis = info.redis_settings().clone();
-    if let Some(db) = backend.db {
-        if db < 0 {
-            return Err(Error::config(name, "db", "must not be negative"));
-        }
-        redis = redis.set_db(db);
-    }
-    if let Some(username) = &backend.username {
-        redis = redis.set_username(username);
-    }
-    if let Some(password) = &backend.password {
-        redis = redis.set_password(password.expose());
-    }
+    let redis = settings.login(info.redis_settings().clone())?;
     // redis-rs 1.x leaves Nagle's algorithm on; see `Backend::tcp_nodelay`.
-    let tcp = info.tcp_settings().clone().set_nodelay(backend.tcp_nodelay);
-    Ok(info.set_redis_settings(redis).set_tcp_settings(tcp))
+    Ok(settings.nodelay(info.set_redis_settings(redis)))
 }
 
 fn is_tls_url(url: &str) -> bool {
@@ -89,37 +77,37 @@ fn is_tls_url(url: &str) -> bool {
 }
 
 #[cfg(not(feature = "tls"))]
-pub(crate) fn client(backend: &Backend, info: ConnectionInfo) -> Result<redis::Client, Error> {
-    redis::Client::open(info).map_err(|err| Error::config(Some(&backend.name), "url", err.to_string()))
+pub(crate) fn client(settings: &Settings, info: ConnectionInfo) -> Result<redis::Client, Error> {
+    redis::Client::open(info).map_err(|err| Error::config(Some(&settings.name), "url", err.to_string()))
 }
 
 /// With TLS: rustls with the `ring` provider (installed as the process
 /// default unless the application installed one first), the backend's CA
 /// and client certificate when given, the system's roots otherwise.
 #[cfg(feature = "tls")]
-pub(crate) fn client(backend: &Backend, info: ConnectionInfo) -> Result<redis::Client, Error> {
-    let name = Some(backend.name.as_str());
+pub(crate) fn client(settings: &Settings, info: ConnectionInfo) -> Result<redis::Client, Error> {
+    let name = Some(settings.name.as_str());
     if !matches!(info.addr(), ConnectionAddr::TcpTls { .. })
-        || (backend.tls_root_ca.is_none() && backend.tls_client.is_none())
+        || (settings.tls_root_ca.is_none() && settings.tls_client.is_none())
     {
         return redis::Client::open(info).map_err(|err| Error::config(name, "url", err.to_string()));
     }
-    check_pem(backend)?;
+    check_pem(settings)?;
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // Losing a race with another installer is fine: one provider wins.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
     let certificates = redis::TlsCertificates {
-        client_tls: backend.tls_client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+        client_tls: settings.tls_client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
             client_cert: cert.0.clone(),
             client_key: key.expose().clone(),
         }),
-        root_cert: backend.tls_root_ca.as_ref().map(|ca| ca.0.clone()),
+        root_cert: settings.tls_root_ca.as_ref().map(|ca| ca.0.clone()),
     };
     redis::Client::build_with_tls(info, certificates).map_err(|err| {
         Error::config(
             name,
-            if backend.tls_root_ca.is_some() { "tls_ca_file" } else { "tls_cert_file" },
+            if settings.tls_root_ca.is_some() { "tls_ca_file" } else { "tls_cert_file" },
             format!("not usable PEM: {}", err.detail().unwrap_or("could not be read")),
         )
     })
@@ -128,18 +116,18 @@ pub(crate) fn client(backend: &Backend, info: ConnectionInfo) -> Result<redis::C
 /// Refuses PEM that holds no certificate (or no key), which rustls would
 /// otherwise take as an empty trust store.
 #[cfg(feature = "tls")]
-fn check_pem(backend: &Backend) -> Result<(), Error> {
+fn check_pem(settings: &Settings) -> Result<(), Error> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-    let name = Some(backend.name.as_str());
+    let name = Some(settings.name.as_str());
     let has_certs = |pem: &[u8]| CertificateDer::pem_slice_iter(pem).next().is_some_and(|c| c.is_ok());
-    if let Some(ca) = &backend.tls_root_ca
+    if let Some(ca) = &settings.tls_root_ca
         && !has_certs(&ca.0)
     {
         return Err(Error::config(name, "tls_ca_file", "not usable PEM: no certificate found"));
     }
-    if let Some((cert, key)) = &backend.tls_client {
+    if let Some((cert, key)) = &settings.tls_client {
         if !has_certs(&cert.0) {
             return Err(Error::config(name, "tls_cert_file", "not usable PEM: no certificate found"));
         }
@@ -150,28 +138,28 @@ fn check_pem(backend: &Backend) -> Result<(), Error> {
     Ok(())
 }
 
-/// A lazily connecting manager, behind a [`Link`] with the backend's
-/// `auto_pipeline`: building a store never waits for a server.
-pub(crate) fn open(backend: &Backend) -> Result<Link, Error> {
-    let info = connection_info(backend)?;
-    let client = client(backend, info)?;
+/// A lazily connecting manager to the server at `address`, behind a
+/// [`Link`] with the backend's `auto_pipeline`: building a store never waits
+/// for a server.
+pub(crate) fn open(address: &Address, settings: &Settings) -> Result<Link, Error> {
+    let info = connection_info(address, settings)?;
+    let client = client(settings, info)?;
     let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(backend.socket_timeout))
-        .set_response_timeout(Some(backend.socket_timeout))
+        .set_connection_timeout(Some(settings.socket_timeout))
+        .set_response_timeout(Some(settings.socket_timeout))
         .set_number_of_retries(0)
         .set_min_delay(Duration::from_millis(10))
         .set_max_delay(Duration::from_millis(200));
     let connect = |client: redis::Client| {
         ConnectionManager::new_lazy_with_config(client, config.clone()).map_err(|err| Error::Redis {
-            backend: backend.name.clone(),
+            backend: settings.name.clone(),
             op: "connect",
             source: err,
         })
     };
-    let link = Link::new(connect(client.clone())?, backend.auto_pipeline);
-    if backend.wait_replicas == 0 {
-        return Ok(link);
+    let link = Link::new(connect(client.clone())?, settings.auto_pipeline);
+    match settings.wait {
+        None => Ok(link),
+        Some(wait) => Ok(link.with_writes(Link::waiting(connect(client)?, wait))),
     }
-    let wait = (backend.wait_replicas, backend.wait_millis());
-    Ok(link.with_writes(Link::waiting(connect(client)?, wait)))
 }

@@ -1,4 +1,4 @@
-//! Show 7: bad input gets a clear error naming the backend and the field, and
+//! Bad input gets a clear error naming the backend and the field, and
 //! nothing is lost.
 
 use std::io::Write;

@@ -1,10 +1,10 @@
-//! Issue 3, show 4: the built `multi-redis-sessions` binary on config files.
+//! The built `multi-redis-sessions` binary on config files.
 #![cfg(feature = "cli")]
 
 use std::io::Write;
 use std::process::{Command, Output};
 
-use crate::common::{conn, raw_set, record, servers};
+use crate::common::{conn, plant, raw_set, record, servers};
 use redis::AsyncCommands;
 use tower_sessions_multi_redis_store::codec;
 use tower_sessions_multi_redis_store::testing::RedisServer;
@@ -33,7 +33,7 @@ fn config(new: &RedisServer, old: &RedisServer) -> tempfile::NamedTempFile {
 async fn fill(server: &RedisServer, n: usize) {
     for i in 0..n {
         let rec = record(&format!("u{i}"));
-        raw_set(server, &format!("s:{}", rec.id), &codec::encode(&rec).unwrap()).await;
+        plant(server, "s:", &rec).await;
     }
 }
 
@@ -203,7 +203,7 @@ async fn plan_writes_steps_that_check_accepts_and_whose_scripts_run() {
     let keys = crate::common::session_keys(old).await;
     raw_set(new, &keys[0], &codec::encode(&record("stale")).unwrap()).await;
     let gone = record("gone");
-    raw_set(new, &format!("s:{}", gone.id), &codec::encode(&gone).unwrap()).await;
+    plant(new, "s:", &gone).await;
     let run = |script: &str| {
         let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_multi-redis-sessions")).parent().unwrap().to_owned();
         let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());

@@ -1,4 +1,4 @@
-//! Show 6: byte compatibility with tower-sessions-redis-store, whose storage is
+//! Byte compatibility with tower-sessions-redis-store, whose storage is
 //! `SET <id> rmp_serde::to_vec(&record) EXAT <expiry seconds>` with no prefix.
 
 use crate::common::{pttl, raw_get, record, servers};

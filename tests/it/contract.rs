@@ -1,4 +1,4 @@
-//! Show 1: the full `SessionStore` contract on one, two and three backends,
+//! The full `SessionStore` contract on one, two and three backends,
 //! for every mode combination that validates, reaching the servers by URL,
 //! host/port and unix socket. Also checks that exactly the combinations the
 //! contract allows are accepted.

@@ -1,4 +1,4 @@
-//! Show 8: no test, example or bench uses port 6379 or a server it did not
+//! No test, example or bench uses port 6379 or a server it did not
 //! start. Every server address in them comes from `RedisServer` (or a proxy
 //! in front of one); 6379 appears only where a config is parsed, never
 //! connected, on lines marked so.

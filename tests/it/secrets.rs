@@ -1,4 +1,4 @@
-//! Issue 5, show 4: no password in any `Debug`, `Display`, error message or
+//! No password in any `Debug`, `Display`, error message or
 //! log line, including the logs of failing connections.
 
 use std::time::Duration;

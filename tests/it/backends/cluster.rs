@@ -1,4 +1,4 @@
-//! Issue 4: a Redis Cluster backend on a real three-primary cluster: the
+//! A Redis Cluster backend on a real three-primary cluster: the
 //! acceptance suite, resharding under load, and a migration into it.
 
 use std::process::Command;
@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::common::{acceptance, raw_set, record};
+use crate::common::{acceptance, plant, record};
 use tokio::sync::Mutex;
 use tower_sessions_core::SessionStore;
 use tower_sessions_multi_redis_store::migrate::{self, Migrator};
 use tower_sessions_multi_redis_store::testing::RedisServer;
-use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore, codec};
+use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore};
 
 fn redis_cli(args: &[&str]) -> String {
     let out = Command::new("redis-cli").args(args).output().expect("redis-cli on PATH");
@@ -163,7 +163,7 @@ async fn a_migration_from_a_standalone_backend_into_a_cluster_moves_everything()
     let mut records = Vec::new();
     for i in 0..1000 {
         let rec = record(&format!("u{i}"));
-        raw_set(&old, &rec.id.to_string(), &codec::encode(&rec).unwrap()).await;
+        plant(&old, "", &rec).await;
         records.push(rec);
     }
     let migrator = Migrator::for_store(&app, migrate::Options::default().move_sessions(true).batch_size(200)).unwrap();

@@ -1,18 +1,18 @@
-//! Issue 4: the partitioned backend (weighted rendezvous hashing) on real
+//! The partitioned backend (weighted rendezvous hashing) on real
 //! servers: shares, movement when a member is added, a pinned mapping, the
 //! acceptance suite, copy-on-read and migrations into and out of a partition,
 //! and both configuration shapes.
 
 use std::io::Write;
 
-use crate::common::{acceptance, conn, raw_set, record, servers};
+use crate::common::{acceptance, conn, plant, record, servers};
 use redis::AsyncCommands;
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::Id;
 use tower_sessions_multi_redis_store::migrate::{self, Migrator};
 use tower_sessions_multi_redis_store::testing::Partition;
 use tower_sessions_multi_redis_store::testing::RedisServer;
-use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore, codec};
+use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore};
 
 fn ids(n: usize) -> Vec<String> {
     (0..n).map(|_| Id::default().to_string()).collect()
@@ -115,7 +115,7 @@ async fn copy_on_read_and_migration_into_a_partition() {
     let mut records = Vec::new();
     for i in 0..500 {
         let rec = record(&format!("u{i}"));
-        raw_set(old, &rec.id.to_string(), &codec::encode(&rec).unwrap()).await;
+        plant(old, "", &rec).await;
         records.push(rec);
     }
     // One user comes back: copied into its member.

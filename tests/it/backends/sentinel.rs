@@ -1,4 +1,4 @@
-//! Issue 4: a Sentinel backend against a real topology (one master, one
+//! A Sentinel backend against a real topology (one master, one
 //! replica, three sentinels): the acceptance suite, then a forced failover
 //! under continuous load.
 
@@ -10,7 +10,7 @@ use crate::common::{acceptance, conn, record, wait_for_replica, wait_for_replica
 use tokio::sync::Mutex;
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::Record;
-use tower_sessions_multi_redis_store::testing::RedisServer;
+use tower_sessions_multi_redis_store::testing::{RedisServer, SentinelGroup};
 use tower_sessions_multi_redis_store::{Backend, BreakerConfig, MultiRedisStore};
 
 const MASTER: &str = "sessions";
@@ -29,28 +29,9 @@ async fn topology() -> Topology {
 
 /// A master with `replicas` replicas, watched by three sentinels.
 async fn topology_with(replicas: usize) -> Topology {
-    // A replica's full sync starts at once (by default it waits 5 s for others to join it).
-    let master = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]).unwrap();
-    let port = master.port().to_string();
-    let replica_args = ["--replicaof", "127.0.0.1", &port, "--repl-diskless-sync-delay", "0"];
-    let replica = RedisServer::start_with(&replica_args).unwrap();
-    let spares = (1..replicas).map(|_| RedisServer::start_with(&replica_args).unwrap()).collect();
-    let sentinels: Vec<RedisServer> =
-        (0..3).map(|_| RedisServer::start_sentinel(MASTER, master.port()).unwrap()).collect();
-    // Wait until the sentinels know the replica (needed for a failover).
-    for _ in 0..100 {
-        let replicas: redis::Value = redis::cmd("SENTINEL")
-            .arg("REPLICAS")
-            .arg(MASTER)
-            .query_async(&mut conn(&sentinels[0]).await)
-            .await
-            .unwrap();
-        if matches!(&replicas, redis::Value::Array(r) if !r.is_empty()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    wait_for_replica(&master.url()).await;
+    let group = tokio::task::spawn_blocking(move || SentinelGroup::start(MASTER, replicas)).await.unwrap().unwrap();
+    let SentinelGroup { master, replicas: mut spares, sentinels, .. } = group;
+    let replica = spares.remove(0);
     Topology { master, replica, spares, sentinels }
 }
 

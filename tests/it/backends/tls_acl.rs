@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::common::{acceptance, record};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tower_sessions_core::{SessionStore, session_store};
-use tower_sessions_multi_redis_store::testing::RedisServer;
+use tower_sessions_multi_redis_store::testing::{RedisServer, free_port};
 use tower_sessions_multi_redis_store::{Backend, Config, MultiRedisStore};
 
 struct Pki {
@@ -145,10 +145,6 @@ async fn an_acl_user_with_limited_rights_works_and_a_wrong_password_names_the_ba
     assert!(!msg.contains("wrong-password"), "{msg}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_backend_over_tls() {
     let dir = tempfile::tempdir().unwrap();
@@ -165,17 +161,17 @@ async fn a_sentinel_backend_over_tls() {
             .chain(["--tls-auth-clients".to_owned(), "no".to_owned(), "--tls-replication".to_owned(), "yes".to_owned()])
             .collect()
     };
-    let master_tls = free_port().to_string();
+    let master_tls = free_port().unwrap().to_string();
     let args = tls(&master_tls);
     let master = RedisServer::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
-    let replica_tls = free_port().to_string();
+    let replica_tls = free_port().unwrap().to_string();
     let mut args = tls(&replica_tls);
     args.extend(["--replicaof".to_owned(), "127.0.0.1".to_owned(), master_tls.clone()]);
     let _replica = RedisServer::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
     let mut sentinel_tls_ports = Vec::new();
     let sentinels: Vec<RedisServer> = (0..3)
         .map(|_| {
-            let port = free_port();
+            let port = free_port().unwrap();
             sentinel_tls_ports.push(port);
             let lines = [
                 format!("tls-port {port}"),

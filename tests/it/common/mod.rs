@@ -83,6 +83,13 @@ pub async fn wait_for_replicas(url: &str, n: u32) {
     panic!("no replica acknowledges writes on {url}: {info}");
 }
 
+/// `rec` written into `server` under `prefix` + its id, as
+/// tower-sessions-redis-store (or a store not yet migrated) left it.
+pub async fn plant(server: &RedisServer, prefix: &str, rec: &Record) {
+    let bytes = tower_sessions_multi_redis_store::codec::encode(rec).unwrap();
+    raw_set(server, &format!("{prefix}{}", rec.id), &bytes).await;
+}
+
 /// The raw value under `key` on `server`.
 pub async fn raw_get(server: &RedisServer, key: &str) -> Option<Vec<u8>> {
     conn(server).await.get(key).await.unwrap()

@@ -1,14 +1,14 @@
-//! Issue 5: the circuit breaker, the read and write policies, the deadline,
+//! The circuit breaker, the read and write policies, the deadline,
 //! health and counters, on real servers.
 
 use std::time::Duration;
 
-use crate::common::{raw_set, record, servers};
+use crate::common::{plant, record, servers};
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::Id;
 use tower_sessions_multi_redis_store::testing::RedisServer;
 use tower_sessions_multi_redis_store::{
-    Backend, BreakerConfig, BreakerState, Modes, MultiRedisStore, ReadPolicy, WritePolicy, codec,
+    Backend, BreakerConfig, BreakerState, Modes, MultiRedisStore, ReadPolicy, WritePolicy,
 };
 
 const TIMEOUT: Duration = Duration::from_millis(200);
@@ -81,7 +81,7 @@ async fn the_breaker_opens_on_a_frozen_backend_skips_it_then_probes_and_closes()
 async fn read_policies_fall_through_or_stop() {
     let mut servers = servers(2);
     let rec = record("ada");
-    raw_set(&servers[1], &rec.id.to_string(), &codec::encode(&rec).unwrap()).await;
+    plant(&servers[1], "", &rec).await;
     let build = |policy| {
         MultiRedisStore::builder()
             .backend(fast(Backend::url("old", servers[0].url()).modes(Modes::READ_DELETE)))
@@ -108,7 +108,7 @@ async fn a_failed_write_backend_is_never_answered_for_by_an_older_copy() {
         .unwrap();
     let mut rec = record("ada");
     rec.data.insert("role".into(), serde_json::json!("admin"));
-    raw_set(&servers[1], &rec.id.to_string(), &codec::encode(&rec).unwrap()).await;
+    plant(&servers[1], "", &rec).await;
     // The first request copies it into "new"; the app then drops the role.
     assert!(store.load(&rec.id).await.unwrap().is_some());
     rec.data.insert("role".into(), serde_json::json!("guest"));
@@ -178,7 +178,7 @@ async fn counters_count_hits_misses_and_copies() {
         .await
         .unwrap();
     let rec = record("ada");
-    raw_set(&servers[1], &rec.id.to_string(), &codec::encode(&rec).unwrap()).await;
+    plant(&servers[1], "", &rec).await;
     store.load(&rec.id).await.unwrap(); // miss new, hit old, copy to new
     store.load(&rec.id).await.unwrap(); // hit new
     store.load(&Id::default()).await.unwrap(); // miss both

@@ -1,4 +1,4 @@
-//! Show 5: a read backend killed with SIGKILL mid-test, then restarted on
+//! A read backend killed with SIGKILL mid-test, then restarted on
 //! the same port; the store recovers without being rebuilt.
 
 use std::time::Duration;

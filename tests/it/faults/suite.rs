@@ -1,4 +1,4 @@
-//! Issue 5, show 1: a two-backend store (`new: read+write`, `old: read+delete`)
+//! A two-backend store (`new: read+write`, `old: read+delete`)
 //! under steady concurrent load, one fault per scenario on a real server.
 //! For each: no panic, no session lost or resurrected, every error names a
 //! backend, and the store recovers by itself once the fault ends.
@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::common::{Rng, conn, raw_set, record};
+use crate::common::{Rng, conn, plant, record};
 use redis::AsyncCommands;
 use tokio::sync::Mutex;
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::{Id, Record};
 use tower_sessions_multi_redis_store::testing::RedisServer;
-use tower_sessions_multi_redis_store::{Backend, BreakerConfig, Modes, MultiRedisStore, codec};
+use tower_sessions_multi_redis_store::{Backend, BreakerConfig, Modes, MultiRedisStore};
 
 #[derive(Clone, Debug)]
 enum Slot {
@@ -122,7 +122,7 @@ where
         let mut rec = record(&format!("u{i}"));
         if i % 2 == 0 {
             // Not yet migrated: only in old.
-            raw_set(&old, &rec.id.to_string(), &codec::encode(&rec).unwrap()).await;
+            plant(&old, "", &rec).await;
         } else {
             app.create(&mut rec).await.unwrap();
         }

@@ -1,4 +1,4 @@
-//! Show 2: the seed's scenario through `SessionManagerLayer` in an axum app,
+//! The seed's scenario through `SessionManagerLayer` in an axum app,
 //! with a real HTTP client and its cookie jar.
 //!
 //! A user logs in while only "old" is configured. The app is switched to

@@ -1,4 +1,4 @@
-//! Issue 3: the bulk migrator against real servers.
+//! The bulk migrator against real servers.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

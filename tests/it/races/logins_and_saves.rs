@@ -1,4 +1,4 @@
-//! Show 3 and 4: create on a colliding id; saves and copy-on-read racing
+//! Create on a colliding id; saves and copy-on-read racing
 //! logouts never resurrect a session; a save of a not-yet-migrated session
 //! lands in every write backend; sessions nobody deletes are never lost.
 

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::common::proxy::DelayProxy;
-use crate::common::{exists, raw_get, raw_set, record, servers};
+use crate::common::{exists, plant, raw_get, raw_set, record, servers};
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::Record;
 use tower_sessions_multi_redis_store::migrate::{self, Migrator};
@@ -38,7 +38,7 @@ async fn instance(new: String, old: String, policy: CopyOnRead, timeout: Duratio
 
 /// `rec`, only in "old", as tower-sessions-redis-store wrote it.
 async fn in_old(old: &RedisServer, rec: &Record) {
-    raw_set(old, &rec.id.to_string(), &codec::encode(rec).unwrap()).await;
+    plant(old, "", rec).await;
 }
 
 /// Watches `key` on `server` until `stop`: whether it ever appeared.
@@ -423,7 +423,7 @@ async fn a_write_backend_that_missed_is_checked_for_a_logout_before_a_later_one_
         .await
         .unwrap();
     let rec = record("ada");
-    raw_set(&old, &rec.id.to_string(), &codec::encode(&rec).unwrap()).await;
+    plant(&old, "", &rec).await;
     let tombstone = format!("{}:tombstone", rec.id);
     raw_set(&new, &tombstone, b"1").await;
     assert_eq!(step_03.load(&rec.id).await.unwrap(), None, "the logout that reached `new` holds");
@@ -431,7 +431,7 @@ async fn a_write_backend_that_missed_is_checked_for_a_logout_before_a_later_one_
 
     // Without a tombstone, `old`'s copy is served, and copied into `new`.
     let other = record("grace");
-    raw_set(&old, &other.id.to_string(), &codec::encode(&other).unwrap()).await;
+    plant(&old, "", &other).await;
     assert_eq!(step_03.load(&other.id).await.unwrap().as_ref(), Some(&other));
     assert!(exists(&new, &other.id.to_string()).await);
 }
