@@ -48,10 +48,14 @@ impl MultiRedisStore {
     /// backends' names and modes in order, and the store-wide settings.
     pub(crate) fn description(&self) -> String {
         let o = self.options();
-        let settings = format!(
+        let mut settings = format!(
             "copy_on_read={:?} read_policy={:?} write_policy={:?} refuse_late_writes={} tombstone_ttl={:?}",
             o.copy_on_read, o.read_policy, o.write_policy, o.refuse_late_writes, o.tombstone_ttl
         );
+        if let Some(users) = self.users() {
+            // Only when set: the fingerprints of other configurations stay.
+            let _ = write!(settings, " user_key={:?} max_sessions_per_user={}", users.key, users.cap);
+        }
         describe(self.nodes().iter().map(|n| (n.name.clone(), n.modes.to_string())), &settings)
     }
 

@@ -9,6 +9,7 @@ use crate::error::Error;
 use crate::node::Node;
 use crate::policy::{CopyOnRead, ReadPolicy, WritePolicy};
 use crate::store::{MultiRedisStore, Options};
+use crate::users::{UserKey, Users};
 
 /// Describes a [`MultiRedisStore`]; [`build`](Self::build) validates it.
 ///
@@ -39,6 +40,8 @@ pub struct MultiRedisStoreBuilder {
     tombstone_ttl: Option<Duration>,
     refuse_late_writes: Option<bool>,
     announce: Option<bool>,
+    user_key: Option<String>,
+    max_sessions_per_user: Option<u32>,
 }
 
 impl MultiRedisStoreBuilder {
@@ -138,6 +141,40 @@ impl MultiRedisStoreBuilder {
         self
     }
 
+    /// Where the user is in a session's data, e.g. `"user_id"` or the JSON
+    /// pointer `"/axum-login.data/user_id"` (see [`UserKey`]): the store
+    /// then keeps an index of each user's sessions, for
+    /// [`MultiRedisStore::sessions_of`], [`MultiRedisStore::revoke_user`]
+    /// and a [cap](Self::max_sessions_per_user) (default: none; `users.rs`
+    /// says what it costs).
+    pub fn user_key(mut self, key: impl Into<String>) -> Self {
+        self.user_key = Some(key.into());
+        self
+    }
+
+    /// At most this many sessions per user (needs [`user_key`](Self::user_key)):
+    /// a login past it logs out the user's oldest sessions (those that
+    /// expire first) before it returns. Default: no cap.
+    pub fn max_sessions_per_user(mut self, sessions: u32) -> Self {
+        self.max_sessions_per_user = Some(sessions);
+        self
+    }
+
+    /// The per-user index settings, validated.
+    fn users(&self) -> Result<Option<Users>, Error> {
+        let Some(key) = &self.user_key else {
+            return match self.max_sessions_per_user {
+                Some(_) => Err(Error::config(None, "max_sessions_per_user", "needs `user_key`")),
+                None => Ok(None),
+            };
+        };
+        let key: UserKey = key.parse().map_err(|reason: String| Error::config(None, "user_key", reason))?;
+        if self.max_sessions_per_user == Some(0) {
+            return Err(Error::config(None, "max_sessions_per_user", "must be at least 1"));
+        }
+        Ok(Some(Users { key, cap: self.max_sessions_per_user.unwrap_or(0) }))
+    }
+
     /// Checks every rule that does not need the network.
     ///
     /// # Errors
@@ -147,6 +184,7 @@ impl MultiRedisStoreBuilder {
         if self.backends.is_empty() {
             return Err(Error::config(None, "backends", "no backend configured"));
         }
+        self.users()?;
         if self.deadline == Some(Duration::ZERO) {
             return Err(Error::config(None, "deadline", "must be greater than zero"));
         }
@@ -258,6 +296,7 @@ impl MultiRedisStoreBuilder {
                 refuse_late_writes,
                 tombstone_ttl,
             },
+            self.users()?,
         );
         if self.announce.unwrap_or(true) {
             crate::announce::start(&store);

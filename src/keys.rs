@@ -7,12 +7,22 @@
 //! own is wrapped in one, `{<key>}:tombstone`.
 //!
 //! An instance's announcement (`announce.rs`) lives at
-//! `<prefix>`[`ANNOUNCE_TAIL`]`<fingerprint>:<instance>`. Neither is a
+//! `<prefix>`[`ANNOUNCE_TAIL`]`<fingerprint>:<instance>`, a user's session
+//! index (`users.rs`) at `<prefix>`[`USER_TAIL`]`<user>`. None is a
 //! session id (an id is 22 characters of base64url, never a `:`), so the
-//! migrator, `verify` and `stats` pass both by.
+//! migrator, `verify` and `stats` pass them by.
 
 /// What comes after a backend's prefix in an announcement's key.
 pub(crate) const ANNOUNCE_TAIL: &str = "multi-redis-sessions:instance:";
+
+/// What comes after a backend's prefix in a user's session index
+/// (`users.rs`), before the user.
+pub(crate) const USER_TAIL: &str = "multi-redis-sessions:user:";
+
+/// The id (the key without the backend's prefix) of `user`'s session index.
+pub(crate) fn user_index(user: &str) -> String {
+    format!("{USER_TAIL}{user}")
+}
 
 /// What every tombstone key ends with (a session id never holds a `:`).
 pub(crate) const TOMBSTONE_SUFFIX: &str = ":tombstone";
@@ -39,7 +49,7 @@ pub(crate) fn is_tombstone(key: &str) -> bool {
 /// Whether a key found by `SCAN` is the store's own (a tombstone, an
 /// instance's announcement), not a session.
 pub(crate) fn is_internal(key: &str) -> bool {
-    is_tombstone(key) || key.contains(ANNOUNCE_TAIL)
+    is_tombstone(key) || key.contains(ANNOUNCE_TAIL) || key.contains(USER_TAIL)
 }
 
 /// Redis Cluster's hash tag of `key`: what stands between the first `{` and

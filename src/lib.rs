@@ -29,6 +29,7 @@
 //! * [`migrate`]: [`Migrator`](migrate::Migrator), the bulk migrator (and `verify`, `repair`) behind the CLI;
 //! * [`plan`]: migration plans for rolling deploys, and `check` of two configurations;
 //! * `stats`: [`BackendStats`], reachability, round trip and session count per backend;
+//! * `users`: the per-user session index ([`UserKey`]): list, revoke and cap a user's sessions;
 //! * `announce`: each instance's configuration fingerprint in the backends
 //!   ([`LiveConfiguration`]), to see when a rolling deploy finished;
 //! * `redact`: [`Secret`] and [`RedisUrl`], which keep passwords out of `Debug`, errors and logs;
@@ -95,6 +96,7 @@ mod stats;
 mod store;
 #[cfg(feature = "test-util")]
 pub mod testing;
+mod users;
 
 pub use announce::LiveConfiguration;
 pub use backend::{Address, Backend};
@@ -108,6 +110,7 @@ pub use policy::{CopyOnRead, ReadPolicy, WritePolicy};
 pub use redact::{RedisUrl, Secret};
 pub use stats::BackendStats;
 pub use store::MultiRedisStore;
+pub use users::{UserKey, UserSession};
 
 /// The README's examples, compiled and run as doc tests.
 #[doc = include_str!("../README.md")]

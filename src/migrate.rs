@@ -459,7 +459,18 @@ impl Migrator {
                 Ok(expiry) => {
                     let id = source.id_of(&key).unwrap_or_default().to_owned();
                     let pxat = codec::expiry_millis(expiry);
-                    batch.live.push(Live { key, id, bytes, pxat });
+                    // Only a store that indexes users decodes the whole record.
+                    let user = match self.store.users() {
+                        Some(_) => match codec::decode(&bytes) {
+                            Ok(record) => self.store.user_of(&record),
+                            Err(_) => {
+                                batch.corrupt.push(key);
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
+                    batch.live.push(Live { key, id, bytes, pxat, user });
                 }
             }
         }
@@ -489,6 +500,13 @@ impl Migrator {
                 };
                 items.push(item);
             }
+            // The user's index entries, after the copies: in the reply,
+            // the copies come first, then one entry per session with a user.
+            for s in live_ref {
+                if let Some(user) = &s.user {
+                    items.push(t.index_cmd(user, &s.id, s.pxat));
+                }
+            }
             // Copies are idempotent in effect, so a batch with an unknown
             // outcome is simply reported and redone by a later run.
             t.batch("COPY", items, true).await
@@ -498,10 +516,21 @@ impl Migrator {
         // Indices into `live` of the sessions the source may drop: every
         // target holds them, or a logout left its tombstone.
         let mut moved = Vec::new();
+        let mut index_reply = live.len();
         for (i, session) in live.iter().enumerate() {
             let mut written = false;
             let mut logged_out = false;
             let mut error = None;
+            if session.user.is_some() {
+                // Not indexed in a target: not moved (the source's index,
+                // if any, still names it), and reported.
+                for (t, reply) in replies.iter().enumerate() {
+                    if let Ok(Some(Value::ServerError(err))) = reply.as_ref().map(|values| values.get(index_reply)) {
+                        error = Some(format!("{}: index: {err:?}", targets[t].name));
+                    }
+                }
+                index_reply += 1;
+            }
             for (t, reply) in replies.iter().enumerate() {
                 match reply.as_ref().map(|values| values.get(i)) {
                     Ok(Some(reply)) => match Copied::from_reply(reply.clone()) {
@@ -738,6 +767,8 @@ struct Live {
     bytes: Vec<u8>,
     /// Its expiry (`PXAT`).
     pxat: u64,
+    /// Its user, when the store indexes users (`users.rs`).
+    user: Option<String>,
 }
 
 /// What the read stage produced for one batch.

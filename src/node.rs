@@ -16,8 +16,9 @@ use crate::clock::{self, ServerClocks};
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::health::{BackendCounters, BackendHealth, Counter};
+use crate::keys;
 use crate::mode::Modes;
-use crate::scripts::{COPY, FILL, LOGOUT, Lua, SAVE};
+use crate::scripts::{COPY, FILL, INDEX, LOGOUT, Lua, SAVE};
 
 /// The instant an operation must be done by, if any.
 pub(crate) type Deadline = Option<tokio::time::Instant>;
@@ -428,7 +429,7 @@ impl Node {
             cmd.arg("EVALSHA").arg(script.sha());
         }
         if tombstone {
-            let tomb = crate::keys::tombstone_key(key, self.conn.is_cluster());
+            let tomb = keys::tombstone_key(key, self.conn.is_cluster());
             cmd.arg(2).arg(key).arg(tomb);
         } else {
             cmd.arg(1).arg(key);
@@ -478,12 +479,14 @@ impl Node {
     }
 
     /// Prepares every server of this backend for pipelined copies (the
-    /// migrator's batches): learns their clocks, and loads the copy script
-    /// so a pipeline can name it by its SHA1 (a batch cannot fall back on
+    /// migrator's batches): learns their clocks, and loads the copy and index scripts
+    /// so a pipeline can name them by their SHA1 (a batch cannot fall back on
     /// `NOSCRIPT`; a server that restarts mid-run answers it, and those
     /// sessions are reported and redone by a later run).
     pub(crate) async fn prepare_copies(&self) -> Result<(), Error> {
-        self.guarded("SCRIPT LOAD", None, true, || self.conn.load_script(COPY.code)).await?;
+        for script in [&COPY, &INDEX] {
+            self.guarded("SCRIPT LOAD", None, true, || self.conn.load_script(script.code)).await?;
+        }
         for member in 0..self.conn.members() {
             self.know_clock(member, None).await?;
         }
@@ -634,14 +637,95 @@ impl Node {
 
     /// Deletes a session and leaves its tombstone for `keep`
     /// ([`LOGOUT`](crate::scripts::LOGOUT)). Idempotent.
-    pub(crate) async fn logout(&self, id: &(impl fmt::Display + ?Sized), deadline: Deadline) -> Result<(), Error> {
+    pub(crate) async fn logout(
+        &self,
+        id: &(impl fmt::Display + ?Sized),
+        want_value: bool,
+        deadline: Deadline,
+    ) -> Result<Option<Vec<u8>>, Error> {
         let keep = self.tombstone_ttl.as_millis().max(1).to_string();
-        // Boxed, as every rare path: keeps `delete`'s future small.
         let (key, member) = self.route(id);
-        let args = [keep.as_bytes()];
+        let args = [keep.as_bytes(), if want_value { b"1" } else { b"0" }];
+        // Boxed, as every rare path: keeps `delete`'s future small.
         let logout = self.run_script("LOGOUT", &LOGOUT, (&key, member), true, &args, deadline);
-        let _: i64 = Box::pin(logout).await?;
+        match Box::pin(logout).await? {
+            Value::BulkString(value) => Ok(Some(value)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Adds session `id`, expiring at `pxat` (ms), to `user`'s session index
+    /// here ([`INDEX`](crate::scripts::INDEX)); the ids beyond `cap` (0: no
+    /// cap), oldest first.
+    pub(crate) async fn index(
+        &self,
+        user: &str,
+        id: &(impl fmt::Display + ?Sized),
+        pxat: u64,
+        cap: u32,
+        deadline: Deadline,
+    ) -> Result<Vec<String>, Error> {
+        let (key, member) = self.route(&keys::user_index(user));
+        let (id, pxat, cap) = (id.to_string(), pxat.to_string(), cap.to_string());
+        let args = [id.as_bytes(), pxat.as_bytes(), cap.as_bytes()];
+        Box::pin(self.run_script("INDEX", &INDEX, (&key, member), false, &args, deadline)).await
+    }
+
+    /// [`index`](Self::index) as a command for a pipeline, without a cap
+    /// (the migrator's batches: see [`prepare_copies`](Self::prepare_copies)).
+    pub(crate) fn index_cmd(&self, user: &str, id: &str, pxat: u64) -> (usize, Cmd) {
+        let pxat = pxat.to_string();
+        self.script(&INDEX, false, &keys::user_index(user), false, &[id.as_bytes(), pxat.as_bytes(), b"0"])
+    }
+
+    /// The entries of `user`'s session index here: session id and expiry (ms).
+    pub(crate) async fn index_entries(&self, user: &str, deadline: Deadline) -> Result<Vec<(String, u64)>, Error> {
+        let (key, member) = self.route(&keys::user_index(user));
+        let mut cmd = redis::cmd("ZRANGE");
+        cmd.arg(&key).arg(0).arg(-1).arg("WITHSCORES");
+        let entries: Vec<(String, f64)> = self.run("ZRANGE", member, &cmd, true, deadline).await?;
+        // Scores are whole milliseconds, well within f64's exact range.
+        Ok(entries.into_iter().map(|(id, score)| (id, score.max(0.0) as u64)).collect())
+    }
+
+    /// Removes `ids` from `user`'s session index here.
+    pub(crate) async fn index_remove(&self, user: &str, ids: &[String], deadline: Deadline) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let (key, member) = self.route(&keys::user_index(user));
+        let mut cmd = redis::cmd("ZREM");
+        cmd.arg(&key).arg(ids);
+        let _: u64 = self.run_write("ZREM", member, &cmd, true, deadline).await?;
         Ok(())
+    }
+
+    /// Whether each of the sessions `ids` is here (`EXISTS`, one pipeline
+    /// per member).
+    pub(crate) async fn exist(&self, ids: &[String]) -> Result<Vec<bool>, Error> {
+        let items = ids
+            .iter()
+            .map(|id| {
+                let (key, member) = self.route(id.as_str());
+                (member, redis::cmd("EXISTS").arg(key).to_owned())
+            })
+            .collect();
+        let replies = self.batch("EXISTS", items, false).await?;
+        replies
+            .into_iter()
+            .map(|reply| match reply {
+                Value::Int(n) => Ok(n > 0),
+                other => Err(Error::Redis {
+                    backend: self.name.clone(),
+                    op: "EXISTS",
+                    source: redis::RedisError::from((
+                        redis::ErrorKind::Parse,
+                        "unexpected reply",
+                        format!("{other:?}"),
+                    )),
+                }),
+            })
+            .collect()
     }
 
     /// `SET <prefix><id> value PX ttl`: an instance's announcement (`announce.rs`).

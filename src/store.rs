@@ -86,6 +86,7 @@ use crate::error::Error;
 use crate::health::{BackendHealth, Counter};
 use crate::node::{Copied, CopyMode, Deadline, Node};
 use crate::policy::{CopyOnRead, ReadPolicy, WritePolicy};
+use crate::users::Users;
 
 /// A [`SessionStore`] over an ordered list of Redis backends, each allowed to
 /// `read`, `write` and/or `delete`.
@@ -132,6 +133,8 @@ pub(crate) struct Inner {
     /// D (with `delete` or `write`).
     deleters: Vec<usize>,
     options: Options,
+    /// The per-user index (`users.rs`), when configured.
+    users: Option<Users>,
 }
 
 impl fmt::Debug for MultiRedisStore {
@@ -144,7 +147,7 @@ impl fmt::Debug for MultiRedisStore {
 }
 
 impl MultiRedisStore {
-    pub(crate) fn from_nodes(nodes: Vec<Node>, options: Options) -> MultiRedisStore {
+    pub(crate) fn from_nodes(nodes: Vec<Node>, options: Options, users: Option<Users>) -> MultiRedisStore {
         let select = |keep: fn(&Node) -> bool| -> Vec<usize> {
             nodes.iter().enumerate().filter(|(_, n)| keep(n)).map(|(i, _)| i).collect()
         };
@@ -152,7 +155,7 @@ impl MultiRedisStore {
         let writers = select(|n| n.modes.can_write());
         let sources = select(|n| n.modes.can_read() && !n.modes.can_write());
         let deleters = select(|n| n.modes.can_delete());
-        MultiRedisStore { inner: Arc::new(Inner { nodes, readers, writers, sources, deleters, options }) }
+        MultiRedisStore { inner: Arc::new(Inner { nodes, readers, writers, sources, deleters, options, users }) }
     }
 
     pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
@@ -171,6 +174,11 @@ impl MultiRedisStore {
     /// The store-wide settings.
     pub(crate) fn options(&self) -> &Options {
         &self.inner.options
+    }
+
+    /// The per-user index settings, when the store keeps one.
+    pub(crate) fn users(&self) -> Option<&Users> {
+        self.inner.users.as_ref()
     }
 
     /// The backends' names and modes, in configured order.
@@ -383,6 +391,17 @@ impl MultiRedisStore {
         if failures.len() == writers.len() {
             return Err(Error::from_failures(failures));
         }
+        if let Some(user) = self.user_of(&record) {
+            // The copy's index entry (until it lands, the source's index
+            // names the session: `users.rs`). Boxed: only stores that
+            // index users pay for it.
+            let writers: Vec<&Node> = self.nodes_at(&writers).collect();
+            for (w, result) in Box::pin(self.index_on(&user, &writers, sid, pxat, 0, deadline)).await {
+                if let Err(err) = result {
+                    tracing::debug!(backend = %w.name, error = %err, "copy-on-read: not indexed here for now");
+                }
+            }
+        }
         let written = source.modes.can_write();
         if policy == CopyOnRead::Move && held_by_every_writer && source.modes.can_delete() && !written {
             // Every W backend holds the session now, so whether this DEL runs,
@@ -425,6 +444,13 @@ impl MultiRedisStore {
                 for err in &failures {
                     tracing::warn!(error = %err, "create: a write backend failed (write policy `any`)");
                 }
+                if let Some(user) = self.user_of(record) {
+                    // Boxed: only stores that index users pay for it.
+                    if let Err(err) = Box::pin(self.index_login(&user, &created, write)).await {
+                        undo(&created, &sid).await;
+                        return Err(err);
+                    }
+                }
                 return Ok(());
             }
             undo(&created, &sid).await;
@@ -447,6 +473,14 @@ impl MultiRedisStore {
             pxat: codec::expiry_millis(record.expiry_date),
             deadline: self.deadline(),
         };
+        if let Some(user) = self.user_of(record) {
+            // Before the session, so that no session is stored with a user
+            // or an expiry its index does not cover (`users.rs`). Boxed:
+            // only stores that index users pay for it.
+            let writers = self.nodes_at(&self.inner.writers).collect::<Vec<_>>();
+            let results = Box::pin(self.index_on(&user, &writers, write.sid, write.pxat, 0, write.deadline)).await;
+            self.tally_writes("save (index)", results.into_iter().map(|(_, r)| r.map(|_| ())))?;
+        }
         let results =
             self.fan_out(&self.inner.writers, |w| w.save(write.sid, write.bytes, write.pxat, write.deadline)).await;
         let mut tally = Tally::default();
@@ -461,15 +495,68 @@ impl MultiRedisStore {
             // Boxed: rare (a session not in every W backend yet), and large.
             Box::pin(self.save_missed(&missed, write, started, &mut tally)).await;
         }
+        self.accept("save", tally)
+    }
+
+    /// Whether a write done on `tally.done` backends and failed on the
+    /// others succeeded, by the write policy.
+    fn accept(&self, op: &'static str, tally: Tally) -> Result<(), Error> {
         let any = self.inner.options.write_policy == WritePolicy::Any;
         if tally.failures.is_empty() || (any && tally.done > 0 && !self.primary_failed(&tally.failures)) {
             for err in &tally.failures {
-                tracing::warn!(error = %err, "save: a write backend failed (write policy `any`)");
+                tracing::warn!(error = %err, "{op}: a write backend failed (write policy `any`)");
             }
             Ok(())
         } else {
             Err(Error::from_failures(tally.failures))
         }
+    }
+
+    /// [`accept`](Self::accept) of the results of a write on the W backends.
+    fn tally_writes(&self, op: &'static str, results: impl Iterator<Item = Result<(), Error>>) -> Result<(), Error> {
+        let mut tally = Tally::default();
+        results.for_each(|r| tally.add(r));
+        self.accept(op, tally)
+    }
+
+    /// Adds session `sid` to `user`'s index on `nodes` (`users.rs`); the ids
+    /// beyond `cap` each returned.
+    async fn index_on<'a>(
+        &self,
+        user: &str,
+        nodes: &[&'a Node],
+        sid: &Id,
+        pxat: u64,
+        cap: u32,
+        deadline: Deadline,
+    ) -> Vec<(&'a Node, Result<Vec<String>, Error>)> {
+        let results = join_all(nodes.iter().map(|n| n.index(user, sid, pxat, cap, deadline))).await;
+        nodes.iter().copied().zip(results).collect()
+    }
+
+    /// A login's index entries, on the W backends that created its session,
+    /// and the cap: the user's oldest sessions past it are logged out.
+    async fn index_login(&self, user: &str, created: &[&Node], write: Write<'_>) -> Result<(), Error> {
+        let cap = self.users().map_or(0, |u| u.cap);
+        let results = self.index_on(user, created, write.sid, write.pxat, cap, write.deadline).await;
+        let mut evict = std::collections::BTreeSet::new();
+        let mut failures = Vec::new();
+        for (_, result) in results {
+            match result {
+                Ok(ids) => evict.extend(ids),
+                Err(err) => failures.push(err),
+            }
+        }
+        if !failures.is_empty() {
+            return Err(Error::from_failures(failures));
+        }
+        let evict: Vec<String> = evict.into_iter().collect();
+        if !evict.is_empty()
+            && let Err(err) = self.log_out(user, &evict).await
+        {
+            tracing::warn!(error = %err, "create: the user's oldest sessions past the cap stay for now");
+        }
+        Ok(())
     }
 
     /// The part of `save` for the W backends whose `SET XX` missed.
@@ -510,11 +597,38 @@ impl MultiRedisStore {
     }
 
     /// `delete`: see the module docs.
-    async fn delete_record(&self, id: &Id) -> Result<(), Error> {
+    pub(crate) async fn delete_record(&self, id: &Id) -> Result<(), Error> {
         let deadline = self.deadline();
-        let results = self.fan_out(&self.inner.deleters, |n| n.logout(id, deadline)).await;
-        let failures: Vec<Error> = results.into_iter().filter_map(|(_, r)| r.err()).collect();
+        let indexed = self.inner.users.is_some();
+        let results = self.fan_out(&self.inner.deleters, |n| n.logout(id, indexed, deadline)).await;
+        let mut failures = Vec::new();
+        let mut value = None;
+        for (_, result) in results {
+            match result {
+                Ok(found) => value = value.or(found),
+                Err(err) => failures.push(err),
+            }
+        }
+        if let Some(value) = value {
+            // Boxed: only stores that index users pay for it.
+            Box::pin(self.forget(id, &value)).await;
+        }
         if failures.is_empty() { Ok(()) } else { Err(Error::from_failures(failures)) }
+    }
+
+    /// Removes a logged-out session from its user's index (the value its
+    /// logout handed back names the user); what fails stays until the entry
+    /// expires or the user's sessions are listed.
+    async fn forget(&self, id: &Id, value: &[u8]) {
+        let Some(user) = codec::decode(value).ok().and_then(|record| self.user_of(&record)) else { return };
+        let ids = [id.to_string()];
+        for err in join_all(self.nodes_at(&self.inner.deleters).map(|n| n.index_remove(&user, &ids, None)))
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+        {
+            tracing::debug!(error = %err, "delete: the index entry stays until it expires");
+        }
     }
 }
 

@@ -47,6 +47,19 @@ enum Command {
     Plan(PlanArgs),
     /// Whether app instances on configuration A and on B may run side by side (exit 0), or not (exit 1).
     Check(CheckArgs),
+    /// A user's live sessions: id, expiry, backend (needs `user_key` in the configuration).
+    Sessions(UserArgs),
+    /// Log out every session of a user, in every backend (needs `user_key` in the configuration).
+    Revoke(UserArgs),
+}
+
+#[derive(Args)]
+struct UserArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The user, as the session data names it (`user_key`).
+    #[arg(long)]
+    user: String,
 }
 
 #[derive(Args)]
@@ -133,6 +146,7 @@ async fn main() -> ExitCode {
         Command::Verify(args) => args.pair.common.json,
         Command::Repair(pair) => pair.common.json,
         Command::Stats(common) | Command::Status(common) => common.json,
+        Command::Sessions(args) | Command::Revoke(args) => args.common.json,
         Command::Check(args) => args.json,
         Command::Plan(_) => false,
     };
@@ -165,6 +179,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Status(common) => status(common).await,
         Command::Plan(args) => plan(args),
         Command::Check(args) => check(args),
+        Command::Sessions(args) => sessions(args).await,
+        Command::Revoke(args) => revoke(args).await,
     }
 }
 
@@ -423,4 +439,31 @@ async fn stats(common: Common) -> Result<ExitCode, Failure> {
         }
     }
     Ok(if stats.iter().all(|s| s.reachable && s.error.is_none()) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+async fn sessions(args: UserArgs) -> Result<ExitCode, Failure> {
+    let store = store(&args.common.config).await?;
+    let sessions = store.sessions_of(&args.user).await?;
+    if args.common.json {
+        println!("{}", serde_json::json!({ "user": args.user, "sessions": sessions }));
+    } else {
+        println!("{:<24} {:<26} backend", "id", "expires");
+        for s in &sessions {
+            let expiry = s.expiry.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+            println!("{:<24} {expiry:<26} {}", s.id, s.backend);
+        }
+        println!("{} sessions", sessions.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn revoke(args: UserArgs) -> Result<ExitCode, Failure> {
+    let store = store(&args.common.config).await?;
+    let revoked = store.revoke_user(&args.user).await?;
+    if args.common.json {
+        println!("{}", serde_json::json!({ "user": args.user, "revoked": revoked }));
+    } else {
+        println!("revoked {revoked} sessions of {}", args.user);
+    }
+    Ok(ExitCode::SUCCESS)
 }

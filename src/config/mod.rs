@@ -90,6 +90,12 @@ pub struct Config {
     pub refuse_late_writes: Option<bool>,
     /// Whether instances announce their configuration's fingerprint (default true).
     pub announce: Option<bool>,
+    /// Where the user is in a session's data (a key, or a JSON pointer such
+    /// as `/axum-login.data/user_id`): the store then indexes each user's
+    /// sessions. Default: none.
+    pub user_key: Option<String>,
+    /// At most this many sessions per user (with `user_key`). Default: no cap.
+    pub max_sessions_per_user: Option<u32>,
     /// The backends, in order.
     pub backends: Vec<BackendConfig>,
 }
@@ -306,6 +312,12 @@ impl Config {
         }
         if let Some(announce) = self.announce {
             builder = builder.announce(announce);
+        }
+        if let Some(key) = self.user_key {
+            builder = builder.user_key(key);
+        }
+        if let Some(cap) = self.max_sessions_per_user {
+            builder = builder.max_sessions_per_user(cap);
         }
         if let Some(refuse) = self.refuse_late_writes {
             builder = builder.refuse_late_writes(refuse);

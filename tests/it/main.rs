@@ -17,3 +17,4 @@ mod props;
 mod races;
 mod secrets;
 mod spans;
+mod users;

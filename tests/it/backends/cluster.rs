@@ -21,7 +21,7 @@ fn redis_cli(args: &[&str]) -> String {
 }
 
 /// Three primaries, all slots assigned, state ok.
-fn cluster() -> Vec<RedisServer> {
+pub(crate) fn cluster() -> Vec<RedisServer> {
     cluster_with(None)
 }
 

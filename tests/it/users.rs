@@ -1,0 +1,506 @@
+//! The per-user session index: list, revoke ("sign out everywhere" and
+//! "other devices") and cap a user's sessions on every kind of backend; an
+//! index that cleans itself without keyspace notifications; and revoke
+//! checked against a model while other instances log in, save, copy and
+//! the migrator moves sessions, with faults.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use tower_sessions_core::SessionStore;
+use tower_sessions_core::session::{Id, Record};
+use tower_sessions_multi_redis_store::migrate::{self, Migrator};
+use tower_sessions_multi_redis_store::testing::{RedisServer, SentinelGroup};
+use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore};
+
+use crate::common::{Rng, conn, record, servers};
+
+/// The index key of `user` on a backend without prefix.
+fn index_key(user: &str) -> String {
+    format!("multi-redis-sessions:user:{user}")
+}
+
+async fn indexed(server: &RedisServer, user: &str) -> Vec<String> {
+    conn(server).await.zrange(index_key(user), 0, -1).await.unwrap()
+}
+
+/// Logs `n` sessions of `user` in; their ids.
+async fn log_in(store: &MultiRedisStore, user: &str, n: usize) -> Vec<Id> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let mut rec = record(user);
+        store.create(&mut rec).await.unwrap();
+        ids.push(rec.id);
+    }
+    ids
+}
+
+async fn loads(store: &MultiRedisStore, id: &Id) -> bool {
+    store.load(id).await.unwrap().is_some()
+}
+
+/// What every topology must do: list, sign out other devices, sign out
+/// everywhere, leave other users alone, forget logged-out sessions.
+async fn list_and_revoke(store: &MultiRedisStore, label: &str) {
+    let ann = log_in(store, "ann", 3).await;
+    let bob = log_in(store, "bob", 2).await;
+    let mut listed: Vec<Id> = store.sessions_of("ann").await.unwrap().into_iter().map(|s| s.id).collect();
+    listed.sort_by_key(|id| id.0);
+    let mut want = ann.clone();
+    want.sort_by_key(|id| id.0);
+    assert_eq!(listed, want, "{label}: sessions_of lists ann's sessions");
+
+    store.delete(&ann[2]).await.unwrap();
+    assert_eq!(store.sessions_of("ann").await.unwrap().len(), 2, "{label}: a logout leaves the list");
+
+    assert_eq!(store.revoke_user_except("ann", &ann[0]).await.unwrap(), 1, "{label}");
+    assert!(loads(store, &ann[0]).await, "{label}: the kept session stays");
+    assert!(!loads(store, &ann[1]).await, "{label}: the other device is signed out");
+
+    assert_eq!(store.revoke_user("ann").await.unwrap(), 1, "{label}");
+    assert!(!loads(store, &ann[0]).await, "{label}: signed out everywhere");
+    assert!(store.sessions_of("ann").await.unwrap().is_empty(), "{label}");
+    for id in &bob {
+        assert!(loads(store, id).await, "{label}: bob is untouched");
+    }
+    assert_eq!(store.sessions_of("bob").await.unwrap().len(), 2, "{label}");
+}
+
+async fn indexing(backend: Backend) -> MultiRedisStore {
+    MultiRedisStore::builder().backend(backend).user_key("user").build().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_and_revoke_on_one_server() {
+    let server = RedisServer::start().unwrap();
+    list_and_revoke(&indexing(Backend::url("one", server.url()).prefix("s:")).await, "one server").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_and_revoke_on_a_partition() {
+    let s = servers(3);
+    let members = s.iter().enumerate().map(|(i, server)| Backend::url(format!("m{i}"), server.url()));
+    list_and_revoke(&indexing(Backend::partitioned("pool", members)).await, "partition").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_and_revoke_on_a_sentinel_group() {
+    let group = tokio::task::spawn_blocking(|| SentinelGroup::start("sessions", 1)).await.unwrap().unwrap();
+    list_and_revoke(&indexing(Backend::sentinel("ha", group.sentinel_addrs(), "sessions")).await, "sentinel").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_and_revoke_on_a_cluster() {
+    let nodes = tokio::task::spawn_blocking(crate::backends::cluster::cluster).await.unwrap();
+    let seeds: Vec<(&str, u16)> = nodes.iter().map(|n| ("127.0.0.1", n.port())).collect();
+    list_and_revoke(&indexing(Backend::cluster("cluster", seeds)).await, "cluster").await;
+}
+
+/// During a migration: sessions in the source (indexed there by the store
+/// that wrote them) are found and revoked too, and a later load does not
+/// copy them back; the migrator indexes what it moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_reaches_the_source_and_the_migrator_indexes_what_it_moves() {
+    let (old, new) = (RedisServer::start().unwrap(), RedisServer::start().unwrap());
+    let before = MultiRedisStore::builder().backend(Backend::url("old", old.url())).user_key("user").build().await;
+    let in_old = log_in(&before.unwrap(), "ann", 4).await;
+    let during = MultiRedisStore::builder()
+        .backend(Backend::url("new", new.url()))
+        .backend(Backend::url("old", old.url()).modes(Modes::READ_DELETE))
+        .user_key("user")
+        .build()
+        .await
+        .unwrap();
+    assert!(loads(&during, &in_old[0]).await, "copied into new on first touch");
+    assert_eq!(indexed(&new, "ann").await, vec![in_old[0].to_string()], "and indexed there");
+
+    let migrator = Migrator::for_store(&during, migrate::Options::default().move_sessions(true)).unwrap();
+    let report = migrator.run(|_| {}, std::future::pending()).await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(indexed(&new, "ann").await.len(), 4, "the migrator indexed every session it moved");
+
+    let kept = log_in(&during, "ann", 1).await;
+    assert_eq!(during.revoke_user_except("ann", &kept[0]).await.unwrap(), 4);
+    for id in &in_old {
+        assert!(!loads(&during, id).await, "{id}: revoked");
+    }
+    assert!(loads(&during, &kept[0]).await);
+}
+
+/// Expired entries leave the index at the user's next write, and the index
+/// key expires with its last entry: no keyspace notifications needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_entries_disappear_without_notifications() {
+    let server = RedisServer::start().unwrap();
+    let store = indexing(Backend::url("one", server.url())).await;
+    let mut short = record("ann");
+    short.expiry_date = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(800);
+    store.create(&mut short).await.unwrap();
+    assert_eq!(indexed(&server, "ann").await, vec![short.id.to_string()]);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(store.sessions_of("ann").await.unwrap().is_empty(), "an expired session is not listed");
+
+    let mut long = record("ann");
+    long.expiry_date = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(1500);
+    store.create(&mut long).await.unwrap();
+    assert_eq!(indexed(&server, "ann").await, vec![long.id.to_string()], "the next write dropped the expired entry");
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let exists: bool = conn(&server).await.exists(index_key("ann")).await.unwrap();
+    assert!(!exists, "the index expired with its last entry");
+}
+
+/// The cap holds under concurrent logins through several instances: the
+/// oldest sessions go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cap_holds_under_concurrent_logins() {
+    const CAP: usize = 3;
+    let server = RedisServer::start().unwrap();
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        let store = MultiRedisStore::builder()
+            .backend(Backend::url("one", server.url()))
+            .user_key("user")
+            .max_sessions_per_user(CAP as u32)
+            .build()
+            .await
+            .unwrap();
+        instances.push(store);
+    }
+    let mut logins = Vec::new();
+    for i in 0..30 {
+        let store = instances[i % 3].clone();
+        logins.push(tokio::spawn(async move {
+            let mut rec = record("ann");
+            store.create(&mut rec).await.unwrap();
+            rec.id
+        }));
+    }
+    let mut ids = Vec::new();
+    for login in logins {
+        ids.push(login.await.unwrap());
+    }
+    let mut alive = 0;
+    for id in &ids {
+        alive += usize::from(loads(&instances[0], id).await);
+    }
+    assert!((1..=CAP).contains(&alive), "{alive} of 30 sessions alive, cap {CAP}");
+    assert!(instances[1].sessions_of("ann").await.unwrap().len() <= CAP);
+
+    // One more login, alone: the oldest goes, the newest stays, the cap holds.
+    let newest = log_in(&instances[2], "ann", 1).await;
+    assert!(loads(&instances[0], &newest[0]).await);
+    assert!(instances[0].sessions_of("ann").await.unwrap().len() <= CAP);
+}
+
+#[tokio::test]
+async fn revoke_without_a_user_key_is_a_clear_error() {
+    let server = RedisServer::start().unwrap();
+    let store = MultiRedisStore::builder().backend(Backend::url("one", server.url())).build().await.unwrap();
+    let err = store.revoke_user("ann").await.unwrap_err().to_string();
+    assert!(err.contains("user_key"), "{err}");
+    let err = MultiRedisStore::builder()
+        .backend(Backend::url("one", server.url()))
+        .max_sessions_per_user(3)
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_sessions_per_user") && err.contains("user_key"), "{err}");
+}
+
+// ---- The model-checked revoke ----------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    None,
+    /// `CLIENT KILL TYPE normal` on both servers every 300 ms.
+    KillConnections,
+    /// `CLIENT PAUSE 250 WRITE` on both servers every 400 ms, socket timeout 100 ms.
+    PauseWrites,
+}
+
+/// A session the model knows: its user and when its login returned.
+#[derive(Clone, Copy)]
+struct Known {
+    user: usize,
+    acked: Instant,
+}
+
+#[derive(Default)]
+struct World {
+    sessions: Mutex<HashMap<Id, Known>>,
+    ids: Mutex<Vec<Id>>,
+    /// Per user, the revokes that returned Ok: (started, returned).
+    revokes: Mutex<HashMap<usize, Vec<(Instant, Instant)>>>,
+    violations: Mutex<Vec<String>>,
+    loads: AtomicU64,
+    errors: AtomicU64,
+    revoked: AtomicU64,
+}
+
+impl World {
+    /// Whether a revoke of `id`'s user started after its login returned and
+    /// returned before `at`: then no load started at `at` may find it.
+    fn revoked_before(&self, id: &Id, at: Instant) -> bool {
+        let Some(known) = self.sessions.lock().unwrap().get(id).copied() else { return false };
+        let revokes = self.revokes.lock().unwrap();
+        revokes
+            .get(&known.user)
+            .is_some_and(|rs| rs.iter().any(|&(started, ended)| started > known.acked && ended < at))
+    }
+
+    fn pick(&self, rng: &mut Rng) -> Option<Id> {
+        let ids = self.ids.lock().unwrap();
+        (!ids.is_empty()).then(|| ids[rng.below(ids.len())])
+    }
+
+    async fn checked_load(&self, store: &MultiRedisStore, id: Id, who: &str) -> Option<Record> {
+        let started = Instant::now();
+        let result = store.load(&id).await;
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(Some(record)) => {
+                if self.revoked_before(&id, started) {
+                    self.violations
+                        .lock()
+                        .unwrap()
+                        .push(format!("{who}: {id} loaded after its user's revoke returned"));
+                }
+                Some(record)
+            }
+            Ok(None) => None,
+            Err(_) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                // A failing server answers at once: do not spin.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                None
+            }
+        }
+    }
+}
+
+const USERS: usize = 6;
+
+fn session(user: usize, v: u64) -> Record {
+    let mut rec = record(&format!("u{user}"));
+    rec.data.insert("v".to_owned(), serde_json::json!(v));
+    rec
+}
+
+async fn revoke_run(seed: u64, fault: Fault, millis: u64) -> (Vec<String>, String) {
+    let (old, new) = (RedisServer::start().unwrap(), RedisServer::start().unwrap());
+    let timeout = if fault == Fault::PauseWrites { 0.1 } else { 1.0 };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sessions.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "user_key = \"user\"\n\
+             [[backends]]\nname = \"new\"\nmodes = [\"read\", \"write\"]\nurl = \"{}\"\nsocket_timeout = {timeout}\nbreaker_failures = 0\n\
+             [[backends]]\nname = \"old\"\nmodes = [\"read\", \"delete\"]\nurl = \"{}\"\nsocket_timeout = {timeout}\nbreaker_failures = 0\n",
+            new.url(),
+            old.url()
+        ),
+    )
+    .unwrap();
+    let world = Arc::new(World::default());
+    // What the previous configuration (`old` alone) left: indexed sessions.
+    let previous =
+        MultiRedisStore::builder().backend(Backend::url("old", old.url())).user_key("user").build().await.unwrap();
+    let preloaded = Instant::now();
+    for i in 0..300 {
+        let mut rec = session(i % USERS, 0);
+        previous.create(&mut rec).await.unwrap();
+        world.sessions.lock().unwrap().insert(rec.id, Known { user: i % USERS, acked: preloaded });
+        world.ids.lock().unwrap().push(rec.id);
+    }
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        instances.push(MultiRedisStore::from_config_file(&path).await.unwrap());
+    }
+    let instances = Arc::new(instances);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = tokio::task::JoinSet::new();
+
+    // Logins, saves (racing revokes of the same user) and readers.
+    for t in 0..6u64 {
+        let (world, instances, stop) = (world.clone(), instances.clone(), stop.clone());
+        tasks.spawn(async move {
+            let mut rng = Rng(seed ^ (t + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            while !stop.load(Ordering::Relaxed) {
+                let store = &instances[rng.below(3)];
+                match t % 3 {
+                    0 => {
+                        let user = rng.below(USERS);
+                        let mut rec = session(user, 0);
+                        if store.create(&mut rec).await.is_ok() {
+                            world.sessions.lock().unwrap().insert(rec.id, Known { user, acked: Instant::now() });
+                            world.ids.lock().unwrap().push(rec.id);
+                        } else {
+                            world.errors.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                    1 => {
+                        let Some(id) = world.pick(&mut rng) else { continue };
+                        if let Some(mut rec) = world.checked_load(store, id, "saver").await {
+                            let v = rec.data.get("v").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                            rec.data.insert("v".to_owned(), serde_json::json!(v + 1));
+                            if instances[rng.below(3)].save(&rec).await.is_err() {
+                                world.errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    _ => {
+                        let Some(id) = world.pick(&mut rng) else { continue };
+                        world.checked_load(store, id, "reader").await;
+                    }
+                }
+            }
+        });
+    }
+    // The revoker.
+    {
+        let (world, instances, stop) = (world.clone(), instances.clone(), stop.clone());
+        tasks.spawn(async move {
+            let mut rng = Rng(seed.rotate_left(17) | 1);
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(150 + rng.below(150) as u64)).await;
+                let user = rng.below(USERS);
+                // Again until it returns Ok, as an operator would: only a
+                // revoke that returned Ok promises anything.
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    match instances[rng.below(3)].revoke_user(&format!("u{user}")).await {
+                        Ok(n) => {
+                            world.revoked.fetch_add(n as u64, Ordering::Relaxed);
+                            world.revokes.lock().unwrap().entry(user).or_default().push((started, Instant::now()));
+                            break;
+                        }
+                        Err(_) => {
+                            world.errors.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    // The migrator, moving sessions from old all along.
+    {
+        let (instances, stop) = (instances.clone(), stop.clone());
+        tasks.spawn(async move {
+            let migrator = Migrator::for_store(
+                &instances[0],
+                migrate::Options::default().move_sessions(true).batch_size(50).rate_limit(Some(400)),
+            )
+            .unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                let _ = migrator.run(|_| {}, std::future::pending()).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
+    // Faults.
+    {
+        let stop = stop.clone();
+        let clients = [new.client().unwrap(), old.client().unwrap()];
+        tasks.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let (pause, args): (u64, &[&str]) = match fault {
+                    Fault::None => (100, &[]),
+                    Fault::KillConnections => (300, &["KILL", "TYPE", "normal"]),
+                    Fault::PauseWrites => (400, &["PAUSE", "250", "WRITE"]),
+                };
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                if args.is_empty() {
+                    continue;
+                }
+                for client in &clients {
+                    if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                        let _: redis::RedisResult<redis::Value> =
+                            redis::cmd("CLIENT").arg(args).query_async(&mut c).await;
+                    }
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(millis)).await;
+    stop.store(true, Ordering::Relaxed);
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    // Final sweep, faults over: every revoked session is gone from both servers.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let now = Instant::now();
+    let ids: Vec<Id> = world.ids.lock().unwrap().clone();
+    let mut revoked = 0;
+    for id in ids {
+        if !world.revoked_before(&id, now) {
+            continue;
+        }
+        revoked += 1;
+        for server in [&new, &old] {
+            let there: bool = conn(server).await.exists(id.to_string()).await.unwrap();
+            if there {
+                world.violations.lock().unwrap().push(format!("final: revoked {id} still stored"));
+            }
+        }
+        world.checked_load(&instances[0], id, "final").await;
+    }
+    let summary = format!(
+        "{} loads, {} errors, {} sessions revoked by {} revokes; {revoked} revoked sessions checked at the end",
+        world.loads.load(Ordering::Relaxed),
+        world.errors.load(Ordering::Relaxed),
+        world.revoked.load(Ordering::Relaxed),
+        world.revokes.lock().unwrap().values().map(Vec::len).sum::<usize>(),
+    );
+    if fault == Fault::None && world.errors.load(Ordering::Relaxed) > 0 {
+        world.violations.lock().unwrap().push(format!("errors without faults: {summary}"));
+    }
+    assert!(revoked > 20, "the workload revoked sessions: {summary}");
+    let violations = world.violations.lock().unwrap().clone();
+    (violations, summary)
+}
+
+/// `MODEL_SEED` replays one seed; `MODEL_SEEDS` runs that many (default 1);
+/// `MODEL_MILLIS` sets each run's length (default 3000).
+async fn check_revoke(fault: Fault) {
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let millis = env("MODEL_MILLIS").unwrap_or(3000);
+    let seeds: Vec<u64> = match env("MODEL_SEED") {
+        Some(seed) => vec![seed],
+        None => (0..env("MODEL_SEEDS").unwrap_or(1))
+            .map(|_| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1)
+            .collect(),
+    };
+    for seed in seeds {
+        eprintln!("revoke model {fault:?}: MODEL_SEED={seed}");
+        let (violations, summary) = revoke_run(seed, fault, millis).await;
+        eprintln!("revoke model {fault:?} seed {seed}: {summary}");
+        assert!(
+            violations.is_empty(),
+            "seed {seed}, {fault:?}: {} violations ({summary}): {:?}",
+            violations.len(),
+            &violations[..violations.len().min(5)]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_revoked_session_loads_after_revoke_returned() {
+    check_revoke(Fault::None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_revoked_session_loads_while_connections_are_killed() {
+    check_revoke(Fault::KillConnections).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_revoked_session_loads_while_writes_are_paused_past_the_socket_timeout() {
+    check_revoke(Fault::PauseWrites).await;
+}
