@@ -12,6 +12,9 @@
 //! * the same, first touch of a session still only in "old" (copy-on-read);
 //! * the same, a logout (`delete`) of a session still only in "old";
 //! * one backend with `refuse_late_writes(false)`: saves as a bare `SET XX`;
+//! * one backend with `user_key("user_id")`: every save first adds the session
+//!   to its user's index (one user per session); and `load` alone, with and
+//!   without it;
 //! * tower-sessions-redis-store 0.16 (fred, 6-connection pool), the anchor,
 //!   run as a subprocess (`benches/anchor`, built by `scripts/bench`).
 //!
@@ -26,7 +29,7 @@
 //! pins the servers to CPU 0 and the client to CPU 1 (Linux `taskset`).
 //!
 //! For profiling one case: `BENCH_CASES=raw,one` (of anchor, raw,
-//! raw-nodelay, one, one-nagle, one-direct, two, first, logout, one-unguarded), `BENCH_TASKS=64`,
+//! raw-nodelay, one, one-nagle, one-direct, two, first, logout, one-unguarded, indexed, one-load, indexed-load), `BENCH_TASKS=64`,
 //! `BENCH_MILLIS=5000`, `BENCH_ROUNDS=1`, `BENCH_HTTP=0`; a partial run leaves
 //! the chart alone. `BENCH_LINK=veth` puts the servers behind a veth link
 //! (root only; see `support/veth.rs`), `BENCH_DELAY_MS=n` puts a proxy that
@@ -62,8 +65,21 @@ use session::small_session;
 const SESSIONS: usize = 10_000;
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 /// Short names of [`CASES`], for `BENCH_CASES`.
-const CASE_KEYS: [&str; 10] =
-    ["anchor", "raw", "raw-nodelay", "one", "one-nagle", "one-direct", "two", "first", "logout", "one-unguarded"];
+const CASE_KEYS: [&str; 13] = [
+    "anchor",
+    "raw",
+    "raw-nodelay",
+    "one",
+    "one-nagle",
+    "one-direct",
+    "two",
+    "first",
+    "logout",
+    "one-unguarded",
+    "indexed",
+    "one-load",
+    "indexed-load",
+];
 
 /// Knobs from the environment (see the module docs); the defaults are the full run.
 struct Knobs {
@@ -216,7 +232,7 @@ fn anchor(bin: &PathBuf, url: &str, millis: u64, concurrency: usize, pinned: boo
     }
 }
 
-const CASES: [&str; 10] = [
+const CASES: [&str; 13] = [
     "tower-sessions-redis-store 0.16",
     "raw redis-rs",
     "raw redis-rs, TCP_NODELAY",
@@ -227,6 +243,9 @@ const CASES: [&str; 10] = [
     "MultiRedisStore, 2 backends, first touch",
     "MultiRedisStore, 2 backends, logout",
     "MultiRedisStore, 1 backend, refuse_late_writes(false)",
+    "MultiRedisStore, 1 backend, user_key (per-user index)",
+    "MultiRedisStore, 1 backend, load only",
+    "MultiRedisStore, 1 backend, user_key, load only",
 ];
 // Indices into CASES.
 const ANCHOR: usize = 0;
@@ -239,6 +258,9 @@ const TWO: usize = 6;
 const FIRST: usize = 7;
 const LOGOUT: usize = 8;
 const ONE_UNGUARDED: usize = 9;
+const INDEXED: usize = 10;
+const ONE_LOAD: usize = 11;
+const INDEXED_LOAD: usize = 12;
 
 /// With `BENCH_PIN=1`: redis-servers on CPU 0, this process (and the anchor it
 /// starts) on CPU 1, so server and client stop competing for one core.
@@ -323,6 +345,12 @@ async fn run(knobs: Knobs) {
         .build()
         .await
         .unwrap();
+    let indexed = MultiRedisStore::builder()
+        .backend(Backend::url("main", main_url.clone()).prefix("idx:"))
+        .user_key("user_id")
+        .build()
+        .await
+        .unwrap();
     let two = MultiRedisStore::builder()
         .backend(Backend::url("new", main_url.clone()).prefix("two:"))
         .backend(Backend::url("old", old_url.clone()).prefix("two:").modes(Modes::READ_DELETE))
@@ -352,6 +380,25 @@ async fn run(knobs: Knobs) {
         ids
     };
     let (one_ids, two_ids) = (create(one.clone()).await, create(two.clone()).await);
+    // One user per session, as in an app where each user has a few.
+    let mut indexed_ids = Vec::with_capacity(SESSIONS);
+    if knobs.cases[INDEXED] || knobs.cases[INDEXED_LOAD] {
+        for chunk in 0..SESSIONS / 100 {
+            indexed_ids.extend(
+                futures_util::future::join_all((0..100).map(|i| {
+                    let store = indexed.clone();
+                    async move {
+                        let mut rec = small_session();
+                        rec.data.insert("user_id".to_owned(), serde_json::json!(chunk * 100 + i));
+                        store.create(&mut rec).await.unwrap();
+                        rec.id
+                    }
+                }))
+                .await,
+            );
+        }
+    }
+    let indexed_ids = Arc::new(indexed_ids);
     eprintln!("session size: {} bytes", codec::encode(&small_session()).unwrap().len());
     let (one_ids, two_ids) = (Arc::new(one_ids), Arc::new(two_ids));
     // Sessions only in "old", one per first-touch (or logout) request.
@@ -415,12 +462,27 @@ async fn run(knobs: Knobs) {
                 (ONE_NAGLE, &one_nagle, &one_ids),
                 (ONE_DIRECT, &one_direct, &one_ids),
                 (ONE_UNGUARDED, &one_unguarded, &one_ids),
+                (INDEXED, &indexed, &indexed_ids),
                 (TWO, &two, &two_ids),
             ] {
                 if knobs.cases[case] {
                     let (store, ids) = (store.clone(), ids.clone());
                     results[case][ci]
                         .push(drive(millis, c, move |_, i| store_request(store.clone(), ids[i % ids.len()], i)).await);
+                }
+            }
+            for (case, store, ids) in [(ONE_LOAD, &one, &one_ids), (INDEXED_LOAD, &indexed, &indexed_ids)] {
+                if knobs.cases[case] {
+                    let (store, ids) = (store.clone(), ids.clone());
+                    results[case][ci].push(
+                        drive(millis, c, move |_, i| {
+                            let (store, id) = (store.clone(), ids[i % ids.len()]);
+                            async move {
+                                store.load(&id).await.unwrap().expect("session exists");
+                            }
+                        })
+                        .await,
+                    );
                 }
             }
             if knobs.cases[FIRST] {

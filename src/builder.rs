@@ -172,7 +172,7 @@ impl MultiRedisStoreBuilder {
         if self.max_sessions_per_user == Some(0) {
             return Err(Error::config(None, "max_sessions_per_user", "must be at least 1"));
         }
-        Ok(Some(Users { key, cap: self.max_sessions_per_user.unwrap_or(0) }))
+        Ok(Some(Users::new(key, self.max_sessions_per_user.unwrap_or(0))))
     }
 
     /// Checks every rule that does not need the network.

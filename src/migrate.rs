@@ -36,6 +36,7 @@ use crate::error::Error;
 use crate::keys;
 use crate::node::{Copied, Node};
 use crate::store::MultiRedisStore;
+use crate::users::Users;
 
 /// The batch size used when none is given.
 pub const DEFAULT_BATCH_SIZE: usize = 1000;
@@ -504,7 +505,7 @@ impl Migrator {
             // the copies come first, then one entry per session with a user.
             for s in live_ref {
                 if let Some(user) = &s.user {
-                    items.push(t.index_cmd(user, &s.id, s.pxat));
+                    items.push(t.index_cmd(user, &s.id, Users::score(s.pxat)));
                 }
             }
             // Copies are idempotent in effect, so a batch with an unknown

@@ -654,28 +654,28 @@ impl Node {
         }
     }
 
-    /// Adds session `id`, expiring at `pxat` (ms), to `user`'s session index
-    /// here ([`INDEX`](crate::scripts::INDEX)); the ids beyond `cap` (0: no
-    /// cap), oldest first.
+    /// Adds session `id` with `score` (ms, at least its expiry) to `user`'s
+    /// session index here ([`INDEX`](crate::scripts::INDEX)); for a `login`,
+    /// the other entries' ids, oldest first.
     pub(crate) async fn index(
         &self,
         user: &str,
         id: &(impl fmt::Display + ?Sized),
-        pxat: u64,
-        cap: u32,
+        score: u64,
+        login: bool,
         deadline: Deadline,
     ) -> Result<Vec<String>, Error> {
         let (key, member) = self.route(&keys::user_index(user));
-        let (id, pxat, cap) = (id.to_string(), pxat.to_string(), cap.to_string());
-        let args = [id.as_bytes(), pxat.as_bytes(), cap.as_bytes()];
+        let (id, score) = (id.to_string(), score.to_string());
+        let args = [id.as_bytes(), score.as_bytes(), if login { b"1" } else { b"0" }];
         Box::pin(self.run_script("INDEX", &INDEX, (&key, member), false, &args, deadline)).await
     }
 
-    /// [`index`](Self::index) as a command for a pipeline, without a cap
-    /// (the migrator's batches: see [`prepare_copies`](Self::prepare_copies)).
-    pub(crate) fn index_cmd(&self, user: &str, id: &str, pxat: u64) -> (usize, Cmd) {
-        let pxat = pxat.to_string();
-        self.script(&INDEX, false, &keys::user_index(user), false, &[id.as_bytes(), pxat.as_bytes(), b"0"])
+    /// [`index`](Self::index) as a command for a pipeline, not a login (the
+    /// migrator's batches: see [`prepare_copies`](Self::prepare_copies)).
+    pub(crate) fn index_cmd(&self, user: &str, id: &str, score: u64) -> (usize, Cmd) {
+        let score = score.to_string();
+        self.script(&INDEX, false, &keys::user_index(user), false, &[id.as_bytes(), score.as_bytes(), b"0"])
     }
 
     /// The entries of `user`'s session index here: session id and expiry (ms).
@@ -684,8 +684,9 @@ impl Node {
         let mut cmd = redis::cmd("ZRANGE");
         cmd.arg(&key).arg(0).arg(-1).arg("WITHSCORES");
         let entries: Vec<(String, f64)> = self.run("ZRANGE", member, &cmd, true, deadline).await?;
-        // Scores are whole milliseconds, well within f64's exact range.
-        Ok(entries.into_iter().map(|(id, score)| (id, score.max(0.0) as u64)).collect())
+        // Whole milliseconds, well within f64's exact range; a score set by
+        // hand (`inf`, negative) saturates.
+        Ok(entries.into_iter().map(|(id, score)| (id, if score.is_nan() { 0 } else { score as u64 })).collect())
     }
 
     /// Removes `ids` from `user`'s session index here.
@@ -742,6 +743,12 @@ impl Node {
         let (key, member) = self.route(id);
         let removed: u64 = self.run_write("DEL", member, redis::cmd("DEL").arg(&key), true, deadline).await?;
         Ok(removed > 0)
+    }
+
+    /// `PTTL`: milliseconds the session has to live (`-2`: not here).
+    pub(crate) async fn pttl(&self, id: &(impl fmt::Display + ?Sized), deadline: Deadline) -> Result<i64, Error> {
+        let (key, member) = self.route(id);
+        self.run("PTTL", member, redis::cmd("PTTL").arg(key), true, deadline).await
     }
 
     /// `EXISTS`: whether the key is there.

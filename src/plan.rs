@@ -199,6 +199,17 @@ fn settings(a: &Shape<'_>, b: &Shape<'_>, out: &mut Vec<Finding>) {
             "`tombstone_ttl` differs: a copy made under the longer one may outlive a tombstone of the shorter".into(),
         ));
     }
+    if a.config.user_key != b.config.user_key {
+        out.push(finding(
+            Severity::Unsafe,
+            "revoke",
+            first(a),
+            "`user_key` differs: instances that do not index a user's sessions (or find the user elsewhere) \
+             extend them without their index, and `revoke_user` may miss them; turn it on everywhere, then \
+             save or migrate every session, before relying on revoke"
+                .into(),
+        ));
+    }
     if a.config.refuse_late_writes.unwrap_or(true) != b.config.refuse_late_writes.unwrap_or(true) {
         out.push(finding(
             Severity::Unsafe,

@@ -100,11 +100,12 @@ pub(crate) static FILL: Lua = Lua::new(concat!(
 
 /// `KEYS[1]` session, `KEYS[2]` its tombstone; `ARGV[1]` how long the
 /// tombstone lives (ms), `ARGV[2]` `1` to get the session's value back (to
-/// find its user's index). Deletes the session and leaves the tombstone
+/// find its user's index; a key of another type is deleted all the same). Deletes the session and leaves the tombstone
 /// (never shortening one already there). Idempotent. Returns the value
 /// when asked and there was one, else `1`.
 pub(crate) static LOGOUT: Lua = Lua::new(concat!(
-    "local value = ARGV[2] == '1' and redis.call('GET', KEYS[1])\n",
+    "local value = ARGV[2] == '1' and redis.pcall('GET', KEYS[1])\n",
+    "if type(value) ~= 'string' then value = nil end\n",
     "redis.call('DEL', KEYS[1])\n",
     "if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[1]) then\n",
     "  redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])\n",
@@ -113,24 +114,23 @@ pub(crate) static LOGOUT: Lua = Lua::new(concat!(
 ));
 
 /// `KEYS[1]` a user's index (`users.rs`); `ARGV[1]` session id, `ARGV[2]`
-/// its expiry (ms, the score), `ARGV[3]` the most sessions the user may
-/// have (0: no cap). Drops the entries that expired (server clock), adds
-/// the session or raises its score (never lowers it: a save that shortened
-/// the expiry may not have run, and the entry must outlive the session),
-/// and makes the index expire with its last entry. Returns the ids beyond
-/// the cap, oldest first, never `ARGV[1]`; they are not removed here (the
-/// store logs them out, then removes them).
+/// its score (ms: at least its expiry), `ARGV[3]` `1` for a login. Drops
+/// the entries whose score passed (server clock), adds the session or
+/// raises its score (never lowers it: the entry must outlive the session,
+/// and a save that shortened its expiry may not have run), and makes the
+/// index expire with its last entry. For a login, returns the other
+/// entries' ids, oldest first (the store drops those whose session is gone,
+/// and applies the cap); else nothing.
 pub(crate) static INDEX: Lua = Lua::new(concat!(
     "local t = redis.call('TIME')\n",
     "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t[1] * 1000 + math.floor(t[2] / 1000))\n",
     "redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])\n",
     "local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')\n",
     "redis.call('PEXPIREAT', KEYS[1], last[2])\n",
-    "local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])\n",
-    "if tonumber(ARGV[3]) == 0 or over <= 0 then return {} end\n",
-    "local out = {}\n",
-    "for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, over)) do\n",
-    "  if id ~= ARGV[1] and #out < over then out[#out + 1] = id end\n",
+    "if ARGV[3] ~= '1' then return {} end\n",
+    "local others = {}\n",
+    "for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do\n",
+    "  if id ~= ARGV[1] then others[#others + 1] = id end\n",
     "end\n",
-    "return out"
+    "return others"
 ));

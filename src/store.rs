@@ -396,8 +396,11 @@ impl MultiRedisStore {
             // names the session: `users.rs`). Boxed: only stores that
             // index users pay for it.
             let writers: Vec<&Node> = self.nodes_at(&writers).collect();
-            for (w, result) in Box::pin(self.index_on(&user, &writers, sid, pxat, 0, deadline)).await {
+            let score = Users::score(pxat);
+            for (w, result) in Box::pin(self.index_on(&user, &writers, sid, score, false, deadline)).await {
                 if let Err(err) = result {
+                    // Not moved then: the source's index still names it.
+                    held_by_every_writer = false;
                     tracing::debug!(backend = %w.name, error = %err, "copy-on-read: not indexed here for now");
                 }
             }
@@ -465,7 +468,6 @@ impl MultiRedisStore {
 
     /// `save`: see the module docs.
     async fn save_record(&self, record: &Record) -> Result<(), Error> {
-        let started = clock::now_ms();
         let bytes = encode(record)?;
         let write = Write {
             sid: &record.id,
@@ -473,14 +475,17 @@ impl MultiRedisStore {
             pxat: codec::expiry_millis(record.expiry_date),
             deadline: self.deadline(),
         };
-        if let Some(user) = self.user_of(record) {
+        if let Some(users) = self.users()
+            && let Some(user) = users.key.user_of(&record.data)
+            && !users.covers(write.sid, &user, write.pxat)
+        {
             // Before the session, so that no session is stored with a user
             // or an expiry its index does not cover (`users.rs`). Boxed:
             // only stores that index users pay for it.
-            let writers = self.nodes_at(&self.inner.writers).collect::<Vec<_>>();
-            let results = Box::pin(self.index_on(&user, &writers, write.sid, write.pxat, 0, write.deadline)).await;
-            self.tally_writes("save (index)", results.into_iter().map(|(_, r)| r.map(|_| ())))?;
+            Box::pin(self.index_save(&user, write)).await?;
         }
+        // The save's own deadline counts from here (after any index write).
+        let started = clock::now_ms();
         let results =
             self.fan_out(&self.inner.writers, |w| w.save(write.sid, write.bytes, write.pxat, write.deadline)).await;
         let mut tally = Tally::default();
@@ -512,43 +517,63 @@ impl MultiRedisStore {
         }
     }
 
-    /// [`accept`](Self::accept) of the results of a write on the W backends.
-    fn tally_writes(&self, op: &'static str, results: impl Iterator<Item = Result<(), Error>>) -> Result<(), Error> {
-        let mut tally = Tally::default();
-        results.for_each(|r| tally.add(r));
-        self.accept(op, tally)
-    }
-
-    /// Adds session `sid` to `user`'s index on `nodes` (`users.rs`); the ids
-    /// beyond `cap` each returned.
+    /// Adds session `sid` with `score` to `user`'s index on `nodes`
+    /// (`users.rs`); for a `login`, each returns the index's other entries.
     async fn index_on<'a>(
         &self,
         user: &str,
         nodes: &[&'a Node],
         sid: &Id,
-        pxat: u64,
-        cap: u32,
+        score: u64,
+        login: bool,
         deadline: Deadline,
     ) -> Vec<(&'a Node, Result<Vec<String>, Error>)> {
-        let results = join_all(nodes.iter().map(|n| n.index(user, sid, pxat, cap, deadline))).await;
+        let results = join_all(nodes.iter().map(|n| n.index(user, sid, score, login, deadline))).await;
         nodes.iter().copied().zip(results).collect()
     }
 
-    /// A login's index entries, on the W backends that created its session,
-    /// and the cap: the user's oldest sessions past it are logged out.
+    /// A save's index entries, on every W backend, before the session.
+    async fn index_save(&self, user: &str, write: Write<'_>) -> Result<(), Error> {
+        let score = Users::score(write.pxat);
+        let writers: Vec<&Node> = self.nodes_at(&self.inner.writers).collect();
+        let results = self.index_on(user, &writers, write.sid, score, false, write.deadline).await;
+        let mut tally = Tally::default();
+        let mut everywhere = true;
+        for (_, result) in results {
+            everywhere &= result.is_ok();
+            tally.add(result.map(|_| ()));
+        }
+        self.accept("save (index)", tally)?;
+        if everywhere && let Some(users) = self.users() {
+            users.remember(*write.sid, user.to_owned(), score);
+        }
+        Ok(())
+    }
+
+    /// A login's index entries, on the W backends that created its session.
+    /// The user's other entries whose session is gone leave the index, and
+    /// past the cap the oldest sessions that still exist are logged out.
     async fn index_login(&self, user: &str, created: &[&Node], write: Write<'_>) -> Result<(), Error> {
-        let cap = self.users().map_or(0, |u| u.cap);
-        let results = self.index_on(user, created, write.sid, write.pxat, cap, write.deadline).await;
+        let Some(users) = self.users() else { return Ok(()) };
+        let score = Users::score(write.pxat);
+        let results = self.index_on(user, created, write.sid, score, true, write.deadline).await;
         let mut evict = std::collections::BTreeSet::new();
         let mut failures = Vec::new();
-        for (_, result) in results {
+        for (node, result) in results {
             match result {
-                Ok(ids) => evict.extend(ids),
+                Ok(entries) if !entries.is_empty() => match self.past_cap(node, user, entries, write).await {
+                    Ok(ids) => evict.extend(ids),
+                    Err(err) => tracing::warn!(error = %err, "create: the cap is not checked on this backend now"),
+                },
+                Ok(_) => {}
                 Err(err) => failures.push(err),
             }
         }
         if !failures.is_empty() {
             return Err(Error::from_failures(failures));
+        }
+        if created.len() == self.inner.writers.len() {
+            users.remember(*write.sid, user.to_owned(), score);
         }
         let evict: Vec<String> = evict.into_iter().collect();
         if !evict.is_empty()
@@ -557,6 +582,30 @@ impl MultiRedisStore {
             tracing::warn!(error = %err, "create: the user's oldest sessions past the cap stay for now");
         }
         Ok(())
+    }
+
+    /// Of a user's other index `entries` on `node` (oldest first), the
+    /// sessions to log out for the cap: the oldest that still exist, leaving
+    /// the cap's worth with the login's own. Entries whose session is gone
+    /// are removed from the index.
+    async fn past_cap(
+        &self,
+        node: &Node,
+        user: &str,
+        entries: Vec<String>,
+        write: Write<'_>,
+    ) -> Result<Vec<String>, Error> {
+        let here = node.exist(&entries).await?;
+        let (mut live, mut gone) = (Vec::new(), Vec::new());
+        for (id, here) in entries.into_iter().zip(here) {
+            if here { live.push(id) } else { gone.push(id) }
+        }
+        node.index_remove(user, &gone, write.deadline).await?;
+        let cap = self.users().map_or(0, |u| u.cap) as usize;
+        // The login's own session counts too.
+        let over = if cap == 0 { 0 } else { (live.len() + 1).saturating_sub(cap) };
+        live.truncate(over);
+        Ok(live)
     }
 
     /// The part of `save` for the W backends whose `SET XX` missed.
@@ -609,7 +658,9 @@ impl MultiRedisStore {
                 Err(err) => failures.push(err),
             }
         }
-        if let Some(value) = value {
+        // Only once the logout is done everywhere: a revoke that failed
+        // half-way must find the session again when it is run again.
+        if let Some(value) = value.filter(|_| failures.is_empty()) {
             // Boxed: only stores that index users pay for it.
             Box::pin(self.forget(id, &value)).await;
         }

@@ -8,42 +8,61 @@
 //! # The index
 //!
 //! In each write backend, `<prefix>multi-redis-sessions:user:<user>` is a
-//! sorted set of the user's session ids scored by their expiry (ms). It
-//! cleans itself without keyspace notifications: every write to it drops
-//! the entries that expired, and the key expires with its last entry. A
-//! score is only ever raised: a save that shortened a session's expiry may
-//! not have run, and the entry must outlive the session.
+//! sorted set of the user's session ids. An entry's score is at least its
+//! session's expiry (ms): the expiry plus the session's remaining life when
+//! it was indexed, and only ever raised (a save that shortened an expiry
+//! may not have run, and the entry must outlive the session). The slack
+//! lets an instance skip the index write of a save whose expiry its last
+//! index write already covers (it remembers what it indexed): a steady
+//! save costs nothing more, about one save per session lifetime does.
 //!
-//! It is written by `create` (after the session, before `create` returns),
-//! by `save` (before the session: so a session is never stored with a
-//! user, or with a later expiry, that its index does not cover, whatever a
-//! timeout or a dropped connection left undone), by copy-on-read (beside
-//! the copy: until the copy is indexed, the source's own index names it),
-//! and by the migrator, which indexes every session it finds in the source
-//! in every target before it removes any from the source. A logout
-//! removes its session from the index in a second round, once its script
-//! handed back the session's value (the only place that names the user).
+//! It cleans itself without keyspace notifications: every write to it drops
+//! the entries whose score passed, the key expires with its last entry,
+//! a logout removes its own entry (its script hands back the session's
+//! value, the only place that names the user), and a login drops the
+//! user's entries whose session is gone (one `EXISTS` each). So an entry
+//! outlives its session until the user's next login, or its score.
 //!
-//! The index is a separate key, so on a partition or a cluster it may live
-//! on another server (or slot) than the session: no script needs both.
+//! Who writes it, and when:
+//!
+//! * `create`: after the session, before `create` returns (an index write
+//!   that fails undoes the login); with a cap, a login past it logs out the
+//!   user's oldest sessions that still exist;
+//! * `save`: *before* the session (when not already covered), so that no
+//!   session is ever stored with a user, or an expiry, its index does not
+//!   cover, whatever a timeout or a dropped connection leaves undone;
+//! * copy-on-read: beside the copy (until then the source's index names the
+//!   session); a copy not indexed everywhere is not moved;
+//! * the migrator: in every target, in the batch of the copies; a session
+//!   not indexed in every target is not removed from the source.
+//!
+//! The index is a key of its own, so on a partition or a cluster it may
+//! live on another server (or slot) than the session: no script needs both.
 //!
 //! # Revoking
 //!
 //! [`MultiRedisStore::revoke_user`] reads the user's index in every backend
-//! that reads or deletes, then logs each session out exactly as `delete`
-//! does (a tombstone in every backend it deletes from). So it has delete's
-//! guarantees for every session of the user indexed when it started: no
-//! copy, fill or save, however late, brings one back. A session is indexed
-//! before its save with the user is acknowledged, so every session the app
-//! saw saved with the user is covered. Sessions written before `user_key`
-//! was configured, or by another store, are not indexed until they are
-//! saved, copied or migrated; run `multi-redis-sessions migrate` first.
+//! that reads or deletes (those the store does not write first: a move
+//! indexes a session in the write backends before removing it from a
+//! source), then logs each session out exactly as `delete` does (a
+//! tombstone in every backend the store deletes from), and only then
+//! removes the entries. So it has delete's guarantees for every session of
+//! the user indexed when it started: no copy, fill or save, however late,
+//! brings one back; and a revoke that failed half-way finds the rest when
+//! run again (a logout that failed anywhere keeps its entry). A session is
+//! indexed before a save with the user is acknowledged, so every session
+//! the app saw saved with the user is covered.
+//!
+//! Not covered, and said where it matters: sessions written before
+//! `user_key` was set everywhere, or by another store (indexed once saved,
+//! copied or migrated: `plan::check` flags two configurations that differ
+//! in `user_key`); a session whose user changed from `a` to `b` without a
+//! new id stays in `a`'s index too, so revoking `a` logs it out as well.
 
 use std::collections::BTreeSet;
 use std::str::FromStr;
 
 use futures_util::future::join_all;
-use serde::Serialize;
 use time::OffsetDateTime;
 use tower_sessions_core::session::{Id, Record};
 
@@ -104,32 +123,72 @@ impl UserKey {
     }
 }
 
-/// The per-user index settings of a store.
-#[derive(Clone, Debug)]
+/// The per-user index settings of a store, and what this instance knows it
+/// indexed.
+#[derive(Debug)]
 pub(crate) struct Users {
     pub(crate) key: UserKey,
     /// At most this many sessions per user (0: no cap); the oldest (first
     /// to expire) are logged out when a login goes past it.
     pub(crate) cap: u32,
+    /// Session → (user, score) this instance indexed it with: a save whose
+    /// expiry the score already covers needs no index write. Sound because
+    /// scores only rise and an entry only leaves an index once its score
+    /// passed or its session was logged out (after which no save writes
+    /// it again). Cleared when full.
+    indexed: std::sync::Mutex<std::collections::HashMap<Id, (String, u64)>>,
 }
 
-/// One session of a user, from [`MultiRedisStore::sessions_of`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// Now, in Unix milliseconds (the unit of expiries and index scores).
+fn unix_ms() -> u64 {
+    u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+/// How many sessions [`Users::indexed`] remembers (about 5 MB).
+const REMEMBERED: usize = 100_000;
+
+impl Users {
+    pub(crate) fn new(key: UserKey, cap: u32) -> Users {
+        Users { key, cap, indexed: std::sync::Mutex::default() }
+    }
+
+    /// The score of a session expiring at `pxat` (Unix ms), indexed now:
+    /// its expiry plus its remaining life again, so that the saves of about
+    /// one more lifetime need no index write. An entry outlives its
+    /// session by that much at most (`sessions_of` checks each).
+    pub(crate) fn score(pxat: u64) -> u64 {
+        pxat.saturating_add(pxat.saturating_sub(unix_ms()))
+    }
+
+    /// Whether this instance indexed session `id` for `user` with a score
+    /// that covers `pxat`.
+    pub(crate) fn covers(&self, id: &Id, user: &str, pxat: u64) -> bool {
+        let indexed = self.indexed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        indexed.get(id).is_some_and(|(u, score)| u == user && *score >= pxat)
+    }
+
+    /// Remembers that session `id` is indexed for `user` with `score`.
+    pub(crate) fn remember(&self, id: Id, user: String, score: u64) {
+        let mut indexed = self.indexed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if indexed.len() >= REMEMBERED {
+            indexed.clear();
+        }
+        indexed.insert(id, (user, score));
+    }
+}
+
+/// One session of a user, from [`MultiRedisStore::sessions_of`]. Its id is
+/// the session's bearer token: show it only to its user.
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct UserSession {
     /// The session id.
-    #[serde(serialize_with = "as_text")]
     pub id: Id,
     /// When it expires.
-    #[serde(with = "time::serde::rfc3339")]
     pub expiry: OffsetDateTime,
     /// The backend that holds it (a session being migrated may be listed
     /// once per backend).
     pub backend: String,
-}
-
-fn as_text<S: serde::Serializer>(id: &Id, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(id)
 }
 
 impl MultiRedisStore {
@@ -143,8 +202,8 @@ impl MultiRedisStore {
     }
 
     /// Every live session of `user`, in every backend that reads, from its
-    /// index there (each entry checked: an entry whose session is gone is
-    /// not listed, and is removed).
+    /// index there (each entry checked: one whose session is gone is not
+    /// listed; it leaves the index when its score passes).
     ///
     /// # Errors
     ///
@@ -152,30 +211,19 @@ impl MultiRedisStore {
     /// a backend's error when one cannot be read.
     pub async fn sessions_of(&self, user: &str) -> Result<Vec<UserSession>, Error> {
         self.users_or_err()?;
-        let now = crate::clock::now_ms();
+        let now = unix_ms();
         let mut out = Vec::new();
         for node in self.nodes().iter().filter(|n| n.modes.can_read()) {
             let entries: Vec<(String, u64)> =
-                node.index_entries(user, None).await?.into_iter().filter(|(_, pxat)| *pxat as i64 > now).collect();
-            let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
-            let here = node.exist(&ids).await?;
-            let mut gone = Vec::new();
-            for ((id, pxat), here) in entries.into_iter().zip(here) {
-                let parsed = Id::from_str(&id).ok();
-                match (here, parsed) {
-                    (true, Some(id)) => out.push(UserSession {
-                        id,
-                        expiry: OffsetDateTime::from_unix_timestamp_nanos(i128::from(pxat) * 1_000_000)
-                            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-                        backend: node.name.clone(),
-                    }),
-                    _ => gone.push(id),
+                node.index_entries(user, None).await?.into_iter().filter(|(_, score)| *score > now).collect();
+            for (id, _) in entries {
+                let Ok(id) = Id::from_str(&id) else { continue };
+                let millis = node.pttl(&id, None).await?;
+                if millis < 0 {
+                    continue; // gone (logged out, expired), or without expiry (not a session)
                 }
-            }
-            if node.modes.can_delete()
-                && let Err(err) = node.index_remove(user, &gone, None).await
-            {
-                tracing::debug!(error = %err, "sessions_of: stale index entries stay for now");
+                let expiry = OffsetDateTime::now_utc() + time::Duration::milliseconds(millis);
+                out.push(UserSession { id, expiry, backend: node.name.clone() });
             }
         }
         Ok(out)
@@ -212,7 +260,16 @@ impl MultiRedisStore {
         self.users_or_err()?;
         let keep = keep.map(Id::to_string);
         let mut ids = BTreeSet::new();
-        for node in self.nodes().iter().filter(|n| n.modes.can_read() || n.modes.can_delete()) {
+        // Backends the store does not write first: a move indexes a session
+        // in every write backend before it removes it from a source, so
+        // whatever leaves a source's index while this reads is in a write
+        // backend's by then.
+        let (unwritten, written): (Vec<&crate::node::Node>, Vec<&crate::node::Node>) = self
+            .nodes()
+            .iter()
+            .filter(|n| n.modes.can_read() || n.modes.can_delete())
+            .partition(|n| !n.modes.can_write());
+        for node in unwritten.into_iter().chain(written) {
             for (id, _) in node.index_entries(user, None).await? {
                 if Some(&id) != keep.as_ref() {
                     ids.insert(id);

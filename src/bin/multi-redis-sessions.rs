@@ -441,16 +441,29 @@ async fn stats(common: Common) -> Result<ExitCode, Failure> {
     Ok(if stats.iter().all(|s| s.reachable && s.error.is_none()) { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+/// A session id as the CLI shows it: its first 8 characters. The whole id
+/// is the session's bearer token (the cookie), not for terminals and logs.
+fn short(id: &tower_sessions_core::session::Id) -> String {
+    let id = id.to_string();
+    format!("{}…", &id[..id.len().min(8)])
+}
+
 async fn sessions(args: UserArgs) -> Result<ExitCode, Failure> {
     let store = store(&args.common.config).await?;
     let sessions = store.sessions_of(&args.user).await?;
+    let expiry = |s: &tower_sessions_multi_redis_store::UserSession| {
+        s.expiry.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    };
     if args.common.json {
-        println!("{}", serde_json::json!({ "user": args.user, "sessions": sessions }));
+        let list: Vec<serde_json::Value> = sessions
+            .iter()
+            .map(|s| serde_json::json!({ "id": short(&s.id), "expiry": expiry(s), "backend": s.backend }))
+            .collect();
+        println!("{}", serde_json::json!({ "user": args.user, "sessions": list }));
     } else {
-        println!("{:<24} {:<26} backend", "id", "expires");
+        println!("{:<12} {:<32} backend", "id", "expires");
         for s in &sessions {
-            let expiry = s.expiry.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-            println!("{:<24} {expiry:<26} {}", s.id, s.backend);
+            println!("{:<12} {:<32} {}", short(&s.id), expiry(s), s.backend);
         }
         println!("{} sessions", sessions.len());
     }

@@ -18,6 +18,9 @@ use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore};
 
 use crate::common::{Rng, conn, record, servers};
 
+#[path = "../../examples/shared/devices.rs"]
+mod devices;
+
 /// The index key of `user` on a backend without prefix.
 fn index_key(user: &str) -> String {
     format!("multi-redis-sessions:user:{user}")
@@ -136,20 +139,49 @@ async fn revoke_reaches_the_source_and_the_migrator_indexes_what_it_moves() {
 async fn expired_entries_disappear_without_notifications() {
     let server = RedisServer::start().unwrap();
     let store = indexing(Backend::url("one", server.url())).await;
+    let in_ms = |ms| time::OffsetDateTime::now_utc() + time::Duration::milliseconds(ms);
     let mut short = record("ann");
-    short.expiry_date = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(800);
+    short.expiry_date = in_ms(400);
     store.create(&mut short).await.unwrap();
     assert_eq!(indexed(&server, "ann").await, vec![short.id.to_string()]);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(store.sessions_of("ann").await.unwrap().is_empty(), "an expired session is not listed");
 
+    // A login drops the entries whose session is gone.
     let mut long = record("ann");
-    long.expiry_date = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(1500);
+    long.expiry_date = in_ms(600);
     store.create(&mut long).await.unwrap();
-    assert_eq!(indexed(&server, "ann").await, vec![long.id.to_string()], "the next write dropped the expired entry");
-    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert_eq!(indexed(&server, "ann").await, vec![long.id.to_string()], "the login dropped the expired entry");
+    // An entry's score is its expiry plus its remaining life when indexed:
+    // the index key goes by itself once that passed.
+    tokio::time::sleep(Duration::from_millis(1400)).await;
     let exists: bool = conn(&server).await.exists(index_key("ann")).await.unwrap();
     assert!(!exists, "the index expired with its last entry");
+}
+
+/// A save whose expiry the index already covers writes no index entry; one
+/// past it does, before the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_indexes_only_when_its_expiry_is_not_covered() {
+    let server = RedisServer::start().unwrap();
+    let store = indexing(Backend::url("one", server.url())).await;
+    let mut rec = record("ann");
+    store.create(&mut rec).await.unwrap();
+    let score =
+        || async { conn(&server).await.zscore::<_, _, f64>(index_key("ann"), rec.id.to_string()).await.unwrap() };
+    let first = score().await;
+    rec.data.insert("n".to_owned(), serde_json::json!(1));
+    store.save(&rec).await.unwrap();
+    assert_eq!(score().await, first, "covered: no index write");
+    rec.expiry_date += time::Duration::hours(3);
+    store.save(&rec).await.unwrap();
+    assert!(score().await > first, "a later expiry raises the score");
+    // Another instance (no memory of it) indexes on its first save, never lowering the score.
+    let other = indexing(Backend::url("one", server.url())).await;
+    let before = score().await;
+    rec.expiry_date -= time::Duration::hours(2);
+    other.save(&rec).await.unwrap();
+    assert_eq!(score().await, before, "scores only rise");
 }
 
 /// The cap holds under concurrent logins through several instances: the
@@ -209,6 +241,40 @@ async fn revoke_without_a_user_key_is_a_clear_error() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("max_sessions_per_user") && err.contains("user_key"), "{err}");
+}
+
+/// The example app's "sign out other devices", over HTTP with two cookie
+/// jars (two devices), and "sign out everywhere".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_out_other_devices_over_http() {
+    let server = RedisServer::start().unwrap();
+    let store = indexing(Backend::url("one", server.url())).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = devices::app(store);
+    let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+    let device = || reqwest::Client::builder().cookie_store(true).build().unwrap();
+    let (phone, laptop, tablet) = (device(), device(), device());
+    for client in [&phone, &laptop, &tablet] {
+        assert_eq!(client.post(format!("{base}/login/ada")).send().await.unwrap().status(), 200);
+    }
+    let me = |client: &reqwest::Client| {
+        let url = format!("{base}/me");
+        let request = client.get(url);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let listed = laptop.get(format!("{base}/devices")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    assert_eq!(listed.matches("this device").count(), 1, "{listed}");
+
+    let answer = laptop.post(format!("{base}/sign-out-others")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(answer, "signed out 2 other sessions");
+    assert_eq!((me(&phone).await, me(&tablet).await, me(&laptop).await), (401, 401, 200));
+
+    let answer = laptop.post(format!("{base}/sign-out-everywhere")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(answer, "signed out 1 sessions");
+    assert_eq!(me(&laptop).await, 401);
+    serving.abort();
 }
 
 // ---- The model-checked revoke ----------------------------------------------
