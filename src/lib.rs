@@ -29,7 +29,7 @@
 //! * [`migrate`]: [`Migrator`](migrate::Migrator), the bulk migrator (and `verify`, `repair`) behind the CLI;
 //! * [`plan`]: migration plans for rolling deploys, and `check` of two configurations;
 //! * `stats`: [`BackendStats`], reachability, round trip and session count per backend;
-//! * `users`: the per-user session index ([`UserKey`]): list, revoke and cap a user's sessions;
+//! * `users`: the per-user session index ([`UserKey`]), and `revoke`: list and revoke a user's sessions;
 //! * `announce`: each instance's configuration fingerprint in the backends
 //!   ([`LiveConfiguration`]), to see when a rolling deploy finished;
 //! * `redact`: [`Secret`] and [`RedisUrl`], which keep passwords out of `Debug`, errors and logs;
@@ -91,6 +91,7 @@ mod partition;
 pub mod plan;
 mod policy;
 mod redact;
+mod revoke;
 mod scripts;
 mod stats;
 mod store;

@@ -645,6 +645,41 @@ impl MultiRedisStore {
         }
     }
 
+    /// The user a record belongs to, when the store indexes users.
+    pub(crate) fn user_of(&self, record: &Record) -> Option<String> {
+        self.users()?.key.user_of(&record.data)
+    }
+
+    /// Logs out the sessions `ids` of `user`, then removes them from the
+    /// user's index: not before, so that a revoke that fails half-way still
+    /// finds them next time.
+    pub(crate) async fn log_out(&self, user: &str, ids: &[String]) -> Result<(), Error> {
+        let mut failures = Vec::new();
+        // A bounded number at once: a user may have thousands of sessions.
+        for chunk in ids.chunks(64) {
+            let results = join_all(chunk.iter().map(|id| async move {
+                match id.parse::<Id>() {
+                    Ok(sid) => self.delete_record(&sid).await,
+                    // Not a session id: nothing to log out, only to forget.
+                    Err(_) => Ok(()),
+                }
+            }))
+            .await;
+            failures.extend(results.into_iter().filter_map(Result::err));
+        }
+        if !failures.is_empty() {
+            return Err(Error::from_failures(failures));
+        }
+        let removed = join_all(
+            self.nodes().iter().filter(|n| n.modes.can_delete()).map(|node| node.index_remove(user, ids, None)),
+        )
+        .await;
+        for err in removed.into_iter().filter_map(Result::err) {
+            tracing::debug!(error = %err, "revoke: index entries stay until they expire or are read");
+        }
+        Ok(())
+    }
+
     /// `delete`: see the module docs.
     pub(crate) async fn delete_record(&self, id: &Id) -> Result<(), Error> {
         let deadline = self.deadline();

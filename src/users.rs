@@ -41,7 +41,7 @@
 //!
 //! # Revoking
 //!
-//! [`MultiRedisStore::revoke_user`] reads the user's index in every backend
+//! [`MultiRedisStore::revoke_user`](crate::MultiRedisStore::revoke_user) reads the user's index in every backend
 //! that reads or deletes (those the store does not write first: a move
 //! indexes a session in the write backends before removing it from a
 //! source), then logs each session out exactly as `delete` does (a
@@ -59,15 +59,10 @@
 //! in `user_key`); a session whose user changed from `a` to `b` without a
 //! new id stays in `a`'s index too, so revoking `a` logs it out as well.
 
-use std::collections::BTreeSet;
 use std::str::FromStr;
 
-use futures_util::future::join_all;
 use time::OffsetDateTime;
-use tower_sessions_core::session::{Id, Record};
-
-use crate::error::Error;
-use crate::store::MultiRedisStore;
+use tower_sessions_core::session::Id;
 
 /// Where the user is in a session's data: a top-level key (`"user_id"`) or
 /// a JSON pointer (`"/axum-login.data/user_id"`), whose first segment names
@@ -140,7 +135,7 @@ pub(crate) struct Users {
 }
 
 /// Now, in Unix milliseconds (the unit of expiries and index scores).
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
@@ -177,7 +172,7 @@ impl Users {
     }
 }
 
-/// One session of a user, from [`MultiRedisStore::sessions_of`]. Its id is
+/// One session of a user, from [`MultiRedisStore::sessions_of`](crate::MultiRedisStore::sessions_of). Its id is
 /// the session's bearer token: show it only to its user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -189,127 +184,6 @@ pub struct UserSession {
     /// The backend that holds it (a session being migrated may be listed
     /// once per backend).
     pub backend: String,
-}
-
-impl MultiRedisStore {
-    /// The user a record belongs to, when the store indexes users.
-    pub(crate) fn user_of(&self, record: &Record) -> Option<String> {
-        self.users()?.key.user_of(&record.data)
-    }
-
-    fn users_or_err(&self) -> Result<&Users, Error> {
-        self.users().ok_or_else(|| Error::config(None, "user_key", "not set: the store keeps no index of users"))
-    }
-
-    /// Every live session of `user`, in every backend that reads, from its
-    /// index there (each entry checked: one whose session is gone is not
-    /// listed; it leaves the index when its score passes).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] without [`user_key`](crate::MultiRedisStoreBuilder::user_key);
-    /// a backend's error when one cannot be read.
-    pub async fn sessions_of(&self, user: &str) -> Result<Vec<UserSession>, Error> {
-        self.users_or_err()?;
-        let now = unix_ms();
-        let mut out = Vec::new();
-        for node in self.nodes().iter().filter(|n| n.modes.can_read()) {
-            let entries: Vec<(String, u64)> =
-                node.index_entries(user, None).await?.into_iter().filter(|(_, score)| *score > now).collect();
-            for (id, _) in entries {
-                let Ok(id) = Id::from_str(&id) else { continue };
-                let millis = node.pttl(&id, None).await?;
-                if millis < 0 {
-                    continue; // gone (logged out, expired), or without expiry (not a session)
-                }
-                let expiry = OffsetDateTime::now_utc() + time::Duration::milliseconds(millis);
-                out.push(UserSession { id, expiry, backend: node.name.clone() });
-            }
-        }
-        Ok(out)
-    }
-
-    /// Logs out every session of `user`: those named by the user's index in
-    /// any backend that reads or deletes, each as [`delete`] would (a
-    /// tombstone in every backend the store deletes from). Once it returned
-    /// Ok, none of them loads again, whatever copies, saves or migrations
-    /// race it. Returns how many sessions were logged out.
-    ///
-    /// [`delete`]: tower_sessions_core::SessionStore::delete
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] without [`user_key`](crate::MultiRedisStoreBuilder::user_key);
-    /// a backend's error when an index cannot be read or a logout failed
-    /// (the others are still done: run it again).
-    pub async fn revoke_user(&self, user: &str) -> Result<usize, Error> {
-        self.revoke(user, None).await
-    }
-
-    /// As [`revoke_user`](Self::revoke_user), but keeps the session `keep`
-    /// ("sign out other devices": `keep` is the current session's id).
-    ///
-    /// # Errors
-    ///
-    /// As [`revoke_user`](Self::revoke_user).
-    pub async fn revoke_user_except(&self, user: &str, keep: &Id) -> Result<usize, Error> {
-        self.revoke(user, Some(keep)).await
-    }
-
-    async fn revoke(&self, user: &str, keep: Option<&Id>) -> Result<usize, Error> {
-        self.users_or_err()?;
-        let keep = keep.map(Id::to_string);
-        let mut ids = BTreeSet::new();
-        // Backends the store does not write first: a move indexes a session
-        // in every write backend before it removes it from a source, so
-        // whatever leaves a source's index while this reads is in a write
-        // backend's by then.
-        let (unwritten, written): (Vec<&crate::node::Node>, Vec<&crate::node::Node>) = self
-            .nodes()
-            .iter()
-            .filter(|n| n.modes.can_read() || n.modes.can_delete())
-            .partition(|n| !n.modes.can_write());
-        for node in unwritten.into_iter().chain(written) {
-            for (id, _) in node.index_entries(user, None).await? {
-                if Some(&id) != keep.as_ref() {
-                    ids.insert(id);
-                }
-            }
-        }
-        let ids: Vec<String> = ids.into_iter().collect();
-        self.log_out(user, &ids).await?;
-        Ok(ids.len())
-    }
-
-    /// Logs out the sessions `ids` of `user`, then removes them from the
-    /// user's index: not before, so that a revoke that fails half-way still
-    /// finds them next time.
-    pub(crate) async fn log_out(&self, user: &str, ids: &[String]) -> Result<(), Error> {
-        let mut failures = Vec::new();
-        // A bounded number at once: a user may have thousands of sessions.
-        for chunk in ids.chunks(64) {
-            let results = join_all(chunk.iter().map(|id| async move {
-                match Id::from_str(id) {
-                    Ok(sid) => self.delete_record(&sid).await,
-                    // Not a session id: nothing to log out, only to forget.
-                    Err(_) => Ok(()),
-                }
-            }))
-            .await;
-            failures.extend(results.into_iter().filter_map(Result::err));
-        }
-        if !failures.is_empty() {
-            return Err(Error::from_failures(failures));
-        }
-        let removed = join_all(
-            self.nodes().iter().filter(|n| n.modes.can_delete()).map(|node| node.index_remove(user, ids, None)),
-        )
-        .await;
-        for err in removed.into_iter().filter_map(Result::err) {
-            tracing::debug!(error = %err, "revoke: index entries stay until they expire or are read");
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
