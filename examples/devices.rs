@@ -18,20 +18,15 @@
 
 #[path = "shared/devices.rs"]
 mod devices;
+#[path = "shared/throwaway.rs"]
+mod throwaway;
 
-use tower_sessions_multi_redis_store::testing::RedisServer;
 use tower_sessions_multi_redis_store::{Backend, MultiRedisStore};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Keep the throwaway server alive as long as the app.
-    let (url, _server) = match std::env::var("REDIS_URL") {
-        Ok(url) => (url, None),
-        Err(_) => {
-            let server = RedisServer::start()?;
-            (server.url(), Some(server))
-        }
-    };
+    let (url, _server) = throwaway::url_or_throwaway()?;
     let store = MultiRedisStore::builder()
         .backend(Backend::url("main", url))
         // Where the user is in the session data: the index key.

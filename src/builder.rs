@@ -153,8 +153,9 @@ impl MultiRedisStoreBuilder {
     }
 
     /// At most this many sessions per user (needs [`user_key`](Self::user_key)):
-    /// a login past it logs out the user's oldest sessions (those that
-    /// expire first) before it returns. Default: no cap.
+    /// a login (`create`: tower-sessions creates on `cycle_id`, as a login
+    /// should) past it logs out the user's sessions that expire first,
+    /// before it returns. Default: no cap.
     pub fn max_sessions_per_user(mut self, sessions: u32) -> Self {
         self.max_sessions_per_user = Some(sessions);
         self
@@ -168,7 +169,9 @@ impl MultiRedisStoreBuilder {
                 None => Ok(None),
             };
         };
-        let key: UserKey = key.parse().map_err(|reason: String| Error::config(None, "user_key", reason))?;
+        let key: UserKey = key
+            .parse()
+            .map_err(|err: crate::users::InvalidUserKey| Error::config(None, "user_key", err.to_string()))?;
         if self.max_sessions_per_user == Some(0) {
             return Err(Error::config(None, "max_sessions_per_user", "must be at least 1"));
         }

@@ -19,8 +19,9 @@
 //! * [`codec`]: the wire format, byte-compatible with `tower-sessions-redis-store`;
 //! * `store`: [`MultiRedisStore`] and **the fan-out rules** of `load`/`create`/`save`/`delete`;
 //! * `scripts`: the Lua scripts every session write runs: a logout's tombstone,
-//!   copies that write only where no logout did, writes refused past their deadline;
-//! * `keys`: the keys the store writes besides sessions (tombstones, announcements);
+//!   copies that write only where no logout did, writes refused past their deadline,
+//!   a user's index entry;
+//! * `keys`: the keys the store writes besides sessions (tombstones, announcements, user indexes);
 //! * `clock`: what a backend knows of its servers' clocks, for those deadlines;
 //! * `policy`: [`CopyOnRead`], [`ReadPolicy`], [`WritePolicy`];
 //! * `builder`: [`MultiRedisStoreBuilder`], validation of the whole shape;
@@ -34,7 +35,8 @@
 //!   ([`LiveConfiguration`]), to see when a rolling deploy finished;
 //! * `redact`: [`Secret`] and [`RedisUrl`], which keep passwords out of `Debug`, errors and logs;
 //! * `testing` (feature `test-util`): throwaway `redis-server` processes and sentinels;
-//! * `bin/multi-redis-sessions` (feature `cli`): migrate, verify, stats.
+//! * `bin/multi-redis-sessions` (feature `cli`): migrate, verify, repair, stats, status,
+//!   plan, check, sessions and revoke.
 //!
 //! # Example
 //!
@@ -111,7 +113,7 @@ pub use policy::{CopyOnRead, ReadPolicy, WritePolicy};
 pub use redact::{RedisUrl, Secret};
 pub use stats::BackendStats;
 pub use store::MultiRedisStore;
-pub use users::{UserKey, UserSession};
+pub use users::{InvalidUserKey, UserKey, UserSession};
 
 /// The README's examples, compiled and run as doc tests.
 #[doc = include_str!("../README.md")]

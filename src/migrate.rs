@@ -501,8 +501,11 @@ impl Migrator {
                 };
                 items.push(item);
             }
-            // The user's index entries, after the copies: in the reply,
-            // the copies come first, then one entry per session with a user.
+            // The user's index entries, in the batch of the copies (on a
+            // partition or a cluster, not necessarily after them): in the
+            // reply, the copies come first, then one entry per session
+            // with a user. A session is removed from the source only once
+            // both succeeded in every target.
             for s in live_ref {
                 if let Some(user) = &s.user {
                     items.push(t.index_cmd(user, &s.id, Users::score(s.pxat)));

@@ -701,24 +701,24 @@ impl Node {
         Ok(())
     }
 
-    /// Whether each of the sessions `ids` is here (`EXISTS`, one pipeline
-    /// per member).
-    pub(crate) async fn exist(&self, ids: &[String]) -> Result<Vec<bool>, Error> {
+    /// `PTTL` of each of the sessions `ids` (`-2`: not here), one pipeline
+    /// per member.
+    pub(crate) async fn pttls(&self, ids: &[String]) -> Result<Vec<i64>, Error> {
         let items = ids
             .iter()
             .map(|id| {
                 let (key, member) = self.route(id.as_str());
-                (member, redis::cmd("EXISTS").arg(key).to_owned())
+                (member, redis::cmd("PTTL").arg(key).to_owned())
             })
             .collect();
-        let replies = self.batch("EXISTS", items, false).await?;
+        let replies = self.batch("PTTL", items, false).await?;
         replies
             .into_iter()
             .map(|reply| match reply {
-                Value::Int(n) => Ok(n > 0),
+                Value::Int(ttl) => Ok(ttl),
                 other => Err(Error::Redis {
                     backend: self.name.clone(),
-                    op: "EXISTS",
+                    op: "PTTL",
                     source: redis::RedisError::from((
                         redis::ErrorKind::Parse,
                         "unexpected reply",

@@ -49,7 +49,8 @@ impl MultiRedisStore {
     /// any backend that reads or deletes, each as [`delete`] would (a
     /// tombstone in every backend the store deletes from). Once it returned
     /// Ok, none of them loads again, whatever copies, saves or migrations
-    /// race it. Returns how many sessions were logged out.
+    /// race it. Returns how many index entries it logged out (sessions
+    /// that had already expired included).
     ///
     /// [`delete`]: tower_sessions_core::SessionStore::delete
     ///

@@ -550,29 +550,30 @@ impl MultiRedisStore {
         Ok(())
     }
 
-    /// A login's index entries, on the W backends that created its session.
-    /// The user's other entries whose session is gone leave the index, and
-    /// past the cap the oldest sessions that still exist are logged out.
+    /// A login's index entries, on the W backends that created its session
+    /// (by the write policy, as the session), and the cap: past it, the
+    /// user's sessions that expire first are logged out.
     async fn index_login(&self, user: &str, created: &[&Node], write: Write<'_>) -> Result<(), Error> {
         let Some(users) = self.users() else { return Ok(()) };
         let score = Users::score(write.pxat);
         let results = self.index_on(user, created, write.sid, score, true, write.deadline).await;
         let mut evict = std::collections::BTreeSet::new();
-        let mut failures = Vec::new();
+        let mut tally = Tally::default();
         for (node, result) in results {
             match result {
-                Ok(entries) if !entries.is_empty() => match self.past_cap(node, user, entries, write).await {
-                    Ok(ids) => evict.extend(ids),
-                    Err(err) => tracing::warn!(error = %err, "create: the cap is not checked on this backend now"),
-                },
-                Ok(_) => {}
-                Err(err) => failures.push(err),
+                Ok(entries) => {
+                    tally.done += 1;
+                    match self.past_cap(node, entries).await {
+                        Ok(ids) => evict.extend(ids),
+                        Err(err) => tracing::warn!(error = %err, "create: the cap is not checked on this backend now"),
+                    }
+                }
+                Err(err) => tally.failures.push(err),
             }
         }
-        if !failures.is_empty() {
-            return Err(Error::from_failures(failures));
-        }
-        if created.len() == self.inner.writers.len() {
+        let everywhere = tally.failures.is_empty() && created.len() == self.inner.writers.len();
+        self.accept("create (index)", tally)?;
+        if everywhere {
             users.remember(*write.sid, user.to_owned(), score);
         }
         let evict: Vec<String> = evict.into_iter().collect();
@@ -584,28 +585,22 @@ impl MultiRedisStore {
         Ok(())
     }
 
-    /// Of a user's other index `entries` on `node` (oldest first), the
-    /// sessions to log out for the cap: the oldest that still exist, leaving
-    /// the cap's worth with the login's own. Entries whose session is gone
-    /// are removed from the index.
-    async fn past_cap(
-        &self,
-        node: &Node,
-        user: &str,
-        entries: Vec<String>,
-        write: Write<'_>,
-    ) -> Result<Vec<String>, Error> {
-        let here = node.exist(&entries).await?;
-        let (mut live, mut gone) = (Vec::new(), Vec::new());
-        for (id, here) in entries.into_iter().zip(here) {
-            if here { live.push(id) } else { gone.push(id) }
-        }
-        node.index_remove(user, &gone, write.deadline).await?;
+    /// Of a user's other index `entries` on `node`, the sessions to log out
+    /// for the cap: those that expire first, leaving the cap's worth with
+    /// the login's own. Entries whose session is gone do not count; they
+    /// stay until their score passes (a save or a move may be about to
+    /// write the session there, its entry written first).
+    async fn past_cap(&self, node: &Node, entries: Vec<String>) -> Result<Vec<String>, Error> {
         let cap = self.users().map_or(0, |u| u.cap) as usize;
+        if cap == 0 {
+            return Ok(Vec::new());
+        }
+        let ttls = node.pttls(&entries).await?;
+        let mut live: Vec<(i64, String)> = ttls.into_iter().zip(entries).filter(|(ttl, _)| *ttl >= 0).collect();
+        live.sort();
         // The login's own session counts too.
-        let over = if cap == 0 { 0 } else { (live.len() + 1).saturating_sub(cap) };
-        live.truncate(over);
-        Ok(live)
+        let over = (live.len() + 1).saturating_sub(cap);
+        Ok(live.into_iter().take(over).map(|(_, id)| id).collect())
     }
 
     /// The part of `save` for the W backends whose `SET XX` missed.

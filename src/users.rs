@@ -18,16 +18,21 @@
 //!
 //! It cleans itself without keyspace notifications: every write to it drops
 //! the entries whose score passed, the key expires with its last entry,
-//! a logout removes its own entry (its script hands back the session's
-//! value, the only place that names the user), and a login drops the
-//! user's entries whose session is gone (one `EXISTS` each). So an entry
-//! outlives its session until the user's next login, or its score.
+//! and a logout removes its own entry (its script hands back the session's
+//! value, the only place that names the user). An entry whose session
+//! expired stays until its score passes, up to one more session lifetime:
+//! it is never removed earlier, because a save or a move writes the entry
+//! before the session and may be about to write it. [`sessions_of`] checks
+//! each entry, and the cap counts only sessions that exist.
+//!
+//! [`sessions_of`]: crate::MultiRedisStore::sessions_of
 //!
 //! Who writes it, and when:
 //!
 //! * `create`: after the session, before `create` returns (an index write
-//!   that fails undoes the login); with a cap, a login past it logs out the
-//!   user's oldest sessions that still exist;
+//!   that fails undoes the login, by the write policy); with a cap, a login
+//!   past it logs out the user's sessions that expire first (the cap applies
+//!   to logins: `create`, which tower-sessions runs on `cycle_id`);
 //! * `save`: *before* the session (when not already covered), so that no
 //!   session is ever stored with a user, or an expiry, its index does not
 //!   cover, whatever a timeout or a dropped connection leaves undone;
@@ -85,12 +90,18 @@ pub struct UserKey {
     rest: String,
 }
 
-impl FromStr for UserKey {
-    type Err = String;
+/// A `user_key` that names no key of the session data.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("must name a key of the session data, e.g. `user_id` or `/axum-login.data/user_id`")]
+#[non_exhaustive]
+pub struct InvalidUserKey;
 
-    fn from_str(text: &str) -> Result<UserKey, String> {
+impl FromStr for UserKey {
+    type Err = InvalidUserKey;
+
+    fn from_str(text: &str) -> Result<UserKey, InvalidUserKey> {
         if text.is_empty() || text == "/" {
-            return Err("must name a key of the session data, e.g. `user_id` or `/axum-login.data/user_id`".into());
+            return Err(InvalidUserKey);
         }
         let Some(pointer) = text.strip_prefix('/') else {
             return Ok(UserKey { top: text.to_owned(), rest: String::new() });
@@ -120,7 +131,6 @@ impl UserKey {
 
 /// The per-user index settings of a store, and what this instance knows it
 /// indexed.
-#[derive(Debug)]
 pub(crate) struct Users {
     pub(crate) key: UserKey,
     /// At most this many sessions per user (0: no cap); the oldest (first
@@ -132,6 +142,13 @@ pub(crate) struct Users {
     /// passed or its session was logged out (after which no save writes
     /// it again). Cleared when full.
     indexed: std::sync::Mutex<std::collections::HashMap<Id, (String, u64)>>,
+}
+
+/// Without the sessions it remembers: their ids are bearer tokens.
+impl std::fmt::Debug for Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Users").field("key", &self.key).field("cap", &self.cap).finish_non_exhaustive()
+    }
 }
 
 /// Now, in Unix milliseconds (the unit of expiries and index scores).

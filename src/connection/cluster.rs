@@ -162,6 +162,9 @@ impl Cluster {
         if seeds.is_empty() {
             return Err(Error::config(name, "cluster", "no seed node given"));
         }
+        if settings.db().is_some_and(|db| db != 0) {
+            return Err(Error::config(name, "db", "a Redis Cluster has only database 0"));
+        }
         let nodes: Vec<String> = seeds.iter().map(|(host, port)| format!("redis://{host}:{port}")).collect();
         let mut builder = ClusterClientBuilder::new(nodes)
             .connection_timeout(settings.socket_timeout)

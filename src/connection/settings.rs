@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redis::{AsyncConnectionConfig, ConnectionInfo, RedisConnectionInfo};
 
-use super::Wait;
+use super::replication::Wait;
 use crate::backend::Backend;
 use crate::error::Error;
 use crate::redact::{Pem, Secret};
@@ -90,6 +90,11 @@ impl Settings {
             Some(password) => RedisConnectionInfo::default().set_password(password.expose()),
             None => RedisConnectionInfo::default(),
         }
+    }
+
+    /// The database number, when one is set.
+    pub(crate) fn db(&self) -> Option<i64> {
+        self.db
     }
 
     /// The user name and password, for redis-rs's cluster client.

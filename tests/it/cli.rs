@@ -309,3 +309,55 @@ async fn an_interrupted_run_exits_4_with_its_cursor_and_resumes() {
     assert!(resumed.status.success(), "{resumed:?}");
     assert_eq!((count(new).await, count(old).await), (300, 0));
 }
+
+/// `sessions --user` lists a user's sessions with shortened ids (an id is a
+/// bearer token), `revoke --user` logs them all out; without `user_key`,
+/// both are a configuration error (exit 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_revoke_of_a_user() {
+    let server = RedisServer::start().unwrap();
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    write!(
+        file,
+        "user_key = \"user\"\n[[backends]]\nname = \"main\"\nmodes = [\"read\", \"write\"]\nurl = \"{}\"\n",
+        server.url()
+    )
+    .unwrap();
+    let path = file.path().to_str().unwrap();
+    let store = tower_sessions_multi_redis_store::MultiRedisStore::from_config_file(path).await.unwrap();
+    let mut ids = Vec::new();
+    for user in ["ann", "ann", "bob"] {
+        let mut rec = record(user);
+        tower_sessions_core::SessionStore::create(&store, &mut rec).await.unwrap();
+        ids.push(rec.id.to_string());
+    }
+
+    let listed = cli(&["sessions", "--user", "ann", "--config", path, "--json"]);
+    assert!(listed.status.success(), "{listed:?}");
+    let listed = json(&listed);
+    let sessions = listed["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2, "{listed}");
+    for s in sessions {
+        let shown = s["id"].as_str().unwrap();
+        assert!(shown.chars().count() == 9 && shown.ends_with('…'), "{shown}");
+        assert!(!ids.iter().any(|id| listed.to_string().contains(id.as_str())), "no whole id printed");
+        assert_eq!(s["backend"], "main");
+    }
+
+    let revoked = cli(&["revoke", "--user", "ann", "--config", path, "--json"]);
+    assert!(revoked.status.success(), "{revoked:?}");
+    assert_eq!(json(&revoked)["revoked"], 2);
+    let left = cli(&["sessions", "--user", "ann", "--config", path, "--json"]);
+    assert_eq!(json(&left)["sessions"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        json(&cli(&["sessions", "--user", "bob", "--config", path, "--json"]))["sessions"].as_array().unwrap().len(),
+        1
+    );
+
+    let mut plain = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    write!(plain, "[[backends]]\nname = \"main\"\nmodes = [\"read\", \"write\"]\nurl = \"{}\"\n", server.url())
+        .unwrap();
+    let refused = cli(&["revoke", "--user", "ann", "--config", plain.path().to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("user_key"), "{refused:?}");
+}
