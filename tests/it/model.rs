@@ -144,7 +144,13 @@ fn version(record: &Record) -> u64 {
 fn record(id: Id, v: u64) -> Record {
     Record {
         id,
-        data: [("v".to_owned(), serde_json::json!(v)), ("pad".to_owned(), serde_json::json!("x".repeat(64)))].into(),
+        data: [
+            ("v".to_owned(), serde_json::json!(v)),
+            ("pad".to_owned(), serde_json::json!("x".repeat(64))),
+            // Eight users: the index scenario's index keys are shared.
+            ("user".to_owned(), serde_json::json!(format!("u{}", id.0.rem_euclid(8)))),
+        ]
+        .into(),
         expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
     }
 }
@@ -158,6 +164,10 @@ enum Scenario {
     /// The same, with "new" a partition of two servers (weighted rendezvous
     /// hashing): tombstones, copies and clocks per member.
     MigratingIntoPartition,
+    /// As `Migrating`, with the per-user index on (`user_key`): every save
+    /// writes the index first when not covered, copies and the migrator
+    /// index what they copy, logouts remove their entry.
+    MigratingIndexed,
     /// The instances walk, one at a time, through every step of the plan
     /// from `[old: read+write]` to `[new: read+write]` (`plan.rs`), each
     /// step's script run once every instance reached it.
@@ -245,8 +255,9 @@ async fn run(seed: u64, scenario: Scenario, fault: Fault, millis: u64) -> Vec<St
         };
         let (url_line, members) =
             if new2.is_some() { (String::new(), new_address) } else { (new_address, String::new()) };
+        let users = if scenario == Scenario::MigratingIndexed { "user_key = \"user\"\n" } else { "" };
         format!(
-            "[[backends]]\nname = \"new\"\nmodes = [\"read\", \"write\"]\n{url_line}socket_timeout = {timeout}\n\
+            "{users}[[backends]]\nname = \"new\"\nmodes = [\"read\", \"write\"]\n{url_line}socket_timeout = {timeout}\n\
              breaker_failures = 0\n{members}\n\
              [[backends]]\nname = \"old\"\nmodes = [\"read\", \"delete\"]\nurl = \"{old_url}\"\nsocket_timeout = {timeout}\n\
              breaker_failures = 0\n",
@@ -267,7 +278,7 @@ async fn run(seed: u64, scenario: Scenario, fault: Fault, millis: u64) -> Vec<St
     }
     // The plan's steps, for a rolling walk.
     let steps: Vec<std::path::PathBuf> = match scenario {
-        Scenario::Migrating | Scenario::MigratingIntoPartition => Vec::new(),
+        Scenario::Migrating | Scenario::MigratingIntoPartition | Scenario::MigratingIndexed => Vec::new(),
         Scenario::Rolling => {
             let one = |name: &str, url: &str| {
                 format!(
@@ -488,7 +499,7 @@ async fn run(seed: u64, scenario: Scenario, fault: Fault, millis: u64) -> Vec<St
     };
 
     match scenario {
-        Scenario::Migrating | Scenario::MigratingIntoPartition => {
+        Scenario::Migrating | Scenario::MigratingIntoPartition | Scenario::MigratingIndexed => {
             tokio::time::sleep(Duration::from_millis(millis)).await
         }
         Scenario::Rolling => walk(&world, &instances, &steps, millis).await,
@@ -622,4 +633,14 @@ async fn a_rolling_walk_through_the_plan_keeps_the_invariants_while_connections_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invariants_hold_when_moving_into_a_partition() {
     check(Scenario::MigratingIntoPartition, Fault::None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariants_hold_with_the_user_index_while_connections_are_killed() {
+    check(Scenario::MigratingIndexed, Fault::KillConnections).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariants_hold_with_the_user_index_while_writes_are_paused_past_the_socket_timeout() {
+    check(Scenario::MigratingIndexed, Fault::PauseWrites).await;
 }
