@@ -441,7 +441,7 @@ impl Migrator {
         }
         let ids = keys.iter().map(|k| source.id_of(k).unwrap_or_default());
         batch.read_at = crate::clock::now_ms();
-        let values: Vec<Option<Vec<u8>>> = match batch_of(source, "GET", ids).await {
+        let values: Vec<Option<Vec<u8>>> = match source.per_session("GET", ids).await {
             Ok(values) => values,
             Err(err) => {
                 batch.failed = keys.into_iter().map(|k| (k, err.to_string())).collect();
@@ -577,7 +577,7 @@ impl Migrator {
         // ever remove) or they were logged out, so a DEL that fails or runs
         // late loses nothing.
         let source = self.source_node();
-        match batch_of::<u64>(source, "DEL", moved.iter().map(|&i| live[i].id.as_str())).await {
+        match source.per_session::<u64>("DEL", moved.iter().map(|&i| live[i].id.as_str())).await {
             Ok(removed) => run.report.progress.removed_from_source += removed.iter().sum::<u64>(),
             Err(err) => {
                 let keys: Vec<String> = moved.iter().map(|&i| live[i].key.clone()).collect();
@@ -590,7 +590,7 @@ impl Migrator {
     async fn dry_run(&self, live: &[Live], run: &mut Run) {
         let targets = self.target_nodes();
         let replies =
-            join_all(targets.iter().map(|t| batch_of::<u64>(t, "EXISTS", live.iter().map(|s| s.id.as_str())))).await;
+            join_all(targets.iter().map(|t| t.per_session::<u64>("EXISTS", live.iter().map(|s| s.id.as_str())))).await;
         for (i, Live { key, .. }) in live.iter().enumerate() {
             let mut missing = false;
             for reply in &replies {
@@ -652,8 +652,8 @@ impl Migrator {
                 .filter(|id| Id::from_str(id).is_ok())
                 .collect();
             if !ids.is_empty() {
-                let here: Vec<Option<Vec<u8>>> = batch_of(target, "GET", ids.iter().copied()).await?;
-                let there: Vec<Option<Vec<u8>>> = batch_of(source, "GET", ids.iter().copied()).await?;
+                let here: Vec<Option<Vec<u8>>> = target.per_session("GET", ids.iter().copied()).await?;
+                let there: Vec<Option<Vec<u8>>> = source.per_session("GET", ids.iter().copied()).await?;
                 let stale: Vec<&str> = ids
                     .iter()
                     .zip(here.iter().zip(&there))
@@ -662,7 +662,7 @@ impl Migrator {
                     .collect();
                 report.checked += here.iter().filter(|v| v.is_some()).count() as u64;
                 if !stale.is_empty() {
-                    let removed: Vec<u64> = batch_of(target, "DEL", stale.iter().copied()).await?;
+                    let removed: Vec<u64> = target.per_session("DEL", stale.iter().copied()).await?;
                     report.removed += removed.iter().sum::<u64>();
                     for id in stale.iter().take(self.options.max_listed.saturating_sub(report.removed_keys.len())) {
                         report.removed_keys.push(target.key(*id));
@@ -692,10 +692,10 @@ impl Migrator {
             let ids: Vec<&str> =
                 keys.iter().filter_map(|k| source.id_of(k)).filter(|id| Id::from_str(id).is_ok()).collect();
             if !ids.is_empty() {
-                let here: Vec<Option<Vec<u8>>> = batch_of(source, "GET", ids.iter().copied()).await?;
+                let here: Vec<Option<Vec<u8>>> = source.per_session("GET", ids.iter().copied()).await?;
                 let mut there = Vec::new();
                 for t in &targets {
-                    there.push(batch_of::<Option<Vec<u8>>>(t, "GET", ids.iter().copied()).await?);
+                    there.push(t.per_session::<Option<Vec<u8>>>("GET", ids.iter().copied()).await?);
                 }
                 for (i, value) in here.iter().enumerate() {
                     let Some(bytes) = value else { continue };
@@ -723,42 +723,6 @@ impl Migrator {
             }
         }
     }
-}
-
-/// `name key` for each session id, routed to the member of `node` holding it.
-fn per_id<'a>(node: &Node, name: &str, ids: impl IntoIterator<Item = &'a str>) -> Vec<(usize, redis::Cmd)> {
-    ids.into_iter()
-        .map(|id| {
-            let mut cmd = redis::cmd(name);
-            cmd.arg(node.key(id));
-            (node.member_of(id), cmd)
-        })
-        .collect()
-}
-
-/// Replies as `T`; an error reply or one of another type fails the batch.
-fn typed<T: redis::FromRedisValue>(node: &Node, op: &'static str, values: Vec<Value>) -> Result<Vec<T>, Error> {
-    values
-        .into_iter()
-        .map(|v| {
-            redis::from_redis_value(v).map_err(|e| Error::Redis {
-                backend: node.name.clone(),
-                op,
-                source: redis::RedisError::from(e),
-            })
-        })
-        .collect()
-}
-
-/// One batch of `name key` on `node` for these ids, as `T`s.
-async fn batch_of<'a, T: redis::FromRedisValue>(
-    node: &Node,
-    op: &'static str,
-    ids: impl IntoIterator<Item = &'a str>,
-) -> Result<Vec<T>, Error> {
-    // Deleting from a source counts once its replicas hold the delete.
-    let values = node.batch(op, per_id(node, op, ids), op == "DEL").await?;
-    typed(node, op, values)
 }
 
 /// A live session read from the source.

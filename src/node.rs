@@ -318,11 +318,6 @@ impl Node {
         (key, member)
     }
 
-    /// The member (of a partitioned backend; else 0) that holds session `id`.
-    pub(crate) fn member_of(&self, id: &str) -> usize {
-        self.conn.member_of(id)
-    }
-
     /// The session id of one of this backend's keys (the key without the prefix).
     pub(crate) fn id_of<'k>(&self, key: &'k str) -> Option<&'k str> {
         key.strip_prefix(self.prefix.as_str())
@@ -701,30 +696,31 @@ impl Node {
         Ok(())
     }
 
-    /// `PTTL` of each of the sessions `ids` (`-2`: not here), one pipeline
-    /// per member.
-    pub(crate) async fn pttls(&self, ids: &[String]) -> Result<Vec<i64>, Error> {
+    /// `op key` for each session of `ids`, one pipeline per member, the
+    /// replies as `T` (an error reply, or one of another type, fails the
+    /// whole batch). A `DEL` counts once the replicas this backend waits
+    /// for hold it.
+    pub(crate) async fn per_session<'a, T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Vec<T>, Error> {
         let items = ids
-            .iter()
+            .into_iter()
             .map(|id| {
-                let (key, member) = self.route(id.as_str());
-                (member, redis::cmd("PTTL").arg(key).to_owned())
+                let (key, member) = self.route(id);
+                (member, redis::cmd(op).arg(key).to_owned())
             })
             .collect();
-        let replies = self.batch("PTTL", items, false).await?;
-        replies
+        let values = self.batch(op, items, op == "DEL").await?;
+        values
             .into_iter()
-            .map(|reply| match reply {
-                Value::Int(ttl) => Ok(ttl),
-                other => Err(Error::Redis {
+            .map(|v| {
+                redis::from_redis_value(v).map_err(|e| Error::Redis {
                     backend: self.name.clone(),
-                    op: "PTTL",
-                    source: redis::RedisError::from((
-                        redis::ErrorKind::Parse,
-                        "unexpected reply",
-                        format!("{other:?}"),
-                    )),
-                }),
+                    op,
+                    source: redis::RedisError::from(e),
+                })
             })
             .collect()
     }
@@ -743,12 +739,6 @@ impl Node {
         let (key, member) = self.route(id);
         let removed: u64 = self.run_write("DEL", member, redis::cmd("DEL").arg(&key), true, deadline).await?;
         Ok(removed > 0)
-    }
-
-    /// `PTTL`: milliseconds the session has to live (`-2`: not here).
-    pub(crate) async fn pttl(&self, id: &(impl fmt::Display + ?Sized), deadline: Deadline) -> Result<i64, Error> {
-        let (key, member) = self.route(id);
-        self.run("PTTL", member, redis::cmd("PTTL").arg(key), true, deadline).await
     }
 
     /// `EXISTS`: whether the key is there.

@@ -30,16 +30,23 @@ impl MultiRedisStore {
         let now = unix_ms();
         let mut out = Vec::new();
         for node in self.nodes().iter().filter(|n| n.modes.can_read()) {
-            let entries: Vec<(String, u64)> =
-                node.index_entries(user, None).await?.into_iter().filter(|(_, score)| *score > now).collect();
-            for (id, _) in entries {
-                let Ok(id) = Id::from_str(&id) else { continue };
-                let millis = node.pttl(&id, None).await?;
-                if millis < 0 {
-                    continue; // gone (logged out, expired), or without expiry (not a session)
-                }
-                let expiry = OffsetDateTime::now_utc() + time::Duration::milliseconds(millis);
-                out.push(UserSession { id, expiry, backend: node.name.clone() });
+            let ids: Vec<String> = node
+                .index_entries(user, None)
+                .await?
+                .into_iter()
+                .filter(|(id, score)| *score > now && Id::from_str(id).is_ok())
+                .map(|(id, _)| id)
+                .collect();
+            let ttls: Vec<i64> = node.per_session("PTTL", ids.iter().map(String::as_str)).await?;
+            let read = OffsetDateTime::now_utc();
+            for (id, millis) in ids.iter().zip(ttls) {
+                // Gone (logged out, expired), or without expiry (not a session).
+                let (Ok(id), true) = (Id::from_str(id), millis >= 0) else { continue };
+                out.push(UserSession {
+                    id,
+                    expiry: read + time::Duration::milliseconds(millis),
+                    backend: node.name.clone(),
+                });
             }
         }
         Ok(out)

@@ -396,12 +396,14 @@ impl MultiRedisStore {
             // names the session: `users.rs`). Boxed: only stores that
             // index users pay for it.
             let writers: Vec<&Node> = self.nodes_at(&writers).collect();
-            let score = Users::score(pxat);
-            for (w, result) in Box::pin(self.index_on(&user, &writers, sid, score, false, deadline)).await {
-                if let Err(err) = result {
-                    // Not moved then: the source's index still names it.
+            let write = Write { sid, bytes, pxat, deadline };
+            match Box::pin(self.index("copy-on-read (index)", &user, &writers, write, false)).await {
+                Ok(indexed) if indexed.len() == writers.len() => {}
+                // Not moved then: the source's index still names it.
+                Ok(_) => held_by_every_writer = false,
+                Err(err) => {
                     held_by_every_writer = false;
-                    tracing::debug!(backend = %w.name, error = %err, "copy-on-read: not indexed here for now");
+                    tracing::debug!(error = %err, "copy-on-read: not indexed everywhere for now");
                 }
             }
         }
@@ -482,7 +484,8 @@ impl MultiRedisStore {
             // Before the session, so that no session is stored with a user
             // or an expiry its index does not cover (`users.rs`). Boxed:
             // only stores that index users pay for it.
-            Box::pin(self.index_save(&user, write)).await?;
+            let writers: Vec<&Node> = self.nodes_at(&self.inner.writers).collect();
+            Box::pin(self.index("save (index)", &user, &writers, write, false)).await?;
         }
         // The save's own deadline counts from here (after any index write).
         let started = clock::now_ms();
@@ -517,64 +520,49 @@ impl MultiRedisStore {
         }
     }
 
-    /// Adds session `sid` with `score` to `user`'s index on `nodes`
-    /// (`users.rs`); for a `login`, each returns the index's other entries.
-    async fn index_on<'a>(
+    /// Adds the session of `write` to `user`'s index on `nodes`
+    /// (`users.rs`), by the write policy; for a `login`, the entries each
+    /// returned (the user's other sessions). Remembered once done on every
+    /// W backend.
+    async fn index<'a>(
         &self,
+        op: &'static str,
         user: &str,
         nodes: &[&'a Node],
-        sid: &Id,
-        score: u64,
+        write: Write<'_>,
         login: bool,
-        deadline: Deadline,
-    ) -> Vec<(&'a Node, Result<Vec<String>, Error>)> {
-        let results = join_all(nodes.iter().map(|n| n.index(user, sid, score, login, deadline))).await;
-        nodes.iter().copied().zip(results).collect()
-    }
-
-    /// A save's index entries, on every W backend, before the session.
-    async fn index_save(&self, user: &str, write: Write<'_>) -> Result<(), Error> {
+    ) -> Result<Vec<(&'a Node, Vec<String>)>, Error> {
         let score = Users::score(write.pxat);
-        let writers: Vec<&Node> = self.nodes_at(&self.inner.writers).collect();
-        let results = self.index_on(user, &writers, write.sid, score, false, write.deadline).await;
+        let results = join_all(nodes.iter().map(|n| n.index(user, write.sid, score, login, write.deadline))).await;
         let mut tally = Tally::default();
-        let mut everywhere = true;
-        for (_, result) in results {
-            everywhere &= result.is_ok();
-            tally.add(result.map(|_| ()));
-        }
-        self.accept("save (index)", tally)?;
-        if everywhere && let Some(users) = self.users() {
-            users.remember(*write.sid, user.to_owned(), score);
-        }
-        Ok(())
-    }
-
-    /// A login's index entries, on the W backends that created its session
-    /// (by the write policy, as the session), and the cap: past it, the
-    /// user's sessions that expire first are logged out.
-    async fn index_login(&self, user: &str, created: &[&Node], write: Write<'_>) -> Result<(), Error> {
-        let Some(users) = self.users() else { return Ok(()) };
-        let score = Users::score(write.pxat);
-        let results = self.index_on(user, created, write.sid, score, true, write.deadline).await;
-        let mut evict = std::collections::BTreeSet::new();
-        let mut tally = Tally::default();
-        for (node, result) in results {
+        let mut indexed = Vec::with_capacity(nodes.len());
+        for (node, result) in nodes.iter().zip(results) {
             match result {
                 Ok(entries) => {
                     tally.done += 1;
-                    match self.past_cap(node, entries).await {
-                        Ok(ids) => evict.extend(ids),
-                        Err(err) => tracing::warn!(error = %err, "create: the cap is not checked on this backend now"),
-                    }
+                    indexed.push((*node, entries));
                 }
                 Err(err) => tally.failures.push(err),
             }
         }
-        let everywhere = tally.failures.is_empty() && created.len() == self.inner.writers.len();
-        self.accept("create (index)", tally)?;
-        if everywhere {
+        let everywhere = tally.failures.is_empty() && nodes.len() == self.inner.writers.len();
+        self.accept(op, tally)?;
+        if everywhere && let Some(users) = self.users() {
             users.remember(*write.sid, user.to_owned(), score);
+        }
+        Ok(indexed)
+    }
+
+    /// A login's index entries, on the W backends that created its session,
+    /// and the cap: past it, the user's sessions that expire first are
+    /// logged out.
+    async fn index_login(&self, user: &str, created: &[&Node], write: Write<'_>) -> Result<(), Error> {
+        let mut evict = std::collections::BTreeSet::new();
+        for (node, entries) in self.index("create (index)", user, created, write, true).await? {
+            match self.past_cap(node, entries).await {
+                Ok(ids) => evict.extend(ids),
+                Err(err) => tracing::warn!(error = %err, "create: the cap is not checked on this backend now"),
+            }
         }
         let evict: Vec<String> = evict.into_iter().collect();
         if !evict.is_empty()
@@ -595,7 +583,7 @@ impl MultiRedisStore {
         if cap == 0 {
             return Ok(Vec::new());
         }
-        let ttls = node.pttls(&entries).await?;
+        let ttls: Vec<i64> = node.per_session("PTTL", entries.iter().map(String::as_str)).await?;
         let mut live: Vec<(i64, String)> = ttls.into_iter().zip(entries).filter(|(ttl, _)| *ttl >= 0).collect();
         live.sort();
         // The login's own session counts too.
@@ -654,7 +642,7 @@ impl MultiRedisStore {
         for chunk in ids.chunks(64) {
             let results = join_all(chunk.iter().map(|id| async move {
                 match id.parse::<Id>() {
-                    Ok(sid) => self.delete_record(&sid).await,
+                    Ok(sid) => self.logout_everywhere(&sid, false).await.map(|_| ()),
                     // Not a session id: nothing to log out, only to forget.
                     Err(_) => Ok(()),
                 }
@@ -665,21 +653,28 @@ impl MultiRedisStore {
         if !failures.is_empty() {
             return Err(Error::from_failures(failures));
         }
-        let removed = join_all(
-            self.nodes().iter().filter(|n| n.modes.can_delete()).map(|node| node.index_remove(user, ids, None)),
-        )
-        .await;
-        for err in removed.into_iter().filter_map(Result::err) {
-            tracing::debug!(error = %err, "revoke: index entries stay until they expire or are read");
+        self.unindex(user, ids).await;
+        Ok(())
+    }
+
+    /// `delete`: see the module docs. With the per-user index, the
+    /// session's entry goes too, once the logout is done everywhere (a
+    /// revoke that failed half-way must find the session again when run
+    /// again); the logout's script hands back the value that names the user.
+    pub(crate) async fn delete_record(&self, id: &Id) -> Result<(), Error> {
+        let value = self.logout_everywhere(id, self.inner.users.is_some()).await?;
+        if let Some(user) = value.and_then(|v| codec::decode(&v).ok()).and_then(|record| self.user_of(&record)) {
+            // Boxed: only stores that index users pay for it.
+            Box::pin(self.unindex(&user, &[id.to_string()])).await;
         }
         Ok(())
     }
 
-    /// `delete`: see the module docs.
-    pub(crate) async fn delete_record(&self, id: &Id) -> Result<(), Error> {
+    /// The logout of session `id` on every D backend, at once; with
+    /// `want_value`, the session's value one of them held.
+    async fn logout_everywhere(&self, id: &Id, want_value: bool) -> Result<Option<Vec<u8>>, Error> {
         let deadline = self.deadline();
-        let indexed = self.inner.users.is_some();
-        let results = self.fan_out(&self.inner.deleters, |n| n.logout(id, indexed, deadline)).await;
+        let results = self.fan_out(&self.inner.deleters, |n| n.logout(id, want_value, deadline)).await;
         let mut failures = Vec::new();
         let mut value = None;
         for (_, result) in results {
@@ -688,27 +683,15 @@ impl MultiRedisStore {
                 Err(err) => failures.push(err),
             }
         }
-        // Only once the logout is done everywhere: a revoke that failed
-        // half-way must find the session again when it is run again.
-        if let Some(value) = value.filter(|_| failures.is_empty()) {
-            // Boxed: only stores that index users pay for it.
-            Box::pin(self.forget(id, &value)).await;
-        }
-        if failures.is_empty() { Ok(()) } else { Err(Error::from_failures(failures)) }
+        if failures.is_empty() { Ok(value) } else { Err(Error::from_failures(failures)) }
     }
 
-    /// Removes a logged-out session from its user's index (the value its
-    /// logout handed back names the user); what fails stays until the entry
-    /// expires or the user's sessions are listed.
-    async fn forget(&self, id: &Id, value: &[u8]) {
-        let Some(user) = codec::decode(value).ok().and_then(|record| self.user_of(&record)) else { return };
-        let ids = [id.to_string()];
-        for err in join_all(self.nodes_at(&self.inner.deleters).map(|n| n.index_remove(&user, &ids, None)))
-            .await
-            .into_iter()
-            .filter_map(Result::err)
-        {
-            tracing::debug!(error = %err, "delete: the index entry stays until it expires");
+    /// Removes logged-out sessions from `user`'s index on every D backend;
+    /// what fails stays until the entries' scores pass.
+    async fn unindex(&self, user: &str, ids: &[String]) {
+        let removed = join_all(self.nodes_at(&self.inner.deleters).map(|n| n.index_remove(user, ids, None))).await;
+        for err in removed.into_iter().filter_map(Result::err) {
+            tracing::debug!(error = %err, "the index entries stay until their scores pass");
         }
     }
 }
