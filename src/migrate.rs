@@ -501,19 +501,22 @@ impl Migrator {
                 };
                 items.push(item);
             }
-            // The user's index entries, in the batch of the copies (on a
-            // partition or a cluster, not necessarily after them): in the
-            // reply, the copies come first, then one entry per session
-            // with a user. A session is removed from the source only once
-            // both succeeded in every target.
-            for s in live_ref {
-                if let Some(user) = &s.user {
-                    items.push(t.index_cmd(user, &s.id, Users::score(s.pxat)));
-                }
-            }
             // Copies are idempotent in effect, so a batch with an unknown
             // outcome is simply reported and redone by a later run.
-            t.batch("COPY", items, true).await
+            let mut replies = t.batch("COPY", items, true).await?;
+            // Then the user's index entries, once the copies landed (a
+            // user's tidy may prune an entry whose session it finds
+            // missing: `users.rs`). In the reply, the copies come first,
+            // then one entry per session with a user. A session is removed
+            // from the source only once both succeeded in every target.
+            let entries: Vec<_> = live_ref
+                .iter()
+                .filter_map(|s| Some(t.index_cmd(s.user.as_deref()?, &s.id, Users::score(s.pxat))))
+                .collect();
+            if !entries.is_empty() {
+                replies.extend(t.batch("INDEX", entries, true).await?);
+            }
+            Ok(replies)
         }))
         .await;
 

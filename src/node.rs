@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::health::{BackendCounters, BackendHealth, Counter};
 use crate::keys;
 use crate::mode::Modes;
-use crate::scripts::{COPY, FILL, INDEX, LOGOUT, Lua, SAVE};
+use crate::scripts::{COPY, FILL, INDEX, LOGOUT, Lua, PRUNE, SAVE};
 
 /// The instant an operation must be done by, if any.
 pub(crate) type Deadline = Option<tokio::time::Instant>;
@@ -437,8 +437,9 @@ impl Node {
 
     /// Runs a script by its SHA1, and again with its body when the server
     /// answers `NOSCRIPT` (it ran nothing, so resending is safe; it is not a
-    /// failure of the backend). Every script here is idempotent in effect,
-    /// so it may also be retried.
+    /// failure of the backend). Every script here may also be retried: all
+    /// are idempotent in effect, but `INDEX`, whose retry raises an entry's
+    /// score by one more millisecond.
     async fn run_script<T: FromRedisValue>(
         &self,
         op: &'static str,
@@ -650,20 +651,46 @@ impl Node {
     }
 
     /// Adds session `id` with `score` (ms, at least its expiry) to `user`'s
-    /// session index here ([`INDEX`](crate::scripts::INDEX)); for a `login`,
-    /// the other entries' ids, oldest first.
+    /// session index here ([`INDEX`](crate::scripts::INDEX)); with
+    /// `others`, the other entries (id, score as the server wrote it),
+    /// oldest first.
     pub(crate) async fn index(
         &self,
         user: &str,
         id: &(impl fmt::Display + ?Sized),
         score: u64,
-        login: bool,
+        others: bool,
         deadline: Deadline,
-    ) -> Result<Vec<String>, Error> {
+    ) -> Result<Vec<(String, String)>, Error> {
         let (key, member) = self.route(&keys::user_index(user));
         let (id, score) = (id.to_string(), score.to_string());
-        let args = [id.as_bytes(), score.as_bytes(), if login { b"1" } else { b"0" }];
-        Box::pin(self.run_script("INDEX", &INDEX, (&key, member), false, &args, deadline)).await
+        let args = [id.as_bytes(), score.as_bytes(), if others { b"1" } else { b"0" }];
+        let flat: Vec<String> =
+            Box::pin(self.run_script("INDEX", &INDEX, (&key, member), false, &args, deadline)).await?;
+        let mut flat = flat.into_iter();
+        let mut pairs = Vec::with_capacity(flat.len() / 2);
+        while let (Some(id), Some(score)) = (flat.next(), flat.next()) {
+            pairs.push((id, score));
+        }
+        Ok(pairs)
+    }
+
+    /// Removes from `user`'s index here the `entries` (id, score as
+    /// [`index`](Self::index) returned it) that no index write touched
+    /// since ([`PRUNE`](crate::scripts::PRUNE)).
+    pub(crate) async fn prune(
+        &self,
+        user: &str,
+        entries: &[(String, String)],
+        deadline: Deadline,
+    ) -> Result<(), Error> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let (key, member) = self.route(&keys::user_index(user));
+        let args: Vec<&[u8]> = entries.iter().flat_map(|(id, score)| [id.as_bytes(), score.as_bytes()]).collect();
+        let _: u64 = Box::pin(self.run_script("PRUNE", &PRUNE, (&key, member), false, &args, deadline)).await?;
+        Ok(())
     }
 
     /// [`index`](Self::index) as a command for a pipeline, not a login (the

@@ -114,23 +114,46 @@ pub(crate) static LOGOUT: Lua = Lua::new(concat!(
 ));
 
 /// `KEYS[1]` a user's index (`users.rs`); `ARGV[1]` session id, `ARGV[2]`
-/// its score (ms: at least its expiry), `ARGV[3]` `1` for a login. Drops
-/// the entries whose score passed (server clock), adds the session or
-/// raises its score (never lowers it: the entry must outlive the session,
-/// and a save that shortened its expiry may not have run), and makes the
-/// index expire with its last entry. For a login, returns the other
-/// entries' ids, oldest first (the store drops those whose session is gone,
-/// and applies the cap); else nothing.
+/// its score (ms: at least its expiry), `ARGV[3]` `1` to get the other
+/// entries back. Drops the entries whose score passed (server clock), adds
+/// the session or raises its score, and makes the index expire with its
+/// last entry. The score never goes down (the entry must outlive the
+/// session, and a save that shortened its expiry may not have run), and it
+/// changes on every call, by 1 ms if need be: [`PRUNE`] removes an entry
+/// only if no index write touched it since it was read. When asked,
+/// returns the other entries, oldest first, as id, score, id, score...
 pub(crate) static INDEX: Lua = Lua::new(concat!(
     "local t = redis.call('TIME')\n",
     "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t[1] * 1000 + math.floor(t[2] / 1000))\n",
-    "redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])\n",
+    "local score = tonumber(ARGV[2])\n",
+    "local old = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]))\n",
+    "if old and old >= score then score = old + 1 end\n",
+    "redis.call('ZADD', KEYS[1], string.format('%.0f', score), ARGV[1])\n",
     "local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')\n",
     "redis.call('PEXPIREAT', KEYS[1], last[2])\n",
     "if ARGV[3] ~= '1' then return {} end\n",
     "local others = {}\n",
-    "for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do\n",
-    "  if id ~= ARGV[1] then others[#others + 1] = id end\n",
+    "local all = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')\n",
+    "for i = 1, #all, 2 do\n",
+    "  if all[i] ~= ARGV[1] then\n",
+    "    others[#others + 1] = all[i]\n",
+    "    others[#others + 1] = all[i + 1]\n",
+    "  end\n",
     "end\n",
     "return others"
+));
+
+/// `KEYS[1]` a user's index; `ARGV` pairs of session id and the score
+/// [`INDEX`] returned for it. Removes each entry whose score is still that
+/// one: an entry that an index write touched since (a session written
+/// there after it was found missing) stays. Returns how many went.
+pub(crate) static PRUNE: Lua = Lua::new(concat!(
+    "local n = 0\n",
+    "for i = 1, #ARGV - 1, 2 do\n",
+    "  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])\n",
+    "  if score and tonumber(score) == tonumber(ARGV[i + 1]) then\n",
+    "    n = n + redis.call('ZREM', KEYS[1], ARGV[i])\n",
+    "  end\n",
+    "end\n",
+    "return n"
 ));

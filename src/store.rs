@@ -392,13 +392,13 @@ impl MultiRedisStore {
             return Err(Error::from_failures(failures));
         }
         if let Some(user) = self.user_of(&record) {
-            // The copy's index entry (until it lands, the source's index
-            // names the session: `users.rs`). Boxed: only stores that
+            // The copy's index entry, after the copy (until it lands, the
+            // source's index names the session: `users.rs`). Boxed: only stores that
             // index users pay for it.
             let writers: Vec<&Node> = self.nodes_at(&writers).collect();
             let write = Write { sid, bytes, pxat, deadline };
             match Box::pin(self.index("copy-on-read (index)", &user, &writers, write, false)).await {
-                Ok(indexed) if indexed.len() == writers.len() => {}
+                Ok(indexed) if indexed.everywhere && held_by_every_writer => self.remember(user, sid, &indexed),
                 // Not moved then: the source's index still names it.
                 Ok(_) => held_by_every_writer = false,
                 Err(err) => {
@@ -477,16 +477,13 @@ impl MultiRedisStore {
             pxat: codec::expiry_millis(record.expiry_date),
             deadline: self.deadline(),
         };
-        if let Some(users) = self.users()
-            && let Some(user) = users.key.user_of(&record.data)
-            && !users.covers(write.sid, &user, write.pxat)
-        {
-            // Before the session, so that no session is stored with a user
-            // or an expiry its index does not cover (`users.rs`). Boxed:
-            // only stores that index users pay for it.
-            let writers: Vec<&Node> = self.nodes_at(&self.inner.writers).collect();
-            Box::pin(self.index("save (index)", &user, &writers, write, false)).await?;
-        }
+        // Before the session, so that no session is stored with a user or
+        // an expiry its index does not cover (`users.rs`). Boxed: only
+        // stores that index users pay for it.
+        let indexed = match self.users() {
+            Some(_) => Box::pin(self.index_save(record, write)).await?,
+            None => None,
+        };
         // The save's own deadline counts from here (after any index write).
         let started = clock::now_ms();
         let results =
@@ -499,11 +496,62 @@ impl MultiRedisStore {
                 other => tally.add(other.map(|_| ())),
             }
         }
-        if !missed.is_empty() {
-            // Boxed: rare (a session not in every W backend yet), and large.
-            Box::pin(self.save_missed(&missed, write, started, &mut tally)).await;
+        // The session is in every W backend as this instance indexed it
+        // only if every `SET XX` hit: else what it remembers may have been
+        // pruned there (`users.rs`).
+        let everywhere = missed.is_empty() && tally.failures.is_empty();
+        if !everywhere && let Some(users) = self.users() {
+            users.forget(write.sid);
         }
-        self.accept("save", tally)
+        if !missed.is_empty() || indexed.is_some() {
+            // Boxed: rare (a session not in every W backend yet, or about
+            // once per session lifetime and instance), and large.
+            Box::pin(async move {
+                if !missed.is_empty() {
+                    self.save_missed(&missed, write, record, started, &mut tally).await;
+                }
+                if let Some(indexed) = indexed {
+                    self.after_index_save(*indexed, write.sid, everywhere).await;
+                }
+                self.accept("save", tally)
+            })
+            .await
+        } else {
+            self.accept("save", tally)
+        }
+    }
+
+    /// The index write of a save, unless this instance's last one covers
+    /// it: the user, and what the index write returned.
+    async fn index_save(&self, record: &Record, write: Write<'_>) -> Result<Option<Box<(String, Indexed<'_>)>>, Error> {
+        let Some(users) = self.users() else { return Ok(None) };
+        let Some(user) = users.key.user_of(&record.data) else { return Ok(None) };
+        if users.covers(write.sid, &user, write.pxat) {
+            return Ok(None);
+        }
+        let writers: Vec<&Node> = self.nodes_at(&self.inner.writers).collect();
+        let indexed = self.index("save (index)", &user, &writers, write, true).await?;
+        Ok(Some(Box::new((user, indexed))))
+    }
+
+    /// After a save that wrote the index: remembers it when the session
+    /// was written `everywhere`, and tidies the user's other entries.
+    async fn after_index_save(&self, (user, indexed): (String, Indexed<'_>), sid: &Id, everywhere: bool) {
+        if everywhere {
+            self.remember(user.clone(), sid, &indexed);
+        }
+        self.tidy(&user, indexed.entries, false).await;
+    }
+
+    /// Remembers that this instance indexed session `sid` for `user` and
+    /// wrote the session, on every W backend: its saves up to the score
+    /// need no index write.
+    fn remember(&self, user: String, sid: &Id, indexed: &Indexed<'_>) {
+        if indexed.everywhere
+            && let Some(users) = self.users()
+        {
+            users.remember(*sid, user, indexed.score);
+        }
     }
 
     /// Whether a write done on `tally.done` backends and failed on the
@@ -521,19 +569,18 @@ impl MultiRedisStore {
     }
 
     /// Adds the session of `write` to `user`'s index on `nodes`
-    /// (`users.rs`), by the write policy; for a `login`, the entries each
-    /// returned (the user's other sessions). Remembered once done on every
-    /// W backend.
+    /// (`users.rs`), by the write policy; with `others`, the entries each
+    /// returned (the user's other sessions there, to [`tidy`](Self::tidy)).
     async fn index<'a>(
         &self,
         op: &'static str,
         user: &str,
         nodes: &[&'a Node],
         write: Write<'_>,
-        login: bool,
-    ) -> Result<Vec<(&'a Node, Vec<String>)>, Error> {
+        others: bool,
+    ) -> Result<Indexed<'a>, Error> {
         let score = Users::score(write.pxat);
-        let results = join_all(nodes.iter().map(|n| n.index(user, write.sid, score, login, write.deadline))).await;
+        let results = join_all(nodes.iter().map(|n| n.index(user, write.sid, score, others, write.deadline))).await;
         let mut tally = Tally::default();
         let mut indexed = Vec::with_capacity(nodes.len());
         for (node, result) in nodes.iter().zip(results) {
@@ -547,21 +594,31 @@ impl MultiRedisStore {
         }
         let everywhere = tally.failures.is_empty() && nodes.len() == self.inner.writers.len();
         self.accept(op, tally)?;
-        if everywhere && let Some(users) = self.users() {
-            users.remember(*write.sid, user.to_owned(), score);
-        }
-        Ok(indexed)
+        Ok(Indexed { score, everywhere, entries: indexed })
     }
 
     /// A login's index entries, on the W backends that created its session,
     /// and the cap: past it, the user's sessions that expire first are
     /// logged out.
     async fn index_login(&self, user: &str, created: &[&Node], write: Write<'_>) -> Result<(), Error> {
+        let indexed = self.index("create (index)", user, created, write, true).await?;
+        self.remember(user.to_owned(), write.sid, &indexed);
+        self.tidy(user, indexed.entries, true).await;
+        Ok(())
+    }
+
+    /// After an index write of `user` (a login, or a save that wrote the
+    /// index): drops, on each node, the entries it returned whose session
+    /// is gone there, and for a login past the `cap`, logs out the
+    /// sessions that expire first. Best effort: what fails waits for the
+    /// user's next index write, or for the entries' scores to pass.
+    async fn tidy(&self, user: &str, indexed: Vec<(&Node, Vec<(String, String)>)>, cap: bool) {
+        let cap = if cap { self.users().map_or(0, |u| u.cap) as usize } else { 0 };
         let mut evict = std::collections::BTreeSet::new();
-        for (node, entries) in self.index("create (index)", user, created, write, true).await? {
-            match self.past_cap(node, entries).await {
+        for (node, entries) in indexed {
+            match self.tidy_on(node, user, entries, cap).await {
                 Ok(ids) => evict.extend(ids),
-                Err(err) => tracing::warn!(error = %err, "create: the cap is not checked on this backend now"),
+                Err(err) => tracing::debug!(error = %err, "the user's index is not tidied on this backend now"),
             }
         }
         let evict: Vec<String> = evict.into_iter().collect();
@@ -570,21 +627,50 @@ impl MultiRedisStore {
         {
             tracing::warn!(error = %err, "create: the user's oldest sessions past the cap stay for now");
         }
-        Ok(())
     }
 
-    /// Of a user's other index `entries` on `node`, the sessions to log out
-    /// for the cap: those that expire first, leaving the cap's worth with
-    /// the login's own. Entries whose session is gone do not count; they
-    /// stay until their score passes (a save or a move may be about to
-    /// write the session there, its entry written first).
-    async fn past_cap(&self, node: &Node, entries: Vec<String>) -> Result<Vec<String>, Error> {
-        let cap = self.users().map_or(0, |u| u.cap) as usize;
+    /// [`tidy`](Self::tidy) on one node: prunes the `entries` whose session
+    /// is not there, and returns the sessions past `cap` (0: none), those
+    /// that expire first, leaving the cap's worth with the login's own.
+    ///
+    /// Why pruning is safe though an index write and its session's write
+    /// are two commands: whatever makes a session exist where it did not
+    /// (a login, copy-on-read, a save's fill, the migrator) writes its
+    /// entry *after* the session, and every index write changes the
+    /// entry's score. [`Node::prune`] removes an entry only if its score is
+    /// still the one read here, before `PTTL` found the session missing. So
+    /// a session written there after that `PTTL` has its entry written after
+    /// too: before the prune (the score changed, the entry stays) or after
+    /// it (the entry is back).
+    async fn tidy_on(
+        &self,
+        node: &Node,
+        user: &str,
+        entries: Vec<(String, String)>,
+        cap: usize,
+    ) -> Result<Vec<String>, Error> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ttls: Vec<i64> = node.per_session("PTTL", entries.iter().map(|(id, _)| id.as_str())).await?;
+        let mut live = Vec::new();
+        let mut gone = Vec::new();
+        // Without write deadlines a fill may land any time after its entry
+        // was written: nothing is pruned then.
+        let prune = self.inner.options.refuse_late_writes;
+        for (ttl, entry) in ttls.into_iter().zip(entries) {
+            match ttl {
+                -2 if prune => gone.push(entry),
+                -2 => {}
+                // A key without an expiry is no session of ours.
+                -1 => {}
+                ttl => live.push((ttl, entry.0)),
+            }
+        }
+        node.prune(user, &gone, self.deadline()).await?;
         if cap == 0 {
             return Ok(Vec::new());
         }
-        let ttls: Vec<i64> = node.per_session("PTTL", entries.iter().map(String::as_str)).await?;
-        let mut live: Vec<(i64, String)> = ttls.into_iter().zip(entries).filter(|(ttl, _)| *ttl >= 0).collect();
         live.sort();
         // The login's own session counts too.
         let over = (live.len() + 1).saturating_sub(cap);
@@ -592,7 +678,7 @@ impl MultiRedisStore {
     }
 
     /// The part of `save` for the W backends whose `SET XX` missed.
-    async fn save_missed(&self, missed: &[usize], write: Write<'_>, started: i64, tally: &mut Tally) {
+    async fn save_missed(&self, missed: &[usize], write: Write<'_>, record: &Record, started: i64, tally: &mut Tally) {
         // Where the session lives elsewhere (a W backend took the update, or
         // a source holds it), write it into these too, unless a logout left
         // a tombstone there.
@@ -608,23 +694,43 @@ impl MultiRedisStore {
         }
         let (sid, bytes, pxat, deadline) = (write.sid, write.bytes, write.pxat, write.deadline);
         let results = if alive {
-            self.fan_out(missed, |w| async move {
-                w.fill(sid, bytes, pxat, started, deadline).await.map(|c| c != Copied::Tombstoned)
-            })
-            .await
+            self.fan_out(missed, |w| w.fill(sid, bytes, pxat, started, deadline)).await
         } else {
             // In no source either: logged out, expired, or just moved into
             // the W backends (a move writes them before it deletes the
             // source, so a copy is there by now): update such a copy only.
-            self.fan_out(missed, |w| w.save(sid, bytes, pxat, deadline)).await
+            let saved = self.fan_out(missed, |w| w.save(sid, bytes, pxat, deadline)).await;
+            let copied = |there| if there { Copied::Present(None) } else { Copied::Tombstoned };
+            saved.into_iter().map(|(w, result)| (w, result.map(copied))).collect()
         };
-        for (_, result) in results {
+        let mut created = Vec::new();
+        let mut unknown = Vec::new();
+        for (w, result) in results {
             match result {
-                Ok(true) => tally.done += 1,
+                Ok(Copied::Present(_)) => tally.done += 1,
+                Ok(Copied::Written) => created.push(w),
                 // Tombstoned, or nowhere: a logout won. Nothing to write.
-                Ok(false) => {}
-                Err(err) => tally.failures.push(err),
+                Ok(Copied::Tombstoned) => {}
+                Err(err) => {
+                    unknown.push(w);
+                    tally.failures.push(err);
+                }
             }
+        }
+        let Some(user) = self.user_of(record) else {
+            tally.done += created.len();
+            return;
+        };
+        // Where the fill created the session, or may have (it failed: by
+        // now it ran or never will, `scripts.rs`), its entry again, after
+        // it: a tidy may have pruned the one written before the save,
+        // finding the session missing (`tidy_on`).
+        let score = Users::score(pxat);
+        let indexed =
+            join_all(created.iter().chain(&unknown).map(|w| w.index(&user, sid, score, false, deadline))).await;
+        // Those that failed count as failures already.
+        for result in indexed.into_iter().take(created.len()) {
+            tally.add(result.map(|_| ()));
         }
     }
 
@@ -694,6 +800,14 @@ impl MultiRedisStore {
             tracing::debug!(error = %err, "the index entries stay until their scores pass");
         }
     }
+}
+
+/// What an index write did: the score it wrote, whether on every W
+/// backend, and the user's other entries each returned (id, score).
+struct Indexed<'a> {
+    score: u64,
+    everywhere: bool,
+    entries: Vec<(&'a Node, Vec<(String, String)>)>,
 }
 
 /// Successes and failures of one fan-out.

@@ -19,27 +19,36 @@
 //! It cleans itself without keyspace notifications: every write to it drops
 //! the entries whose score passed, the key expires with its last entry,
 //! and a logout removes its own entry (its script hands back the session's
-//! value, the only place that names the user). An entry whose session
-//! expired stays until its score passes, up to one more session lifetime:
-//! it is never removed earlier, because a save or a move writes the entry
-//! before the session and may be about to write it. [`sessions_of`] checks
-//! each entry, and the cap counts only sessions that exist.
+//! value, the only place that names the user). An entry whose session is
+//! gone otherwise (expired, or moved away) goes at the user's next index
+//! write that tidies: a login, or a save that writes the index. Such a
+//! write returns the user's other entries; the store reads their sessions'
+//! `PTTL` and prunes the entries whose session is missing. That races the
+//! writes that make a session exist where it was not, and is safe because
+//! each of them writes the entry *after* the session, and an entry is
+//! pruned only if no index write touched it since it was read
+//! (`MultiRedisStore::tidy_on` has the argument). Until then,
+//! [`sessions_of`] checks each entry, and the cap counts only sessions that
+//! exist.
 //!
 //! [`sessions_of`]: crate::MultiRedisStore::sessions_of
 //!
 //! Who writes it, and when:
 //!
 //! * `create`: after the session, before `create` returns (an index write
-//!   that fails undoes the login, by the write policy); with a cap, a login
-//!   past it logs out the user's sessions that expire first (the cap applies
-//!   to logins: `create`, which tower-sessions runs on `cycle_id`);
+//!   that fails undoes the login, by the write policy), then tidies; with a
+//!   cap, a login past it logs out the user's sessions that expire first
+//!   (the cap applies to logins: `create`, which tower-sessions runs on
+//!   `cycle_id`);
 //! * `save`: *before* the session (when not already covered), so that no
 //!   session is ever stored with a user, or an expiry, its index does not
-//!   cover, whatever a timeout or a dropped connection leaves undone;
-//! * copy-on-read: beside the copy (until then the source's index names the
+//!   cover, whatever a timeout or a dropped connection leaves undone; where
+//!   the save creates the session (a backend that missed it), again after
+//!   it; then tidies;
+//! * copy-on-read: after the copy (until then the source's index names the
 //!   session); a copy not indexed everywhere is not moved;
-//! * the migrator: in every target, in the batch of the copies; a session
-//!   not indexed in every target is not removed from the source.
+//! * the migrator: in every target, after the batch of the copies; a
+//!   session not indexed in every target is not removed from the source.
 //!
 //! The index is a key of its own, so on a partition or a cluster it may
 //! live on another server (or slot) than the session: no script needs both.
@@ -139,8 +148,10 @@ pub(crate) struct Users {
     /// Session → (user, score) this instance indexed it with: a save whose
     /// expiry the score already covers needs no index write. Sound because
     /// scores only rise and an entry only leaves an index once its score
-    /// passed or its session was logged out (after which no save writes
-    /// it again). Cleared when full.
+    /// passed, its session was logged out (after which no save writes it
+    /// again), or a tidy found its session missing there (whoever writes
+    /// the session there again indexes it after, and a save that finds it
+    /// missing forgets it here). Cleared when full.
     indexed: std::sync::Mutex<std::collections::HashMap<Id, (String, u64)>>,
 }
 
@@ -177,6 +188,13 @@ impl Users {
     pub(crate) fn covers(&self, id: &Id, user: &str, pxat: u64) -> bool {
         let indexed = self.indexed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         indexed.get(id).is_some_and(|(u, score)| u == user && *score >= pxat)
+    }
+
+    /// Forgets what this instance indexed for session `id`: a save found
+    /// the session missing in a write backend, whose entry a tidy may
+    /// have pruned.
+    pub(crate) fn forget(&self, id: &Id) {
+        self.indexed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
     }
 
     /// Remembers that session `id` is indexed for `user` with `score`.

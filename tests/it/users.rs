@@ -70,6 +70,15 @@ async fn list_and_revoke(store: &MultiRedisStore, label: &str) {
         assert!(loads(store, id).await, "{label}: bob is untouched");
     }
     assert_eq!(store.sessions_of("bob").await.unwrap().len(), 2, "{label}");
+
+    // A session gone without a logout (here: expired; or moved away) has
+    // its entry pruned by the user's next login.
+    let mut short = record("cy");
+    short.expiry_date = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(300);
+    store.create(&mut short).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    log_in(store, "cy", 1).await;
+    assert_eq!(store.revoke_user("cy").await.unwrap(), 1, "{label}: the login pruned the expired session's entry");
 }
 
 async fn indexing(backend: Backend) -> MultiRedisStore {
@@ -183,7 +192,68 @@ async fn a_save_indexes_only_when_its_expiry_is_not_covered() {
     let before = score().await;
     rec.expiry_date -= time::Duration::hours(2);
     other.save(&rec).await.unwrap();
-    assert_eq!(score().await, before, "scores only rise");
+    assert!(score().await > before, "scores never fall, and change on every index write");
+}
+
+/// An entry whose session is gone without a logout (expired, or moved to
+/// another backend) goes at the user's next index write: a login, or a
+/// save that writes the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_whose_session_is_gone_goes_at_the_users_next_write() {
+    let server = RedisServer::start().unwrap();
+    let store = indexing(Backend::url("one", server.url())).await;
+    let ids = log_in(&store, "ann", 3).await;
+    let gone = |id: &Id| {
+        let id = id.to_string();
+        async { conn(&server).await.del::<_, ()>(id).await.unwrap() }
+    };
+    gone(&ids[0]).await;
+    assert_eq!(indexed(&server, "ann").await.len(), 3, "no write of ann yet");
+    log_in(&store, "ann", 1).await;
+    assert!(!indexed(&server, "ann").await.contains(&ids[0].to_string()), "a login prunes it");
+    assert_eq!(indexed(&server, "ann").await.len(), 3);
+
+    // A save that writes the index (here: another instance's first save).
+    gone(&ids[1]).await;
+    let mut rec = store.load(&ids[2]).await.unwrap().unwrap();
+    rec.data.insert("n".to_owned(), serde_json::json!(1));
+    indexing(Backend::url("one", server.url())).await.save(&rec).await.unwrap();
+    let left = indexed(&server, "ann").await;
+    assert!(!left.contains(&ids[1].to_string()) && left.contains(&ids[2].to_string()), "a save prunes it: {left:?}");
+}
+
+/// Pruning races the writes that make a session exist again: an entry
+/// written (or rewritten) after the tidy read it stays, though the tidy
+/// found its session missing. The tidy's `PRUNE` is held in the network
+/// while the session comes back and another instance indexes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_indexed_again_while_its_prune_is_on_the_way_stays() {
+    let server = RedisServer::start().unwrap();
+    let direct = indexing(Backend::url("one", server.url())).await;
+    let ids = log_in(&direct, "ann", 2).await;
+    let back = direct.load(&ids[0]).await.unwrap().unwrap();
+    conn(&server).await.del::<_, ()>(ids[0].to_string()).await.unwrap();
+
+    // `PRUNE` reaches this fresh server as `EVALSHA`, answered NOSCRIPT,
+    // then as `EVAL` with its body: only that is held (`INDEX` has no
+    // `'ZREM'`, only `'ZREMRANGEBYSCORE'`).
+    let proxy =
+        crate::common::proxy::DelayProxy::holding(server.port(), &[b"'ZREM'"], Duration::from_millis(800)).await;
+    let through = indexing(Backend::url("one", proxy.url())).await;
+    proxy.hold(true);
+    let login = tokio::spawn(async move { log_in(&through, "ann", 1).await });
+    // The login's index write ran (3 entries); its PTTL found ids[0]
+    // missing, and its PRUNE is on the way.
+    while indexed(&server, "ann").await.len() < 3 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The session is back (as a copy or a fill would write it), and another
+    // instance's save indexes it, after it.
+    crate::common::plant(&server, "", &back).await;
+    indexing(Backend::url("one", server.url())).await.save(&back).await.unwrap();
+    login.await.unwrap();
+    assert!(indexed(&server, "ann").await.contains(&ids[0].to_string()), "the late prune left the fresh entry");
 }
 
 /// The cap holds under concurrent logins through several instances: the
