@@ -125,7 +125,9 @@ impl MultiRedisStoreBuilder {
     /// It makes a save a short script (`EVALSHA`) reading the server's clock
     /// instead of a bare `SET XX`: about twice a `SET`'s server time
     /// (`BENCHMARKS.md`). Turn it off only with a single app instance, or
-    /// when losing a change after a timeout is acceptable.
+    /// when losing a change after a timeout is acceptable. Without it, the
+    /// per-user index ([`user_key`](Self::user_key)) is not pruned either:
+    /// an entry whose session is gone stays until its score passes.
     pub fn refuse_late_writes(mut self, refuse: bool) -> Self {
         self.refuse_late_writes = Some(refuse);
         self

@@ -474,6 +474,13 @@ impl Node {
         Ok(())
     }
 
+    /// When a save's [`fill`](Self::fill) sent at `from` (a
+    /// [`clock::now_ms`] reading) has run or never will, whatever its
+    /// reply said: its deadline on the server's clock is then past.
+    pub(crate) fn fill_settled_at(&self, from: i64) -> i64 {
+        from.saturating_add(i64::try_from(self.socket_timeout.as_millis()).unwrap_or(i64::MAX))
+    }
+
     /// Prepares every server of this backend for pipelined copies (the
     /// migrator's batches): learns their clocks, and loads the copy and index scripts
     /// so a pipeline can name them by their SHA1 (a batch cannot fall back on

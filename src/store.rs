@@ -398,7 +398,9 @@ impl MultiRedisStore {
             let writers: Vec<&Node> = self.nodes_at(&writers).collect();
             let write = Write { sid, bytes, pxat, deadline };
             match Box::pin(self.index("copy-on-read (index)", &user, &writers, write, false)).await {
-                Ok(indexed) if indexed.everywhere && held_by_every_writer => self.remember(user, sid, &indexed),
+                // Remembered only once the session is written everywhere
+                // (`Look` writes nothing).
+                Ok(indexed) if held_by_every_writer && mode != CopyMode::Look => self.remember(user, sid, &indexed),
                 // Not moved then: the source's index still names it.
                 Ok(_) => held_by_every_writer = false,
                 Err(err) => {
@@ -511,7 +513,7 @@ impl MultiRedisStore {
                     self.save_missed(&missed, write, record, started, &mut tally).await;
                 }
                 if let Some(indexed) = indexed {
-                    self.after_index_save(*indexed, write.sid, everywhere).await;
+                    self.after_index_save(*indexed, write, everywhere).await;
                 }
                 self.accept("save", tally)
             })
@@ -530,22 +532,25 @@ impl MultiRedisStore {
             return Ok(None);
         }
         let writers: Vec<&Node> = self.nodes_at(&self.inner.writers).collect();
-        let indexed = self.index("save (index)", &user, &writers, write, true).await?;
+        // The other entries only to prune them.
+        let others = self.inner.options.refuse_late_writes;
+        let indexed = self.index("save (index)", &user, &writers, write, others).await?;
         Ok(Some(Box::new((user, indexed))))
     }
 
     /// After a save that wrote the index: remembers it when the session
     /// was written `everywhere`, and tidies the user's other entries.
-    async fn after_index_save(&self, (user, indexed): (String, Indexed<'_>), sid: &Id, everywhere: bool) {
+    async fn after_index_save(&self, (user, indexed): (String, Indexed<'_>), write: Write<'_>, everywhere: bool) {
         if everywhere {
-            self.remember(user.clone(), sid, &indexed);
+            self.remember(user.clone(), write.sid, &indexed);
         }
-        self.tidy(&user, indexed.entries, false).await;
+        self.tidy(&user, indexed.entries, 0, write.deadline).await;
     }
 
-    /// Remembers that this instance indexed session `sid` for `user` and
-    /// wrote the session, on every W backend: its saves up to the score
-    /// need no index write.
+    /// Remembers that this instance indexed session `sid` for `user` on
+    /// every W backend: its saves up to the score need no index write.
+    /// Called only once the session write that goes with the index write
+    /// succeeded on every W backend too.
     fn remember(&self, user: String, sid: &Id, indexed: &Indexed<'_>) {
         if indexed.everywhere
             && let Some(users) = self.users()
@@ -601,24 +606,33 @@ impl MultiRedisStore {
     /// and the cap: past it, the user's sessions that expire first are
     /// logged out.
     async fn index_login(&self, user: &str, created: &[&Node], write: Write<'_>) -> Result<(), Error> {
-        let indexed = self.index("create (index)", user, created, write, true).await?;
+        let cap = self.users().map_or(0, |u| u.cap) as usize;
+        let others = self.inner.options.refuse_late_writes || cap > 0;
+        let indexed = self.index("create (index)", user, created, write, others).await?;
         self.remember(user.to_owned(), write.sid, &indexed);
-        self.tidy(user, indexed.entries, true).await;
+        self.tidy(user, indexed.entries, cap, write.deadline).await;
         Ok(())
     }
 
     /// After an index write of `user` (a login, or a save that wrote the
     /// index): drops, on each node, the entries it returned whose session
-    /// is gone there, and for a login past the `cap`, logs out the
-    /// sessions that expire first. Best effort: what fails waits for the
-    /// user's next index write, or for the entries' scores to pass.
-    async fn tidy(&self, user: &str, indexed: Vec<(&Node, Vec<(String, String)>)>, cap: bool) {
-        let cap = if cap { self.users().map_or(0, |u| u.cap) as usize } else { 0 };
+    /// is gone there, and for a login past `cap` (0: no cap), logs out the
+    /// sessions that expire first. Best effort, within the operation's
+    /// `deadline`: what fails waits for the user's next index write, or for
+    /// the entries' scores to pass.
+    async fn tidy(&self, user: &str, indexed: Vec<(&Node, Vec<(String, String)>)>, cap: usize, deadline: Deadline) {
         let mut evict = std::collections::BTreeSet::new();
         for (node, entries) in indexed {
-            match self.tidy_on(node, user, entries, cap).await {
+            if self.check_deadline("tidy", deadline).is_err() {
+                // Past the operation's deadline: the next index write tidies.
+                return;
+            }
+            match self.tidy_on(node, user, entries, cap, deadline).await {
                 Ok(ids) => evict.extend(ids),
-                Err(err) => tracing::debug!(error = %err, "the user's index is not tidied on this backend now"),
+                Err(err) if cap > 0 => {
+                    tracing::warn!(error = %err, "create: the cap is not checked on this backend now")
+                }
+                Err(err) => tracing::debug!(error = %err, "the user's index is not pruned on this backend now"),
             }
         }
         let evict: Vec<String> = evict.into_iter().collect();
@@ -648,6 +662,7 @@ impl MultiRedisStore {
         user: &str,
         entries: Vec<(String, String)>,
         cap: usize,
+        deadline: Deadline,
     ) -> Result<Vec<String>, Error> {
         if entries.is_empty() {
             return Ok(Vec::new());
@@ -667,7 +682,10 @@ impl MultiRedisStore {
                 ttl => live.push((ttl, entry.0)),
             }
         }
-        node.prune(user, &gone, self.deadline()).await?;
+        if let Err(err) = node.prune(user, &gone, deadline).await {
+            // The cap is still applied.
+            tracing::debug!(error = %err, "the user's index is not pruned on this backend now");
+        }
         if cap == 0 {
             return Ok(Vec::new());
         }
@@ -712,7 +730,10 @@ impl MultiRedisStore {
                 // Tombstoned, or nowhere: a logout won. Nothing to write.
                 Ok(Copied::Tombstoned) => {}
                 Err(err) => {
-                    unknown.push(w);
+                    // A fill may have written; an update of a copy never creates one.
+                    if alive {
+                        unknown.push(w);
+                    }
                     tally.failures.push(err);
                 }
             }
@@ -721,10 +742,19 @@ impl MultiRedisStore {
             tally.done += created.len();
             return;
         };
-        // Where the fill created the session, or may have (it failed: by
-        // now it ran or never will, `scripts.rs`), its entry again, after
-        // it: a tidy may have pruned the one written before the save,
-        // finding the session missing (`tidy_on`).
+        // Where the fill created the session, or may have, its entry again,
+        // after it: a tidy may have pruned the one written before the save,
+        // finding the session missing (`tidy_on`). A fill that failed may
+        // still be on its way (a dropped connection answers at once): wait
+        // until its write deadline passed, when it ran or never will
+        // (`scripts.rs`). Only with write deadlines: without, nothing is
+        // pruned.
+        if self.inner.options.refuse_late_writes
+            && let Some(settled) = unknown.iter().map(|w| w.fill_settled_at(started)).max()
+        {
+            let wait = u64::try_from(settled.saturating_sub(clock::now_ms())).unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
         let score = Users::score(pxat);
         let indexed =
             join_all(created.iter().chain(&unknown).map(|w| w.index(&user, sid, score, false, deadline))).await;

@@ -27,9 +27,17 @@
 //! writes that make a session exist where it was not, and is safe because
 //! each of them writes the entry *after* the session, and an entry is
 //! pruned only if no index write touched it since it was read
-//! (`MultiRedisStore::tidy_on` has the argument). Until then,
+//! (`MultiRedisStore::tidy_on` has the argument). A write whose outcome is
+//! unknown may land after its entry: a save's fill has its entry written
+//! again once the fill's deadline passed; a copy (copy-on-read, the
+//! migrator) that failed is not moved, so its source, whose index names
+//! the session, keeps it, with the same expiry as the late copy. Only with
+//! write deadlines ([`refuse_late_writes`], the default); without, nothing
+//! is pruned and an entry stays until its score passes. Until then,
 //! [`sessions_of`] checks each entry, and the cap counts only sessions that
 //! exist.
+//!
+//! [`refuse_late_writes`]: crate::MultiRedisStoreBuilder::refuse_late_writes
 //!
 //! [`sessions_of`]: crate::MultiRedisStore::sessions_of
 //!
@@ -44,9 +52,10 @@
 //!   session is ever stored with a user, or an expiry, its index does not
 //!   cover, whatever a timeout or a dropped connection leaves undone; where
 //!   the save creates the session (a backend that missed it), again after
-//!   it; then tidies;
-//! * copy-on-read: after the copy (until then the source's index names the
-//!   session); a copy not indexed everywhere is not moved;
+//!   it (after its deadline, when its outcome is unknown); then tidies;
+//! * copy-on-read: once the copies answered (until then the source's index
+//!   names the session); a copy that failed or is not indexed everywhere
+//!   is not moved;
 //! * the migrator: in every target, after the batch of the copies; a
 //!   session not indexed in every target is not removed from the source.
 //!
@@ -146,12 +155,14 @@ pub(crate) struct Users {
     /// to expire) are logged out when a login goes past it.
     pub(crate) cap: u32,
     /// Session → (user, score) this instance indexed it with: a save whose
-    /// expiry the score already covers needs no index write. Sound because
-    /// scores only rise and an entry only leaves an index once its score
-    /// passed, its session was logged out (after which no save writes it
-    /// again), or a tidy found its session missing there (whoever writes
-    /// the session there again indexes it after, and a save that finds it
-    /// missing forgets it here). Cleared when full.
+    /// expiry the score already covers needs no index write. Remembered
+    /// only once both the index write and the session write it goes with
+    /// succeeded on every W backend; forgotten when a save misses or fails
+    /// on one. Sound because scores only rise and an entry only leaves an
+    /// index once its score passed, its session was logged out (after which
+    /// no save writes it again), or a tidy found its session missing there
+    /// (then this instance's next save there misses, and forgets; whoever
+    /// writes the session there again indexes it after). Cleared when full.
     indexed: std::sync::Mutex<std::collections::HashMap<Id, (String, u64)>>,
 }
 

@@ -16,6 +16,7 @@ use tower_sessions_multi_redis_store::migrate::{self, Migrator};
 use tower_sessions_multi_redis_store::testing::{RedisServer, SentinelGroup};
 use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore};
 
+use crate::common::proxy::DelayProxy;
 use crate::common::{Rng, conn, record, servers};
 
 #[path = "../../examples/shared/devices.rs"]
@@ -71,12 +72,13 @@ async fn list_and_revoke(store: &MultiRedisStore, label: &str) {
     }
     assert_eq!(store.sessions_of("bob").await.unwrap().len(), 2, "{label}");
 
-    // A session gone without a logout (here: expired; or moved away) has
-    // its entry pruned by the user's next login.
+    // A session gone without a logout (here: expired) has its entry pruned
+    // by the user's next login. Its score (expiry plus the remaining life
+    // then) is a second past the expiry: not what drops it.
     let mut short = record("cy");
-    short.expiry_date = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(300);
+    short.expiry_date = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(1000);
     store.create(&mut short).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     log_in(store, "cy", 1).await;
     assert_eq!(store.revoke_user("cy").await.unwrap(), 1, "{label}: the login pruned the expired session's entry");
 }
@@ -147,7 +149,15 @@ async fn revoke_reaches_the_source_and_the_migrator_indexes_what_it_moves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_entries_disappear_without_notifications() {
     let server = RedisServer::start().unwrap();
-    let store = indexing(Backend::url("one", server.url())).await;
+    // Without write deadlines nothing is pruned: what this checks is the
+    // trimming by score alone.
+    let store = MultiRedisStore::builder()
+        .backend(Backend::url("one", server.url()))
+        .user_key("user")
+        .refuse_late_writes(false)
+        .build()
+        .await
+        .unwrap();
     let in_ms = |ms| time::OffsetDateTime::now_utc() + time::Duration::milliseconds(ms);
     let mut short = record("ann");
     short.expiry_date = in_ms(400);
@@ -230,30 +240,84 @@ async fn an_entry_whose_session_is_gone_goes_at_the_users_next_write() {
 async fn an_entry_indexed_again_while_its_prune_is_on_the_way_stays() {
     let server = RedisServer::start().unwrap();
     let direct = indexing(Backend::url("one", server.url())).await;
-    let ids = log_in(&direct, "ann", 2).await;
+    let ids = log_in(&direct, "ann", 3).await;
     let back = direct.load(&ids[0]).await.unwrap().unwrap();
-    conn(&server).await.del::<_, ()>(ids[0].to_string()).await.unwrap();
+    // Two sessions gone without a logout; the first comes back.
+    for id in &ids[..2] {
+        conn(&server).await.del::<_, ()>(id.to_string()).await.unwrap();
+    }
 
     // `PRUNE` reaches this fresh server as `EVALSHA`, answered NOSCRIPT,
     // then as `EVAL` with its body: only that is held (`INDEX` has no
     // `'ZREM'`, only `'ZREMRANGEBYSCORE'`).
-    let proxy =
-        crate::common::proxy::DelayProxy::holding(server.port(), &[b"'ZREM'"], Duration::from_millis(800)).await;
+    let proxy = DelayProxy::holding(server.port(), &[b"'ZREM'"], Duration::from_millis(1500)).await;
     let through = indexing(Backend::url("one", proxy.url())).await;
     proxy.hold(true);
     let login = tokio::spawn(async move { log_in(&through, "ann", 1).await });
-    // The login's index write ran (3 entries); its PTTL found ids[0]
-    // missing, and its PRUNE is on the way.
-    while indexed(&server, "ann").await.len() < 3 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // The session is back (as a copy or a fill would write it), and another
-    // instance's save indexes it, after it.
+    // The login's PRUNE is held: its PTTL found both sessions missing.
+    wait_until("the login's PRUNE is held", || proxy.held() >= 1).await;
+    // The session is back (as a copy or a fill writes it), and another
+    // instance indexes it after it (a save; without write deadlines, so that
+    // it does not prune on its own).
     crate::common::plant(&server, "", &back).await;
-    indexing(Backend::url("one", server.url())).await.save(&back).await.unwrap();
+    let other = MultiRedisStore::builder()
+        .backend(Backend::url("one", server.url()))
+        .user_key("user")
+        .refuse_late_writes(false)
+        .build()
+        .await
+        .unwrap();
+    other.save(&back).await.unwrap();
+    assert_eq!(proxy.passed(), 0, "the index write came before the held PRUNE");
     login.await.unwrap();
-    assert!(indexed(&server, "ann").await.contains(&ids[0].to_string()), "the late prune left the fresh entry");
+    let left = indexed(&server, "ann").await;
+    assert!(!left.contains(&ids[1].to_string()), "the PRUNE ran: the entry of the session still gone went");
+    assert!(left.contains(&ids[0].to_string()), "the late PRUNE left the fresh entry: {left:?}");
+}
+
+/// A save's fill that lands after a login pruned the entry the save wrote
+/// first (the session was missing there) indexes the session again, after
+/// the fill: a revoke finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_that_lands_after_its_entry_was_pruned_is_indexed_again() {
+    let (old, new) = (RedisServer::start().unwrap(), RedisServer::start().unwrap());
+    // Ann's session, in "old" only, where no index names it.
+    let rec = record("ann");
+    crate::common::plant(&old, "", &rec).await;
+    let store = |new_url: String| {
+        MultiRedisStore::builder()
+            .backend(Backend::url("new", new_url))
+            .backend(Backend::url("old", old.url()).modes(Modes::READ_DELETE))
+            .user_key("user")
+            .build()
+    };
+    // The save's `FILL` reaches this fresh server as `EVALSHA`, answered
+    // NOSCRIPT, then as `EVAL` with its body: only that is held.
+    let proxy = DelayProxy::holding(new.port(), &[b"-now end"], Duration::from_millis(1000)).await;
+    let saver = store(proxy.url()).await.unwrap();
+    let direct = store(new.url()).await.unwrap();
+    proxy.hold(true);
+    let mut changed = rec.clone();
+    changed.data.insert("n".to_owned(), serde_json::json!(1));
+    let save = tokio::spawn(async move { saver.save(&changed).await });
+    wait_until("the save's FILL is held", || proxy.held() >= 1).await;
+    assert!(indexed(&new, "ann").await.contains(&rec.id.to_string()), "indexed before the session");
+    // Another device logs in: its tidy finds the session missing in "new".
+    log_in(&direct, "ann", 1).await;
+    assert!(!indexed(&new, "ann").await.contains(&rec.id.to_string()), "pruned");
+    save.await.unwrap().unwrap();
+    assert!(indexed(&new, "ann").await.contains(&rec.id.to_string()), "indexed again after the fill");
+    assert_eq!(direct.revoke_user("ann").await.unwrap(), 2);
+    assert!(direct.load(&rec.id).await.unwrap().is_none(), "revoked");
+}
+
+/// Waits (10 s at most) until `done`.
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(10), "{what}: not after 10 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// The cap holds under concurrent logins through several instances: the

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,7 +16,15 @@ use tokio::task::JoinHandle;
 pub struct DelayProxy {
     pub addr: SocketAddr,
     hold: Arc<AtomicBool>,
+    counts: Arc<Counts>,
     task: JoinHandle<()>,
+}
+
+/// Chunks held up so far, and those of them passed on since.
+#[derive(Default)]
+struct Counts {
+    held: AtomicUsize,
+    passed: AtomicUsize,
 }
 
 /// Which chunks to delay.
@@ -43,15 +51,26 @@ impl DelayProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hold = Arc::new(AtomicBool::new(hold));
+        let counts = Arc::new(Counts::default());
         let task = tokio::spawn({
-            let hold = hold.clone();
+            let (hold, counts) = (hold.clone(), counts.clone());
             async move {
                 while let Ok((client, _)) = listener.accept().await {
-                    tokio::spawn(pipe(client, upstream_port, rule, hold.clone()));
+                    tokio::spawn(pipe(client, upstream_port, rule, hold.clone(), counts.clone()));
                 }
             }
         });
-        DelayProxy { addr, hold, task }
+        DelayProxy { addr, hold, counts, task }
+    }
+
+    /// How many chunks were held up so far.
+    pub fn held(&self) -> usize {
+        self.counts.held.load(Ordering::SeqCst)
+    }
+
+    /// How many of the held chunks were passed on to the server since.
+    pub fn passed(&self) -> usize {
+        self.counts.passed.load(Ordering::SeqCst)
     }
 
     /// Turns holding on or off (for [`holding`](Self::holding) proxies).
@@ -70,7 +89,7 @@ impl Drop for DelayProxy {
     }
 }
 
-async fn pipe(client: TcpStream, upstream_port: u16, rule: Rule, hold: Arc<AtomicBool>) {
+async fn pipe(client: TcpStream, upstream_port: u16, rule: Rule, hold: Arc<AtomicBool>, counts: Arc<Counts>) {
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)).await else {
         return;
     };
@@ -85,10 +104,14 @@ async fn pipe(client: TcpStream, upstream_port: u16, rule: Rule, hold: Arc<Atomi
                     needles.iter().any(|needle| chunk.windows(needle.len()).any(|w| w == *needle))
                 });
             if delayed {
+                counts.held.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(rule.delay).await;
             }
             if server_write.write_all(chunk).await.is_err() {
                 break;
+            }
+            if delayed {
+                counts.passed.fetch_add(1, Ordering::SeqCst);
             }
         }
     };
