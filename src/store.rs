@@ -86,7 +86,7 @@ use crate::error::Error;
 use crate::health::{BackendHealth, Counter};
 use crate::node::{Copied, CopyMode, Deadline, Node};
 use crate::policy::{CopyOnRead, ReadPolicy, WritePolicy};
-use crate::users::Users;
+use crate::users::{Users, unix_ms};
 
 /// A [`SessionStore`] over an ordered list of Redis backends, each allowed to
 /// `read`, `write` and/or `delete`.
@@ -622,18 +622,33 @@ impl MultiRedisStore {
     /// the entries' scores to pass.
     async fn tidy(&self, user: &str, indexed: Vec<(&Node, Vec<(String, String)>)>, cap: usize, deadline: Deadline) {
         let mut evict = std::collections::BTreeSet::new();
+        // When the first of the other live sessions expires, if every node
+        // was tidied: the user's saves through this instance tidy again then.
+        let mut due = Some(None);
         for (node, entries) in indexed {
             if self.check_deadline("tidy", deadline).is_err() {
                 // Past the operation's deadline: the next index write tidies.
                 return;
             }
             match self.tidy_on(node, user, entries, cap, deadline).await {
-                Ok(ids) => evict.extend(ids),
-                Err(err) if cap > 0 => {
-                    tracing::warn!(error = %err, "create: the cap is not checked on this backend now")
+                Ok((ids, first)) => {
+                    evict.extend(ids);
+                    due = due.map(|due: Option<u64>| due.into_iter().chain(first).min());
                 }
-                Err(err) => tracing::debug!(error = %err, "the user's index is not pruned on this backend now"),
+                Err(err) => {
+                    due = None;
+                    if cap > 0 {
+                        tracing::warn!(error = %err, "create: the cap is not checked on this backend now");
+                    } else {
+                        tracing::debug!(error = %err, "the user's index is not pruned on this backend now");
+                    }
+                }
             }
+        }
+        if let (Some(due), Some(users)) = (due, self.users())
+            && self.inner.options.refuse_late_writes
+        {
+            users.tidied(user, due);
         }
         let evict: Vec<String> = evict.into_iter().collect();
         if !evict.is_empty()
@@ -663,9 +678,9 @@ impl MultiRedisStore {
         entries: Vec<(String, String)>,
         cap: usize,
         deadline: Deadline,
-    ) -> Result<Vec<String>, Error> {
+    ) -> Result<(Vec<String>, Option<u64>), Error> {
         if entries.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         }
         let ttls: Vec<i64> = node.per_session("PTTL", entries.iter().map(|(id, _)| id.as_str())).await?;
         let mut live = Vec::new();
@@ -686,13 +701,11 @@ impl MultiRedisStore {
             // The cap is still applied.
             tracing::debug!(error = %err, "the user's index is not pruned on this backend now");
         }
-        if cap == 0 {
-            return Ok(Vec::new());
-        }
         live.sort();
+        let first = live.first().map(|&(ttl, _)| unix_ms().saturating_add(ttl.unsigned_abs()));
         // The login's own session counts too.
-        let over = (live.len() + 1).saturating_sub(cap);
-        Ok(live.into_iter().take(over).map(|(_, id)| id).collect())
+        let over = if cap == 0 { 0 } else { (live.len() + 1).saturating_sub(cap) };
+        Ok((live.into_iter().take(over).map(|(_, id)| id).collect(), first))
     }
 
     /// The part of `save` for the W backends whose `SET XX` missed.

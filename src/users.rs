@@ -23,7 +23,12 @@
 //! gone otherwise (expired, or moved away) goes at the user's next index
 //! write that tidies: a login, or a save that writes the index. Such a
 //! write returns the user's other entries; the store reads their sessions'
-//! `PTTL` and prunes the entries whose session is missing. That races the
+//! `PTTL` and prunes the entries whose session is missing. A save that the
+//! instance's memory covers writes no index, unless a session of the user
+//! that the instance saw at its last tidy has expired since: then the save
+//! writes the index and tidies. So an expired session's entry goes at the
+//! user's next write through an instance that knew of it; through another
+//! one, at the next login or index write. That races the
 //! writes that make a session exist where it was not, and is safe because
 //! each of them writes the entry *after* the session, and an entry is
 //! pruned only if no index write touched it since it was read
@@ -163,7 +168,19 @@ pub(crate) struct Users {
     /// no save writes it again), or a tidy found its session missing there
     /// (then this instance's next save there misses, and forgets; whoever
     /// writes the session there again indexes it after). Cleared when full.
-    indexed: std::sync::Mutex<std::collections::HashMap<Id, (String, u64)>>,
+    ///
+    /// And per user, when the first of the other sessions this instance
+    /// saw at its last tidy of the user expires (Unix ms): from then on
+    /// the user's saves are not covered, so the next one writes the index
+    /// and tidies, pruning the expired session's entry.
+    memory: std::sync::Mutex<Memory>,
+}
+
+/// What [`Users::memory`] holds.
+#[derive(Default)]
+struct Memory {
+    indexed: std::collections::HashMap<Id, (String, u64)>,
+    tidy_due: std::collections::HashMap<String, u64>,
 }
 
 /// Without the sessions it remembers: their ids are bearer tokens.
@@ -178,12 +195,12 @@ pub(crate) fn unix_ms() -> u64 {
     u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
-/// How many sessions [`Users::indexed`] remembers (about 5 MB).
+/// How many sessions (and users) [`Users::memory`] remembers (about 5 MB).
 const REMEMBERED: usize = 100_000;
 
 impl Users {
     pub(crate) fn new(key: UserKey, cap: u32) -> Users {
-        Users { key, cap, indexed: std::sync::Mutex::default() }
+        Users { key, cap, memory: std::sync::Mutex::default() }
     }
 
     /// The score of a session expiring at `pxat` (Unix ms), indexed now:
@@ -194,23 +211,46 @@ impl Users {
         pxat.saturating_add(pxat.saturating_sub(unix_ms()))
     }
 
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Whether this instance indexed session `id` for `user` with a score
-    /// that covers `pxat`.
+    /// that covers `pxat`, and no other session of the user it knows of
+    /// expired since its last tidy.
     pub(crate) fn covers(&self, id: &Id, user: &str, pxat: u64) -> bool {
-        let indexed = self.indexed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        indexed.get(id).is_some_and(|(u, score)| u == user && *score >= pxat)
+        let memory = self.memory();
+        memory.indexed.get(id).is_some_and(|(u, score)| u == user && *score >= pxat)
+            && memory.tidy_due.get(user).is_none_or(|&due| due > unix_ms())
+    }
+
+    /// After a tidy of `user`: the first of the other live sessions it saw
+    /// expires at `due` (`None`: none).
+    pub(crate) fn tidied(&self, user: &str, due: Option<u64>) {
+        let mut memory = self.memory();
+        match due {
+            Some(due) => {
+                if memory.tidy_due.len() >= REMEMBERED {
+                    memory.tidy_due.clear();
+                }
+                memory.tidy_due.insert(user.to_owned(), due);
+            }
+            None => {
+                memory.tidy_due.remove(user);
+            }
+        }
     }
 
     /// Forgets what this instance indexed for session `id`: a save found
     /// the session missing in a write backend, whose entry a tidy may
     /// have pruned.
     pub(crate) fn forget(&self, id: &Id) {
-        self.indexed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
+        self.memory().indexed.remove(id);
     }
 
     /// Remembers that session `id` is indexed for `user` with `score`.
     pub(crate) fn remember(&self, id: Id, user: String, score: u64) {
-        let mut indexed = self.indexed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let indexed = &mut self.memory().indexed;
         if indexed.len() >= REMEMBERED {
             indexed.clear();
         }

@@ -230,6 +230,24 @@ async fn an_entry_whose_session_is_gone_goes_at_the_users_next_write() {
     indexing(Backend::url("one", server.url())).await.save(&rec).await.unwrap();
     let left = indexed(&server, "ann").await;
     assert!(!left.contains(&ids[1].to_string()) && left.contains(&ids[2].to_string()), "a save prunes it: {left:?}");
+
+    // A save the instance's memory covers writes no index, unless a session
+    // of the user it saw at its last tidy expired since: then it does, and
+    // prunes that session's entry.
+    let bob = indexing(Backend::url("one", server.url())).await;
+    let mut short = record("bob");
+    short.expiry_date = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(1000);
+    bob.create(&mut short).await.unwrap();
+    let mut long = record("bob");
+    bob.create(&mut long).await.unwrap(); // its tidy sees `short`
+    let score =
+        || async { conn(&server).await.zscore::<_, _, f64>(index_key("bob"), long.id.to_string()).await.unwrap() };
+    let before = score().await;
+    bob.save(&long).await.unwrap();
+    assert_eq!(score().await, before, "covered: no index write");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    bob.save(&long).await.unwrap();
+    assert_eq!(indexed(&server, "bob").await, vec![long.id.to_string()], "the save after the expiry pruned it");
 }
 
 /// Pruning races the writes that make a session exist again: an entry
