@@ -20,7 +20,8 @@ impl MultiRedisStore {
     /// Every live session of `user`, in every backend that reads, from its
     /// index there (each entry checked: one whose session is gone is not
     /// listed; it leaves the index at the user's next login or index
-    /// write, or when its score passes).
+    /// write, or when its score passes: only then without
+    /// [`refuse_late_writes`](crate::MultiRedisStoreBuilder::refuse_late_writes)).
     ///
     /// # Errors
     ///

@@ -400,7 +400,11 @@ impl MultiRedisStore {
             match Box::pin(self.index("copy-on-read (index)", &user, &writers, write, false)).await {
                 // Remembered only once the session is written everywhere
                 // (`Look` writes nothing).
-                Ok(indexed) if held_by_every_writer && mode != CopyMode::Look => self.remember(user, sid, &indexed),
+                Ok(indexed) if indexed.entries.len() == writers.len() => {
+                    if held_by_every_writer && mode != CopyMode::Look {
+                        self.remember(user, sid, &indexed);
+                    }
+                }
                 // Not moved then: the source's index still names it.
                 Ok(_) => held_by_every_writer = false,
                 Err(err) => {
@@ -622,13 +626,15 @@ impl MultiRedisStore {
     /// the entries' scores to pass.
     async fn tidy(&self, user: &str, indexed: Vec<(&Node, Vec<(String, String)>)>, cap: usize, deadline: Deadline) {
         let mut evict = std::collections::BTreeSet::new();
-        // When the first of the other live sessions expires, if every node
-        // was tidied: the user's saves through this instance tidy again then.
-        let mut due = Some(None);
+        // When the first of the other live sessions expires, if every W
+        // backend was tidied: the user's saves through this instance tidy
+        // again then.
+        let mut due = (indexed.len() == self.inner.writers.len()).then_some(None);
         for (node, entries) in indexed {
             if self.check_deadline("tidy", deadline).is_err() {
                 // Past the operation's deadline: the next index write tidies.
-                return;
+                due = None;
+                break;
             }
             match self.tidy_on(node, user, entries, cap, deadline).await {
                 Ok((ids, first)) => {
@@ -645,7 +651,7 @@ impl MultiRedisStore {
                 }
             }
         }
-        if let (Some(due), Some(users)) = (due, self.users())
+        if let Some(users) = self.users()
             && self.inner.options.refuse_late_writes
         {
             users.tidied(user, due);
@@ -702,9 +708,10 @@ impl MultiRedisStore {
             tracing::debug!(error = %err, "the user's index is not pruned on this backend now");
         }
         live.sort();
-        let first = live.first().map(|&(ttl, _)| unix_ms().saturating_add(ttl.unsigned_abs()));
         // The login's own session counts too.
         let over = if cap == 0 { 0 } else { (live.len() + 1).saturating_sub(cap) };
+        // The first to expire of those that stay.
+        let first = live.get(over).map(|&(ttl, _)| unix_ms().saturating_add(ttl.unsigned_abs()));
         Ok((live.into_iter().take(over).map(|(_, id)| id).collect(), first))
     }
 
@@ -762,15 +769,18 @@ impl MultiRedisStore {
         // until its write deadline passed, when it ran or never will
         // (`scripts.rs`). Only with write deadlines: without, nothing is
         // pruned.
+        // A fill's deadline is also never later than the operation's.
         if self.inner.options.refuse_late_writes
             && let Some(settled) = unknown.iter().map(|w| w.fill_settled_at(started)).max()
         {
             let wait = u64::try_from(settled.saturating_sub(clock::now_ms())).unwrap_or(0);
-            tokio::time::sleep(Duration::from_millis(wait)).await;
+            let until = tokio::time::Instant::now() + Duration::from_millis(wait);
+            tokio::time::sleep_until(deadline.map_or(until, |at| at.min(until))).await;
         }
         let score = Users::score(pxat);
-        let indexed =
-            join_all(created.iter().chain(&unknown).map(|w| w.index(&user, sid, score, false, deadline))).await;
+        // The operation's deadline may have passed for those: their own bound.
+        let targets = created.iter().map(|w| (w, deadline)).chain(unknown.iter().map(|w| (w, None)));
+        let indexed = join_all(targets.map(|(w, bound)| w.index(&user, sid, score, false, bound))).await;
         // Those that failed count as failures already.
         for result in indexed.into_iter().take(created.len()) {
             tally.add(result.map(|_| ()));

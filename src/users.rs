@@ -14,7 +14,9 @@
 //! may not have run, and the entry must outlive the session). The slack
 //! lets an instance skip the index write of a save whose expiry its last
 //! index write already covers (it remembers what it indexed): a steady
-//! save costs nothing more, about one save per session lifetime does.
+//! save costs nothing more; about one save per session lifetime does, and
+//! one more each time another session of the user that the instance knew
+//! of reaches its expiry (below).
 //!
 //! It cleans itself without keyspace notifications: every write to it drops
 //! the entries whose score passed, the key expires with its last entry,
@@ -24,9 +26,10 @@
 //! write that tidies: a login, or a save that writes the index. Such a
 //! write returns the user's other entries; the store reads their sessions'
 //! `PTTL` and prunes the entries whose session is missing. A save that the
-//! instance's memory covers writes no index, unless a session of the user
-//! that the instance saw at its last tidy has expired since: then the save
-//! writes the index and tidies. So an expired session's entry goes at the
+//! instance's memory covers writes no index, unless the expiry that the
+//! instance saw, at its last tidy, for one of the user's other sessions has
+//! passed since (the session may have been extended meanwhile): then the
+//! save writes the index and tidies. So an expired session's entry goes at the
 //! user's next write through an instance that knew of it; through another
 //! one, at the next login or index write. That races the
 //! writes that make a session exist where it was not, and is safe because
@@ -195,8 +198,13 @@ pub(crate) fn unix_ms() -> u64 {
     u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
-/// How many sessions (and users) [`Users::memory`] remembers (about 5 MB).
+/// How many sessions, and how many users, [`Users::memory`] remembers
+/// (about 5 MB each).
 const REMEMBERED: usize = 100_000;
+
+/// How long (ms) an incomplete tidy puts off the next one of a user whose
+/// due time passed.
+const RETIDY: u64 = 60_000;
 
 impl Users {
     pub(crate) fn new(key: UserKey, cap: u32) -> Users {
@@ -224,10 +232,20 @@ impl Users {
             && memory.tidy_due.get(user).is_none_or(|&due| due > unix_ms())
     }
 
-    /// After a tidy of `user`: the first of the other live sessions it saw
-    /// expires at `due` (`None`: none).
-    pub(crate) fn tidied(&self, user: &str, due: Option<u64>) {
+    /// After a tidy of `user` on every W backend: the first of the other
+    /// live sessions it saw expires at `due` (`Some(None)`: none). `None`:
+    /// the tidy was not complete (a backend failed, or the deadline
+    /// passed); a due time that passed is put off by [`RETIDY`], so that
+    /// a failing backend does not make every save of the user tidy.
+    pub(crate) fn tidied(&self, user: &str, due: Option<Option<u64>>) {
         let mut memory = self.memory();
+        let due = match due {
+            Some(due) => due,
+            None => match memory.tidy_due.get(user) {
+                Some(&due) if due <= unix_ms() => Some(unix_ms().saturating_add(RETIDY)),
+                _ => return,
+            },
+        };
         match due {
             Some(due) => {
                 if memory.tidy_due.len() >= REMEMBERED {

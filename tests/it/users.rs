@@ -76,9 +76,9 @@ async fn list_and_revoke(store: &MultiRedisStore, label: &str) {
     // by the user's next login. Its score (expiry plus the remaining life
     // then) is a second past the expiry: not what drops it.
     let mut short = record("cy");
-    short.expiry_date = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(1000);
+    short.expiry_date = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(1500);
     store.create(&mut short).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     log_in(store, "cy", 1).await;
     assert_eq!(store.revoke_user("cy").await.unwrap(), 1, "{label}: the login pruned the expired session's entry");
 }
@@ -236,7 +236,8 @@ async fn an_entry_whose_session_is_gone_goes_at_the_users_next_write() {
     // prunes that session's entry.
     let bob = indexing(Backend::url("one", server.url())).await;
     let mut short = record("bob");
-    short.expiry_date = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(1000);
+    let expiry = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(3000);
+    short.expiry_date = expiry;
     bob.create(&mut short).await.unwrap();
     let mut long = record("bob");
     bob.create(&mut long).await.unwrap(); // its tidy sees `short`
@@ -244,8 +245,10 @@ async fn an_entry_whose_session_is_gone_goes_at_the_users_next_write() {
         || async { conn(&server).await.zscore::<_, _, f64>(index_key("bob"), long.id.to_string()).await.unwrap() };
     let before = score().await;
     bob.save(&long).await.unwrap();
+    assert!(time::OffsetDateTime::now_utc() < expiry, "this machine took 3 s for two logins and a save");
     assert_eq!(score().await, before, "covered: no index write");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(indexed(&server, "bob").await.len(), 2);
+    tokio::time::sleep((expiry - time::OffsetDateTime::now_utc()).unsigned_abs() + Duration::from_millis(100)).await;
     bob.save(&long).await.unwrap();
     assert_eq!(indexed(&server, "bob").await, vec![long.id.to_string()], "the save after the expiry pruned it");
 }
