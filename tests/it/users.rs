@@ -87,6 +87,12 @@ async fn indexing(backend: Backend) -> MultiRedisStore {
     MultiRedisStore::builder().backend(backend).user_key("user").build().await.unwrap()
 }
 
+/// An indexing store without write deadlines, which therefore prunes nothing.
+async fn not_pruning(server: &RedisServer) -> MultiRedisStore {
+    let backend = Backend::url("one", server.url());
+    MultiRedisStore::builder().backend(backend).user_key("user").refuse_late_writes(false).build().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_and_revoke_on_one_server() {
     let server = RedisServer::start().unwrap();
@@ -151,13 +157,7 @@ async fn expired_entries_disappear_without_notifications() {
     let server = RedisServer::start().unwrap();
     // Without write deadlines nothing is pruned: what this checks is the
     // trimming by score alone.
-    let store = MultiRedisStore::builder()
-        .backend(Backend::url("one", server.url()))
-        .user_key("user")
-        .refuse_late_writes(false)
-        .build()
-        .await
-        .unwrap();
+    let store = not_pruning(&server).await;
     let in_ms = |ms| time::OffsetDateTime::now_utc() + time::Duration::milliseconds(ms);
     let mut short = record("ann");
     short.expiry_date = in_ms(400);
@@ -281,13 +281,7 @@ async fn an_entry_indexed_again_while_its_prune_is_on_the_way_stays() {
     // instance indexes it after it (a save; without write deadlines, so that
     // it does not prune on its own).
     crate::common::plant(&server, "", &back).await;
-    let other = MultiRedisStore::builder()
-        .backend(Backend::url("one", server.url()))
-        .user_key("user")
-        .refuse_late_writes(false)
-        .build()
-        .await
-        .unwrap();
+    let other = not_pruning(&server).await;
     other.save(&back).await.unwrap();
     assert_eq!(proxy.passed(), 0, "the index write came before the held PRUNE");
     login.await.unwrap();
