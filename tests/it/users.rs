@@ -326,6 +326,43 @@ async fn a_fill_that_lands_after_its_entry_was_pruned_is_indexed_again() {
     assert!(direct.load(&rec.id).await.unwrap().is_none(), "revoked");
 }
 
+/// A save's fill whose connection dropped (its outcome unknown, and the
+/// command still on its way) is indexed again only once it can no longer
+/// land: a login that prunes in between finds the session there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_whose_connection_dropped_is_indexed_once_it_can_no_longer_land() {
+    let (old, new) = (RedisServer::start().unwrap(), RedisServer::start().unwrap());
+    let rec = record("ann");
+    crate::common::plant(&old, "", &rec).await;
+    let store = |new_url: String| {
+        MultiRedisStore::builder()
+            .backend(Backend::url("new", new_url))
+            .backend(Backend::url("old", old.url()).modes(Modes::READ_DELETE))
+            .user_key("user")
+            .build()
+    };
+    // The `FILL` (as `EVAL` with its body) fails at once for the saver, and
+    // reaches the server a second later, within its deadline (the socket
+    // timeout, 2 s).
+    let proxy = DelayProxy::dropping(new.port(), &[b"-now end"], Duration::from_millis(1000)).await;
+    let saver = store(proxy.url()).await.unwrap();
+    let direct = store(new.url()).await.unwrap();
+    proxy.hold(true);
+    let mut changed = rec.clone();
+    changed.data.insert("n".to_owned(), serde_json::json!(1));
+    assert!(saver.save(&changed).await.is_err(), "the save's outcome is unknown");
+    // Another device logs in right after the save returned: had the save
+    // indexed the session again at once, before its fill landed, this
+    // login's tidy would prune that entry.
+    log_in(&direct, "ann", 1).await;
+    wait_until("the held FILL reached the server", || proxy.passed() >= 1).await;
+    let landed: bool = conn(&new).await.exists(rec.id.to_string()).await.unwrap();
+    assert!(landed, "the fill ran after its sender saw the connection drop");
+    assert!(indexed(&new, "ann").await.contains(&rec.id.to_string()), "the late fill's session is indexed");
+    direct.revoke_user("ann").await.unwrap();
+    assert!(direct.load(&rec.id).await.unwrap().is_none(), "revoked");
+}
+
 /// Waits (10 s at most) until `done`.
 async fn wait_until(what: &str, done: impl Fn() -> bool) {
     let start = Instant::now();

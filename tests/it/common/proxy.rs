@@ -33,18 +33,29 @@ struct Rule {
     delay: Duration,
     /// Only chunks holding one of these (and only while `hold` is on); else every chunk.
     needles: Option<&'static [&'static [u8]]>,
+    /// Close the client's connection as soon as a chunk is held (the chunk
+    /// still reaches the server after `delay`).
+    drop_client: bool,
 }
 
 impl DelayProxy {
     /// Delays every chunk by `delay`.
     pub async fn start(upstream_port: u16, delay: Duration) -> DelayProxy {
-        DelayProxy::spawn(upstream_port, Rule { delay, needles: None }, true).await
+        DelayProxy::spawn(upstream_port, Rule { delay, needles: None, drop_client: false }, true).await
     }
 
     /// Delays by `delay` the chunks that contain one of `needles` (e.g.
     /// `b"EVALSHA"`), once [`hold`](Self::hold) is on; nothing at first.
     pub async fn holding(upstream_port: u16, needles: &'static [&'static [u8]], delay: Duration) -> DelayProxy {
-        DelayProxy::spawn(upstream_port, Rule { delay, needles: Some(needles) }, false).await
+        DelayProxy::spawn(upstream_port, Rule { delay, needles: Some(needles), drop_client: false }, false).await
+    }
+
+    /// As [`holding`](Self::holding), and closes the client's connection as
+    /// soon as it holds a chunk: the client sees its command fail at once,
+    /// while the command still reaches the server after `delay` (a dropped
+    /// connection says nothing of what the server ran).
+    pub async fn dropping(upstream_port: u16, needles: &'static [&'static [u8]], delay: Duration) -> DelayProxy {
+        DelayProxy::spawn(upstream_port, Rule { delay, needles: Some(needles), drop_client: true }, false).await
     }
 
     async fn spawn(upstream_port: u16, rule: Rule, hold: bool) -> DelayProxy {
@@ -95,6 +106,8 @@ async fn pipe(client: TcpStream, upstream_port: u16, rule: Rule, hold: Arc<Atomi
     };
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
+    let dropped = Arc::new(tokio::sync::Notify::new());
+    let drop_client = dropped.clone();
     let upstream = async move {
         let mut buf = vec![0u8; 64 * 1024];
         while let Ok(n @ 1..) = client_read.read(&mut buf).await {
@@ -105,6 +118,9 @@ async fn pipe(client: TcpStream, upstream_port: u16, rule: Rule, hold: Arc<Atomi
                 });
             if delayed {
                 counts.held.fetch_add(1, Ordering::SeqCst);
+                if rule.drop_client {
+                    drop_client.notify_one();
+                }
                 tokio::time::sleep(rule.delay).await;
             }
             if server_write.write_all(chunk).await.is_err() {
@@ -112,11 +128,18 @@ async fn pipe(client: TcpStream, upstream_port: u16, rule: Rule, hold: Arc<Atomi
             }
             if delayed {
                 counts.passed.fetch_add(1, Ordering::SeqCst);
+                if rule.drop_client {
+                    break;
+                }
             }
         }
     };
     let downstream = async move {
-        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+        tokio::select! {
+            _ = tokio::io::copy(&mut server_read, &mut client_write) => {}
+            // Dropping the write half closes it: the client reads EOF.
+            () = dropped.notified() => {}
+        }
     };
     tokio::join!(upstream, downstream);
 }
