@@ -346,7 +346,16 @@ async fn a_failover_and_a_reshard_during_migrate_and_verify_lose_and_double_noth
     let changes = churn(ports[1], 2, 0);
     let mut verified = 0;
     while !changes.is_finished() || verified == 0 {
-        let v = copy.verify().await.unwrap();
+        // A node that the failover holds up past the timeout fails a verify
+        // (an error, not a wrong answer): every verify that answers must be
+        // right.
+        let v = match copy.verify().await {
+            Ok(v) => v,
+            Err(err) => {
+                eprintln!("verify during the failover: {err}");
+                continue;
+            }
+        };
         assert_eq!((v.checked, v.missing, v.different), (N, 0, 0), "{v:?}");
         verified += 1;
     }
