@@ -290,40 +290,61 @@ async fn an_entry_indexed_again_while_its_prune_is_on_the_way_stays() {
     assert!(left.contains(&ids[0].to_string()), "the late PRUNE left the fresh entry: {left:?}");
 }
 
-/// A save's fill that lands after a login pruned the entry the save wrote
-/// first (the session was missing there) indexes the session again, after
-/// the fill: a revoke finds it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fill_that_lands_after_its_entry_was_pruned_is_indexed_again() {
+/// Two servers, "new" (read+write) and "old" (read+delete), with Ann's
+/// session in "old" only, where no index names it; a store that reaches
+/// "new" through `proxy` (holding the save's `FILL`: it reaches a fresh
+/// server as `EVALSHA`, answered NOSCRIPT, then as `EVAL` with its body,
+/// and only that is held), one that reaches it directly, and the session
+/// with a change to save.
+struct Fill {
+    new: RedisServer,
+    _old: RedisServer,
+    proxy: DelayProxy,
+    saver: MultiRedisStore,
+    direct: MultiRedisStore,
+    changed: Record,
+}
+
+const FILL_BODY: &[&[u8]] = &[b"-now end"];
+
+async fn fill_through(proxy: impl AsyncFnOnce(u16) -> DelayProxy) -> Fill {
     let (old, new) = (RedisServer::start().unwrap(), RedisServer::start().unwrap());
-    // Ann's session, in "old" only, where no index names it.
-    let rec = record("ann");
-    crate::common::plant(&old, "", &rec).await;
-    let store = |new_url: String| {
+    let mut changed = record("ann");
+    crate::common::plant(&old, "", &changed).await;
+    changed.data.insert("n".to_owned(), serde_json::json!(1));
+    let store = async |new_url: String| {
         MultiRedisStore::builder()
             .backend(Backend::url("new", new_url))
             .backend(Backend::url("old", old.url()).modes(Modes::READ_DELETE))
             .user_key("user")
             .build()
+            .await
+            .unwrap()
     };
-    // The save's `FILL` reaches this fresh server as `EVALSHA`, answered
-    // NOSCRIPT, then as `EVAL` with its body: only that is held.
-    let proxy = DelayProxy::holding(new.port(), &[b"-now end"], Duration::from_millis(1000)).await;
-    let saver = store(proxy.url()).await.unwrap();
-    let direct = store(new.url()).await.unwrap();
+    let proxy = proxy(new.port()).await;
+    let (saver, direct) = (store(proxy.url()).await, store(new.url()).await);
     proxy.hold(true);
-    let mut changed = rec.clone();
-    changed.data.insert("n".to_owned(), serde_json::json!(1));
+    Fill { new, _old: old, proxy, saver, direct, changed }
+}
+
+/// A save's fill that lands after a login pruned the entry the save wrote
+/// first (the session was missing there) indexes the session again, after
+/// the fill: a revoke finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_that_lands_after_its_entry_was_pruned_is_indexed_again() {
+    let f = fill_through(async |port| DelayProxy::holding(port, FILL_BODY, Duration::from_millis(1000)).await).await;
+    let id = f.changed.id.to_string();
+    let (saver, changed) = (f.saver.clone(), f.changed.clone());
     let save = tokio::spawn(async move { saver.save(&changed).await });
-    wait_until("the save's FILL is held", || proxy.held() >= 1).await;
-    assert!(indexed(&new, "ann").await.contains(&rec.id.to_string()), "indexed before the session");
+    wait_until("the save's FILL is held", || f.proxy.held() >= 1).await;
+    assert!(indexed(&f.new, "ann").await.contains(&id), "indexed before the session");
     // Another device logs in: its tidy finds the session missing in "new".
-    log_in(&direct, "ann", 1).await;
-    assert!(!indexed(&new, "ann").await.contains(&rec.id.to_string()), "pruned");
+    log_in(&f.direct, "ann", 1).await;
+    assert!(!indexed(&f.new, "ann").await.contains(&id), "pruned");
     save.await.unwrap().unwrap();
-    assert!(indexed(&new, "ann").await.contains(&rec.id.to_string()), "indexed again after the fill");
-    assert_eq!(direct.revoke_user("ann").await.unwrap(), 2);
-    assert!(direct.load(&rec.id).await.unwrap().is_none(), "revoked");
+    assert!(indexed(&f.new, "ann").await.contains(&id), "indexed again after the fill");
+    assert_eq!(f.direct.revoke_user("ann").await.unwrap(), 2);
+    assert!(f.direct.load(&f.changed.id).await.unwrap().is_none(), "revoked");
 }
 
 /// A save's fill whose connection dropped (its outcome unknown, and the
@@ -331,36 +352,21 @@ async fn a_fill_that_lands_after_its_entry_was_pruned_is_indexed_again() {
 /// land: a login that prunes in between finds the session there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_whose_connection_dropped_is_indexed_once_it_can_no_longer_land() {
-    let (old, new) = (RedisServer::start().unwrap(), RedisServer::start().unwrap());
-    let rec = record("ann");
-    crate::common::plant(&old, "", &rec).await;
-    let store = |new_url: String| {
-        MultiRedisStore::builder()
-            .backend(Backend::url("new", new_url))
-            .backend(Backend::url("old", old.url()).modes(Modes::READ_DELETE))
-            .user_key("user")
-            .build()
-    };
-    // The `FILL` (as `EVAL` with its body) fails at once for the saver, and
-    // reaches the server a second later, within its deadline (the socket
-    // timeout, 2 s).
-    let proxy = DelayProxy::dropping(new.port(), &[b"-now end"], Duration::from_millis(1000)).await;
-    let saver = store(proxy.url()).await.unwrap();
-    let direct = store(new.url()).await.unwrap();
-    proxy.hold(true);
-    let mut changed = rec.clone();
-    changed.data.insert("n".to_owned(), serde_json::json!(1));
-    assert!(saver.save(&changed).await.is_err(), "the save's outcome is unknown");
+    // The `FILL` fails at once for the saver, and reaches the server a
+    // second later, within its deadline (the socket timeout, 2 s).
+    let f = fill_through(async |port| DelayProxy::dropping(port, FILL_BODY, Duration::from_millis(1000)).await).await;
+    let id = f.changed.id.to_string();
+    assert!(f.saver.save(&f.changed).await.is_err(), "the save's outcome is unknown");
     // Another device logs in right after the save returned: had the save
     // indexed the session again at once, before its fill landed, this
     // login's tidy would prune that entry.
-    log_in(&direct, "ann", 1).await;
-    wait_until("the held FILL reached the server", || proxy.passed() >= 1).await;
-    let landed: bool = conn(&new).await.exists(rec.id.to_string()).await.unwrap();
+    log_in(&f.direct, "ann", 1).await;
+    wait_until("the held FILL reached the server", || f.proxy.passed() >= 1).await;
+    let landed: bool = conn(&f.new).await.exists(&id).await.unwrap();
     assert!(landed, "the fill ran after its sender saw the connection drop");
-    assert!(indexed(&new, "ann").await.contains(&rec.id.to_string()), "the late fill's session is indexed");
-    direct.revoke_user("ann").await.unwrap();
-    assert!(direct.load(&rec.id).await.unwrap().is_none(), "revoked");
+    assert!(indexed(&f.new, "ann").await.contains(&id), "the late fill's session is indexed");
+    f.direct.revoke_user("ann").await.unwrap();
+    assert!(f.direct.load(&f.changed.id).await.unwrap().is_none(), "revoked");
 }
 
 /// Waits (10 s at most) until `done`.
