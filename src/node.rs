@@ -657,6 +657,12 @@ impl Node {
         }
     }
 
+    /// Where `user`'s session index is here: its key, and the member
+    /// holding it.
+    fn user_route(&self, user: &str) -> (String, usize) {
+        self.route(&keys::user_index(user))
+    }
+
     /// Adds session `id` with `score` (ms, at least its expiry) to `user`'s
     /// session index here ([`INDEX`](crate::scripts::INDEX)); with
     /// `others`, the other entries (id, score as the server wrote it),
@@ -669,7 +675,7 @@ impl Node {
         others: bool,
         deadline: Deadline,
     ) -> Result<Vec<(String, String)>, Error> {
-        let (key, member) = self.route(&keys::user_index(user));
+        let (key, member) = self.user_route(user);
         let (id, score) = (id.to_string(), score.to_string());
         let args = [id.as_bytes(), score.as_bytes(), if others { b"1" } else { b"0" }];
         let flat: Vec<String> =
@@ -694,7 +700,7 @@ impl Node {
         if entries.is_empty() {
             return Ok(());
         }
-        let (key, member) = self.route(&keys::user_index(user));
+        let (key, member) = self.user_route(user);
         let args: Vec<&[u8]> = entries.iter().flat_map(|(id, score)| [id.as_bytes(), score.as_bytes()]).collect();
         let _: u64 = Box::pin(self.run_script("PRUNE", &PRUNE, (&key, member), false, &args, deadline)).await?;
         Ok(())
@@ -709,7 +715,7 @@ impl Node {
 
     /// The entries of `user`'s session index here: session id and expiry (ms).
     pub(crate) async fn index_entries(&self, user: &str, deadline: Deadline) -> Result<Vec<(String, u64)>, Error> {
-        let (key, member) = self.route(&keys::user_index(user));
+        let (key, member) = self.user_route(user);
         let mut cmd = redis::cmd("ZRANGE");
         cmd.arg(&key).arg(0).arg(-1).arg("WITHSCORES");
         let entries: Vec<(String, f64)> = self.run("ZRANGE", member, &cmd, true, deadline).await?;
@@ -723,7 +729,7 @@ impl Node {
         if ids.is_empty() {
             return Ok(());
         }
-        let (key, member) = self.route(&keys::user_index(user));
+        let (key, member) = self.user_route(user);
         let mut cmd = redis::cmd("ZREM");
         cmd.arg(&key).arg(ids);
         let _: u64 = self.run_write("ZREM", member, &cmd, true, deadline).await?;

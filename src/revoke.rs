@@ -10,11 +10,15 @@ use tower_sessions_core::session::Id;
 
 use crate::error::Error;
 use crate::store::MultiRedisStore;
-use crate::users::{UserSession, Users, unix_ms};
+use crate::users::{UserSession, unix_ms};
 
 impl MultiRedisStore {
-    fn users_or_err(&self) -> Result<&Users, Error> {
-        self.users().ok_or_else(|| Error::config(None, "user_key", "not set: the store keeps no index of users"))
+    /// An error unless the store keeps an index of users.
+    fn require_users(&self) -> Result<(), Error> {
+        match self.users() {
+            Some(_) => Ok(()),
+            None => Err(Error::config(None, "user_key", "not set: the store keeps no index of users")),
+        }
     }
 
     /// Every live session of `user`, in every backend that reads, from its
@@ -28,22 +32,24 @@ impl MultiRedisStore {
     /// [`Error::Config`] without [`user_key`](crate::MultiRedisStoreBuilder::user_key);
     /// a backend's error when one cannot be read.
     pub async fn sessions_of(&self, user: &str) -> Result<Vec<UserSession>, Error> {
-        self.users_or_err()?;
+        self.require_users()?;
         let now = unix_ms();
         let mut out = Vec::new();
         for node in self.nodes().iter().filter(|n| n.modes.can_read()) {
-            let ids: Vec<String> = node
+            let ids: Vec<(Id, String)> = node
                 .index_entries(user, None)
                 .await?
                 .into_iter()
-                .filter(|(id, score)| *score > now && Id::from_str(id).is_ok())
-                .map(|(id, _)| id)
+                .filter(|(_, score)| *score > now)
+                .filter_map(|(id, _)| Some((Id::from_str(&id).ok()?, id)))
                 .collect();
-            let ttls: Vec<i64> = node.per_session("PTTL", ids.iter().map(String::as_str)).await?;
+            let ttls: Vec<i64> = node.per_session("PTTL", ids.iter().map(|(_, id)| id.as_str())).await?;
             let read = OffsetDateTime::now_utc();
-            for (id, millis) in ids.iter().zip(ttls) {
+            for ((id, _), millis) in ids.into_iter().zip(ttls) {
                 // Gone (logged out, expired), or without expiry (not a session).
-                let (Ok(id), true) = (Id::from_str(id), millis >= 0) else { continue };
+                if millis < 0 {
+                    continue;
+                }
                 out.push(UserSession {
                     id,
                     expiry: read + time::Duration::milliseconds(millis),
@@ -83,7 +89,7 @@ impl MultiRedisStore {
     }
 
     async fn revoke(&self, user: &str, keep: Option<&Id>) -> Result<usize, Error> {
-        self.users_or_err()?;
+        self.require_users()?;
         let keep = keep.map(Id::to_string);
         let mut ids = BTreeSet::new();
         // Backends the store does not write first: a move indexes a session

@@ -484,10 +484,16 @@ impl MultiRedisStore {
             deadline: self.deadline(),
         };
         // Before the session, so that no session is stored with a user or
-        // an expiry its index does not cover (`users.rs`). Boxed: only
-        // stores that index users pay for it.
+        // an expiry its index does not cover (`users.rs`), unless this
+        // instance's last index write covers it. Boxed: only a save that
+        // writes the index pays for it.
         let indexed = match self.users() {
-            Some(_) => Box::pin(self.index_save(record, write)).await?,
+            Some(users) => match users.key.user_of(&record.data) {
+                Some(user) if !users.covers(write.sid, &user, write.pxat) => {
+                    Some(Box::pin(self.index_save(user, write)).await?)
+                }
+                _ => None,
+            },
             None => None,
         };
         // The save's own deadline counts from here (after any index write).
@@ -527,19 +533,14 @@ impl MultiRedisStore {
         }
     }
 
-    /// The index write of a save, unless this instance's last one covers
-    /// it: the user, and what the index write returned.
-    async fn index_save(&self, record: &Record, write: Write<'_>) -> Result<Option<Box<(String, Indexed<'_>)>>, Error> {
-        let Some(users) = self.users() else { return Ok(None) };
-        let Some(user) = users.key.user_of(&record.data) else { return Ok(None) };
-        if users.covers(write.sid, &user, write.pxat) {
-            return Ok(None);
-        }
+    /// The index write of a save that this instance's memory does not
+    /// cover: the user, and what the index write returned.
+    async fn index_save(&self, user: String, write: Write<'_>) -> Result<Box<(String, Indexed<'_>)>, Error> {
         let writers: Vec<&Node> = self.nodes_at(&self.inner.writers).collect();
         // The other entries only to prune them.
         let others = self.inner.options.refuse_late_writes;
         let indexed = self.index("save (index)", &user, &writers, write, others).await?;
-        Ok(Some(Box::new((user, indexed))))
+        Ok(Box::new((user, indexed)))
     }
 
     /// After a save that wrote the index: remembers it when the session
@@ -556,7 +557,7 @@ impl MultiRedisStore {
     /// Called only once the session write that goes with the index write
     /// succeeded on every W backend too.
     fn remember(&self, user: String, sid: &Id, indexed: &Indexed<'_>) {
-        if indexed.everywhere
+        if indexed.entries.len() == self.inner.writers.len()
             && let Some(users) = self.users()
         {
             users.remember(*sid, user, indexed.score);
@@ -601,9 +602,8 @@ impl MultiRedisStore {
                 Err(err) => tally.failures.push(err),
             }
         }
-        let everywhere = tally.failures.is_empty() && nodes.len() == self.inner.writers.len();
         self.accept(op, tally)?;
-        Ok(Indexed { score, everywhere, entries: indexed })
+        Ok(Indexed { score, entries: indexed })
     }
 
     /// A login's index entries, on the W backends that created its session,
@@ -855,11 +855,10 @@ impl MultiRedisStore {
     }
 }
 
-/// What an index write did: the score it wrote, whether on every W
-/// backend, and the user's other entries each returned (id, score).
+/// What an index write did: the score it wrote, and for each backend where
+/// it succeeded, the user's other entries there (id, score).
 struct Indexed<'a> {
     score: u64,
-    everywhere: bool,
     entries: Vec<(&'a Node, Vec<(String, String)>)>,
 }
 

@@ -239,10 +239,11 @@ impl Users {
     /// a failing backend does not make every save of the user tidy.
     pub(crate) fn tidied(&self, user: &str, due: Option<Option<u64>>) {
         let mut memory = self.memory();
+        let now = unix_ms();
         let due = match due {
             Some(due) => due,
             None => match memory.tidy_due.get(user) {
-                Some(&due) if due <= unix_ms() => Some(unix_ms().saturating_add(RETIDY)),
+                Some(&due) if due <= now => Some(now.saturating_add(RETIDY)),
                 _ => return,
             },
         };
