@@ -715,21 +715,13 @@ impl Node {
 
     /// The entries of `user`'s session index here: session id and expiry (ms).
     pub(crate) async fn index_entries(&self, user: &str, deadline: Deadline) -> Result<Vec<(String, u64)>, Error> {
-        let entries = self.index_scores(user, deadline).await?;
-        // Whole milliseconds, well within f64's exact range; a score set by
-        // hand (`inf`, negative) saturates; one that is no number reads 0.
-        let ms = |score: &str| score.parse::<f64>().map_or(0, |s| s as u64);
-        Ok(entries.into_iter().map(|(id, score)| (id, ms(&score))).collect())
-    }
-
-    /// The entries of `user`'s session index here, oldest first: session
-    /// id and score as the server wrote it (as [`index`](Self::index)
-    /// returns them, for [`prune`](Self::prune)).
-    pub(crate) async fn index_scores(&self, user: &str, deadline: Deadline) -> Result<Vec<(String, String)>, Error> {
         let (key, member) = self.user_route(user);
         let mut cmd = redis::cmd("ZRANGE");
         cmd.arg(&key).arg(0).arg(-1).arg("WITHSCORES");
-        self.run("ZRANGE", member, &cmd, true, deadline).await
+        let entries: Vec<(String, f64)> = self.run("ZRANGE", member, &cmd, true, deadline).await?;
+        // Whole milliseconds, well within f64's exact range; a score set by
+        // hand (`inf`, negative) saturates.
+        Ok(entries.into_iter().map(|(id, score)| (id, if score.is_nan() { 0 } else { score as u64 })).collect())
     }
 
     /// Removes `ids` from `user`'s session index here.

@@ -74,7 +74,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::future::{join, join_all};
+use futures_util::future::join_all;
 use tokio::time::Instant;
 use tower_sessions_core::session::{Id, Record};
 use tower_sessions_core::{SessionStore, session_store};
@@ -86,7 +86,7 @@ use crate::error::Error;
 use crate::health::{BackendHealth, Counter};
 use crate::node::{Copied, CopyMode, Deadline, Node};
 use crate::policy::{CopyOnRead, ReadPolicy, WritePolicy};
-use crate::users::{Users, fingerprint, unix_ms};
+use crate::users::{Users, unix_ms};
 
 /// A [`SessionStore`] over an ordered list of Redis backends, each allowed to
 /// `read`, `write` and/or `delete`.
@@ -487,27 +487,19 @@ impl MultiRedisStore {
         // an expiry its index does not cover (`users.rs`), unless this
         // instance's last index write covers it. Boxed: only a save that
         // writes the index pays for it.
-        let mut indexed = None;
-        let mut covered = false;
-        if let Some(users) = self.users()
-            && let Some(user) = users.key.user_of(&record.data)
-        {
-            if !users.covers(write.sid, &user, write.pxat) {
-                indexed = Some(Box::pin(self.index_save(user, write)).await?);
-            } else {
-                covered = self.inner.options.refuse_late_writes;
-            }
-        }
+        let indexed = match self.users() {
+            Some(users) => match users.key.user_of(&record.data) {
+                Some(user) if !users.covers(write.sid, &user, write.pxat) => {
+                    Some(Box::pin(self.index_save(user, write)).await?)
+                }
+                _ => None,
+            },
+            None => None,
+        };
         // The save's own deadline counts from here (after any index write).
         let started = clock::now_ms();
-        // A covered save reads the user's index beside its write, to tidy
-        // it if another session came or went since this instance last did
-        // (`users.rs`). Boxed: only indexing stores pay for it.
-        let (results, changed) = if covered {
-            Box::pin(join(self.save_on_writers(&write), self.changed_index(record, write))).await
-        } else {
-            (self.save_on_writers(&write).await, None)
-        };
+        let results =
+            self.fan_out(&self.inner.writers, |w| w.save(write.sid, write.bytes, write.pxat, write.deadline)).await;
         let mut tally = Tally::default();
         let mut missed = Vec::new();
         for (&index, (_, result)) in self.inner.writers.iter().zip(results) {
@@ -523,20 +515,15 @@ impl MultiRedisStore {
         if !everywhere && let Some(users) = self.users() {
             users.forget(write.sid);
         }
-        if !missed.is_empty() || indexed.is_some() || changed.is_some() {
-            // Boxed: rare (a session not in every W backend yet, about once
-            // per session lifetime and instance, or another session of the
-            // user came or went), and large.
+        if !missed.is_empty() || indexed.is_some() {
+            // Boxed: rare (a session not in every W backend yet, or about
+            // once per session lifetime and instance), and large.
             Box::pin(async move {
                 if !missed.is_empty() {
                     self.save_missed(&missed, write, record, started, &mut tally).await;
                 }
                 if let Some(indexed) = indexed {
                     self.after_index_save(*indexed, write, everywhere).await;
-                }
-                if let Some(changed) = changed {
-                    let (user, entries) = *changed;
-                    self.tidy(&user, write.sid, entries, 0, write.deadline).await;
                 }
                 self.accept("save", tally)
             })
@@ -562,47 +549,7 @@ impl MultiRedisStore {
         if everywhere {
             self.remember(user.clone(), write.sid, &indexed);
         }
-        self.tidy(&user, write.sid, indexed.entries, 0, write.deadline).await;
-    }
-
-    /// For a save of `record` that writes no index: its user and the
-    /// user's other entries on every W backend, if they are not as the last
-    /// tidy by a write of this session left them (a session this instance
-    /// never saw came or went since). `None` also when a backend did not
-    /// answer: the next save reads again.
-    async fn changed_index(
-        &self,
-        record: &Record,
-        write: Write<'_>,
-    ) -> Option<Box<(String, Vec<(&Node, Vec<(String, String)>)>)>> {
-        let users = self.users()?;
-        let user = users.key.user_of(&record.data)?;
-        let writers = self.nodes_at(&self.inner.writers);
-        let read = join_all(writers.clone().map(|w| w.index_scores(&user, write.deadline))).await;
-        let sid = write.sid.to_string();
-        let mut entries = Vec::with_capacity(read.len());
-        for (node, result) in writers.zip(read) {
-            match result {
-                Ok(mut all) => {
-                    all.retain(|(id, _)| *id != sid);
-                    entries.push((node, all));
-                }
-                Err(err) => {
-                    tracing::debug!(error = %err, "save: the user's index is not read on this backend now");
-                    return None;
-                }
-            }
-        }
-        let now = fingerprint(entries.iter().map(|(n, e)| (n.name.as_str(), e.as_slice())));
-        (!users.seen(write.sid, now)).then(|| Box::new((user, entries)))
-    }
-
-    /// A save's `SET XX` on every W backend (`false`: missed there).
-    fn save_on_writers<'a>(
-        &'a self,
-        write: &'a Write<'a>,
-    ) -> impl std::future::Future<Output = Vec<(&'a Node, Result<bool, Error>)>> + 'a {
-        self.fan_out(&self.inner.writers, move |w| w.save(write.sid, write.bytes, write.pxat, write.deadline))
+        self.tidy(&user, indexed.entries, 0, write.deadline).await;
     }
 
     /// Remembers that this instance indexed session `sid` for `user` on
@@ -667,31 +614,22 @@ impl MultiRedisStore {
         let others = self.inner.options.refuse_late_writes || cap > 0;
         let indexed = self.index("create (index)", user, created, write, others).await?;
         self.remember(user.to_owned(), write.sid, &indexed);
-        self.tidy(user, write.sid, indexed.entries, cap, write.deadline).await;
+        self.tidy(user, indexed.entries, cap, write.deadline).await;
         Ok(())
     }
 
-    /// After a write of session `sid` of `user` (a login, a save that
-    /// wrote the index, or one that found the other entries changed),
-    /// given the other entries on each node: drops those whose session is
-    /// gone there, and for a login past `cap` (0: no cap), logs out the
+    /// After an index write of `user` (a login, or a save that wrote the
+    /// index): drops, on each node, the entries it returned whose session
+    /// is gone there, and for a login past `cap` (0: no cap), logs out the
     /// sessions that expire first. Best effort, within the operation's
-    /// `deadline`: what fails waits for the user's next write, or for the
-    /// entries' scores to pass.
-    async fn tidy(
-        &self,
-        user: &str,
-        sid: &Id,
-        indexed: Vec<(&Node, Vec<(String, String)>)>,
-        cap: usize,
-        deadline: Deadline,
-    ) {
+    /// `deadline`: what fails waits for the user's next index write, or for
+    /// the entries' scores to pass.
+    async fn tidy(&self, user: &str, indexed: Vec<(&Node, Vec<(String, String)>)>, cap: usize, deadline: Deadline) {
         let mut evict = std::collections::BTreeSet::new();
         // When the first of the other live sessions expires, if every W
         // backend was tidied: the user's saves through this instance tidy
-        // again then. And the entries each node keeps, for the fingerprint.
+        // again then.
         let mut due = (indexed.len() == self.inner.writers.len()).then_some(None);
-        let mut kept = Vec::with_capacity(indexed.len());
         for (node, entries) in indexed {
             if self.check_deadline("tidy", deadline).is_err() {
                 // Past the operation's deadline: the next index write tidies.
@@ -699,10 +637,9 @@ impl MultiRedisStore {
                 break;
             }
             match self.tidy_on(node, user, entries, cap, deadline).await {
-                Ok((ids, first, left)) => {
+                Ok((ids, first)) => {
                     evict.extend(ids);
                     due = due.map(|due: Option<u64>| due.into_iter().chain(first).min());
-                    kept.push((node.name.as_str(), left));
                 }
                 Err(err) => {
                     due = None;
@@ -717,8 +654,7 @@ impl MultiRedisStore {
         if let Some(users) = self.users()
             && self.inner.options.refuse_late_writes
         {
-            let seen = fingerprint(kept.iter().map(|(n, e)| (*n, e.as_slice())));
-            users.tidied(user, sid, due.map(|due| (due, seen)));
+            users.tidied(user, due);
         }
         let evict: Vec<String> = evict.into_iter().collect();
         if !evict.is_empty()
@@ -730,9 +666,7 @@ impl MultiRedisStore {
 
     /// [`tidy`](Self::tidy) on one node: prunes the `entries` whose session
     /// is not there, and returns the sessions past `cap` (0: none), those
-    /// that expire first, leaving the cap's worth with the login's own;
-    /// when the first of the others expires; and the entries not found
-    /// missing (those past the cap too: their logouts remove them after).
+    /// that expire first, leaving the cap's worth with the login's own.
     ///
     /// Why pruning is safe though an index write and its session's write
     /// are two commands: whatever makes a session exist where it did not
@@ -750,26 +684,23 @@ impl MultiRedisStore {
         entries: Vec<(String, String)>,
         cap: usize,
         deadline: Deadline,
-    ) -> Result<(Vec<String>, Option<u64>, Vec<(String, String)>), Error> {
+    ) -> Result<(Vec<String>, Option<u64>), Error> {
         if entries.is_empty() {
-            return Ok((Vec::new(), None, entries));
+            return Ok((Vec::new(), None));
         }
         let ttls: Vec<i64> = node.per_session("PTTL", entries.iter().map(|(id, _)| id.as_str())).await?;
         let mut live = Vec::new();
         let mut gone = Vec::new();
-        let mut left = Vec::with_capacity(entries.len());
         // Without write deadlines a fill may land any time after its entry
         // was written: nothing is pruned then.
         let prune = self.inner.options.refuse_late_writes;
         for (ttl, entry) in ttls.into_iter().zip(entries) {
             match ttl {
                 -2 if prune => gone.push(entry),
+                -2 => {}
                 // A key without an expiry is no session of ours.
-                -2 | -1 => left.push(entry),
-                ttl => {
-                    live.push((ttl, entry.0.clone()));
-                    left.push(entry);
-                }
+                -1 => {}
+                ttl => live.push((ttl, entry.0)),
             }
         }
         if let Err(err) = node.prune(user, &gone, deadline).await {
@@ -781,7 +712,7 @@ impl MultiRedisStore {
         let over = if cap == 0 { 0 } else { (live.len() + 1).saturating_sub(cap) };
         // The first to expire of those that stay.
         let first = live.get(over).map(|&(ttl, _)| unix_ms().saturating_add(ttl.unsigned_abs()));
-        Ok((live.into_iter().take(over).map(|(_, id)| id).collect(), first, left))
+        Ok((live.into_iter().take(over).map(|(_, id)| id).collect(), first))
     }
 
     /// The part of `save` for the W backends whose `SET XX` missed.

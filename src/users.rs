@@ -22,24 +22,16 @@
 //! the entries whose score passed, the key expires with its last entry,
 //! and a logout removes its own entry (its script hands back the session's
 //! value, the only place that names the user). An entry whose session is
-//! gone otherwise (expired, or moved away) goes at the user's next login or
-//! save (a *tidy*): the store reads the sessions' `PTTL` of the user's other
-//! entries and prunes the entries whose session is missing.
-//!
-//! * A login, or a save that writes the index, gets the other entries back
-//!   from its index write, and tidies.
-//! * A save that the instance's memory covers writes no index, but reads it
-//!   beside its session write (one `ZRANGE` in the same round trip), and
-//!   tidies when the other entries are not as its session's last tidy left
-//!   them: a session this instance never saw came or went.
-//! * Other entries unchanged, but the expiry that the instance saw at its
-//!   last tidy for one of their sessions passed (the session may have been
-//!   extended meanwhile): the save writes the index and tidies.
-//!
-//! So a gone session's entry is pruned by the user's next login or save,
-//! through any instance, on every backend that write reaches, before it
-//! returns (when the tidy fits in its deadline and its backends answer;
-//! else at the next one). That races the
+//! gone otherwise (expired, or moved away) goes at the user's next index
+//! write that tidies: a login, or a save that writes the index. Such a
+//! write returns the user's other entries; the store reads their sessions'
+//! `PTTL` and prunes the entries whose session is missing. A save that the
+//! instance's memory covers writes no index, unless the expiry that the
+//! instance saw, at its last tidy, for one of the user's other sessions has
+//! passed since (the session may have been extended meanwhile): then the
+//! save writes the index and tidies. So an expired session's entry goes at the
+//! user's next write through an instance that knew of it; through another
+//! one, at the next login or index write. That races the
 //! writes that make a session exist where it was not, and is safe because
 //! each of them writes the entry *after* the session, and an entry is
 //! pruned only if no index write touched it since it was read
@@ -68,8 +60,7 @@
 //!   session is ever stored with a user, or an expiry, its index does not
 //!   cover, whatever a timeout or a dropped connection leaves undone; where
 //!   the save creates the session (a backend that missed it), again after
-//!   it (after its deadline, when its outcome is unknown); then tidies (a
-//!   covered save reads the index and tidies only if it changed);
+//!   it (after its deadline, when its outcome is unknown); then tidies;
 //! * copy-on-read: once the copies answered (until then the source's index
 //!   names the session); a copy that failed or is not indexed everywhere
 //!   is not moved;
@@ -181,50 +172,18 @@ pub(crate) struct Users {
     /// (then this instance's next save there misses, and forgets; whoever
     /// writes the session there again indexes it after). Cleared when full.
     ///
-    /// With each session, a [`fingerprint`] of the user's other entries
-    /// as its last tidy left them: a covered save reads the index beside
-    /// its write, and tidies when they changed (a session this instance
-    /// never saw).
-    ///
     /// And per user, when the first of the other sessions this instance
     /// saw at its last tidy of the user expires (Unix ms): from then on
     /// the user's saves are not covered, so the next one writes the index
-    /// and tidies, pruning the expired session's entry (its entry is
-    /// unchanged, so the fingerprint does not tell).
+    /// and tidies, pruning the expired session's entry.
     memory: std::sync::Mutex<Memory>,
 }
 
 /// What [`Users::memory`] holds.
 #[derive(Default)]
 struct Memory {
-    indexed: std::collections::HashMap<Id, Remembered>,
+    indexed: std::collections::HashMap<Id, (String, u64)>,
     tidy_due: std::collections::HashMap<String, u64>,
-}
-
-/// What [`Users::memory`] holds of one session.
-struct Remembered {
-    user: String,
-    score: u64,
-    /// The [`fingerprint`] of the user's other entries after the last tidy
-    /// of this session's user by one of its writes, if any.
-    seen: Option<u64>,
-}
-
-/// A digest of a user's entries on the W backends, in their order: per
-/// backend its name, then each entry's id and score. Scores are compared as
-/// numbers (a script and a client may format one differently).
-pub(crate) fn fingerprint<'a>(entries: impl IntoIterator<Item = (&'a str, &'a [(String, String)])>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::hash::DefaultHasher::new();
-    for (backend, entries) in entries {
-        backend.hash(&mut hasher);
-        entries.len().hash(&mut hasher);
-        for (id, score) in entries {
-            id.hash(&mut hasher);
-            score.parse::<f64>().map_or(u64::MAX, |s| s as u64).hash(&mut hasher);
-        }
-    }
-    hasher.finish()
 }
 
 /// Without the sessions it remembers: their ids are bearer tokens.
@@ -269,33 +228,20 @@ impl Users {
     /// expired since its last tidy.
     pub(crate) fn covers(&self, id: &Id, user: &str, pxat: u64) -> bool {
         let memory = self.memory();
-        memory.indexed.get(id).is_some_and(|r| r.user == user && r.score >= pxat)
+        memory.indexed.get(id).is_some_and(|(u, score)| u == user && *score >= pxat)
             && memory.tidy_due.get(user).is_none_or(|&due| due > unix_ms())
     }
 
-    /// Whether the last tidy by a write of session `id` left the user's
-    /// other entries as `fingerprint` says they are now.
-    pub(crate) fn seen(&self, id: &Id, fingerprint: u64) -> bool {
-        self.memory().indexed.get(id).is_some_and(|r| r.seen == Some(fingerprint))
-    }
-
-    /// After a tidy of `user` by a write of session `id`, on every W
-    /// backend: the first of the other live sessions it saw expires at
-    /// `due` (`None`: none), and the other entries it left have
-    /// `fingerprint`. `None`: the tidy was not complete (a backend failed,
-    /// or the deadline passed); a due time that passed is put off by
-    /// [`RETIDY`], so that a failing backend does not make every save of
-    /// the user tidy.
-    pub(crate) fn tidied(&self, user: &str, id: &Id, tidy: Option<(Option<u64>, u64)>) {
+    /// After a tidy of `user` on every W backend: the first of the other
+    /// live sessions it saw expires at `due` (`Some(None)`: none). `None`:
+    /// the tidy was not complete (a backend failed, or the deadline
+    /// passed); a due time that passed is put off by [`RETIDY`], so that
+    /// a failing backend does not make every save of the user tidy.
+    pub(crate) fn tidied(&self, user: &str, due: Option<Option<u64>>) {
         let mut memory = self.memory();
         let now = unix_ms();
-        let due = match tidy {
-            Some((due, fingerprint)) => {
-                if let Some(remembered) = memory.indexed.get_mut(id) {
-                    remembered.seen = Some(fingerprint);
-                }
-                due
-            }
+        let due = match due {
+            Some(due) => due,
             None => match memory.tidy_due.get(user) {
                 Some(&due) if due <= now => Some(now.saturating_add(RETIDY)),
                 _ => return,
@@ -327,7 +273,7 @@ impl Users {
         if indexed.len() >= REMEMBERED {
             indexed.clear();
         }
-        indexed.insert(id, Remembered { user, score, seen: None });
+        indexed.insert(id, (user, score));
     }
 }
 
