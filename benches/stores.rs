@@ -12,9 +12,10 @@
 //! * the same, first touch of a session still only in "old" (copy-on-read);
 //! * the same, a logout (`delete`) of a session still only in "old";
 //! * one backend with `refuse_late_writes(false)`: saves as a bare `SET XX`;
-//! * one backend with `user_key("user_id")`: every save first adds the session
-//!   to its user's index (one user per session); and `load` alone, with and
-//!   without it;
+//! * one backend with `user_key("user_id")` (one user per session): a save
+//!   writes its user's index only when this instance's last index write does
+//!   not cover it, or the user's prune is due (a minute); and `load` alone,
+//!   with and without it;
 //! * tower-sessions-redis-store 0.16 (fred, 6-connection pool), the anchor,
 //!   run as a subprocess (`benches/anchor`, built by `scripts/bench`).
 //!

@@ -42,6 +42,7 @@ pub struct MultiRedisStoreBuilder {
     announce: Option<bool>,
     user_key: Option<String>,
     max_sessions_per_user: Option<u32>,
+    prune_index_every: Option<Duration>,
 }
 
 impl MultiRedisStoreBuilder {
@@ -58,6 +59,10 @@ impl MultiRedisStoreBuilder {
 
     /// How long a logout's tombstone lives when none is configured.
     pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
+
+    /// How often, at most, one user's saves through an instance prune the
+    /// user's index when none is configured.
+    pub const DEFAULT_PRUNE_INDEX_EVERY: Duration = Duration::from_secs(60);
 
     /// Appends a backend; order matters (`load` asks readers in this order).
     pub fn backend(mut self, backend: Backend) -> Self {
@@ -163,12 +168,27 @@ impl MultiRedisStoreBuilder {
         self
     }
 
+    /// How often, at most, the saves of one user through this instance
+    /// prune the user's index of sessions that are gone (needs
+    /// [`user_key`](Self::user_key)). A login prunes it too, and so does a
+    /// save once a session of the user that the instance saw expired. A
+    /// save that prunes writes the index before its session and reads the
+    /// `PTTL` of the user's other sessions: at the default, one save per
+    /// minute of each active user. Ignored without
+    /// [`refuse_late_writes`](Self::refuse_late_writes), which pruning
+    /// needs. Default [`DEFAULT_PRUNE_INDEX_EVERY`](Self::DEFAULT_PRUNE_INDEX_EVERY).
+    pub fn prune_index_every(mut self, every: Duration) -> Self {
+        self.prune_index_every = Some(every);
+        self
+    }
+
     /// The per-user index settings, validated.
     fn users(&self) -> Result<Option<Users>, Error> {
         let Some(key) = &self.user_key else {
-            return match self.max_sessions_per_user {
-                Some(_) => Err(Error::config(None, "max_sessions_per_user", "needs `user_key`")),
-                None => Ok(None),
+            return match (self.max_sessions_per_user, self.prune_index_every) {
+                (Some(_), _) => Err(Error::config(None, "max_sessions_per_user", "needs `user_key`")),
+                (_, Some(_)) => Err(Error::config(None, "prune_index_every", "needs `user_key`")),
+                (None, None) => Ok(None),
             };
         };
         let key: UserKey = key
@@ -177,7 +197,13 @@ impl MultiRedisStoreBuilder {
         if self.max_sessions_per_user == Some(0) {
             return Err(Error::config(None, "max_sessions_per_user", "must be at least 1"));
         }
-        Ok(Some(Users::new(key, self.max_sessions_per_user.unwrap_or(0))))
+        let every = self.prune_index_every.unwrap_or(Self::DEFAULT_PRUNE_INDEX_EVERY);
+        if every > Self::MAX_WAIT {
+            return Err(Error::config(None, "prune_index_every", "must be at most a day"));
+        }
+        // Pruning needs write deadlines (`users.rs`).
+        let prune = self.refuse_late_writes.unwrap_or(true).then_some(every);
+        Ok(Some(Users::new(key, self.max_sessions_per_user.unwrap_or(0), prune)))
     }
 
     /// Checks every rule that does not need the network.

@@ -651,9 +651,7 @@ impl MultiRedisStore {
                 }
             }
         }
-        if let Some(users) = self.users()
-            && self.inner.options.refuse_late_writes
-        {
+        if let Some(users) = self.users() {
             users.tidied(user, due);
         }
         let evict: Vec<String> = evict.into_iter().collect();

@@ -18,34 +18,39 @@
 //! one more each time another session of the user that the instance knew
 //! of reaches its expiry (below).
 //!
-//! It cleans itself without keyspace notifications: every write to it drops
-//! the entries whose score passed, the key expires with its last entry,
-//! and a logout removes its own entry (its script hands back the session's
-//! value, the only place that names the user). An entry whose session is
-//! gone otherwise (expired, or moved away) goes at the user's next index
-//! write that tidies: a login, or a save that writes the index. Such a
-//! write returns the user's other entries; the store reads their sessions'
-//! `PTTL` and prunes the entries whose session is missing. A save that the
-//! instance's memory covers writes no index, unless the expiry that the
-//! instance saw, at its last tidy, for one of the user's other sessions has
-//! passed since (the session may have been extended meanwhile): then the
-//! save writes the index and tidies. So an expired session's entry goes at the
-//! user's next write through an instance that knew of it; through another
-//! one, at the next login or index write. That races the
-//! writes that make a session exist where it was not, and is safe because
-//! each of them writes the entry *after* the session, and an entry is
-//! pruned only if no index write touched it since it was read
+//! It cleans itself without keyspace notifications: every write to it drops the
+//! entries whose score passed, the key expires with its last entry, and a
+//! logout removes its own entry (its script hands back the session's value, the
+//! only place that names the user). An entry whose session is gone otherwise
+//! (expired, or moved away) goes at the user's next index write that tidies: a
+//! login, or a save that writes the index. Such a write returns the user's
+//! other entries; the store reads their sessions' `PTTL` and prunes the entries
+//! whose session is missing. A save that the instance's memory covers writes no
+//! index, unless the user's next tidy through this instance is due: when the
+//! expiry that the instance saw, at its last tidy, for one of the user's other
+//! sessions has passed (the session may have been extended meanwhile), and at
+//! the latest [`prune_index_every`] (a minute) after that tidy, for the
+//! sessions other instances indexed since. Then the save writes the index and
+//! tidies. So an expired session's entry goes at the user's next write through
+//! an instance that knew of it; and whoever indexed it, at the user's next
+//! login, or next save through an instance whose last tidy of the user is a
+//! minute old. (Reading the index on every save instead, to prune at the very
+//! next one, was measured: 0.70x–0.75x the saves without an index,
+//! BENCHMARKS.md.) That races the writes that make a session exist where it was
+//! not, and is safe because each of them writes the entry *after* the session,
+//! and an entry is pruned only if no index write touched it since it was read
 //! (`MultiRedisStore::tidy_on` has the argument). A write whose outcome is
-//! unknown may land after its entry: a save's fill has its entry written
-//! again once the fill's deadline passed; a copy (copy-on-read, the
-//! migrator) that failed is not moved, so its source, whose index names
-//! the session, keeps it, with the same expiry as the late copy. Only with
-//! write deadlines ([`refuse_late_writes`], the default); without, nothing
-//! is pruned and an entry stays until its score passes. Until then,
-//! [`sessions_of`] checks each entry, and the cap counts only sessions that
-//! exist.
+//! unknown may land after its entry: a save's fill has its entry written again
+//! once the fill's deadline passed; a copy (copy-on-read, the migrator) that
+//! failed is not moved, so its source, whose index names the session, keeps it,
+//! with the same expiry as the late copy. Only with write deadlines
+//! ([`refuse_late_writes`], the default); without, nothing is pruned and an
+//! entry stays until its score passes. Until then, [`sessions_of`] checks each
+//! entry, and the cap counts only sessions that exist.
 //!
 //! [`refuse_late_writes`]: crate::MultiRedisStoreBuilder::refuse_late_writes
+//!
+//! [`prune_index_every`]: crate::MultiRedisStoreBuilder::prune_index_every
 //!
 //! [`sessions_of`]: crate::MultiRedisStore::sessions_of
 //!
@@ -162,6 +167,9 @@ pub(crate) struct Users {
     /// At most this many sessions per user (0: no cap); the oldest (first
     /// to expire) are logged out when a login goes past it.
     pub(crate) cap: u32,
+    /// How often (ms), at most, a user's saves through this instance tidy;
+    /// `None`: never (no write deadlines, so nothing is pruned).
+    prune_every: Option<u64>,
     /// Session → (user, score) this instance indexed it with: a save whose
     /// expiry the score already covers needs no index write. Remembered
     /// only once both the index write and the session write it goes with
@@ -172,10 +180,14 @@ pub(crate) struct Users {
     /// (then this instance's next save there misses, and forgets; whoever
     /// writes the session there again indexes it after). Cleared when full.
     ///
-    /// And per user, when the first of the other sessions this instance
-    /// saw at its last tidy of the user expires (Unix ms): from then on
-    /// the user's saves are not covered, so the next one writes the index
-    /// and tidies, pruning the expired session's entry.
+    /// And per user, when its saves through this instance tidy next (Unix
+    /// ms): when the first of the other sessions this instance saw at its
+    /// last tidy of the user expires, and at most [`prune_every`] after
+    /// that tidy (a session another instance indexed may be gone). From
+    /// then on the user's saves are not covered, so the next one writes
+    /// the index and tidies. A user it never tidied is due at once.
+    ///
+    /// [`prune_every`]: Self::prune_every
     memory: std::sync::Mutex<Memory>,
 }
 
@@ -202,13 +214,15 @@ pub(crate) fn unix_ms() -> u64 {
 /// (about 5 MB each).
 const REMEMBERED: usize = 100_000;
 
-/// How long (ms) an incomplete tidy puts off the next one of a user whose
-/// due time passed.
-const RETIDY: u64 = 60_000;
-
 impl Users {
-    pub(crate) fn new(key: UserKey, cap: u32) -> Users {
-        Users { key, cap, memory: std::sync::Mutex::default() }
+    pub(crate) fn new(key: UserKey, cap: u32, prune_every: Option<std::time::Duration>) -> Users {
+        let prune_every = prune_every.map(|every| u64::try_from(every.as_millis()).unwrap_or(u64::MAX));
+        Users { key, cap, prune_every, memory: std::sync::Mutex::default() }
+    }
+
+    /// Whether tidies prune (with write deadlines only).
+    pub(crate) fn prunes(&self) -> bool {
+        self.prune_every.is_some()
     }
 
     /// The score of a session expiring at `pxat` (Unix ms), indexed now:
@@ -224,40 +238,36 @@ impl Users {
     }
 
     /// Whether this instance indexed session `id` for `user` with a score
-    /// that covers `pxat`, and no other session of the user it knows of
-    /// expired since its last tidy.
+    /// that covers `pxat`, and the user's next tidy is not due.
     pub(crate) fn covers(&self, id: &Id, user: &str, pxat: u64) -> bool {
         let memory = self.memory();
         memory.indexed.get(id).is_some_and(|(u, score)| u == user && *score >= pxat)
-            && memory.tidy_due.get(user).is_none_or(|&due| due > unix_ms())
+            && (!self.prunes() || memory.tidy_due.get(user).is_some_and(|&due| due > unix_ms()))
     }
 
     /// After a tidy of `user` on every W backend: the first of the other
-    /// live sessions it saw expires at `due` (`Some(None)`: none). `None`:
-    /// the tidy was not complete (a backend failed, or the deadline
-    /// passed); a due time that passed is put off by [`RETIDY`], so that
-    /// a failing backend does not make every save of the user tidy.
-    pub(crate) fn tidied(&self, user: &str, due: Option<Option<u64>>) {
+    /// live sessions it saw expires at `first` (`Some(None)`: none); the
+    /// next tidy is due then, or [`prune_every`](Self::prune_every) from
+    /// now if sooner. `None`: the tidy was not complete (a backend failed,
+    /// or the deadline passed); a due time that passed (or none) is put
+    /// off by as much, so that a failing backend does not make every save
+    /// of the user tidy.
+    pub(crate) fn tidied(&self, user: &str, first: Option<Option<u64>>) {
+        let Some(every) = self.prune_every else { return };
         let mut memory = self.memory();
         let now = unix_ms();
-        let due = match due {
-            Some(due) => due,
+        let next = now.saturating_add(every);
+        let due = match first {
+            Some(first) => first.map_or(next, |first| first.min(next)),
             None => match memory.tidy_due.get(user) {
-                Some(&due) if due <= now => Some(now.saturating_add(RETIDY)),
-                _ => return,
+                Some(&due) if due > now => return,
+                _ => next,
             },
         };
-        match due {
-            Some(due) => {
-                if memory.tidy_due.len() >= REMEMBERED {
-                    memory.tidy_due.clear();
-                }
-                memory.tidy_due.insert(user.to_owned(), due);
-            }
-            None => {
-                memory.tidy_due.remove(user);
-            }
+        if memory.tidy_due.len() >= REMEMBERED {
+            memory.tidy_due.clear();
         }
+        memory.tidy_due.insert(user.to_owned(), due);
     }
 
     /// Forgets what this instance indexed for session `id`: a save found

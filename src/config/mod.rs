@@ -96,6 +96,9 @@ pub struct Config {
     pub user_key: Option<String>,
     /// At most this many sessions per user (with `user_key`). Default: no cap.
     pub max_sessions_per_user: Option<u32>,
+    /// Seconds: how often, at most, one user's saves through an instance
+    /// prune the user's index (with `user_key`). Default 60.
+    pub prune_index_every: Option<f64>,
     /// The backends, in order.
     pub backends: Vec<BackendConfig>,
 }
@@ -318,6 +321,9 @@ impl Config {
         }
         if let Some(cap) = self.max_sessions_per_user {
             builder = builder.max_sessions_per_user(cap);
+        }
+        if let Some(seconds) = self.prune_index_every {
+            builder = builder.prune_index_every(seconds_field(None, "prune_index_every", seconds)?);
         }
         if let Some(refuse) = self.refuse_late_writes {
             builder = builder.refuse_late_writes(refuse);

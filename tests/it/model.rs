@@ -255,7 +255,9 @@ async fn run(seed: u64, scenario: Scenario, fault: Fault, millis: u64) -> Vec<St
         };
         let (url_line, members) =
             if new2.is_some() { (String::new(), new_address) } else { (new_address, String::new()) };
-        let users = if scenario == Scenario::MigratingIndexed { "user_key = \"user\"\n" } else { "" };
+        // Saves tidy every 0.2 s, not every minute: pruning races the rest.
+        let users =
+            if scenario == Scenario::MigratingIndexed { "user_key = \"user\"\nprune_index_every = 0.2\n" } else { "" };
         format!(
             "{users}[[backends]]\nname = \"new\"\nmodes = [\"read\", \"write\"]\n{url_line}socket_timeout = {timeout}\n\
              breaker_failures = 0\n{members}\n\

@@ -207,7 +207,9 @@ async fn a_save_indexes_only_when_its_expiry_is_not_covered() {
 
 /// An entry whose session is gone without a logout (expired, or moved to
 /// another backend) goes at the user's next index write: a login, or a
-/// save that writes the index.
+/// save that writes the index (when the session's expiry outgrew what its
+/// instance indexed, a session the instance saw expired, or its last tidy
+/// of the user is `prune_index_every` old).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_whose_session_is_gone_goes_at_the_users_next_write() {
     let server = RedisServer::start().unwrap();
@@ -251,6 +253,26 @@ async fn an_entry_whose_session_is_gone_goes_at_the_users_next_write() {
     tokio::time::sleep((expiry - time::OffsetDateTime::now_utc()).unsigned_abs() + Duration::from_millis(100)).await;
     bob.save(&long).await.unwrap();
     assert_eq!(indexed(&server, "bob").await, vec![long.id.to_string()], "the save after the expiry pruned it");
+
+    // A session that another instance indexed and that is gone since goes
+    // at the user's next save through an instance whose last tidy of the
+    // user is `prune_index_every` old; not before.
+    let every = Duration::from_secs(2);
+    let backend = Backend::url("one", server.url());
+    let here = MultiRedisStore::builder().backend(backend).user_key("user").prune_index_every(every).build();
+    let here = here.await.unwrap();
+    let mine = log_in(&here, "cy", 1).await[0]; // its tidy: the next is due in 2 s
+    let tidied = Instant::now();
+    let mut rec = here.load(&mine).await.unwrap().unwrap();
+    let elsewhere = log_in(&indexing(Backend::url("one", server.url())).await, "cy", 1).await[0];
+    gone(&elsewhere).await;
+    here.save(&rec).await.unwrap();
+    assert!(tidied.elapsed() < every, "this machine took 2 s for two logins and a save");
+    assert!(indexed(&server, "cy").await.contains(&elsewhere.to_string()), "not due yet: nothing pruned");
+    tokio::time::sleep(every.saturating_sub(tidied.elapsed()) + Duration::from_millis(100)).await;
+    rec.data.insert("n".to_owned(), serde_json::json!(2));
+    here.save(&rec).await.unwrap();
+    assert_eq!(indexed(&server, "cy").await, vec![mine.to_string()], "due: the save pruned it");
 }
 
 /// Pruning races the writes that make a session exist again: an entry
@@ -435,6 +457,14 @@ async fn revoke_without_a_user_key_is_a_clear_error() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("max_sessions_per_user") && err.contains("user_key"), "{err}");
+    let err = MultiRedisStore::builder()
+        .backend(Backend::url("one", server.url()))
+        .prune_index_every(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("prune_index_every") && err.contains("user_key"), "{err}");
 }
 
 /// The example app's "sign out other devices", over HTTP with two cookie
@@ -558,7 +588,9 @@ async fn revoke_run(seed: u64, fault: Fault, millis: u64) -> (Vec<String>, Strin
     std::fs::write(
         &path,
         format!(
-            "user_key = \"user\"\n\
+            // Saves tidy every 0.2 s, not every minute: pruning races
+            // everything else here.
+            "user_key = \"user\"\nprune_index_every = 0.2\n\
              [[backends]]\nname = \"new\"\nmodes = [\"read\", \"write\"]\nurl = \"{}\"\nsocket_timeout = {timeout}\nbreaker_failures = 0\n\
              [[backends]]\nname = \"old\"\nmodes = [\"read\", \"delete\"]\nurl = \"{}\"\nsocket_timeout = {timeout}\nbreaker_failures = 0\n",
             new.url(),
