@@ -60,8 +60,8 @@ impl MultiRedisStoreBuilder {
     /// How long a logout's tombstone lives when none is configured.
     pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
 
-    /// How often, at most, one user's saves through an instance prune the
-    /// user's index when none is configured.
+    /// The longest one user's saves through an instance go without pruning
+    /// the user's index, when none is configured.
     pub const DEFAULT_PRUNE_INDEX_EVERY: Duration = Duration::from_secs(60);
 
     /// Appends a backend; order matters (`load` asks readers in this order).
@@ -168,13 +168,14 @@ impl MultiRedisStoreBuilder {
         self
     }
 
-    /// How often, at most, the saves of one user through this instance
-    /// prune the user's index of sessions that are gone (needs
-    /// [`user_key`](Self::user_key)). A login prunes it too, and so does a
-    /// save once a session of the user that the instance saw expired. A
-    /// save that prunes writes the index before its session and reads the
-    /// `PTTL` of the user's other sessions: at the default, one save per
-    /// minute of each active user. Ignored without
+    /// The longest the saves of one user through this instance go without
+    /// pruning the user's index of sessions that are gone (needs
+    /// [`user_key`](Self::user_key)); at least a millisecond, at most a
+    /// day. A login prunes it too, and so does a save once a session of the
+    /// user that the instance saw expired, which can be sooner. A save
+    /// that prunes writes the index before its session and reads the
+    /// `PTTL` of the user's other sessions: at the default, about one save
+    /// a minute of each active user, per instance. Ignored without
     /// [`refuse_late_writes`](Self::refuse_late_writes), which pruning
     /// needs. Default [`DEFAULT_PRUNE_INDEX_EVERY`](Self::DEFAULT_PRUNE_INDEX_EVERY).
     pub fn prune_index_every(mut self, every: Duration) -> Self {
@@ -200,6 +201,9 @@ impl MultiRedisStoreBuilder {
         let every = self.prune_index_every.unwrap_or(Self::DEFAULT_PRUNE_INDEX_EVERY);
         if every > Self::MAX_WAIT {
             return Err(Error::config(None, "prune_index_every", "must be at most a day"));
+        }
+        if every < Duration::from_millis(1) {
+            return Err(Error::config(None, "prune_index_every", "must be at least a millisecond"));
         }
         // Pruning needs write deadlines (`users.rs`).
         let prune = self.refuse_late_writes.unwrap_or(true).then_some(every);

@@ -15,8 +15,9 @@
 //! lets an instance skip the index write of a save whose expiry its last
 //! index write already covers (it remembers what it indexed): a steady
 //! save costs nothing more; about one save per session lifetime does, and
-//! one more each time another session of the user that the instance knew
-//! of reaches its expiry (below).
+//! the user's saves that prune (below): about one a minute of each active
+//! user, per instance, and one more each time another session of the user
+//! that the instance knew of reaches its expiry.
 //!
 //! It cleans itself without keyspace notifications: every write to it drops the
 //! entries whose score passed, the key expires with its last entry, and a
@@ -29,24 +30,25 @@
 //! index, unless the user's next tidy through this instance is due: when the
 //! expiry that the instance saw, at its last tidy, for one of the user's other
 //! sessions has passed (the session may have been extended meanwhile), and at
-//! the latest [`prune_index_every`] (a minute) after that tidy, for the
-//! sessions other instances indexed since. Then the save writes the index and
-//! tidies. So an expired session's entry goes at the user's next write through
-//! an instance that knew of it; and whoever indexed it, at the user's next
-//! login, or next save through an instance whose last tidy of the user is a
-//! minute old. (Reading the index on every save instead, to prune at the very
-//! next one, was measured: 0.70x–0.75x the saves without an index,
-//! BENCHMARKS.md.) That races the writes that make a session exist where it was
-//! not, and is safe because each of them writes the entry *after* the session,
-//! and an entry is pruned only if no index write touched it since it was read
-//! (`MultiRedisStore::tidy_on` has the argument). A write whose outcome is
-//! unknown may land after its entry: a save's fill has its entry written again
-//! once the fill's deadline passed; a copy (copy-on-read, the migrator) that
-//! failed is not moved, so its source, whose index names the session, keeps it,
-//! with the same expiry as the late copy. Only with write deadlines
-//! ([`refuse_late_writes`], the default); without, nothing is pruned and an
-//! entry stays until its score passes. Until then, [`sessions_of`] checks each
-//! entry, and the cap counts only sessions that exist.
+//! the latest [`prune_index_every`] (a minute) after that tidy (or after the
+//! instance first saw the user), for the sessions other instances indexed
+//! since. Then the save writes the index and tidies. So an expired session's
+//! entry goes at the user's next write through an instance that knew of it; and
+//! whoever indexed it, at the user's next login, or next save through an
+//! instance whose last tidy of the user is a minute old. (Reading the index on
+//! every save instead, to prune at the very next one, was measured: 0.70x–0.75x
+//! the saves without an index, BENCHMARKS.md.) That races the writes that make
+//! a session exist where it was not, and is safe because each of them writes
+//! the entry *after* the session, and an entry is pruned only if no index write
+//! touched it since it was read (`MultiRedisStore::tidy_on` has the argument).
+//! A write whose outcome is unknown may land after its entry: a save's fill has
+//! its entry written again once the fill's deadline passed; a copy
+//! (copy-on-read, the migrator) that failed is not moved, so its source, whose
+//! index names the session, keeps it, with the same expiry as the late copy.
+//! Only with write deadlines ([`refuse_late_writes`], the default); without,
+//! nothing is pruned and an entry stays until its score passes. Until then,
+//! [`sessions_of`] checks each entry, and the cap counts only sessions that
+//! exist.
 //!
 //! [`refuse_late_writes`]: crate::MultiRedisStoreBuilder::refuse_late_writes
 //!
@@ -185,7 +187,8 @@ pub(crate) struct Users {
     /// last tidy of the user expires, and at most [`prune_every`] after
     /// that tidy (a session another instance indexed may be gone). From
     /// then on the user's saves are not covered, so the next one writes
-    /// the index and tidies. A user it never tidied is due at once.
+    /// the index and tidies. A user it has no due time for is due one
+    /// interval after its first covered save.
     ///
     /// [`prune_every`]: Self::prune_every
     memory: std::sync::Mutex<Memory>,
@@ -194,14 +197,64 @@ pub(crate) struct Users {
 /// What [`Users::memory`] holds.
 #[derive(Default)]
 struct Memory {
-    indexed: std::collections::HashMap<Id, (String, u64)>,
-    tidy_due: std::collections::HashMap<String, u64>,
+    indexed: Recent<Id, (String, u64)>,
+    tidy_due: Recent<String, u64>,
+}
+
+/// A bounded map that forgets what was not used for a while: when full, it
+/// starts a new generation and keeps the last one, from which a lookup
+/// brings an entry back. (Clearing it all at once made every session or
+/// user it held pay an index write at its next save, and past
+/// [`REMEMBERED`] active ones, most saves.)
+struct Recent<K, V> {
+    current: std::collections::HashMap<K, V>,
+    previous: std::collections::HashMap<K, V>,
+}
+
+impl<K, V> Default for Recent<K, V> {
+    fn default() -> Self {
+        Recent { current: std::collections::HashMap::new(), previous: std::collections::HashMap::new() }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V> Recent<K, V> {
+    fn get<Q>(&mut self, key: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        if !self.current.contains_key(key) {
+            let (key, value) = self.previous.remove_entry(key)?;
+            self.insert(key, value);
+        }
+        self.current.get(key)
+    }
+
+    fn insert(&mut self, key: K, value: V) {
+        if self.current.len() >= REMEMBERED && !self.current.contains_key(&key) {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(key, value);
+    }
+
+    fn remove<Q>(&mut self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.current.remove(key);
+        self.previous.remove(key);
+    }
 }
 
 /// Without the sessions it remembers: their ids are bearer tokens.
 impl std::fmt::Debug for Users {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Users").field("key", &self.key).field("cap", &self.cap).finish_non_exhaustive()
+        f.debug_struct("Users")
+            .field("key", &self.key)
+            .field("cap", &self.cap)
+            .field("prune_every_ms", &self.prune_every)
+            .finish_non_exhaustive()
     }
 }
 
@@ -210,19 +263,14 @@ pub(crate) fn unix_ms() -> u64 {
     u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
-/// How many sessions, and how many users, [`Users::memory`] remembers
-/// (about 5 MB each).
+/// How many sessions, and how many users, [`Users::memory`] remembers in
+/// each of its two generations (about 5 MB each).
 const REMEMBERED: usize = 100_000;
 
 impl Users {
     pub(crate) fn new(key: UserKey, cap: u32, prune_every: Option<std::time::Duration>) -> Users {
         let prune_every = prune_every.map(|every| u64::try_from(every.as_millis()).unwrap_or(u64::MAX));
         Users { key, cap, prune_every, memory: std::sync::Mutex::default() }
-    }
-
-    /// Whether tidies prune (with write deadlines only).
-    pub(crate) fn prunes(&self) -> bool {
-        self.prune_every.is_some()
     }
 
     /// The score of a session expiring at `pxat` (Unix ms), indexed now:
@@ -240,9 +288,21 @@ impl Users {
     /// Whether this instance indexed session `id` for `user` with a score
     /// that covers `pxat`, and the user's next tidy is not due.
     pub(crate) fn covers(&self, id: &Id, user: &str, pxat: u64) -> bool {
-        let memory = self.memory();
-        memory.indexed.get(id).is_some_and(|(u, score)| u == user && *score >= pxat)
-            && (!self.prunes() || memory.tidy_due.get(user).is_some_and(|&due| due > unix_ms()))
+        let mut memory = self.memory();
+        if !memory.indexed.get(id).is_some_and(|(u, score)| u == user && *score >= pxat) {
+            return false;
+        }
+        let Some(every) = self.prune_every else { return true };
+        let now = unix_ms();
+        let due = memory.tidy_due.get(user).copied();
+        // Past it, this save tidies; the next is due one interval on (until
+        // `tidied` says when), so that the saves that come while this one
+        // runs do not tidy too. Without one (not tidied here yet: a session
+        // copied on read; or forgotten), due one interval on, not at once.
+        if due.is_none_or(|due| due <= now) {
+            memory.tidy_due.insert(user.to_owned(), now.saturating_add(every));
+        }
+        due.is_none_or(|due| due > now)
     }
 
     /// After a tidy of `user` on every W backend: the first of the other
@@ -250,8 +310,10 @@ impl Users {
     /// next tidy is due then, or [`prune_every`](Self::prune_every) from
     /// now if sooner. `None`: the tidy was not complete (a backend failed,
     /// or the deadline passed); a due time that passed (or none) is put
-    /// off by as much, so that a failing backend does not make every save
-    /// of the user tidy.
+    /// off by as much, so that a tidy that keeps failing does not make
+    /// every save of the user tidy. (A save whose own session or index
+    /// write fails on a backend is not covered at all: it writes the
+    /// index every time, by design, until it succeeds everywhere.)
     pub(crate) fn tidied(&self, user: &str, first: Option<Option<u64>>) {
         let Some(every) = self.prune_every else { return };
         let mut memory = self.memory();
@@ -264,9 +326,6 @@ impl Users {
                 _ => next,
             },
         };
-        if memory.tidy_due.len() >= REMEMBERED {
-            memory.tidy_due.clear();
-        }
         memory.tidy_due.insert(user.to_owned(), due);
     }
 
@@ -279,11 +338,7 @@ impl Users {
 
     /// Remembers that session `id` is indexed for `user` with `score`.
     pub(crate) fn remember(&self, id: Id, user: String, score: u64) {
-        let indexed = &mut self.memory().indexed;
-        if indexed.len() >= REMEMBERED {
-            indexed.clear();
-        }
-        indexed.insert(id, (user, score));
+        self.memory().indexed.insert(id, (user, score));
     }
 }
 
@@ -304,6 +359,41 @@ pub struct UserSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_keeps_what_was_used_lately_when_full() {
+        let mut recent = Recent::default();
+        for n in 0..REMEMBERED {
+            recent.insert(n, n);
+        }
+        // Full: a new generation starts; the old one still answers.
+        recent.insert(REMEMBERED, REMEMBERED);
+        assert_eq!(recent.get(&0), Some(&0));
+        for n in REMEMBERED + 1..2 * REMEMBERED {
+            recent.insert(n, n);
+        }
+        // Another one: 0 was used lately (brought back), 1 was not.
+        recent.insert(2 * REMEMBERED, 0);
+        assert_eq!(recent.get(&0), Some(&0));
+        assert_eq!(recent.get(&1), None);
+    }
+
+    #[test]
+    fn a_due_tidy_goes_to_one_save_and_an_unknown_user_waits_an_interval() {
+        let users = Users::new("user".parse().unwrap(), 0, Some(std::time::Duration::from_secs(60)));
+        let (id, later) = (Id::default(), unix_ms() + 3_600_000);
+        users.remember(id, "ann".to_owned(), later);
+        assert!(users.covers(&id, "ann", later), "not tidied here yet: due in a minute");
+        users.tidied("ann", Some(Some(unix_ms() - 1)));
+        assert!(!users.covers(&id, "ann", later), "due: this save tidies");
+        assert!(users.covers(&id, "ann", later), "and only that one, while it runs");
+        assert!(!users.covers(&id, "ann", later + 3_600_001), "a later expiry than indexed");
+
+        let not_pruning = Users::new("user".parse().unwrap(), 0, None);
+        not_pruning.remember(id, "ann".to_owned(), later);
+        not_pruning.tidied("ann", Some(Some(0)));
+        assert!(not_pruning.covers(&id, "ann", later), "without pruning, never due");
+    }
 
     fn data(json: serde_json::Value) -> std::collections::HashMap<String, serde_json::Value> {
         serde_json::from_value(json).unwrap()

@@ -96,8 +96,8 @@ pub struct Config {
     pub user_key: Option<String>,
     /// At most this many sessions per user (with `user_key`). Default: no cap.
     pub max_sessions_per_user: Option<u32>,
-    /// Seconds: how often, at most, one user's saves through an instance
-    /// prune the user's index (with `user_key`). Default 60.
+    /// Seconds: the longest one user's saves through an instance go
+    /// without pruning the user's index (with `user_key`). Default 60.
     pub prune_index_every: Option<f64>,
     /// The backends, in order.
     pub backends: Vec<BackendConfig>,
