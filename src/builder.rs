@@ -175,12 +175,19 @@ impl MultiRedisStoreBuilder {
     /// user that the instance saw expired, which can be sooner. A save
     /// that prunes writes the index before its session and reads the
     /// `PTTL` of the user's other sessions: at the default, about one save
-    /// a minute of each active user, per instance. Ignored without
-    /// [`refuse_late_writes`](Self::refuse_late_writes), which pruning
-    /// needs. Default [`DEFAULT_PRUNE_INDEX_EVERY`](Self::DEFAULT_PRUNE_INDEX_EVERY).
+    /// a minute of each active user, per instance. Pruning needs
+    /// [`refuse_late_writes`](Self::refuse_late_writes): with
+    /// `refuse_late_writes(false)`, nothing is pruned and setting this is
+    /// an error.
+    /// Default [`DEFAULT_PRUNE_INDEX_EVERY`](Self::DEFAULT_PRUNE_INDEX_EVERY).
     pub fn prune_index_every(mut self, every: Duration) -> Self {
         self.prune_index_every = Some(every);
         self
+    }
+
+    /// Whether saves carry write deadlines (the default).
+    fn refuses_late_writes(&self) -> bool {
+        self.refuse_late_writes.unwrap_or(true)
     }
 
     /// The per-user index settings, validated.
@@ -206,7 +213,14 @@ impl MultiRedisStoreBuilder {
             return Err(Error::config(None, "prune_index_every", "must be at least a millisecond"));
         }
         // Pruning needs write deadlines (`users.rs`).
-        let prune = self.refuse_late_writes.unwrap_or(true).then_some(every);
+        if !self.refuses_late_writes() && self.prune_index_every.is_some() {
+            return Err(Error::config(
+                None,
+                "prune_index_every",
+                "needs `refuse_late_writes`: without, nothing is pruned",
+            ));
+        }
+        let prune = self.refuses_late_writes().then_some(every);
         Ok(Some(Users::new(key, self.max_sessions_per_user.unwrap_or(0), prune)))
     }
 
@@ -313,7 +327,7 @@ impl MultiRedisStoreBuilder {
     /// [`Error::Config`] naming the backend and the field at fault.
     pub async fn build(self) -> Result<MultiRedisStore, Error> {
         self.validate()?;
-        let refuse_late_writes = self.refuse_late_writes.unwrap_or(true);
+        let refuse_late_writes = self.refuses_late_writes();
         let tombstone_ttl = self.tombstone_ttl.unwrap_or(MultiRedisStoreBuilder::DEFAULT_TOMBSTONE_TTL);
         let nodes = self
             .backends

@@ -92,6 +92,7 @@ mod node;
 mod partition;
 pub mod plan;
 mod policy;
+mod recent;
 mod redact;
 mod revoke;
 mod scripts;

@@ -31,24 +31,24 @@
 //! expiry that the instance saw, at its last tidy, for one of the user's other
 //! sessions has passed (the session may have been extended meanwhile), and at
 //! the latest [`prune_index_every`] (a minute) after that tidy (or after the
-//! instance first saw the user), for the sessions other instances indexed
-//! since. Then the save writes the index and tidies. So an expired session's
-//! entry goes at the user's next write through an instance that knew of it; and
-//! whoever indexed it, at the user's next login, or next save through an
-//! instance whose last tidy of the user is a minute old. (Reading the index on
-//! every save instead, to prune at the very next one, was measured: 0.70x–0.75x
-//! the saves without an index, BENCHMARKS.md.) That races the writes that make
-//! a session exist where it was not, and is safe because each of them writes
-//! the entry *after* the session, and an entry is pruned only if no index write
-//! touched it since it was read (`MultiRedisStore::tidy_on` has the argument).
-//! A write whose outcome is unknown may land after its entry: a save's fill has
-//! its entry written again once the fill's deadline passed; a copy
-//! (copy-on-read, the migrator) that failed is not moved, so its source, whose
-//! index names the session, keeps it, with the same expiry as the late copy.
-//! Only with write deadlines ([`refuse_late_writes`], the default); without,
-//! nothing is pruned and an entry stays until its score passes. Until then,
-//! [`sessions_of`] checks each entry, and the cap counts only sessions that
-//! exist.
+//! user's first save that its memory covered), for the sessions other instances
+//! indexed since. Then the save writes the index and tidies. So an expired
+//! session's entry goes at the user's next write through an instance that knew
+//! of it; and whoever indexed it, at the user's next login, or next save
+//! through an instance whose last tidy of the user is a minute old. (Reading
+//! the index on every save instead, to prune at the very next one, was
+//! measured: 0.70x–0.75x the saves without an index, BENCHMARKS.md.) That races
+//! the writes that make a session exist where it was not, and is safe because
+//! each of them writes the entry *after* the session, and an entry is pruned
+//! only if no index write touched it since it was read
+//! (`MultiRedisStore::tidy_on` has the argument). A write whose outcome is
+//! unknown may land after its entry: a save's fill has its entry written again
+//! once the fill's deadline passed; a copy (copy-on-read, the migrator) that
+//! failed is not moved, so its source, whose index names the session, keeps it,
+//! with the same expiry as the late copy. Only with write deadlines
+//! ([`refuse_late_writes`], the default); without, nothing is pruned and an
+//! entry stays until its score passes. Until then, [`sessions_of`] checks each
+//! entry, and the cap counts only sessions that exist.
 //!
 //! [`refuse_late_writes`]: crate::MultiRedisStoreBuilder::refuse_late_writes
 //!
@@ -98,6 +98,8 @@
 //! new id stays in `a`'s index too, so revoking `a` logs it out as well.
 
 use std::str::FromStr;
+
+use crate::recent::Recent;
 
 use time::OffsetDateTime;
 use tower_sessions_core::session::Id;
@@ -169,8 +171,9 @@ pub(crate) struct Users {
     /// At most this many sessions per user (0: no cap); the oldest (first
     /// to expire) are logged out when a login goes past it.
     pub(crate) cap: u32,
-    /// How often (ms), at most, a user's saves through this instance tidy;
-    /// `None`: never (no write deadlines, so nothing is pruned).
+    /// The longest (ms) a user's saves through this instance go without a
+    /// tidy; `None`: they never tidy (no write deadlines, so nothing is
+    /// pruned).
     prune_every: Option<u64>,
     /// Session → (user, score) this instance indexed it with: a save whose
     /// expiry the score already covers needs no index write. Remembered
@@ -180,7 +183,8 @@ pub(crate) struct Users {
     /// index once its score passed, its session was logged out (after which
     /// no save writes it again), or a tidy found its session missing there
     /// (then this instance's next save there misses, and forgets; whoever
-    /// writes the session there again indexes it after). Cleared when full.
+    /// writes the session there again indexes it after). Bounded: what was
+    /// not used for a while is forgotten ([`Recent`]).
     ///
     /// And per user, when its saves through this instance tidy next (Unix
     /// ms): when the first of the other sessions this instance saw at its
@@ -195,56 +199,9 @@ pub(crate) struct Users {
 }
 
 /// What [`Users::memory`] holds.
-#[derive(Default)]
 struct Memory {
     indexed: Recent<Id, (String, u64)>,
     tidy_due: Recent<String, u64>,
-}
-
-/// A bounded map that forgets what was not used for a while: when full, it
-/// starts a new generation and keeps the last one, from which a lookup
-/// brings an entry back. (Clearing it all at once made every session or
-/// user it held pay an index write at its next save, and past
-/// [`REMEMBERED`] active ones, most saves.)
-struct Recent<K, V> {
-    current: std::collections::HashMap<K, V>,
-    previous: std::collections::HashMap<K, V>,
-}
-
-impl<K, V> Default for Recent<K, V> {
-    fn default() -> Self {
-        Recent { current: std::collections::HashMap::new(), previous: std::collections::HashMap::new() }
-    }
-}
-
-impl<K: std::hash::Hash + Eq, V> Recent<K, V> {
-    fn get<Q>(&mut self, key: &Q) -> Option<&V>
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: std::hash::Hash + Eq + ?Sized,
-    {
-        if !self.current.contains_key(key) {
-            let (key, value) = self.previous.remove_entry(key)?;
-            self.insert(key, value);
-        }
-        self.current.get(key)
-    }
-
-    fn insert(&mut self, key: K, value: V) {
-        if self.current.len() >= REMEMBERED && !self.current.contains_key(&key) {
-            self.previous = std::mem::take(&mut self.current);
-        }
-        self.current.insert(key, value);
-    }
-
-    fn remove<Q>(&mut self, key: &Q)
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: std::hash::Hash + Eq + ?Sized,
-    {
-        self.current.remove(key);
-        self.previous.remove(key);
-    }
 }
 
 /// Without the sessions it remembers: their ids are bearer tokens.
@@ -264,13 +221,14 @@ pub(crate) fn unix_ms() -> u64 {
 }
 
 /// How many sessions, and how many users, [`Users::memory`] remembers in
-/// each of its two generations (about 5 MB each).
+/// each of its two generations (about 5 MB each, so 20 MB at most).
 const REMEMBERED: usize = 100_000;
 
 impl Users {
     pub(crate) fn new(key: UserKey, cap: u32, prune_every: Option<std::time::Duration>) -> Users {
         let prune_every = prune_every.map(|every| u64::try_from(every.as_millis()).unwrap_or(u64::MAX));
-        Users { key, cap, prune_every, memory: std::sync::Mutex::default() }
+        let memory = Memory { indexed: Recent::new(REMEMBERED), tidy_due: Recent::new(REMEMBERED) };
+        Users { key, cap, prune_every, memory: std::sync::Mutex::new(memory) }
     }
 
     /// The score of a session expiring at `pxat` (Unix ms), indexed now:
@@ -359,24 +317,6 @@ pub struct UserSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_memory_keeps_what_was_used_lately_when_full() {
-        let mut recent = Recent::default();
-        for n in 0..REMEMBERED {
-            recent.insert(n, n);
-        }
-        // Full: a new generation starts; the old one still answers.
-        recent.insert(REMEMBERED, REMEMBERED);
-        assert_eq!(recent.get(&0), Some(&0));
-        for n in REMEMBERED + 1..2 * REMEMBERED {
-            recent.insert(n, n);
-        }
-        // Another one: 0 was used lately (brought back), 1 was not.
-        recent.insert(2 * REMEMBERED, 0);
-        assert_eq!(recent.get(&0), Some(&0));
-        assert_eq!(recent.get(&1), None);
-    }
 
     #[test]
     fn a_due_tidy_goes_to_one_save_and_an_unknown_user_waits_an_interval() {

@@ -105,6 +105,29 @@ async fn every_validation_case_names_backend_and_field() {
             "backend `main`, field `url`: rediss:// (TLS) needs the crate feature `tls`",
         ),
         (Box::new(move |b| b.backend(ok()).create_attempts(0)), "field `create_attempts`: must be at least 1"),
+        (
+            Box::new(move |b| b.backend(ok()).prune_index_every(std::time::Duration::from_secs(60))),
+            "field `prune_index_every`: needs `user_key`",
+        ),
+        (
+            Box::new(move |b| b.backend(ok()).user_key("user").prune_index_every(std::time::Duration::ZERO)),
+            "field `prune_index_every`: must be at least a millisecond",
+        ),
+        (
+            Box::new(move |b| {
+                b.backend(ok()).user_key("user").prune_index_every(std::time::Duration::from_secs(90_000))
+            }),
+            "field `prune_index_every`: must be at most a day",
+        ),
+        (
+            Box::new(move |b| {
+                b.backend(ok())
+                    .user_key("user")
+                    .refuse_late_writes(false)
+                    .prune_index_every(std::time::Duration::from_secs(60))
+            }),
+            "field `prune_index_every`: needs `refuse_late_writes`",
+        ),
     ];
     for (make, expected) in cases {
         let msg = refused(make(MultiRedisStore::builder())).await;
@@ -183,6 +206,14 @@ async fn config_files_with_invalid_values_name_backend_and_field() {
         (
             "[[backends]]\nname = \"a\"\nmodes = [\"read\", \"write\"]\nurl = \"redis://127.0.0.1:1\"\nport = 7\n",
             "backend `a`, field `port`",
+        ),
+        (
+            "user_key = \"user\"\nprune_index_every = -1\n[[backends]]\nname = \"a\"\nmodes = [\"read\", \"write\"]\nhost = \"h\"\n",
+            "field `prune_index_every`",
+        ),
+        (
+            "user_key = \"user\"\nprune_index_every = 0.0\n[[backends]]\nname = \"a\"\nmodes = [\"read\", \"write\"]\nhost = \"h\"\n",
+            "field `prune_index_every`: must be at least a millisecond",
         ),
     ];
     for (text, expected) in cases {

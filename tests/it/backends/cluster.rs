@@ -293,28 +293,63 @@ fn reshard(nodes: &[RedisServer], from: usize, to: usize, slots: u32) {
     panic!("redis-cli --cluster reshard never succeeded: {last}");
 }
 
+/// What [`run_until_clean`] saw: the report of each run that returned one
+/// (the last is clean), and whether every run did.
+struct Runs {
+    reports: Vec<migrate::Report>,
+    all_reported: bool,
+}
+
+impl Runs {
+    /// The clean run that ended it.
+    fn last(&self) -> &migrate::Report {
+        self.reports.last().expect("run_until_clean ends on a clean report")
+    }
+
+    /// Sessions removed from the source over all runs.
+    fn removed(&self) -> u64 {
+        self.reports.iter().map(|r| r.progress.removed_from_source).sum()
+    }
+
+    /// Sessions that failed over all runs.
+    fn failed(&self) -> u64 {
+        self.reports.iter().map(|r| r.progress.failed).sum()
+    }
+}
+
 /// Runs `migrator` while `changes` moves the cluster under it, then again,
 /// as an operator would, until a run is clean. A failover can hold a node's
 /// writes past the socket timeout: keys then fail, or the scan errs, which
-/// is a report, not a loss. Returns the first run's report when that one was
-/// clean (its counts are then exact); the caller checks the end state either
-/// way.
-async fn run_until_clean(migrator: &Migrator, changes: tokio::task::JoinHandle<()>) -> Option<migrate::Report> {
+/// is a report, not a loss.
+async fn run_until_clean(migrator: &Migrator, changes: tokio::task::JoinHandle<()>) -> Runs {
+    let mut runs = Runs { reports: Vec::new(), all_reported: true };
     let first = migrator.run(|_| {}, std::future::pending()).await;
     changes.await.unwrap();
-    match first {
-        Ok(report) if report.finished && report.is_clean() => return Some(report),
-        Ok(report) => eprintln!("a run during the failover left work: {report:?}"),
-        Err(err) => eprintln!("a run during the failover failed: {err}"),
-    }
-    for _ in 0..3 {
-        match migrator.run(|_| {}, std::future::pending()).await {
-            Ok(report) if report.finished && report.is_clean() => return None,
-            Ok(report) => eprintln!("a run after the failover left work: {report:?}"),
-            Err(err) => eprintln!("a run after the failover failed: {err}"),
+    let mut outcome = first;
+    for attempt in 1.. {
+        match outcome {
+            Ok(report) => {
+                let clean = report.finished && report.is_clean();
+                if !clean {
+                    eprintln!("run {attempt} left work (the failover held a node): {report:?}");
+                }
+                runs.reports.push(report);
+                if clean {
+                    break;
+                }
+            }
+            Err(err) => {
+                eprintln!("run {attempt} failed (the failover held a node): {err}");
+                runs.all_reported = false;
+            }
         }
+        assert!(attempt < 4, "no clean run once the cluster had settled");
+        outcome = migrator.run(|_| {}, std::future::pending()).await;
     }
-    panic!("no clean run once the cluster had settled");
+    if runs.reports.len() > 1 || !runs.all_reported {
+        eprintln!("the run during the failover was not clean: checked by the runs after it");
+    }
+    runs
 }
 
 /// A cluster with replicas as the source of a rate-limited copy, then a
@@ -362,8 +397,14 @@ async fn a_failover_and_a_reshard_during_migrate_and_verify_lose_and_double_noth
 
     let copy = Migrator::for_store(&app, options()).unwrap();
     let changes = churn(ports[0], 1, 2);
-    if let Some(report) = run_until_clean(&copy, changes).await {
-        assert_eq!((report.progress.scanned, report.progress.copied), (N, N), "{report:?}");
+    let runs = run_until_clean(&copy, changes).await;
+    let last = runs.last();
+    if runs.reports.len() == 1 && runs.all_reported {
+        assert_eq!((last.progress.scanned, last.progress.copied), (N, N), "{last:?}");
+    } else {
+        // The settled run sees every session, each copied now or before.
+        let p = &last.progress;
+        assert_eq!((p.scanned, p.copied + p.already_present), (N, N), "{last:?}");
     }
 
     let changes = churn(ports[1], 2, 0);
@@ -386,12 +427,15 @@ async fn a_failover_and_a_reshard_during_migrate_and_verify_lose_and_double_noth
 
     let mover = Migrator::for_store(&app, options().move_sessions(true)).unwrap();
     let changes = churn(ports[2], 0, 1);
-    if let Some(report) = run_until_clean(&mover, changes).await {
-        assert_eq!(
-            (report.progress.scanned, report.progress.already_present, report.progress.removed_from_source),
-            (N, N, N),
-            "{report:?}"
-        );
+    let runs = run_until_clean(&mover, changes).await;
+    if runs.reports.len() == 1 && runs.all_reported {
+        let p = &runs.last().progress;
+        assert_eq!((p.scanned, p.already_present, p.removed_from_source), (N, N, N), "{:?}", runs.last());
+    } else if runs.all_reported {
+        // A DEL that timed out may have run: not counted, and gone by the
+        // next run.
+        let (removed, failed) = (runs.removed(), runs.failed());
+        assert!(removed <= N && removed + failed >= N, "removed {removed}, failed {failed} of {N}");
     }
     let left: Vec<String> = nodes
         .iter()
@@ -406,5 +450,5 @@ async fn a_failover_and_a_reshard_during_migrate_and_verify_lose_and_double_noth
     for rec in &records {
         assert_eq!(app.load(&rec.id).await.unwrap().as_ref(), Some(rec));
     }
-    eprintln!("failover + reshard during copy, {verified} verifies and a move: counts exact");
+    eprintln!("failover + reshard during copy, {verified} verifies and a move: nothing lost or left");
 }
