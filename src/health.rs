@@ -23,6 +23,9 @@ pub struct BackendCounters {
     pub timeouts: u64,
     /// Times the circuit breaker opened.
     pub breaker_trips: u64,
+    /// Entries of the per-user index removed here because their session was
+    /// gone without a logout (expired, or moved away).
+    pub index_pruned: u64,
 }
 
 /// A counter of [`BackendCounters`], for [`Node::count`].
@@ -34,6 +37,7 @@ pub(crate) enum Counter {
     Error,
     Timeout,
     BreakerTrip,
+    IndexPruned,
 }
 
 /// The health of one backend, from what the store saw (no network traffic):

@@ -93,23 +93,24 @@ pub(crate) struct Node {
     wait: Option<crate::connection::Wait>,
     retry_on_timeout: bool,
     breaker: Breaker,
-    counters: [AtomicU64; 6],
+    counters: [AtomicU64; 7],
     last_ok: AtomicBool,
     last_error: Mutex<Option<String>>,
     /// The `metrics` handles of the counters, registered once.
     #[cfg(feature = "metrics")]
-    metrics: [metrics::Counter; 6],
+    metrics: [metrics::Counter; 7],
 }
 
 /// The `metrics` names of the counters, in [`Counter`] order.
 #[cfg(feature = "metrics")]
-const METRIC_NAMES: [&str; 6] = [
+const METRIC_NAMES: [&str; 7] = [
     "tower_sessions_redis_hits_total",
     "tower_sessions_redis_misses_total",
     "tower_sessions_redis_copies_total",
     "tower_sessions_redis_errors_total",
     "tower_sessions_redis_timeouts_total",
     "tower_sessions_redis_breaker_trips_total",
+    "tower_sessions_redis_index_pruned_total",
 ];
 
 impl fmt::Debug for Node {
@@ -161,9 +162,14 @@ impl Node {
 
     /// Adds one to a counter (and to the `metrics` facade with that feature).
     pub(crate) fn count(&self, counter: Counter) {
-        self.counters[counter as usize].fetch_add(1, Ordering::Relaxed);
+        self.count_n(counter, 1);
+    }
+
+    /// Adds `n` to a counter (and to the `metrics` facade with that feature).
+    fn count_n(&self, counter: Counter, n: u64) {
+        self.counters[counter as usize].fetch_add(n, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
-        self.metrics[counter as usize].increment(1);
+        self.metrics[counter as usize].increment(n);
     }
 
     /// What the store saw of this backend.
@@ -183,6 +189,7 @@ impl Node {
                 errors: c(Counter::Error),
                 timeouts: c(Counter::Timeout),
                 breaker_trips: c(Counter::BreakerTrip),
+                index_pruned: c(Counter::IndexPruned),
             },
         }
     }
@@ -702,7 +709,8 @@ impl Node {
         }
         let (key, member) = self.user_route(user);
         let args: Vec<&[u8]> = entries.iter().flat_map(|(id, score)| [id.as_bytes(), score.as_bytes()]).collect();
-        let _: u64 = Box::pin(self.run_script("PRUNE", &PRUNE, (&key, member), false, &args, deadline)).await?;
+        let pruned: u64 = Box::pin(self.run_script("PRUNE", &PRUNE, (&key, member), false, &args, deadline)).await?;
+        self.count_n(Counter::IndexPruned, pruned);
         Ok(())
     }
 

@@ -223,6 +223,7 @@ async fn an_entry_whose_session_is_gone_goes_at_the_users_next_write() {
     assert_eq!(indexed(&server, "ann").await.len(), 3, "no write of ann yet");
     log_in(&store, "ann", 1).await;
     assert!(!indexed(&server, "ann").await.contains(&ids[0].to_string()), "a login prunes it");
+    assert_eq!(store.health()[0].counters.index_pruned, 1, "and counts it");
     assert_eq!(indexed(&server, "ann").await.len(), 3);
 
     // A save that writes the index (here: another instance's first save).
@@ -743,8 +744,13 @@ async fn revoke_run(seed: u64, fault: Fault, millis: u64) -> (Vec<String>, Strin
         }
         world.checked_load(&instances[0], id, "final").await;
     }
+    // Entries pruned (a session missing where its entry was: a save's index
+    // write comes before its fill, a logout before its entry goes): how
+    // often the prunes raced the rest.
+    let pruned: u64 = instances.iter().flat_map(|i| i.health()).map(|h| h.counters.index_pruned).sum();
     let summary = format!(
-        "{} loads, {} errors, {} sessions revoked by {} revokes; {revoked} revoked sessions checked at the end",
+        "{} loads, {} errors, {} sessions revoked by {} revokes; {revoked} revoked sessions checked at the end; \
+         {pruned} index entries pruned",
         world.loads.load(Ordering::Relaxed),
         world.errors.load(Ordering::Relaxed),
         world.revoked.load(Ordering::Relaxed),
@@ -754,6 +760,7 @@ async fn revoke_run(seed: u64, fault: Fault, millis: u64) -> (Vec<String>, Strin
         world.violations.lock().unwrap().push(format!("errors without faults: {summary}"));
     }
     assert!(revoked > 20, "the workload revoked sessions: {summary}");
+    assert!(pruned > 0, "the workload raced prunes: {summary}");
     let violations = world.violations.lock().unwrap().clone();
     (violations, summary)
 }
