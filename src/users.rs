@@ -50,6 +50,11 @@
 //! entry stays until its score passes. Until then, [`sessions_of`] checks each
 //! entry, and the cap counts only sessions that exist.
 //!
+//! A save that tidies also writes its own session's entry again: an active
+//! session whose entry went missing without a logout (removed by hand, or
+//! by a prune that a stale `PTTL` misled during a failover) is indexed
+//! again by its first save once its user's tidy is due.
+//!
 //! [`refuse_late_writes`]: crate::MultiRedisStoreBuilder::refuse_late_writes
 //!
 //! [`prune_index_every`]: crate::MultiRedisStoreBuilder::prune_index_every

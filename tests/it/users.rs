@@ -205,6 +205,31 @@ async fn a_save_indexes_only_when_its_expiry_is_not_covered() {
     assert!(score().await > before, "scores never fall, and change on every index write");
 }
 
+/// A live session's entry that went missing without a logout (removed by
+/// hand, or by a prune that a stale `PTTL` misled during a failover) comes
+/// back at the session's first save once its user's prune is due: that
+/// save writes its own entry again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_entry_of_a_live_session_comes_back_at_its_next_due_save() {
+    let server = RedisServer::start().unwrap();
+    let every = Duration::from_secs(2);
+    let backend = Backend::url("one", server.url());
+    let store = MultiRedisStore::builder().backend(backend).user_key("user").prune_index_every(every);
+    let store = store.build().await.unwrap();
+    let mut rec = record("ann");
+    store.create(&mut rec).await.unwrap();
+    let tidied = Instant::now();
+    conn(&server).await.zrem::<_, _, ()>(index_key("ann"), rec.id.to_string()).await.unwrap();
+    store.save(&rec).await.unwrap();
+    assert!(tidied.elapsed() < every, "this machine took 2 s for a save");
+    assert!(indexed(&server, "ann").await.is_empty(), "covered: no index write yet");
+    tokio::time::sleep(every.saturating_sub(tidied.elapsed()) + Duration::from_millis(100)).await;
+    store.save(&rec).await.unwrap();
+    assert_eq!(indexed(&server, "ann").await, vec![rec.id.to_string()], "due: the save indexed it again");
+    assert_eq!(store.revoke_user("ann").await.unwrap(), 1);
+    assert_eq!(store.load(&rec.id).await.unwrap(), None);
+}
+
 /// An entry whose session is gone without a logout (expired, or moved to
 /// another backend) goes at the user's next index write: a login, or a
 /// save that writes the index (when the session's expiry outgrew what its
