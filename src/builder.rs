@@ -173,9 +173,10 @@ impl MultiRedisStoreBuilder {
     /// [`user_key`](Self::user_key)); at least a millisecond, at most a
     /// day. A login prunes it too, and so does a save once a session of the
     /// user that the instance saw expired, which can be sooner. A save
-    /// that prunes writes the index before its session and reads the
-    /// `PTTL` of the user's other sessions: at the default, about one save
-    /// a minute of each active user, per instance. Pruning needs
+    /// that prunes writes the index beside its session (in the same round
+    /// trip) and then reads the `PTTL` of the user's other sessions, if it
+    /// has any: at the default, about one save a minute of each active
+    /// user, per instance. Pruning needs
     /// [`refuse_late_writes`](Self::refuse_late_writes): with
     /// `refuse_late_writes(false)`, nothing is pruned and setting this is
     /// an error.

@@ -74,7 +74,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::future::join_all;
+use futures_util::future::{join, join_all};
 use tokio::time::Instant;
 use tower_sessions_core::session::{Id, Record};
 use tower_sessions_core::{SessionStore, session_store};
@@ -86,7 +86,7 @@ use crate::error::Error;
 use crate::health::{BackendHealth, Counter};
 use crate::node::{Copied, CopyMode, Deadline, Node};
 use crate::policy::{CopyOnRead, ReadPolicy, WritePolicy};
-use crate::users::{Users, unix_ms};
+use crate::users::{Cover, Users, unix_ms};
 
 /// A [`SessionStore`] over an ordered list of Redis backends, each allowed to
 /// `read`, `write` and/or `delete`.
@@ -487,19 +487,37 @@ impl MultiRedisStore {
         // an expiry its index does not cover (`users.rs`), unless this
         // instance's last index write covers it. Boxed: only a save that
         // writes the index pays for it.
-        let indexed = match self.users() {
-            Some(users) => match users.key.user_of(&record.data) {
-                Some(user) if !users.covers(write.sid, &user, write.pxat) => {
-                    Some(Box::pin(self.index_save(user, write)).await?)
-                }
-                _ => None,
-            },
-            None => None,
-        };
+        let mut indexed = None;
+        let mut due = None;
+        if let Some(users) = self.users()
+            && let Some(user) = users.key.user_of(&record.data)
+        {
+            match users.cover(write.sid, &user, write.pxat) {
+                Cover::No => indexed = Some(Box::pin(self.index_save(user, write)).await?),
+                Cover::Due => due = Some(user),
+                Cover::Yes => {}
+            }
+        }
         // The save's own deadline counts from here (after any index write).
         let started = clock::now_ms();
-        let results =
-            self.fan_out(&self.inner.writers, |w| w.save(write.sid, write.bytes, write.pxat, write.deadline)).await;
+        let results = match due {
+            // A due tidy's index write goes beside the session, in the same
+            // round trip: the entry already covers the save (as for any
+            // covered save), so their order does not matter; the write
+            // brings the other entries back to tidy, and this one back if
+            // it was lost. Best effort. Boxed: about once per user,
+            // instance and `prune_index_every`.
+            Some(user) => {
+                let (results, alongside) =
+                    Box::pin(join(self.save_on_writers(&write), self.index_save(user, write))).await;
+                match alongside {
+                    Ok(found) => indexed = Some(found),
+                    Err(err) => tracing::debug!(error = %err, "save: the user's index is not tidied now"),
+                }
+                results
+            }
+            None => self.save_on_writers(&write).await,
+        };
         let mut tally = Tally::default();
         let mut missed = Vec::new();
         for (&index, (_, result)) in self.inner.writers.iter().zip(results) {
@@ -534,13 +552,22 @@ impl MultiRedisStore {
     }
 
     /// The index write of a save that this instance's memory does not
-    /// cover: the user, and what the index write returned.
+    /// cover, or whose user's tidy is due: the user, and what the index
+    /// write returned.
     async fn index_save(&self, user: String, write: Write<'_>) -> Result<Box<(String, Indexed<'_>)>, Error> {
         let writers: Vec<&Node> = self.nodes_at(&self.inner.writers).collect();
         // The other entries only to prune them.
         let others = self.inner.options.refuse_late_writes;
         let indexed = self.index("save (index)", &user, &writers, write, others).await?;
         Ok(Box::new((user, indexed)))
+    }
+
+    /// A save's `SET XX` on every W backend (`false`: missed there).
+    fn save_on_writers<'a>(
+        &'a self,
+        write: &'a Write<'a>,
+    ) -> impl std::future::Future<Output = Vec<(&'a Node, Result<bool, Error>)>> + 'a {
+        self.fan_out(&self.inner.writers, move |w| w.save(write.sid, write.bytes, write.pxat, write.deadline))
     }
 
     /// After a save that wrote the index: remembers it when the session

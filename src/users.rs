@@ -32,7 +32,8 @@
 //! sessions has passed (the session may have been extended meanwhile), and at
 //! the latest [`prune_index_every`] (a minute) after that tidy (or after the
 //! user's first save that its memory covered), for the sessions other instances
-//! indexed since. Then the save writes the index and tidies. So an expired
+//! indexed since. Then the save writes the index beside its session (the entry
+//! already covers it, so their order does not matter) and tidies. So an expired
 //! session's entry goes at the user's next write through an instance that knew
 //! of it; and whoever indexed it, at the user's next login, or next save
 //! through an instance whose last tidy of the user is a minute old. (Reading
@@ -169,6 +170,19 @@ impl UserKey {
     }
 }
 
+/// What a save does with the index, by [`Users::cover`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cover {
+    /// This instance's last index write does not cover the save: the save
+    /// writes the index before the session.
+    No,
+    /// It does: no index write.
+    Yes,
+    /// It does, and the user's tidy is due: the save writes the index
+    /// beside the session (for the other entries, to tidy them).
+    Due,
+}
+
 /// The per-user index settings of a store, and what this instance knows it
 /// indexed.
 pub(crate) struct Users {
@@ -249,13 +263,13 @@ impl Users {
     }
 
     /// Whether this instance indexed session `id` for `user` with a score
-    /// that covers `pxat`, and the user's next tidy is not due.
-    pub(crate) fn covers(&self, id: &Id, user: &str, pxat: u64) -> bool {
+    /// that covers `pxat`, and if so, whether the user's next tidy is due.
+    pub(crate) fn cover(&self, id: &Id, user: &str, pxat: u64) -> Cover {
         let mut memory = self.memory();
         if !memory.indexed.get(id).is_some_and(|(u, score)| u == user && *score >= pxat) {
-            return false;
+            return Cover::No;
         }
-        let Some(every) = self.prune_every else { return true };
+        let Some(every) = self.prune_every else { return Cover::Yes };
         let now = unix_ms();
         let due = memory.tidy_due.get(user).copied();
         // Past it, this save tidies; the next is due one interval on (until
@@ -265,7 +279,10 @@ impl Users {
         if due.is_none_or(|due| due <= now) {
             memory.tidy_due.insert(user.to_owned(), now.saturating_add(every));
         }
-        due.is_none_or(|due| due > now)
+        match due {
+            Some(due) if due <= now => Cover::Due,
+            _ => Cover::Yes,
+        }
     }
 
     /// After a tidy of `user` on every W backend: the first of the other
@@ -328,16 +345,16 @@ mod tests {
         let users = Users::new("user".parse().unwrap(), 0, Some(std::time::Duration::from_secs(60)));
         let (id, later) = (Id::default(), unix_ms() + 3_600_000);
         users.remember(id, "ann".to_owned(), later);
-        assert!(users.covers(&id, "ann", later), "not tidied here yet: due in a minute");
+        assert_eq!(users.cover(&id, "ann", later), Cover::Yes, "not tidied here yet: due in a minute");
         users.tidied("ann", Some(Some(unix_ms() - 1)));
-        assert!(!users.covers(&id, "ann", later), "due: this save tidies");
-        assert!(users.covers(&id, "ann", later), "and only that one, while it runs");
-        assert!(!users.covers(&id, "ann", later + 3_600_001), "a later expiry than indexed");
+        assert_eq!(users.cover(&id, "ann", later), Cover::Due, "due: this save tidies");
+        assert_eq!(users.cover(&id, "ann", later), Cover::Yes, "and only that one, while it runs");
+        assert_eq!(users.cover(&id, "ann", later + 3_600_001), Cover::No, "a later expiry than indexed");
 
         let not_pruning = Users::new("user".parse().unwrap(), 0, None);
         not_pruning.remember(id, "ann".to_owned(), later);
         not_pruning.tidied("ann", Some(Some(0)));
-        assert!(not_pruning.covers(&id, "ann", later), "without pruning, never due");
+        assert_eq!(not_pruning.cover(&id, "ann", later), Cover::Yes, "without pruning, never due");
     }
 
     fn data(json: serde_json::Value) -> std::collections::HashMap<String, serde_json::Value> {
