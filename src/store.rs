@@ -490,11 +490,11 @@ impl MultiRedisStore {
         let mut indexed = None;
         let mut due = None;
         if let Some(users) = self.users()
-            && let Some(user) = users.key.user_of(&record.data)
+            && let Some(user) = users.key.user_in(&record.data)
         {
             match users.cover(write.sid, &user, write.pxat) {
-                Cover::No => indexed = Some(Box::pin(self.index_save(user, write)).await?),
-                Cover::Due => due = Some(user),
+                Cover::No => indexed = Some(Box::pin(self.index_save(user.into_owned(), write)).await?),
+                Cover::Due => due = Some(user.into_owned()),
                 Cover::Yes => {}
             }
         }

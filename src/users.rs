@@ -159,12 +159,21 @@ impl FromStr for UserKey {
 impl UserKey {
     /// The user a session's data names, if any.
     pub fn user_of(&self, data: &std::collections::HashMap<String, serde_json::Value>) -> Option<String> {
+        self.user_in(data).map(std::borrow::Cow::into_owned)
+    }
+
+    /// As [`user_of`](Self::user_of), borrowing a string user from `data`
+    /// (every save asks; most need no copy).
+    pub(crate) fn user_in<'d>(
+        &self,
+        data: &'d std::collections::HashMap<String, serde_json::Value>,
+    ) -> Option<std::borrow::Cow<'d, str>> {
         let value = data.get(&self.top)?;
         let value = if self.rest.is_empty() { value } else { value.pointer(&self.rest)? };
         match value {
-            serde_json::Value::String(user) if !user.is_empty() => Some(user.clone()),
-            serde_json::Value::Number(n) => Some(n.to_string()),
-            serde_json::Value::Bool(b) => Some(b.to_string()),
+            serde_json::Value::String(user) if !user.is_empty() => Some(user.as_str().into()),
+            serde_json::Value::Number(n) => Some(n.to_string().into()),
+            serde_json::Value::Bool(b) => Some(b.to_string().into()),
             _ => None,
         }
     }
@@ -266,12 +275,12 @@ impl Users {
     /// that covers `pxat`, and if so, whether the user's next tidy is due.
     pub(crate) fn cover(&self, id: &Id, user: &str, pxat: u64) -> Cover {
         let mut memory = self.memory();
-        if !memory.indexed.get(id).is_some_and(|(u, score)| u == user && *score >= pxat) {
+        if memory.indexed.get(id, |(u, score)| u == user && *score >= pxat) != Some(true) {
             return Cover::No;
         }
         let Some(every) = self.prune_every else { return Cover::Yes };
         let now = unix_ms();
-        let due = memory.tidy_due.get(user).copied();
+        let due = memory.tidy_due.get(user, |&due| due);
         // Past it, this save tidies; the next is due one interval on (until
         // `tidied` says when), so that the saves that come while this one
         // runs do not tidy too. Without one (not tidied here yet: a session
@@ -301,8 +310,8 @@ impl Users {
         let next = now.saturating_add(every);
         let due = match first {
             Some(first) => first.map_or(next, |first| first.min(next)),
-            None => match memory.tidy_due.get(user) {
-                Some(&due) if due > now => return,
+            None => match memory.tidy_due.get(user, |&due| due) {
+                Some(due) if due > now => return,
                 _ => next,
             },
         };
