@@ -217,10 +217,10 @@ pub(crate) struct Users {
     /// And per user, when its saves through this instance tidy next (Unix
     /// ms): when the first of the other sessions this instance saw at its
     /// last tidy of the user expires, and at most [`prune_every`] after
-    /// that tidy (a session another instance indexed may be gone). From
-    /// then on the user's saves are not covered, so the next one writes
-    /// the index and tidies. A user it has no due time for is due one
-    /// interval after its first covered save.
+    /// that tidy (a session another instance indexed may be gone). The
+    /// user's next save then writes the index (beside its session, when
+    /// covered: [`Cover::Due`]) and tidies. A user it has no due time for is
+    /// due one interval after its first covered save.
     ///
     /// [`prune_every`]: Self::prune_every
     memory: std::sync::Mutex<Memory>,

@@ -87,6 +87,12 @@ async fn indexing(backend: Backend) -> MultiRedisStore {
     MultiRedisStore::builder().backend(backend).user_key("user").build().await.unwrap()
 }
 
+/// An indexing store whose saves prune the index at least `every`.
+async fn pruning_every(server: &RedisServer, every: Duration) -> MultiRedisStore {
+    let backend = Backend::url("one", server.url());
+    MultiRedisStore::builder().backend(backend).user_key("user").prune_index_every(every).build().await.unwrap()
+}
+
 /// An indexing store without write deadlines, which therefore prunes nothing.
 async fn not_pruning(server: &RedisServer) -> MultiRedisStore {
     let backend = Backend::url("one", server.url());
@@ -213,9 +219,7 @@ async fn a_save_indexes_only_when_its_expiry_is_not_covered() {
 async fn a_lost_entry_of_a_live_session_comes_back_at_its_next_due_save() {
     let server = RedisServer::start().unwrap();
     let every = Duration::from_secs(2);
-    let backend = Backend::url("one", server.url());
-    let store = MultiRedisStore::builder().backend(backend).user_key("user").prune_index_every(every);
-    let store = store.build().await.unwrap();
+    let store = pruning_every(&server, every).await;
     let mut rec = record("ann");
     store.create(&mut rec).await.unwrap();
     let tidied = Instant::now();
@@ -284,9 +288,7 @@ async fn an_entry_whose_session_is_gone_goes_at_the_users_next_write() {
     // at the user's next save through an instance whose last tidy of the
     // user is `prune_index_every` old; not before.
     let every = Duration::from_secs(4);
-    let backend = Backend::url("one", server.url());
-    let here = MultiRedisStore::builder().backend(backend).user_key("user").prune_index_every(every).build();
-    let (here, there) = (here.await.unwrap(), indexing(Backend::url("one", server.url())).await);
+    let (here, there) = (pruning_every(&server, every).await, indexing(Backend::url("one", server.url())).await);
     let mine = log_in(&here, "cy", 1).await[0]; // its tidy: the next is due in 4 s
     let tidied = Instant::now();
     let mut rec = here.load(&mine).await.unwrap().unwrap();
