@@ -15,7 +15,8 @@
 //! * one backend with `user_key("user_id")` (one user per session): a save
 //!   writes its user's index only when this instance's last index write does
 //!   not cover it, or the user's prune is due (a minute); and `load` alone,
-//!   with and without it;
+//!   with and without it; and with `prune_index_every(0)`, where every save
+//!   writes the index beside its session and prunes;
 //! * tower-sessions-redis-store 0.16 (fred, 6-connection pool), the anchor,
 //!   run as a subprocess (`benches/anchor`, built by `scripts/bench`).
 //!
@@ -30,7 +31,8 @@
 //! pins the servers to CPU 0 and the client to CPU 1 (Linux `taskset`).
 //!
 //! For profiling one case: `BENCH_CASES=raw,one` (of anchor, raw,
-//! raw-nodelay, one, one-nagle, one-direct, two, first, logout, one-unguarded, indexed, one-load, indexed-load), `BENCH_TASKS=64`,
+//! raw-nodelay, one, one-nagle, one-direct, two, first, logout, one-unguarded, indexed, one-load, indexed-load,
+//! indexed-every), `BENCH_TASKS=64`,
 //! `BENCH_MILLIS=5000`, `BENCH_ROUNDS=1`, `BENCH_HTTP=0`; a partial run leaves
 //! the chart alone. `BENCH_LINK=veth` puts the servers behind a veth link
 //! (root only; see `support/veth.rs`), `BENCH_DELAY_MS=n` puts a proxy that
@@ -66,7 +68,7 @@ use session::small_session;
 const SESSIONS: usize = 10_000;
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 /// Short names of [`CASES`], for `BENCH_CASES`.
-const CASE_KEYS: [&str; 13] = [
+const CASE_KEYS: [&str; 14] = [
     "anchor",
     "raw",
     "raw-nodelay",
@@ -80,6 +82,7 @@ const CASE_KEYS: [&str; 13] = [
     "indexed",
     "one-load",
     "indexed-load",
+    "indexed-every",
 ];
 
 /// Knobs from the environment (see the module docs); the defaults are the full run.
@@ -233,7 +236,7 @@ fn anchor(bin: &PathBuf, url: &str, millis: u64, concurrency: usize, pinned: boo
     }
 }
 
-const CASES: [&str; 13] = [
+const CASES: [&str; 14] = [
     "tower-sessions-redis-store 0.16",
     "raw redis-rs",
     "raw redis-rs, TCP_NODELAY",
@@ -247,6 +250,7 @@ const CASES: [&str; 13] = [
     "MultiRedisStore, 1 backend, user_key (per-user index)",
     "MultiRedisStore, 1 backend, load only",
     "MultiRedisStore, 1 backend, user_key, load only",
+    "MultiRedisStore, 1 backend, user_key, prune_index_every(0)",
 ];
 // Indices into CASES.
 const ANCHOR: usize = 0;
@@ -262,6 +266,7 @@ const ONE_UNGUARDED: usize = 9;
 const INDEXED: usize = 10;
 const ONE_LOAD: usize = 11;
 const INDEXED_LOAD: usize = 12;
+const INDEXED_EVERY: usize = 13;
 
 /// With `BENCH_PIN=1`: redis-servers on CPU 0, this process (and the anchor it
 /// starts) on CPU 1, so server and client stop competing for one core.
@@ -352,6 +357,14 @@ async fn run(knobs: Knobs) {
         .build()
         .await
         .unwrap();
+    // Another instance on the same sessions and index, pruning at every write.
+    let indexed_every = MultiRedisStore::builder()
+        .backend(Backend::url("main", main_url.clone()).prefix("idx:"))
+        .user_key("user_id")
+        .prune_index_every(Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
     let two = MultiRedisStore::builder()
         .backend(Backend::url("new", main_url.clone()).prefix("two:"))
         .backend(Backend::url("old", old_url.clone()).prefix("two:").modes(Modes::READ_DELETE))
@@ -383,7 +396,7 @@ async fn run(knobs: Knobs) {
     let (one_ids, two_ids) = (create(one.clone()).await, create(two.clone()).await);
     // One user per session, as in an app where each user has a few.
     let mut indexed_ids = Vec::with_capacity(SESSIONS);
-    if knobs.cases[INDEXED] || knobs.cases[INDEXED_LOAD] {
+    if knobs.cases[INDEXED] || knobs.cases[INDEXED_LOAD] || knobs.cases[INDEXED_EVERY] {
         for chunk in 0..SESSIONS / 100 {
             indexed_ids.extend(
                 futures_util::future::join_all((0..100).map(|i| {
@@ -464,6 +477,7 @@ async fn run(knobs: Knobs) {
                 (ONE_DIRECT, &one_direct, &one_ids),
                 (ONE_UNGUARDED, &one_unguarded, &one_ids),
                 (INDEXED, &indexed, &indexed_ids),
+                (INDEXED_EVERY, &indexed_every, &indexed_ids),
                 (TWO, &two, &two_ids),
             ] {
                 if knobs.cases[case] {

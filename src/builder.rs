@@ -170,13 +170,21 @@ impl MultiRedisStoreBuilder {
 
     /// The longest the saves of one user through this instance go without
     /// pruning the user's index of sessions that are gone (needs
-    /// [`user_key`](Self::user_key)); at least a millisecond, at most a
-    /// day. A login prunes it too, and so does a save once a session of the
-    /// user that the instance saw expired, which can be sooner. A save
-    /// that prunes writes the index beside its session (in the same round
-    /// trip) and then reads the `PTTL` of the user's other sessions, if it
-    /// has any: at the default, about one save a minute of each active
-    /// user, per instance. Pruning needs
+    /// [`user_key`](Self::user_key)); at most a day. A login prunes it too,
+    /// and so does a save once a session of the user that the instance saw
+    /// expired, which can be sooner. A save that prunes writes the index
+    /// beside its session (in the same round trip) and then reads the
+    /// `PTTL` of the user's other sessions, if it has any: at the default,
+    /// about one save a minute of each active user, per instance.
+    ///
+    /// Zero prunes at every write of the user through this instance (every
+    /// login, save and logout, best effort, in the write backends), so
+    /// that an entry of a session that is gone goes at the user's next
+    /// write; it costs every save an index write, and a tidy (the `PTTL`
+    /// of the user's other sessions) on every save and logout
+    /// (BENCHMARKS.md has the figures). Otherwise at least a millisecond.
+    ///
+    /// Pruning needs
     /// [`refuse_late_writes`](Self::refuse_late_writes): with
     /// `refuse_late_writes(false)`, nothing is pruned and setting this is
     /// an error.
@@ -210,8 +218,12 @@ impl MultiRedisStoreBuilder {
         if every > Self::MAX_WAIT {
             return Err(Error::config(None, "prune_index_every", "must be at most a day"));
         }
-        if every < Duration::from_millis(1) {
-            return Err(Error::config(None, "prune_index_every", "must be at least a millisecond"));
+        if !every.is_zero() && every < Duration::from_millis(1) {
+            return Err(Error::config(
+                None,
+                "prune_index_every",
+                "must be zero (every write) or at least a millisecond",
+            ));
         }
         // Pruning needs write deadlines (`users.rs`).
         if !self.refuses_late_writes() && self.prune_index_every.is_some() {

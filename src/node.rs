@@ -761,6 +761,25 @@ impl Node {
             })
             .collect();
         let values = self.batch(op, items, op == "DEL").await?;
+        self.decoded(op, values)
+    }
+
+    /// Whether each of the sessions `ids` has a tombstone here: a logout
+    /// ran here (`scripts.rs`).
+    pub(crate) async fn tombstoned<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Result<Vec<bool>, Error> {
+        let items = ids
+            .into_iter()
+            .map(|id| {
+                let (key, member) = self.route(id);
+                (member, redis::cmd("EXISTS").arg(keys::tombstone_key(&key, self.conn.is_cluster())).to_owned())
+            })
+            .collect();
+        let values = self.batch("EXISTS", items, false).await?;
+        self.decoded("EXISTS", values)
+    }
+
+    /// The replies of a [`batch`](Self::batch), each as a `T`.
+    fn decoded<T: FromRedisValue>(&self, op: &'static str, values: Vec<Value>) -> Result<Vec<T>, Error> {
         values
             .into_iter()
             .map(|v| {

@@ -646,7 +646,7 @@ impl MultiRedisStore {
     }
 
     /// After an index write of `user` (a login, or a save that wrote the
-    /// index): drops, on each node, the entries it returned whose session
+    /// index), or a logout with `prune_index_every` zero: drops, on each node, the entries it returned whose session
     /// is gone there, and for a login past `cap` (0: no cap), logs out the
     /// sessions that expire first. Best effort, within the operation's
     /// `deadline`: what fails waits for the user's next index write, or for
@@ -726,6 +726,28 @@ impl MultiRedisStore {
                 // A key without an expiry is no session of ours.
                 -1 => {}
                 ttl => live.push((ttl, entry.0)),
+            }
+        }
+        // A session logged out here whose entry is still here: its logout
+        // may not be done everywhere yet (a revoke that failed half-way
+        // keeps its entries, to find them when run again, and this one may
+        // be the only entry naming a session still in a source). `unindex`
+        // removes it once the logout is done everywhere; else it goes
+        // when the tombstone did, or its score passed.
+        if !gone.is_empty() {
+            match node.tombstoned(gone.iter().map(|(id, _)| id.as_str())).await {
+                Ok(tombstoned) => {
+                    gone = gone
+                        .into_iter()
+                        .zip(tombstoned)
+                        .filter(|(_, logged_out)| !logged_out)
+                        .map(|(e, _)| e)
+                        .collect();
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "the user's index is not pruned on this backend now");
+                    gone.clear();
+                }
             }
         }
         if let Err(err) = node.prune(user, &gone, deadline).await {
@@ -826,7 +848,7 @@ impl MultiRedisStore {
         for chunk in ids.chunks(64) {
             let results = join_all(chunk.iter().map(|id| async move {
                 match id.parse::<Id>() {
-                    Ok(sid) => self.logout_everywhere(&sid, false).await.map(|_| ()),
+                    Ok(sid) => self.logout_everywhere(&sid, false, self.deadline()).await.map(|_| ()),
                     // Not a session id: nothing to log out, only to forget.
                     Err(_) => Ok(()),
                 }
@@ -846,18 +868,45 @@ impl MultiRedisStore {
     /// revoke that failed half-way must find the session again when run
     /// again); the logout's script hands back the value that names the user.
     pub(crate) async fn delete_record(&self, id: &Id) -> Result<(), Error> {
-        let value = self.logout_everywhere(id, self.inner.users.is_some()).await?;
+        let deadline = self.deadline();
+        let value = self.logout_everywhere(id, self.inner.users.is_some(), deadline).await?;
         if let Some(user) = value.and_then(|v| codec::decode(&v).ok()).and_then(|record| self.user_of(&record)) {
             // Boxed: only stores that index users pay for it.
-            Box::pin(self.unindex(&user, &[id.to_string()])).await;
+            Box::pin(async {
+                self.unindex(&user, &[id.to_string()]).await;
+                if self.users().is_some_and(Users::tidies_every_write) {
+                    self.tidy_after_logout(&user, deadline).await;
+                }
+            })
+            .await;
         }
         Ok(())
     }
 
+    /// With `prune_index_every` zero, a logout prunes the user's other
+    /// entries on the W backends too, as a login or a save does: it reads
+    /// them, then tidies (`tidy_on` has why that is safe). Best effort.
+    async fn tidy_after_logout(&self, user: &str, deadline: Deadline) {
+        if self.check_deadline("tidy", deadline).is_err() {
+            return;
+        }
+        let writers: Vec<&Node> = self.nodes_at(&self.inner.writers).collect();
+        let read = join_all(writers.iter().map(|n| n.index_entries(user, deadline))).await;
+        let mut indexed = Vec::with_capacity(writers.len());
+        for (node, result) in writers.into_iter().zip(read) {
+            match result {
+                Ok(entries) => {
+                    indexed.push((node, entries.into_iter().map(|(id, score)| (id, score.to_string())).collect()));
+                }
+                Err(err) => tracing::debug!(error = %err, "delete: the user's index is not pruned on this backend now"),
+            }
+        }
+        self.tidy(user, indexed, 0, deadline).await;
+    }
+
     /// The logout of session `id` on every D backend, at once; with
     /// `want_value`, the session's value one of them held.
-    async fn logout_everywhere(&self, id: &Id, want_value: bool) -> Result<Option<Vec<u8>>, Error> {
-        let deadline = self.deadline();
+    async fn logout_everywhere(&self, id: &Id, want_value: bool, deadline: Deadline) -> Result<Option<Vec<u8>>, Error> {
         let results = self.fan_out(&self.inner.deleters, |n| n.logout(id, want_value, deadline)).await;
         let mut failures = Vec::new();
         let mut value = None;

@@ -26,13 +26,19 @@
 //! (expired, or moved away) goes at the user's next index write that tidies: a
 //! login, or a save that writes the index. Such a write returns the user's
 //! other entries; the store reads their sessions' `PTTL` and prunes the entries
-//! whose session is missing. A save that the instance's memory covers writes no
+//! whose session is missing, unless a tombstone says it was logged out there:
+//! then its logout may not be done everywhere yet (a revoke that failed
+//! half-way keeps its entries so that it finds them when run again, and this
+//! entry may be the only one naming a session still in a source), and the entry
+//! goes with the logout's own `unindex`, or once the tombstone or its score
+//! passed. A save that the instance's memory covers writes no
 //! index, unless the user's next tidy through this instance is due: when the
 //! expiry that the instance saw, at its last tidy, for one of the user's other
 //! sessions has passed (the session may have been extended meanwhile), and at
 //! the latest [`prune_index_every`] (a minute) after that tidy (or after the
 //! user's first save that its memory covered), for the sessions other instances
-//! indexed since. Then the save writes the index beside its session (the entry
+//! indexed since (with zero, at every save; a logout then reads the user's
+//! other entries after removing its own, and tidies them too). Then the save writes the index beside its session (the entry
 //! already covers it, so their order does not matter) and tidies. So an expired
 //! session's entry goes at the user's next write through an instance that knew
 //! of it; and whoever indexed it, at the user's next login, or next save
@@ -200,8 +206,8 @@ pub(crate) struct Users {
     /// to expire) are logged out when a login goes past it.
     pub(crate) cap: u32,
     /// The longest (ms) a user's saves through this instance go without a
-    /// tidy; `None`: they never tidy (no write deadlines, so nothing is
-    /// pruned).
+    /// tidy (0: every save and logout tidies); `None`: they never tidy (no
+    /// write deadlines, so nothing is pruned).
     prune_every: Option<u64>,
     /// Session → (user, score) this instance indexed it with: a save whose
     /// expiry the score already covers needs no index write. Remembered
@@ -279,6 +285,9 @@ impl Users {
             return Cover::No;
         }
         let Some(every) = self.prune_every else { return Cover::Yes };
+        if every == 0 {
+            return Cover::Due;
+        }
         let now = unix_ms();
         let due = memory.tidy_due.get(user, |&due| due);
         // Past it, this save tidies; the next is due one interval on (until
@@ -304,7 +313,8 @@ impl Users {
     /// write fails on a backend is not covered at all: it writes the
     /// index every time, by design, until it succeeds everywhere.)
     pub(crate) fn tidied(&self, user: &str, first: Option<Option<u64>>) {
-        let Some(every) = self.prune_every else { return };
+        // Zero: every save tidies, whenever it is due.
+        let Some(every) = self.prune_every.filter(|&every| every > 0) else { return };
         let mut memory = self.memory();
         let now = unix_ms();
         let next = now.saturating_add(every);
@@ -316,6 +326,12 @@ impl Users {
             },
         };
         memory.tidy_due.insert(user.to_owned(), due);
+    }
+
+    /// Whether every write of a user tidies its index (`prune_index_every`
+    /// zero): its logouts too.
+    pub(crate) fn tidies_every_write(&self) -> bool {
+        self.prune_every == Some(0)
     }
 
     /// Forgets what this instance indexed for session `id`: a save found

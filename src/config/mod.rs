@@ -97,7 +97,8 @@ pub struct Config {
     /// At most this many sessions per user (with `user_key`). Default: no cap.
     pub max_sessions_per_user: Option<u32>,
     /// Seconds: the longest one user's saves through an instance go
-    /// without pruning the user's index (with `user_key`). Default 60.
+    /// without pruning the user's index (with `user_key`); 0: every write
+    /// of the user prunes it. Default 60.
     pub prune_index_every: Option<f64>,
     /// The backends, in order.
     pub backends: Vec<BackendConfig>,
@@ -492,8 +493,15 @@ fn host_ports(
 
 /// A number of seconds from a config file.
 fn seconds_field(backend: Option<&str>, field: &'static str, seconds: f64) -> Result<Duration, Error> {
-    Duration::try_from_secs_f64(seconds)
-        .map_err(|_| Error::config(backend, field, format!("{seconds} is not a number of seconds")))
+    match Duration::try_from_secs_f64(seconds) {
+        // Not zero in the file, so not to be read as zero (which can mean
+        // "every time", as `prune_index_every` does).
+        Ok(duration) if duration.is_zero() && seconds > 0.0 => {
+            Err(Error::config(backend, field, format!("{seconds} is less than a nanosecond")))
+        }
+        Ok(duration) => Ok(duration),
+        Err(_) => Err(Error::config(backend, field, format!("{seconds} is not a number of seconds"))),
+    }
 }
 
 fn parse_error(reason: String) -> Error {

@@ -110,8 +110,10 @@ async fn every_validation_case_names_backend_and_field() {
             "field `prune_index_every`: needs `user_key`",
         ),
         (
-            Box::new(move |b| b.backend(ok()).user_key("user").prune_index_every(std::time::Duration::ZERO)),
-            "field `prune_index_every`: must be at least a millisecond",
+            Box::new(move |b| {
+                b.backend(ok()).user_key("user").prune_index_every(std::time::Duration::from_micros(999))
+            }),
+            "field `prune_index_every`: must be zero (every write) or at least a millisecond",
         ),
         (
             Box::new(move |b| {
@@ -212,8 +214,12 @@ async fn config_files_with_invalid_values_name_backend_and_field() {
             "field `prune_index_every`",
         ),
         (
-            "user_key = \"user\"\nprune_index_every = 0.0\n[[backends]]\nname = \"a\"\nmodes = [\"read\", \"write\"]\nhost = \"h\"\n",
-            "field `prune_index_every`: must be at least a millisecond",
+            "user_key = \"user\"\nprune_index_every = 0.0005\n[[backends]]\nname = \"a\"\nmodes = [\"read\", \"write\"]\nhost = \"h\"\n",
+            "field `prune_index_every`: must be zero (every write) or at least a millisecond",
+        ),
+        (
+            "user_key = \"user\"\nprune_index_every = 1e-10\n[[backends]]\nname = \"a\"\nmodes = [\"read\", \"write\"]\nhost = \"h\"\n",
+            "field `prune_index_every`: 0.0000000001 is less than a nanosecond",
         ),
     ];
     for (text, expected) in cases {

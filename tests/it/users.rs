@@ -156,6 +156,38 @@ async fn revoke_reaches_the_source_and_the_migrator_indexes_what_it_moves() {
     assert!(loads(&during, &kept[0]).await);
 }
 
+/// A revoke that failed half-way finds its sessions when run again, though
+/// a tidy ran in between: an entry whose session was logged out where the
+/// entry is (a tombstone there) stays until the logout is done everywhere.
+/// Here the only entry naming a session is in "new" (copied on read from
+/// an "old" that no indexing store wrote), and the revoke's logout ran on
+/// "new" but not on "old" (done by hand: `DEL` and the tombstone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_keeps_the_entry_of_a_session_whose_logout_is_half_done() {
+    let (old, new) = (RedisServer::start().unwrap(), RedisServer::start().unwrap());
+    let plain = MultiRedisStore::builder().backend(Backend::url("old", old.url())).build().await.unwrap();
+    let in_old = log_in(&plain, "ann", 1).await[0];
+    let during = MultiRedisStore::builder()
+        .backend(Backend::url("new", new.url()))
+        .backend(Backend::url("old", old.url()).modes(Modes::READ_DELETE))
+        .user_key("user")
+        .build()
+        .await
+        .unwrap();
+    assert!(loads(&during, &in_old).await, "copied into new on first touch");
+    assert_eq!(indexed(&new, "ann").await, vec![in_old.to_string()], "and indexed there only");
+    let key = in_old.to_string();
+    let _: () = conn(&new).await.del(&key).await.unwrap();
+    let _: () = conn(&new).await.set_ex(format!("{key}:tombstone"), "1", 3600).await.unwrap();
+
+    log_in(&during, "ann", 1).await; // its tidy finds the session missing in new
+    assert!(indexed(&new, "ann").await.contains(&key), "logged out there, not everywhere: the entry stays");
+    assert_eq!(during.revoke_user("ann").await.unwrap(), 2, "run again, the revoke finds it");
+    // Even once the tombstone in new is gone, the session is nowhere.
+    let _: () = conn(&new).await.del(format!("{key}:tombstone")).await.unwrap();
+    assert!(!loads(&during, &in_old).await, "revoked");
+}
+
 /// Expired entries leave the index at the user's next write, and the index
 /// key expires with its last entry: no keyspace notifications needed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,6 +333,38 @@ async fn an_entry_whose_session_is_gone_goes_at_the_users_next_write() {
     rec.data.insert("n".to_owned(), serde_json::json!(2));
     here.save(&rec).await.unwrap();
     assert_eq!(indexed(&server, "cy").await, vec![mine.to_string()], "due: the save pruned it");
+}
+
+/// With `prune_index_every` zero, every write of the user prunes: a save
+/// that this instance's memory covers, right after its login, and a logout
+/// of another session. An index never names a gone session for longer than
+/// one write of its user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_prune_index_every_zero_the_users_next_write_prunes() {
+    let server = RedisServer::start().unwrap();
+    let gone = |id: Id| {
+        let server = &server;
+        async move { conn(server).await.del::<_, ()>(id.to_string()).await.unwrap() }
+    };
+    let (here, there) =
+        (pruning_every(&server, Duration::ZERO).await, indexing(Backend::url("one", server.url())).await);
+    let mine = log_in(&here, "ann", 2).await;
+    let mut rec = here.load(&mine[0]).await.unwrap().unwrap();
+    // Indexed by another instance, gone since without a logout.
+    let elsewhere = log_in(&there, "ann", 2).await;
+    gone(elsewhere[0]).await;
+    let score = || async { conn(&server).await.zscore::<_, _, f64>(index_key("ann"), rec.id.to_string()).await };
+    let before = score().await.unwrap();
+    rec.data.insert("n".to_owned(), serde_json::json!(1));
+    here.save(&rec).await.unwrap();
+    assert!(score().await.unwrap() > before, "covered, and still the save wrote the index");
+    let left = indexed(&server, "ann").await;
+    assert!(!left.contains(&elsewhere[0].to_string()) && left.len() == 3, "the save pruned it: {left:?}");
+
+    gone(elsewhere[1]).await;
+    here.delete(&mine[1]).await.unwrap();
+    assert_eq!(indexed(&server, "ann").await, vec![mine[0].to_string()], "the logout pruned it, and its own");
+    assert_eq!(here.health()[0].counters.index_pruned, 2);
 }
 
 /// Pruning races the writes that make a session exist again: an entry
@@ -553,6 +617,9 @@ struct World {
     ids: Mutex<Vec<Id>>,
     /// Per user, the revokes that returned Ok: (started, returned).
     revokes: Mutex<HashMap<usize, Vec<(Instant, Instant)>>>,
+    /// Sessions whose logout (`delete`) returned Ok, and when.
+    logged_out: Mutex<HashMap<Id, Instant>>,
+    logouts: AtomicU64,
     violations: Mutex<Vec<String>>,
     loads: AtomicU64,
     errors: AtomicU64,
@@ -587,6 +654,9 @@ impl World {
                         .unwrap()
                         .push(format!("{who}: {id} loaded after its user's revoke returned"));
                 }
+                if self.logged_out.lock().unwrap().get(&id).is_some_and(|&at| at < started) {
+                    self.violations.lock().unwrap().push(format!("{who}: {id} loaded after its logout returned"));
+                }
                 Some(record)
             }
             Ok(None) => None,
@@ -613,19 +683,21 @@ async fn revoke_run(seed: u64, fault: Fault, millis: u64) -> (Vec<String>, Strin
     let timeout = if fault == Fault::PauseWrites { 0.1 } else { 1.0 };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sessions.toml");
-    std::fs::write(
-        &path,
+    // Saves tidy every 0.2 s, not every minute: pruning races everything
+    // else here. The third instance prunes at every write (saves and
+    // logouts), as one that got `prune_index_every = 0` first would.
+    let config = |every: f64| {
         format!(
-            // Saves tidy every 0.2 s, not every minute: pruning races
-            // everything else here.
-            "user_key = \"user\"\nprune_index_every = 0.2\n\
+            "user_key = \"user\"\nprune_index_every = {every}\n\
              [[backends]]\nname = \"new\"\nmodes = [\"read\", \"write\"]\nurl = \"{}\"\nsocket_timeout = {timeout}\nbreaker_failures = 0\n\
              [[backends]]\nname = \"old\"\nmodes = [\"read\", \"delete\"]\nurl = \"{}\"\nsocket_timeout = {timeout}\nbreaker_failures = 0\n",
             new.url(),
             old.url()
-        ),
-    )
-    .unwrap();
+        )
+    };
+    std::fs::write(&path, config(0.2)).unwrap();
+    let every_write = dir.path().join("every-write.toml");
+    std::fs::write(&every_write, config(0.0)).unwrap();
     let world = Arc::new(World::default());
     // What the previous configuration (`old` alone) left: indexed sessions.
     let previous =
@@ -638,8 +710,8 @@ async fn revoke_run(seed: u64, fault: Fault, millis: u64) -> (Vec<String>, Strin
         world.ids.lock().unwrap().push(rec.id);
     }
     let mut instances = Vec::new();
-    for _ in 0..3 {
-        instances.push(MultiRedisStore::from_config_file(&path).await.unwrap());
+    for config in [&path, &path, &every_write] {
+        instances.push(MultiRedisStore::from_config_file(config).await.unwrap());
     }
     let instances = Arc::new(instances);
     let stop = Arc::new(AtomicBool::new(false));
@@ -656,6 +728,12 @@ async fn revoke_run(seed: u64, fault: Fault, millis: u64) -> (Vec<String>, Strin
                     0 => {
                         let user = rng.below(USERS);
                         let mut rec = session(user, 0);
+                        // One login in three expires within the run: its
+                        // entry is pruned by the user's next tidies.
+                        if rng.below(3) == 0 {
+                            let ms = 200 + rng.below(1300) as i64;
+                            rec.expiry_date = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(ms);
+                        }
                         if store.create(&mut rec).await.is_ok() {
                             world.sessions.lock().unwrap().insert(rec.id, Known { user, acked: Instant::now() });
                             world.ids.lock().unwrap().push(rec.id);
@@ -667,6 +745,21 @@ async fn revoke_run(seed: u64, fault: Fault, millis: u64) -> (Vec<String>, Strin
                     1 => {
                         let Some(id) = world.pick(&mut rng) else { continue };
                         if let Some(mut rec) = world.checked_load(store, id, "saver").await {
+                            // Now and then a logout instead, through another
+                            // instance: with `prune_index_every` zero, it
+                            // prunes the user's index too.
+                            if rng.below(8) == 0 {
+                                match instances[rng.below(3)].delete(&id).await {
+                                    Ok(()) => {
+                                        world.logged_out.lock().unwrap().insert(id, Instant::now());
+                                        world.logouts.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    Err(_) => {
+                                        world.errors.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                }
+                                continue;
+                            }
                             let v = rec.data.get("v").and_then(serde_json::Value::as_u64).unwrap_or(0);
                             rec.data.insert("v".to_owned(), serde_json::json!(v + 1));
                             if instances[rng.below(3)].save(&rec).await.is_err() {
@@ -771,14 +864,17 @@ async fn revoke_run(seed: u64, fault: Fault, millis: u64) -> (Vec<String>, Strin
         }
         world.checked_load(&instances[0], id, "final").await;
     }
-    // Entries pruned (a session missing where its entry was: a save's index
-    // write comes before its fill, a logout before its entry goes): how
-    // often the prunes raced the rest.
-    let pruned: u64 = instances.iter().flat_map(|i| i.health()).map(|h| h.counters.index_pruned).sum();
+    // Entries pruned (a session missing where its entry was, without a
+    // tombstone: expired, or a save's index write came before its fill):
+    // how often the prunes raced the rest.
+    let pruned_by = |i: &MultiRedisStore| i.health().iter().map(|h| h.counters.index_pruned).sum::<u64>();
+    let pruned: u64 = instances.iter().map(pruned_by).sum();
+    let pruned_every_write = pruned_by(&instances[2]);
     let summary = format!(
-        "{} loads, {} errors, {} sessions revoked by {} revokes; {revoked} revoked sessions checked at the end; \
-         {pruned} index entries pruned",
+        "{} loads, {} logouts, {} errors, {} sessions revoked by {} revokes; {revoked} revoked sessions checked at \
+         the end; {pruned} index entries pruned, {pruned_every_write} by the instance that prunes at every write",
         world.loads.load(Ordering::Relaxed),
+        world.logouts.load(Ordering::Relaxed),
         world.errors.load(Ordering::Relaxed),
         world.revoked.load(Ordering::Relaxed),
         world.revokes.lock().unwrap().values().map(Vec::len).sum::<usize>(),
@@ -787,7 +883,7 @@ async fn revoke_run(seed: u64, fault: Fault, millis: u64) -> (Vec<String>, Strin
         world.violations.lock().unwrap().push(format!("errors without faults: {summary}"));
     }
     assert!(revoked > 20, "the workload revoked sessions: {summary}");
-    assert!(pruned > 0, "the workload raced prunes: {summary}");
+    assert!(pruned > 0 && pruned_every_write > 0, "the workload raced prunes: {summary}");
     let violations = world.violations.lock().unwrap().clone();
     (violations, summary)
 }
