@@ -441,7 +441,7 @@ impl Migrator {
         }
         let ids = keys.iter().map(|k| source.id_of(k).unwrap_or_default());
         batch.read_at = crate::clock::now_ms();
-        let values: Vec<Option<Vec<u8>>> = match source.per_session("GET", ids).await {
+        let values: Vec<Option<Vec<u8>>> = match source.per_session("GET", ids, None).await {
             Ok(values) => values,
             Err(err) => {
                 batch.failed = keys.into_iter().map(|k| (k, err.to_string())).collect();
@@ -503,7 +503,7 @@ impl Migrator {
             }
             // Copies are idempotent in effect, so a batch with an unknown
             // outcome is simply reported and redone by a later run.
-            let mut replies = t.batch("COPY", items, true).await?;
+            let mut replies = t.batch("COPY", items, true, None).await?;
             // Then the user's index entries, once the copies landed (a
             // user's tidy may prune an entry whose session it finds
             // missing: `users.rs`). In the reply, the copies come first,
@@ -514,7 +514,7 @@ impl Migrator {
                 .filter_map(|s| Some(t.index_cmd(s.user.as_deref()?, &s.id, Users::score(s.pxat))))
                 .collect();
             if !entries.is_empty() {
-                replies.extend(t.batch("INDEX", entries, true).await?);
+                replies.extend(t.batch("INDEX", entries, true, None).await?);
             }
             Ok(replies)
         }))
@@ -580,7 +580,7 @@ impl Migrator {
         // ever remove) or they were logged out, so a DEL that fails or runs
         // late loses nothing.
         let source = self.source_node();
-        match source.per_session::<u64>("DEL", moved.iter().map(|&i| live[i].id.as_str())).await {
+        match source.per_session::<u64>("DEL", moved.iter().map(|&i| live[i].id.as_str()), None).await {
             Ok(removed) => run.report.progress.removed_from_source += removed.iter().sum::<u64>(),
             Err(err) => {
                 let keys: Vec<String> = moved.iter().map(|&i| live[i].key.clone()).collect();
@@ -593,7 +593,8 @@ impl Migrator {
     async fn dry_run(&self, live: &[Live], run: &mut Run) {
         let targets = self.target_nodes();
         let replies =
-            join_all(targets.iter().map(|t| t.per_session::<u64>("EXISTS", live.iter().map(|s| s.id.as_str())))).await;
+            join_all(targets.iter().map(|t| t.per_session::<u64>("EXISTS", live.iter().map(|s| s.id.as_str()), None)))
+                .await;
         for (i, Live { key, .. }) in live.iter().enumerate() {
             let mut missing = false;
             for reply in &replies {
@@ -655,8 +656,8 @@ impl Migrator {
                 .filter(|id| Id::from_str(id).is_ok())
                 .collect();
             if !ids.is_empty() {
-                let here: Vec<Option<Vec<u8>>> = target.per_session("GET", ids.iter().copied()).await?;
-                let there: Vec<Option<Vec<u8>>> = source.per_session("GET", ids.iter().copied()).await?;
+                let here: Vec<Option<Vec<u8>>> = target.per_session("GET", ids.iter().copied(), None).await?;
+                let there: Vec<Option<Vec<u8>>> = source.per_session("GET", ids.iter().copied(), None).await?;
                 let stale: Vec<&str> = ids
                     .iter()
                     .zip(here.iter().zip(&there))
@@ -665,7 +666,7 @@ impl Migrator {
                     .collect();
                 report.checked += here.iter().filter(|v| v.is_some()).count() as u64;
                 if !stale.is_empty() {
-                    let removed: Vec<u64> = target.per_session("DEL", stale.iter().copied()).await?;
+                    let removed: Vec<u64> = target.per_session("DEL", stale.iter().copied(), None).await?;
                     report.removed += removed.iter().sum::<u64>();
                     for id in stale.iter().take(self.options.max_listed.saturating_sub(report.removed_keys.len())) {
                         report.removed_keys.push(target.key(*id));
@@ -695,10 +696,10 @@ impl Migrator {
             let ids: Vec<&str> =
                 keys.iter().filter_map(|k| source.id_of(k)).filter(|id| Id::from_str(id).is_ok()).collect();
             if !ids.is_empty() {
-                let here: Vec<Option<Vec<u8>>> = source.per_session("GET", ids.iter().copied()).await?;
+                let here: Vec<Option<Vec<u8>>> = source.per_session("GET", ids.iter().copied(), None).await?;
                 let mut there = Vec::new();
                 for t in &targets {
-                    there.push(t.per_session::<Option<Vec<u8>>>("GET", ids.iter().copied()).await?);
+                    there.push(t.per_session::<Option<Vec<u8>>>("GET", ids.iter().copied(), None).await?);
                 }
                 for (i, value) in here.iter().enumerate() {
                     let Some(bytes) = value else { continue };

@@ -358,13 +358,16 @@ impl Node {
         op: &'static str,
         items: Vec<(usize, Cmd)>,
         write: bool,
+        bound: Deadline,
     ) -> Result<Vec<Value>, Error> {
         let batch = self.conn.batch(items);
         let wait = if write { self.wait } else { None };
         // Bounded as one command (redis-rs's response timeout covers a whole
-        // pipeline); the migrator's batches are idempotent, so one that
-        // timed out is reported and redone.
-        let deadline = tokio::time::Instant::now() + self.op_timeout;
+        // pipeline), and by the operation's deadline when it has one; the
+        // migrator's batches are idempotent, so one that timed out is
+        // reported and redone.
+        let own = tokio::time::Instant::now() + self.op_timeout;
+        let deadline = bound.map_or(own, |at| at.min(own));
         let replies = futures_util::future::join_all(batch.pipelines().map(|(member, pipe)| {
             self.guarded(op, Some(deadline), false, move || self.conn.query_pipeline_write(member, pipe, wait))
         }))
@@ -752,6 +755,7 @@ impl Node {
         &self,
         op: &'static str,
         ids: impl IntoIterator<Item = &'a str>,
+        deadline: Deadline,
     ) -> Result<Vec<T>, Error> {
         let items = ids
             .into_iter()
@@ -760,13 +764,17 @@ impl Node {
                 (member, redis::cmd(op).arg(key).to_owned())
             })
             .collect();
-        let values = self.batch(op, items, op == "DEL").await?;
+        let values = self.batch(op, items, op == "DEL", deadline).await?;
         self.decoded(op, values)
     }
 
     /// Whether each of the sessions `ids` has a tombstone here: a logout
     /// ran here (`scripts.rs`).
-    pub(crate) async fn tombstoned<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Result<Vec<bool>, Error> {
+    pub(crate) async fn tombstoned<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a str>,
+        deadline: Deadline,
+    ) -> Result<Vec<bool>, Error> {
         let items = ids
             .into_iter()
             .map(|id| {
@@ -774,7 +782,7 @@ impl Node {
                 (member, redis::cmd("EXISTS").arg(keys::tombstone_key(&key, self.conn.is_cluster())).to_owned())
             })
             .collect();
-        let values = self.batch("EXISTS", items, false).await?;
+        let values = self.batch("EXISTS", items, false, deadline).await?;
         self.decoded("EXISTS", values)
     }
 

@@ -43,7 +43,7 @@ impl MultiRedisStore {
                 .filter(|(_, score)| *score > now)
                 .filter_map(|(id, _)| Some((Id::from_str(&id).ok()?, id)))
                 .collect();
-            let ttls: Vec<i64> = node.per_session("PTTL", ids.iter().map(|(_, id)| id.as_str())).await?;
+            let ttls: Vec<i64> = node.per_session("PTTL", ids.iter().map(|(_, id)| id.as_str()), None).await?;
             let read = OffsetDateTime::now_utc();
             for ((id, _), millis) in ids.into_iter().zip(ttls) {
                 // Gone (logged out, expired), or without expiry (not a session).

@@ -713,7 +713,7 @@ impl MultiRedisStore {
         if entries.is_empty() {
             return Ok((Vec::new(), None));
         }
-        let ttls: Vec<i64> = node.per_session("PTTL", entries.iter().map(|(id, _)| id.as_str())).await?;
+        let ttls: Vec<i64> = node.per_session("PTTL", entries.iter().map(|(id, _)| id.as_str()), deadline).await?;
         let mut live = Vec::new();
         let mut gone = Vec::new();
         // Without write deadlines a fill may land any time after its entry
@@ -735,7 +735,7 @@ impl MultiRedisStore {
         // removes it once the logout is done everywhere; else it goes
         // when the tombstone did, or its score passed.
         if !gone.is_empty() {
-            match node.tombstoned(gone.iter().map(|(id, _)| id.as_str())).await {
+            match node.tombstoned(gone.iter().map(|(id, _)| id.as_str()), deadline).await {
                 Ok(tombstoned) => {
                     gone = gone
                         .into_iter()

@@ -367,6 +367,30 @@ async fn with_prune_index_every_zero_the_users_next_write_prunes() {
     assert_eq!(here.health()[0].counters.index_pruned, 2);
 }
 
+/// A tidy keeps to its operation's deadline, its `PTTL` round trip too (a
+/// tidy is best effort: the login succeeds without it). The `PTTL`s are
+/// held in the network for longer than the backend's own timeout (2 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tidy_keeps_to_the_operations_deadline() {
+    let server = RedisServer::start().unwrap();
+    let proxy = DelayProxy::holding(server.port(), &[b"PTTL"], Duration::from_secs(4)).await;
+    let store = MultiRedisStore::builder()
+        .backend(Backend::url("one", proxy.url()))
+        .user_key("user")
+        .deadline(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    log_in(&store, "ann", 2).await;
+    proxy.hold(true);
+    let started = Instant::now();
+    log_in(&store, "ann", 1).await;
+    assert!(proxy.held() >= 1, "the login's tidy sent its PTTLs");
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "the login waited {took:?}, past its 300 ms deadline");
+    assert_eq!(indexed(&server, "ann").await.len(), 3, "indexed all the same");
+}
+
 /// Pruning races the writes that make a session exist again: an entry
 /// written (or rewritten) after the tidy read it stays, though the tidy
 /// found its session missing. The tidy's `PRUNE` is held in the network
