@@ -178,11 +178,14 @@ impl MultiRedisStoreBuilder {
     /// about one save a minute of each active user, per instance.
     ///
     /// Zero prunes at every write of the user through this instance (every
-    /// login, save and logout, best effort, in the write backends), so
-    /// that an entry of a session that is gone goes at the user's next
-    /// write; it costs every save an index write, and a tidy (the `PTTL`
-    /// of the user's other sessions) on every save and logout
-    /// (BENCHMARKS.md has the figures). Otherwise at least a millisecond.
+    /// login, save and logout, best effort, in the write backends): an
+    /// entry of a session that is gone goes at the user's next write
+    /// through it, unless a logout left a tombstone there (its logout may
+    /// be half done; the entry stays until the logout's own removal of
+    /// it, or until the tombstone expires). It costs every save an index
+    /// write, and a tidy (the `PTTL` of the user's other sessions) on
+    /// every save and logout (BENCHMARKS.md has the figures). Otherwise at
+    /// least a millisecond.
     ///
     /// Pruning needs
     /// [`refuse_late_writes`](Self::refuse_late_writes): with

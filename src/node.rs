@@ -757,15 +757,7 @@ impl Node {
         ids: impl IntoIterator<Item = &'a str>,
         deadline: Deadline,
     ) -> Result<Vec<T>, Error> {
-        let items = ids
-            .into_iter()
-            .map(|id| {
-                let (key, member) = self.route(id);
-                (member, redis::cmd(op).arg(key).to_owned())
-            })
-            .collect();
-        let values = self.batch(op, items, op == "DEL", deadline).await?;
-        self.decoded(op, values)
+        self.per_key(op, ids, |key| key, deadline).await
     }
 
     /// Whether each of the sessions `ids` has a tombstone here: a logout
@@ -775,19 +767,28 @@ impl Node {
         ids: impl IntoIterator<Item = &'a str>,
         deadline: Deadline,
     ) -> Result<Vec<bool>, Error> {
+        let cluster = self.conn.is_cluster();
+        self.per_key("EXISTS", ids, |key| keys::tombstone_key(&key, cluster), deadline).await
+    }
+
+    /// `op` on the key `key_of` makes of each session's key, as
+    /// [`per_session`](Self::per_session) (a key beside a session's lives on
+    /// its member).
+    async fn per_key<'a, T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        ids: impl IntoIterator<Item = &'a str>,
+        key_of: impl Fn(String) -> String,
+        deadline: Deadline,
+    ) -> Result<Vec<T>, Error> {
         let items = ids
             .into_iter()
             .map(|id| {
                 let (key, member) = self.route(id);
-                (member, redis::cmd("EXISTS").arg(keys::tombstone_key(&key, self.conn.is_cluster())).to_owned())
+                (member, redis::cmd(op).arg(key_of(key)).to_owned())
             })
             .collect();
-        let values = self.batch("EXISTS", items, false, deadline).await?;
-        self.decoded("EXISTS", values)
-    }
-
-    /// The replies of a [`batch`](Self::batch), each as a `T`.
-    fn decoded<T: FromRedisValue>(&self, op: &'static str, values: Vec<Value>) -> Result<Vec<T>, Error> {
+        let values = self.batch(op, items, op == "DEL", deadline).await?;
         values
             .into_iter()
             .map(|v| {

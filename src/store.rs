@@ -506,7 +506,8 @@ impl MultiRedisStore {
             // covered save), so their order does not matter; the write
             // brings the other entries back to tidy, and this one back if
             // it was lost. Best effort. Boxed: about once per user,
-            // instance and `prune_index_every`.
+            // instance and `prune_index_every` (every save with zero, which
+            // pays for its strictness).
             Some(user) => {
                 let (results, alongside) =
                     Box::pin(join(self.save_on_writers(&write), self.index_save(user, write))).await;
@@ -535,7 +536,8 @@ impl MultiRedisStore {
         }
         if !missed.is_empty() || indexed.is_some() {
             // Boxed: rare (a session not in every W backend yet, or about
-            // once per session lifetime and instance), and large.
+            // once per session lifetime and instance; every save with
+            // `prune_index_every` zero), and large.
             Box::pin(async move {
                 if !missed.is_empty() {
                     self.save_missed(&missed, write, record, started, &mut tally).await;
@@ -690,7 +692,7 @@ impl MultiRedisStore {
     }
 
     /// [`tidy`](Self::tidy) on one node: prunes the `entries` whose session
-    /// is not there, and returns the sessions past `cap` (0: none), those
+    /// is not there and has no tombstone there, and returns the sessions past `cap` (0: none), those
     /// that expire first, leaving the cap's worth with the login's own.
     ///
     /// Why pruning is safe though an index write and its session's write
@@ -733,26 +735,23 @@ impl MultiRedisStore {
         // keeps its entries, to find them when run again, and this one may
         // be the only entry naming a session still in a source). `unindex`
         // removes it once the logout is done everywhere; else it goes
-        // when the tombstone did, or its score passed.
-        if !gone.is_empty() {
-            match node.tombstoned(gone.iter().map(|(id, _)| id.as_str()), deadline).await {
-                Ok(tombstoned) => {
-                    gone = gone
-                        .into_iter()
-                        .zip(tombstoned)
-                        .filter(|(_, logged_out)| !logged_out)
-                        .map(|(e, _)| e)
-                        .collect();
+        // when the tombstone did, or its score passed. Each round trip
+        // only within the operation's deadline (a command sent past it
+        // would count against a healthy backend).
+        let in_time = || self.check_deadline("tidy", deadline).is_ok();
+        if !gone.is_empty() && in_time() {
+            let result = match node.tombstoned(gone.iter().map(|(id, _)| id.as_str()), deadline).await {
+                Ok(tombstoned) if in_time() => {
+                    let gone = gone.into_iter().zip(tombstoned).filter(|(_, logged_out)| !logged_out);
+                    node.prune(user, &gone.map(|(entry, _)| entry).collect::<Vec<_>>(), deadline).await
                 }
-                Err(err) => {
-                    tracing::debug!(error = %err, "the user's index is not pruned on this backend now");
-                    gone.clear();
-                }
+                Ok(_) => Ok(()),
+                Err(err) => Err(err),
+            };
+            if let Err(err) = result {
+                // The cap is still applied.
+                tracing::debug!(error = %err, "the user's index is not pruned on this backend now");
             }
-        }
-        if let Err(err) = node.prune(user, &gone, deadline).await {
-            // The cap is still applied.
-            tracing::debug!(error = %err, "the user's index is not pruned on this backend now");
         }
         live.sort();
         // The login's own session counts too.

@@ -17,12 +17,14 @@
 //! save costs nothing more; about one save per session lifetime does, and
 //! the user's saves that prune (below): about one a minute of each active
 //! user, per instance, and one more each time another session of the user
-//! that the instance knew of reaches its expiry.
+//! that the instance knew of reaches its expiry (with [`prune_index_every`]
+//! zero, every save).
 //!
 //! It cleans itself without keyspace notifications: every write to it drops the
 //! entries whose score passed, the key expires with its last entry, and a
 //! logout removes its own entry (its script hands back the session's value, the
-//! only place that names the user). An entry whose session is gone otherwise
+//! only place that names the user; with [`prune_index_every`] zero, it then
+//! tidies the others too, as below). An entry whose session is gone otherwise
 //! (expired, or moved away) goes at the user's next index write that tidies: a
 //! login, or a save that writes the index. Such a write returns the user's
 //! other entries; the store reads their sessions' `PTTL` and prunes the entries
@@ -37,14 +39,16 @@
 //! sessions has passed (the session may have been extended meanwhile), and at
 //! the latest [`prune_index_every`] (a minute) after that tidy (or after the
 //! user's first save that its memory covered), for the sessions other instances
-//! indexed since (with zero, at every save; a logout then reads the user's
-//! other entries after removing its own, and tidies them too). Then the save writes the index beside its session (the entry
-//! already covers it, so their order does not matter) and tidies. So an expired
+//! indexed since (with zero, at every save). Then the save writes the index
+//! beside its session (the entry already covers it, so their order does not
+//! matter) and tidies. So an expired
 //! session's entry goes at the user's next write through an instance that knew
 //! of it; and whoever indexed it, at the user's next login, or next save
-//! through an instance whose last tidy of the user is a minute old. (Reading
-//! the index on every save instead, to prune at the very next one, was
-//! measured: 0.70x–0.75x the saves without an index, BENCHMARKS.md.) That races
+//! through an instance whose last tidy of the user is a minute old. (A
+//! `ZRANGE` of the index on every save, to prune at the very next one, was
+//! built and measured at 0.70x–0.75x the saves without an index, and
+//! reverted; zero, which writes the index on every save, at 0.35x–0.70x:
+//! BENCHMARKS.md, runs 5 and 13.) That races
 //! the writes that make a session exist where it was not, and is safe because
 //! each of them writes the entry *after* the session, and an entry is pruned
 //! only if no index write touched it since it was read
