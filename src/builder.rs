@@ -175,7 +175,9 @@ impl MultiRedisStoreBuilder {
     /// expired, which can be sooner. A save that prunes writes the index
     /// beside its session (in the same round trip) and then reads the
     /// `PTTL` of the user's other sessions, if it has any: at the default,
-    /// about one save a minute of each active user, per instance.
+    /// about one save a minute of each active user, per instance. (Up to a
+    /// quarter of the interval earlier, at random, so that users who came
+    /// due together, say when an instance started, drift apart.)
     ///
     /// Zero prunes at every write of the user through this instance (every
     /// login, save and logout, best effort, in the write backends): an

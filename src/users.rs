@@ -38,8 +38,9 @@
 //! expiry that the instance saw, at its last tidy, for one of the user's other
 //! sessions has passed (the session may have been extended meanwhile), and at
 //! the latest [`prune_index_every`] (a minute) after that tidy (or after the
-//! user's first save that its memory covered), for the sessions other instances
-//! indexed since (with zero, at every save). Then the save writes the index
+//! user's first save that its memory covered; up to a quarter of that earlier,
+//! at random, so that users who came due together drift apart), for the
+//! sessions other instances indexed since (with zero, at every save). Then the save writes the index
 //! beside its session (the entry already covers it, so their order does not
 //! matter) and tidies. So an expired
 //! session's entry goes at the user's next write through an instance that knew
@@ -230,10 +231,14 @@ pub(crate) struct Users {
     /// that tidy (a session another instance indexed may be gone). The
     /// user's next save then writes the index (beside its session, when
     /// covered: [`Cover::Due`]) and tidies. A user it has no due time for is
-    /// due one interval after its first covered save.
+    /// due one interval after its first covered save. (An interval is up to
+    /// a quarter shorter, at random: [`Users::next_due`].)
     ///
     /// [`prune_every`]: Self::prune_every
     memory: std::sync::Mutex<Memory>,
+    /// Draws how much earlier than [`prune_every`](Self::prune_every) a
+    /// user's next tidy is due ([`next_due`](Self::next_due)).
+    spread: std::hash::RandomState,
 }
 
 /// What [`Users::memory`] holds.
@@ -266,7 +271,8 @@ impl Users {
     pub(crate) fn new(key: UserKey, cap: u32, prune_every: Option<std::time::Duration>) -> Users {
         let prune_every = prune_every.map(|every| u64::try_from(every.as_millis()).unwrap_or(u64::MAX));
         let memory = Memory { indexed: Recent::new(REMEMBERED), tidy_due: Recent::new(REMEMBERED) };
-        Users { key, cap, prune_every, memory: std::sync::Mutex::new(memory) }
+        let spread = std::hash::RandomState::new();
+        Users { key, cap, prune_every, memory: std::sync::Mutex::new(memory), spread }
     }
 
     /// The score of a session expiring at `pxat` (Unix ms), indexed now:
@@ -299,7 +305,7 @@ impl Users {
         // runs do not tidy too. Without one (not tidied here yet: a session
         // copied on read; or forgotten), due one interval on, not at once.
         if due.is_none_or(|due| due <= now) {
-            memory.tidy_due.insert(user.to_owned(), now.saturating_add(every));
+            memory.tidy_due.insert(user.to_owned(), self.next_due(user, now, every));
         }
         match due {
             Some(due) if due <= now => Cover::Due,
@@ -321,7 +327,7 @@ impl Users {
         let Some(every) = self.prune_every.filter(|&every| every > 0) else { return };
         let mut memory = self.memory();
         let now = unix_ms();
-        let next = now.saturating_add(every);
+        let next = self.next_due(user, now, every);
         let due = match first {
             Some(first) => first.map_or(next, |first| first.min(next)),
             None => match memory.tidy_due.get(user, |&due| due) {
@@ -336,6 +342,15 @@ impl Users {
     /// zero): its logouts too.
     pub(crate) fn tidies_every_write(&self) -> bool {
         self.prune_every == Some(0)
+    }
+
+    /// `every` ms from `now`, less up to a quarter of it, drawn at random
+    /// per user and time: users whose tidies came due together (all those
+    /// active when an instance started) drift apart instead of pruning in
+    /// the same second, interval after interval.
+    fn next_due(&self, user: &str, now: u64, every: u64) -> u64 {
+        let early = std::hash::BuildHasher::hash_one(&self.spread, (user, now)) % (every / 4 + 1);
+        now.saturating_add(every - early)
     }
 
     /// Forgets what this instance indexed for session `id`: a save found
@@ -379,6 +394,12 @@ mod tests {
         assert_eq!(users.cover(&id, "ann", later), Cover::Due, "due: this save tidies");
         assert_eq!(users.cover(&id, "ann", later), Cover::Yes, "and only that one, while it runs");
         assert_eq!(users.cover(&id, "ann", later + 3_600_001), Cover::No, "a later expiry than indexed");
+
+        // Due within the interval, at most a quarter of it early, and spread.
+        let dues: std::collections::BTreeSet<u64> =
+            (0..100).map(|u| users.next_due(&format!("u{u}"), 0, 60_000)).collect();
+        assert!(dues.iter().all(|due| (45_000..=60_000).contains(due)), "{dues:?}");
+        assert!(dues.len() > 50, "{} distinct of 100", dues.len());
 
         let not_pruning = Users::new("user".parse().unwrap(), 0, None);
         not_pruning.remember(id, "ann".to_owned(), later);
