@@ -94,6 +94,18 @@ async fn list_and_revoke(backend: Backend, label: &str) {
     assert_eq!(store.revoke_user("dan").await.unwrap(), 2, "{label}: the logged-out session's entry stayed");
 }
 
+/// An indexing store in the middle of a move: `new: read+write`, `old:
+/// read+delete`.
+async fn migrating(old: &RedisServer, new: &RedisServer) -> MultiRedisStore {
+    MultiRedisStore::builder()
+        .backend(Backend::url("new", new.url()))
+        .backend(Backend::url("old", old.url()).modes(Modes::READ_DELETE))
+        .user_key("user")
+        .build()
+        .await
+        .unwrap()
+}
+
 async fn indexing(backend: Backend) -> MultiRedisStore {
     MultiRedisStore::builder().backend(backend).user_key("user").build().await.unwrap()
 }
@@ -144,13 +156,7 @@ async fn revoke_reaches_the_source_and_the_migrator_indexes_what_it_moves() {
     let (old, new) = (RedisServer::start().unwrap(), RedisServer::start().unwrap());
     let before = MultiRedisStore::builder().backend(Backend::url("old", old.url())).user_key("user").build().await;
     let in_old = log_in(&before.unwrap(), "ann", 4).await;
-    let during = MultiRedisStore::builder()
-        .backend(Backend::url("new", new.url()))
-        .backend(Backend::url("old", old.url()).modes(Modes::READ_DELETE))
-        .user_key("user")
-        .build()
-        .await
-        .unwrap();
+    let during = migrating(&old, &new).await;
     assert!(loads(&during, &in_old[0]).await, "copied into new on first touch");
     assert_eq!(indexed(&new, "ann").await, vec![in_old[0].to_string()], "and indexed there");
 
@@ -178,13 +184,7 @@ async fn a_prune_keeps_the_entry_of_a_session_whose_logout_is_half_done() {
     let (old, new) = (RedisServer::start().unwrap(), RedisServer::start().unwrap());
     let plain = MultiRedisStore::builder().backend(Backend::url("old", old.url())).build().await.unwrap();
     let in_old = log_in(&plain, "ann", 1).await[0];
-    let during = MultiRedisStore::builder()
-        .backend(Backend::url("new", new.url()))
-        .backend(Backend::url("old", old.url()).modes(Modes::READ_DELETE))
-        .user_key("user")
-        .build()
-        .await
-        .unwrap();
+    let during = migrating(&old, &new).await;
     assert!(loads(&during, &in_old).await, "copied into new on first touch");
     assert_eq!(indexed(&new, "ann").await, vec![in_old.to_string()], "and indexed there only");
     let key = in_old.to_string();
