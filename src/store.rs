@@ -653,19 +653,22 @@ impl MultiRedisStore {
     /// sessions that expire first. Best effort, within the operation's
     /// `deadline`: what fails waits for the user's next index write, or for
     /// the entries' scores to pass.
-    async fn tidy(&self, user: &str, indexed: Vec<(&Node, Vec<(String, String)>)>, cap: usize, deadline: Deadline) {
+    async fn tidy(&self, user: &str, mut indexed: Vec<(&Node, Vec<(String, String)>)>, cap: usize, deadline: Deadline) {
         let mut evict = std::collections::BTreeSet::new();
         // When the first of the other live sessions expires, if every W
         // backend was tidied: the user's saves through this instance tidy
         // again then.
         let mut due = (indexed.len() == self.inner.writers.len()).then_some(None);
-        for (node, entries) in indexed {
-            if self.check_deadline("tidy", deadline).is_err() {
-                // Past the operation's deadline: the next index write tidies.
-                due = None;
-                break;
-            }
-            match self.tidy_on(node, user, entries, cap, deadline).await {
+        if self.check_deadline("tidy", deadline).is_err() {
+            // Past the operation's deadline: the next index write tidies.
+            due = None;
+            indexed.clear();
+        }
+        // The nodes at once: a tidy adds round trips to the user's request.
+        let tidied =
+            join_all(indexed.into_iter().map(|(node, entries)| self.tidy_on(node, user, entries, cap, deadline)));
+        for result in tidied.await {
+            match result {
                 Ok((ids, first)) => {
                     evict.extend(ids);
                     due = due.map(|due: Option<u64>| due.into_iter().chain(first).min());

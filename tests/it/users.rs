@@ -403,6 +403,39 @@ async fn a_tidy_keeps_to_the_operations_deadline() {
     assert_eq!(indexed(&server, "ann").await.len(), 3, "indexed all the same");
 }
 
+/// A tidy visits the write backends at once: with each backend's `PTTL`s
+/// held longer than half the operation's deadline, a login still prunes a
+/// gone session's entry on both (one after the other, the second would be
+/// cut by the deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tidy_prunes_every_write_backend_at_once() {
+    let servers = servers(2);
+    let mut proxies = Vec::new();
+    for server in &servers {
+        proxies.push(DelayProxy::holding(server.port(), &[b"PTTL"], Duration::from_millis(600)).await);
+    }
+    let store = MultiRedisStore::builder()
+        .backend(Backend::url("a", proxies[0].url()))
+        .backend(Backend::url("b", proxies[1].url()).modes(Modes::WRITE))
+        .user_key("user")
+        .deadline(Duration::from_millis(1000))
+        .build()
+        .await
+        .unwrap();
+    let gone = log_in(&store, "ann", 1).await[0].to_string();
+    for server in &servers {
+        let _: () = conn(server).await.del(&gone).await.unwrap();
+    }
+    for proxy in &proxies {
+        proxy.hold(true);
+    }
+    log_in(&store, "ann", 1).await;
+    for (server, proxy) in servers.iter().zip(&proxies) {
+        assert!(proxy.held() >= 1, "the login's tidy sent its PTTLs through the proxy");
+        assert!(!indexed(server, "ann").await.contains(&gone), "the gone session's entry is pruned on every backend");
+    }
+}
+
 /// Pruning races the writes that make a session exist again: an entry
 /// written (or rewritten) after the tidy read it stays, though the tidy
 /// found its session missing. The tidy's `PRUNE` is held in the network
