@@ -14,9 +14,9 @@
 //! * one backend with `refuse_late_writes(false)`: saves as a bare `SET XX`;
 //! * one backend with `user_key("user_id")` (one user per session): a save
 //!   writes its user's index only when this instance's last index write does
-//!   not cover it, or the user's prune is due (a minute); and `load` alone,
-//!   with and without it; and with `prune_index_every(0)`, where every save
-//!   writes the index beside its session and prunes;
+//!   not cover it, and reads it when the user's prune is due (a minute);
+//!   and `load` alone, with and without it; and with `prune_index_every(0)`,
+//!   where every save reads the index beside its session write and prunes;
 //! * tower-sessions-redis-store 0.16 (fred, 6-connection pool), the anchor,
 //!   run as a subprocess (`benches/anchor`, built by `scripts/bench`).
 //!

@@ -172,9 +172,9 @@ impl MultiRedisStoreBuilder {
     /// pruning the user's index of sessions that are gone (needs
     /// [`user_key`](Self::user_key)); at most a day. A login prunes it too,
     /// and so does a save once a session of the user that the instance saw
-    /// expired, which can be sooner. A save that prunes writes the index
-    /// beside its session (in the same round trip) and then reads the
-    /// `PTTL` of the user's other sessions, if it has any: at the default,
+    /// expired, which can be sooner. A save that prunes reads the index
+    /// beside its session write (a `ZRANGE`, in the same round trip) and
+    /// then the `PTTL` of the user's other sessions, if it has any: at the default,
     /// about one save a minute of each active user, per instance. (Up to a
     /// quarter of the interval earlier, at random, so that users who came
     /// due together, say when an instance started, drift apart.)
@@ -184,9 +184,9 @@ impl MultiRedisStoreBuilder {
     /// entry of a session that is gone goes at the user's next write
     /// through it, unless a logout left a tombstone there (its logout may
     /// be half done; the entry stays until the logout's own removal of
-    /// it, or until the tombstone expires). It costs every save an index
-    /// write, and a tidy (the `PTTL` of the user's other sessions) on
-    /// every save and logout (BENCHMARKS.md has the figures). Otherwise at
+    /// it, or until the tombstone expires). It costs every save a read of the
+    /// index, and every save and logout of a user with other sessions a
+    /// tidy (their `PTTL`) (BENCHMARKS.md has the figures). Otherwise at
     /// least a millisecond.
     ///
     /// Pruning needs

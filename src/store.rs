@@ -500,21 +500,18 @@ impl MultiRedisStore {
         }
         // The save's own deadline counts from here (after any index write).
         let started = clock::now_ms();
+        let mut due_read = None;
         let results = match due {
-            // A due tidy's index write goes beside the session, in the same
-            // round trip: the entry already covers the save (as for any
-            // covered save), so their order does not matter; the write
-            // brings the other entries back to tidy, and this one back if
-            // it was lost. Best effort. Boxed: about once per user,
-            // instance and `prune_index_every` (every save with zero, which
-            // pays for its strictness).
+            // A due tidy reads the index beside the session write, in the
+            // same round trip: the entry already covers the save (as for any
+            // covered save), so their order does not matter, and a read
+            // costs the server less than an index write. Best effort.
+            // Boxed: about once per user, instance and `prune_index_every`
+            // (every save with zero, which pays for its strictness).
             Some(user) => {
-                let (results, alongside) =
-                    Box::pin(join(self.save_on_writers(&write), self.index_save(user, write))).await;
-                match alongside {
-                    Ok(found) => indexed = Some(found),
-                    Err(err) => tracing::debug!(error = %err, "save: the user's index is not tidied now"),
-                }
+                let (results, read) =
+                    Box::pin(join(self.save_on_writers(&write), self.read_index(&user, write.deadline))).await;
+                due_read = Some(Box::new((user, read)));
                 results
             }
             None => self.save_on_writers(&write).await,
@@ -534,16 +531,20 @@ impl MultiRedisStore {
         if !everywhere && let Some(users) = self.users() {
             users.forget(write.sid);
         }
-        if !missed.is_empty() || indexed.is_some() {
-            // Boxed: rare (a session not in every W backend yet, or about
-            // once per session lifetime and instance; every save with
-            // `prune_index_every` zero), and large.
+        if !missed.is_empty() || indexed.is_some() || due_read.is_some() {
+            // Boxed: rare (a session not in every W backend yet, about once
+            // per session lifetime and instance, or per user, instance and
+            // `prune_index_every`; every save with zero), and large.
             Box::pin(async move {
                 if !missed.is_empty() {
                     self.save_missed(&missed, write, record, started, &mut tally).await;
                 }
                 if let Some(indexed) = indexed {
                     self.after_index_save(*indexed, write, everywhere).await;
+                }
+                if let Some(due_read) = due_read {
+                    let (user, read) = *due_read;
+                    self.after_due_read(user, read, write, everywhere).await;
                 }
                 self.accept("save", tally)
             })
@@ -562,6 +563,29 @@ impl MultiRedisStore {
         let others = self.inner.options.refuse_late_writes;
         let indexed = self.index("save (index)", &user, &writers, write, others).await?;
         Ok(Box::new((user, indexed)))
+    }
+
+    /// `user`'s index on every W backend, read.
+    async fn read_index(&self, user: &str, deadline: Deadline) -> Read<'_> {
+        self.fan_out(&self.inner.writers, |w| w.index_entries(user, deadline)).await
+    }
+
+    /// After a due save's [`read_index`](Self::read_index): tidies the
+    /// user's other entries. Where the save's own entry is missing though
+    /// its session was written `everywhere` (an index lost in a failover,
+    /// say), writes it again first, as a save this instance's memory does
+    /// not cover does, and tidies what that write returns.
+    async fn after_due_read(&self, user: String, read: Read<'_>, write: Write<'_>, everywhere: bool) {
+        let own = write.sid.to_string();
+        let (indexed, lost) = entries_read(read, Some(&own));
+        if lost && everywhere {
+            match self.index_save(user, write).await {
+                Ok(found) => self.after_index_save(*found, write, everywhere).await,
+                Err(err) => tracing::debug!(error = %err, "save: the session's lost index entry is not written now"),
+            }
+        } else {
+            self.tidy(&user, indexed, 0, write.deadline).await;
+        }
     }
 
     /// A save's `SET XX` on every W backend (`false`: missed there).
@@ -653,7 +677,7 @@ impl MultiRedisStore {
     /// sessions that expire first. Best effort, within the operation's
     /// `deadline`: what fails waits for the user's next index write, or for
     /// the entries' scores to pass.
-    async fn tidy(&self, user: &str, mut indexed: Vec<(&Node, Vec<(String, String)>)>, cap: usize, deadline: Deadline) {
+    async fn tidy(&self, user: &str, mut indexed: Entries<'_>, cap: usize, deadline: Deadline) {
         let mut evict = std::collections::BTreeSet::new();
         // When the first of the other live sessions expires, if every W
         // backend was tidied: the user's saves through this instance tidy
@@ -892,17 +916,7 @@ impl MultiRedisStore {
         if self.check_deadline("tidy", deadline).is_err() {
             return;
         }
-        let writers: Vec<&Node> = self.nodes_at(&self.inner.writers).collect();
-        let read = join_all(writers.iter().map(|n| n.index_entries(user, deadline))).await;
-        let mut indexed = Vec::with_capacity(writers.len());
-        for (node, result) in writers.into_iter().zip(read) {
-            match result {
-                Ok(entries) => {
-                    indexed.push((node, entries.into_iter().map(|(id, score)| (id, score.to_string())).collect()));
-                }
-                Err(err) => tracing::debug!(error = %err, "delete: the user's index is not pruned on this backend now"),
-            }
-        }
+        let (indexed, _) = entries_read(self.read_index(user, deadline).await, None);
         self.tidy(user, indexed, 0, deadline).await;
     }
 
@@ -935,7 +949,32 @@ impl MultiRedisStore {
 /// it succeeded, the user's other entries there (id, score).
 struct Indexed<'a> {
     score: u64,
-    entries: Vec<(&'a Node, Vec<(String, String)>)>,
+    entries: Entries<'a>,
+}
+
+/// A user's other index entries (id, score) on each backend that answered.
+type Entries<'a> = Vec<(&'a Node, Vec<(String, String)>)>;
+
+/// A user's index read on each W backend: its entries (id, score) there.
+type Read<'a> = Vec<(&'a Node, Result<Vec<(String, u64)>, Error>)>;
+
+/// The entries a [`Read`] found, but session `except`'s, per backend that
+/// answered, as [`Indexed`] holds them (to tidy); and whether `except` was
+/// missing from one of them.
+fn entries_read<'a>(read: Read<'a>, except: Option<&str>) -> (Entries<'a>, bool) {
+    let mut missing = false;
+    let mut indexed = Vec::with_capacity(read.len());
+    for (node, result) in read {
+        match result {
+            Ok(entries) => {
+                missing |= except.is_some_and(|own| !entries.iter().any(|(id, _)| id == own));
+                let others = entries.into_iter().filter(|(id, _)| Some(id.as_str()) != except);
+                indexed.push((node, others.map(|(id, score)| (id, score.to_string())).collect()));
+            }
+            Err(err) => tracing::debug!(error = %err, "the user's index is not tidied on this backend now"),
+        }
+    }
+    (indexed, missing)
 }
 
 /// Successes and failures of one fan-out.

@@ -25,9 +25,10 @@
 //! logout removes its own entry (its script hands back the session's value, the
 //! only place that names the user; with [`prune_index_every`] zero, it then
 //! tidies the others too, as below). An entry whose session is gone otherwise
-//! (expired, or moved away) goes at the user's next index write that tidies: a
-//! login, or a save that writes the index. Such a write returns the user's
-//! other entries; the store reads their sessions' `PTTL` and prunes the entries
+//! (expired, or moved away) goes at the user's next write that tidies: a
+//! login, a save that writes the index, or a save whose tidy is due (below).
+//! Such a write gets the user's other entries (an index write returns them, a
+//! due save reads them); the store reads their sessions' `PTTL` and prunes the entries
 //! whose session is missing, unless a tombstone says it was logged out there:
 //! then its logout may not be done everywhere yet (a revoke that failed
 //! half-way keeps its entries so that it finds them when run again, and this
@@ -40,9 +41,10 @@
 //! the latest [`prune_index_every`] (a minute) after that tidy (or after the
 //! user's first save that its memory covered; up to a quarter of that earlier,
 //! at random, so that users who came due together drift apart), for the
-//! sessions other instances indexed since (with zero, at every save). Then the save writes the index
-//! beside its session (the entry already covers it, so their order does not
-//! matter) and tidies. So an expired
+//! sessions other instances indexed since (with zero, at every save). Then the save reads the index
+//! beside its session write (the entry already covers the save, so their
+//! order does not matter; a `ZRANGE` costs the server less than an index
+//! write) and tidies. So an expired
 //! session's entry goes at the user's next write through an instance that knew
 //! of it; and whoever indexed it, at the user's next login, or next save
 //! through an instance whose last tidy of the user is a minute old. (A
@@ -62,7 +64,7 @@
 //! entry stays until its score passes. Until then, [`sessions_of`] checks each
 //! entry, and the cap counts only sessions that exist.
 //!
-//! A save that tidies also writes its own session's entry again: an active
+//! A save that tidies also looks for its own session's entry: an active
 //! session whose entry went missing without a logout (removed by hand, or
 //! by a prune that a stale `PTTL` misled during a failover) is indexed
 //! again by its first save once its user's tidy is due.
@@ -198,8 +200,8 @@ pub(crate) enum Cover {
     No,
     /// It does: no index write.
     Yes,
-    /// It does, and the user's tidy is due: the save writes the index
-    /// beside the session (for the other entries, to tidy them).
+    /// It does, and the user's tidy is due: the save reads the index
+    /// beside the session write (for the other entries, to tidy them).
     Due,
 }
 
@@ -229,8 +231,8 @@ pub(crate) struct Users {
     /// ms): when the first of the other sessions this instance saw at its
     /// last tidy of the user expires, and at most [`prune_every`] after
     /// that tidy (a session another instance indexed may be gone). The
-    /// user's next save then writes the index (beside its session, when
-    /// covered: [`Cover::Due`]) and tidies. A user it has no due time for is
+    /// user's next save then gets the index (a covered one reads it beside
+    /// its session write: [`Cover::Due`]) and tidies. A user it has no due time for is
     /// due one interval after its first covered save. (An interval is up to
     /// a quarter shorter, at random: [`Users::next_due`].)
     ///
