@@ -544,7 +544,7 @@ impl MultiRedisStore {
                 }
                 if let Some(due_read) = due_read {
                     let (user, read) = *due_read;
-                    self.after_due_read(user, read, write, everywhere).await;
+                    self.after_due_read(user, read, write, tally.done > 0, everywhere).await;
                 }
                 self.accept("save", tally)
             })
@@ -571,14 +571,16 @@ impl MultiRedisStore {
     }
 
     /// After a due save's [`read_index`](Self::read_index): tidies the
-    /// user's other entries. Where the save's own entry is missing though
-    /// its session was written `everywhere` (an index lost in a failover,
-    /// say), writes it again first, as a save this instance's memory does
-    /// not cover does, and tidies what that write returns.
-    async fn after_due_read(&self, user: String, read: Read<'_>, write: Write<'_>, everywhere: bool) {
+    /// user's other entries. Where the save's own entry is missing, or
+    /// scored below the session's expiry (an index write lost in a
+    /// failover, say: the entry would leave before its session), and the
+    /// session was `written` somewhere, writes the index again first, as a
+    /// save this instance's memory does not cover does (remembered only
+    /// when written `everywhere`), and tidies what that write returns.
+    async fn after_due_read(&self, user: String, read: Read<'_>, write: Write<'_>, written: bool, everywhere: bool) {
         let own = write.sid.to_string();
-        let (indexed, lost) = entries_read(read, Some(&own));
-        if lost && everywhere {
+        let (indexed, lost) = entries_read(read, Some((&own, write.pxat)));
+        if lost && written {
             match self.index_save(user, write).await {
                 Ok(found) => self.after_index_save(*found, write, everywhere).await,
                 Err(err) => tracing::debug!(error = %err, "save: the session's lost index entry is not written now"),
@@ -958,23 +960,24 @@ type Entries<'a> = Vec<(&'a Node, Vec<(String, String)>)>;
 /// A user's index read on each W backend: its entries (id, score) there.
 type Read<'a> = Vec<(&'a Node, Result<Vec<(String, u64)>, Error>)>;
 
-/// The entries a [`Read`] found, but session `except`'s, per backend that
-/// answered, as [`Indexed`] holds them (to tidy); and whether `except` was
-/// missing from one of them.
-fn entries_read<'a>(read: Read<'a>, except: Option<&str>) -> (Entries<'a>, bool) {
-    let mut missing = false;
+/// The entries a [`Read`] found, but session `own`'s, per backend that
+/// answered, as [`Indexed`] holds them (to tidy); and whether `own` (id,
+/// expiry) was missing from one of them, or scored below its expiry.
+fn entries_read<'a>(read: Read<'a>, own: Option<(&str, u64)>) -> (Entries<'a>, bool) {
+    let mut lost = false;
     let mut indexed = Vec::with_capacity(read.len());
+    let except = own.map(|(id, _)| id);
     for (node, result) in read {
         match result {
             Ok(entries) => {
-                missing |= except.is_some_and(|own| !entries.iter().any(|(id, _)| id == own));
+                lost |= own.is_some_and(|(own, pxat)| !entries.iter().any(|(id, score)| id == own && *score >= pxat));
                 let others = entries.into_iter().filter(|(id, _)| Some(id.as_str()) != except);
                 indexed.push((node, others.map(|(id, score)| (id, score.to_string())).collect()));
             }
             Err(err) => tracing::debug!(error = %err, "the user's index is not tidied on this backend now"),
         }
     }
-    (indexed, missing)
+    (indexed, lost)
 }
 
 /// Successes and failures of one fan-out.

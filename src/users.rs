@@ -64,10 +64,13 @@
 //! entry stays until its score passes. Until then, [`sessions_of`] checks each
 //! entry, and the cap counts only sessions that exist.
 //!
-//! A save that tidies also looks for its own session's entry: an active
-//! session whose entry went missing without a logout (removed by hand, or
-//! by a prune that a stale `PTTL` misled during a failover) is indexed
-//! again by its first save once its user's tidy is due.
+//! A save that tidies also looks for its own session's entry, and writes
+//! the index where the entry is missing or scored below the session's
+//! expiry (wherever the save landed): an active session whose entry went
+//! missing without a logout (removed by hand, or by a prune that a stale
+//! `PTTL` misled during a failover), or whose last raise was lost in a
+//! failover, is indexed again by its first save once its user's tidy is
+//! due.
 //!
 //! [`refuse_late_writes`]: crate::MultiRedisStoreBuilder::refuse_late_writes
 //!

@@ -14,7 +14,7 @@ use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::{Id, Record};
 use tower_sessions_multi_redis_store::migrate::{self, Migrator};
 use tower_sessions_multi_redis_store::testing::{RedisServer, SentinelGroup};
-use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore};
+use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore, WritePolicy};
 
 use crate::common::proxy::DelayProxy;
 use crate::common::{Rng, conn, record, servers};
@@ -276,6 +276,49 @@ async fn a_lost_entry_of_a_live_session_comes_back_at_its_next_due_save() {
     assert_eq!(indexed(&server, "ann").await, vec![rec.id.to_string()], "due: the save indexed it again");
     assert_eq!(store.revoke_user("ann").await.unwrap(), 1);
     assert_eq!(store.load(&rec.id).await.unwrap(), None);
+}
+
+/// An entry that is there but scored below its session's expiry (the
+/// index write that raised it lost in a failover, say) would leave the
+/// index before its session: a due save writes it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_save_raises_its_entry_scored_below_its_expiry() {
+    let server = RedisServer::start().unwrap();
+    let store = pruning_every(&server, Duration::ZERO).await;
+    let mut rec = record("ann");
+    store.create(&mut rec).await.unwrap();
+    let expiry = (rec.expiry_date.unix_timestamp_nanos() / 1_000_000) as f64;
+    let score =
+        || async { conn(&server).await.zscore::<_, _, f64>(index_key("ann"), rec.id.to_string()).await.unwrap() };
+    let _: () = conn(&server).await.zadd(index_key("ann"), rec.id.to_string(), expiry - 60_000.0).await.unwrap();
+    store.save(&rec).await.unwrap();
+    assert!(score().await >= expiry, "the due save wrote the entry again, above the session's expiry");
+}
+
+/// A due save that reaches only one of two write backends (write policy
+/// `any`) writes its lost entry there again: the session lives there, and
+/// may never be saved again (only loaded), so this may be the last chance
+/// before revoke has to find it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_save_that_reaches_one_backend_writes_its_lost_entry_there() {
+    let (a, mut b) = (RedisServer::start().unwrap(), RedisServer::start().unwrap());
+    let store = MultiRedisStore::builder()
+        .backend(Backend::url("a", a.url()))
+        .backend(Backend::url("b", b.url()))
+        .write_policy(WritePolicy::Any)
+        .user_key("user")
+        .prune_index_every(Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
+    let mut rec = record("ann");
+    store.create(&mut rec).await.unwrap();
+    for server in [&a, &b] {
+        let _: () = conn(server).await.zrem(index_key("ann"), rec.id.to_string()).await.unwrap();
+    }
+    b.kill();
+    store.save(&rec).await.unwrap();
+    assert_eq!(indexed(&a, "ann").await, vec![rec.id.to_string()], "indexed again where the save landed");
 }
 
 /// An entry whose session is gone without a logout (expired, or moved to
