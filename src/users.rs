@@ -48,10 +48,9 @@
 //! session's entry goes at the user's next write through an instance that knew
 //! of it; and whoever indexed it, at the user's next login, or next save
 //! through an instance whose last tidy of the user is a minute old. (A
-//! `ZRANGE` of the index on every save, to prune at the very next one, was
-//! built and measured at 0.70x–0.75x the saves without an index, and
-//! reverted; zero, which writes the index on every save, at 0.35x–0.70x:
-//! BENCHMARKS.md, runs 5 and 13.) That races
+//! `ZRANGE` of the index on every save, to prune at the very next one, is
+//! what zero does: 0.67x–0.78x the saves without an index, BENCHMARKS.md,
+//! run 16; so not by default.) That races
 //! the writes that make a session exist where it was not, and is safe because
 //! each of them writes the entry *after* the session, and an entry is pruned
 //! only if no index write touched it since it was read
