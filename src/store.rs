@@ -544,7 +544,10 @@ impl MultiRedisStore {
                 }
                 if let Some(due_read) = due_read {
                     let (user, read) = *due_read;
-                    self.after_due_read(user, read, write, tally.done > 0, everywhere).await;
+                    // Unless every W backend answered that it missed (a
+                    // logout won): a failed write may have landed.
+                    let maybe_written = tally.done > 0 || !tally.failures.is_empty();
+                    self.after_due_read(user, read, write, maybe_written, everywhere).await;
                 }
                 self.accept("save", tally)
             })
@@ -555,8 +558,8 @@ impl MultiRedisStore {
     }
 
     /// The index write of a save that this instance's memory does not
-    /// cover, or whose user's tidy is due: the user, and what the index
-    /// write returned.
+    /// cover, or whose due read found its own entry lost: the user, and
+    /// what the index write returned.
     async fn index_save(&self, user: String, write: Write<'_>) -> Result<Box<(String, Indexed<'_>)>, Error> {
         let writers: Vec<&Node> = self.nodes_at(&self.inner.writers).collect();
         // The other entries only to prune them.
@@ -574,13 +577,20 @@ impl MultiRedisStore {
     /// user's other entries. Where the save's own entry is missing, or
     /// scored below the session's expiry (an index write lost in a
     /// failover, say: the entry would leave before its session), and the
-    /// session was `written` somewhere, writes the index again first, as a
+    /// session `maybe_written` somewhere, writes the index again first, as a
     /// save this instance's memory does not cover does (remembered only
     /// when written `everywhere`), and tidies what that write returns.
-    async fn after_due_read(&self, user: String, read: Read<'_>, write: Write<'_>, written: bool, everywhere: bool) {
+    async fn after_due_read(
+        &self,
+        user: String,
+        read: Read<'_>,
+        write: Write<'_>,
+        maybe_written: bool,
+        everywhere: bool,
+    ) {
         let own = write.sid.to_string();
         let (indexed, lost) = entries_read(read, Some((&own, write.pxat)));
-        if lost && written {
+        if lost && maybe_written {
             match self.index_save(user, write).await {
                 Ok(found) => self.after_index_save(*found, write, everywhere).await,
                 Err(err) => tracing::debug!(error = %err, "save: the session's lost index entry is not written now"),
@@ -674,11 +684,12 @@ impl MultiRedisStore {
     }
 
     /// After an index write of `user` (a login, or a save that wrote the
-    /// index), or a logout with `prune_index_every` zero: drops, on each node, the entries it returned whose session
-    /// is gone there, and for a login past `cap` (0: no cap), logs out the
-    /// sessions that expire first. Best effort, within the operation's
-    /// `deadline`: what fails waits for the user's next index write, or for
-    /// the entries' scores to pass.
+    /// index), a due save's read of it, or a logout with
+    /// `prune_index_every` zero: drops, on each node, the entries it
+    /// returned whose session is gone there, and for a login past `cap` (0:
+    /// no cap), logs out the sessions that expire first. Best effort, within
+    /// the operation's `deadline`: what fails waits for the user's next
+    /// tidy, or for the entries' scores to pass.
     async fn tidy(&self, user: &str, mut indexed: Entries<'_>, cap: usize, deadline: Deadline) {
         let mut evict = std::collections::BTreeSet::new();
         // When the first of the other live sessions expires, if every W
@@ -686,7 +697,7 @@ impl MultiRedisStore {
         // again then.
         let mut due = (indexed.len() == self.inner.writers.len()).then_some(None);
         if self.check_deadline("tidy", deadline).is_err() {
-            // Past the operation's deadline: the next index write tidies.
+            // Past the operation's deadline: the user's next tidy.
             due = None;
             indexed.clear();
         }

@@ -88,7 +88,10 @@
 //!   session is ever stored with a user, or an expiry, its index does not
 //!   cover, whatever a timeout or a dropped connection leaves undone; where
 //!   the save creates the session (a backend that missed it), again after
-//!   it (after its deadline, when its outcome is unknown); then tidies;
+//!   it (after its deadline, when its outcome is unknown); then tidies; a
+//!   save whose tidy is due and whose read of the index finds its own entry
+//!   missing or scored below its expiry writes it again, after the session
+//!   (it was indexed before, and the entry was lost since);
 //! * copy-on-read: once the copies answered (until then the source's index
 //!   names the session); a copy that failed or is not indexed everywhere
 //!   is not moved;
