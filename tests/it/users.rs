@@ -14,7 +14,7 @@ use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::{Id, Record};
 use tower_sessions_multi_redis_store::migrate::{self, Migrator};
 use tower_sessions_multi_redis_store::testing::{RedisServer, SentinelGroup};
-use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore, WritePolicy};
+use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore, MultiRedisStoreBuilder, WritePolicy};
 
 use crate::common::proxy::DelayProxy;
 use crate::common::{Rng, conn, record, servers};
@@ -110,16 +110,19 @@ async fn indexing(backend: Backend) -> MultiRedisStore {
     MultiRedisStore::builder().backend(backend).user_key("user").build().await.unwrap()
 }
 
+/// The builder of an indexing store over one backend at `url`.
+fn indexing_at(url: String) -> MultiRedisStoreBuilder {
+    MultiRedisStore::builder().backend(Backend::url("one", url)).user_key("user")
+}
+
 /// An indexing store whose saves prune the index at least `every`.
 async fn pruning_every(server: &RedisServer, every: Duration) -> MultiRedisStore {
-    let backend = Backend::url("one", server.url());
-    MultiRedisStore::builder().backend(backend).user_key("user").prune_index_every(every).build().await.unwrap()
+    indexing_at(server.url()).prune_index_every(every).build().await.unwrap()
 }
 
 /// An indexing store without write deadlines, which therefore prunes nothing.
 async fn not_pruning(server: &RedisServer) -> MultiRedisStore {
-    let backend = Backend::url("one", server.url());
-    MultiRedisStore::builder().backend(backend).user_key("user").refuse_late_writes(false).build().await.unwrap()
+    indexing_at(server.url()).refuse_late_writes(false).build().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,13 +333,7 @@ async fn a_due_save_whose_outcome_is_unknown_writes_its_lost_entry() {
     // Only the save's script body (sent once the server answered NOSCRIPT
     // to its `EVALSHA`) holds `'XX'`: not the login's, nor the index's.
     let proxy = DelayProxy::dropping(server.port(), &[b"'XX'"], Duration::from_millis(100)).await;
-    let store = MultiRedisStore::builder()
-        .backend(Backend::url("one", proxy.url()))
-        .user_key("user")
-        .prune_index_every(Duration::ZERO)
-        .build()
-        .await
-        .unwrap();
+    let store = indexing_at(proxy.url()).prune_index_every(Duration::ZERO).build().await.unwrap();
     let mut rec = record("ann");
     store.create(&mut rec).await.unwrap();
     let _: () = conn(&server).await.zrem(index_key("ann"), rec.id.to_string()).await.unwrap();
@@ -458,13 +455,7 @@ async fn with_prune_index_every_zero_the_users_next_write_prunes() {
 async fn a_tidy_keeps_to_the_operations_deadline() {
     let server = RedisServer::start().unwrap();
     let proxy = DelayProxy::holding(server.port(), &[b"PTTL"], Duration::from_secs(4)).await;
-    let store = MultiRedisStore::builder()
-        .backend(Backend::url("one", proxy.url()))
-        .user_key("user")
-        .deadline(Duration::from_millis(300))
-        .build()
-        .await
-        .unwrap();
+    let store = indexing_at(proxy.url()).deadline(Duration::from_millis(300)).build().await.unwrap();
     log_in(&store, "ann", 2).await;
     proxy.hold(true);
     let started = Instant::now();
