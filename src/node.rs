@@ -675,8 +675,7 @@ impl Node {
 
     /// Adds session `id` with `score` (ms, at least its expiry) to `user`'s
     /// session index here ([`INDEX`](crate::scripts::INDEX)); with
-    /// `others`, the other entries (id, score as the server wrote it),
-    /// oldest first.
+    /// `others`, the other entries (id, score), oldest first.
     pub(crate) async fn index(
         &self,
         user: &str,
@@ -684,7 +683,7 @@ impl Node {
         score: u64,
         others: bool,
         deadline: Deadline,
-    ) -> Result<Vec<(String, String)>, Error> {
+    ) -> Result<Vec<(String, u64)>, Error> {
         let (key, member) = self.user_route(user);
         let (id, score) = (id.to_string(), score.to_string());
         let args = [id.as_bytes(), score.as_bytes(), if others { b"1" } else { b"0" }];
@@ -693,25 +692,26 @@ impl Node {
         let mut flat = flat.into_iter();
         let mut pairs = Vec::with_capacity(flat.len() / 2);
         while let (Some(id), Some(score)) = (flat.next(), flat.next()) {
-            pairs.push((id, score));
+            // A score that is no number (set by hand) is not ours to prune.
+            if let Ok(score) = score.parse() {
+                pairs.push((id, score_ms(score)));
+            }
         }
         Ok(pairs)
     }
 
     /// Removes from `user`'s index here the `entries` (id, score as
-    /// [`index`](Self::index) returned it) that no index write touched
-    /// since ([`PRUNE`](crate::scripts::PRUNE)).
-    pub(crate) async fn prune(
-        &self,
-        user: &str,
-        entries: &[(String, String)],
-        deadline: Deadline,
-    ) -> Result<(), Error> {
+    /// [`index`](Self::index) or [`index_entries`](Self::index_entries)
+    /// read it) that no index write touched since
+    /// ([`PRUNE`](crate::scripts::PRUNE)).
+    pub(crate) async fn prune(&self, user: &str, entries: &[(String, u64)], deadline: Deadline) -> Result<(), Error> {
         if entries.is_empty() {
             return Ok(());
         }
         let (key, member) = self.user_route(user);
-        let args: Vec<&[u8]> = entries.iter().flat_map(|(id, score)| [id.as_bytes(), score.as_bytes()]).collect();
+        let scores: Vec<String> = entries.iter().map(|(_, score)| score.to_string()).collect();
+        let args: Vec<&[u8]> =
+            entries.iter().zip(&scores).flat_map(|((id, _), score)| [id.as_bytes(), score.as_bytes()]).collect();
         let pruned: u64 = Box::pin(self.run_script("PRUNE", &PRUNE, (&key, member), false, &args, deadline)).await?;
         self.count_n(Counter::IndexPruned, pruned);
         Ok(())
@@ -730,9 +730,7 @@ impl Node {
         let mut cmd = redis::cmd("ZRANGE");
         cmd.arg(&key).arg(0).arg(-1).arg("WITHSCORES");
         let entries: Vec<(String, f64)> = self.run("ZRANGE", member, &cmd, true, deadline).await?;
-        // Whole milliseconds, well within f64's exact range; a score set by
-        // hand (`inf`, negative) saturates.
-        Ok(entries.into_iter().map(|(id, score)| (id, if score.is_nan() { 0 } else { score as u64 })).collect())
+        Ok(entries.into_iter().map(|(id, score)| (id, score_ms(score))).collect())
     }
 
     /// Removes `ids` from `user`'s session index here.
@@ -823,4 +821,11 @@ impl Node {
         let found: u64 = self.run("EXISTS", member, redis::cmd("EXISTS").arg(key), true, deadline).await?;
         Ok(found > 0)
     }
+}
+
+/// An index score as whole milliseconds: the store writes only those, well
+/// within f64's exact range; a score set by hand (`inf`, negative, NaN)
+/// saturates.
+fn score_ms(score: f64) -> u64 {
+    if score.is_nan() { 0 } else { score as u64 }
 }

@@ -487,20 +487,19 @@ impl MultiRedisStore {
         // an expiry its index does not cover (`users.rs`), unless this
         // instance's last index write covers it. Boxed: only a save that
         // writes the index pays for it.
-        let mut indexed = None;
+        let mut then = None;
         let mut due = None;
         if let Some(users) = self.users()
             && let Some(user) = users.key.user_in(&record.data)
         {
             match users.cover(write.sid, &user, write.pxat) {
-                Cover::No => indexed = Some(Box::pin(self.index_save(user.into_owned(), write)).await?),
+                Cover::No => then = Some(Then::Indexed(Box::pin(self.index_save(user.into_owned(), write)).await?)),
                 Cover::Due => due = Some(user.into_owned()),
                 Cover::Yes => {}
             }
         }
         // The save's own deadline counts from here (after any index write).
         let started = clock::now_ms();
-        let mut due_read = None;
         let results = match due {
             // A due tidy reads the index beside the session write, in the
             // same round trip: the entry already covers the save (as for any
@@ -511,7 +510,7 @@ impl MultiRedisStore {
             Some(user) => {
                 let (results, read) =
                     Box::pin(join(self.save_on_writers(&write), self.read_index(&user, write.deadline))).await;
-                due_read = Some(Box::new((user, read)));
+                then = Some(Then::Read(Box::new((user, read))));
                 results
             }
             None => self.save_on_writers(&write).await,
@@ -531,7 +530,7 @@ impl MultiRedisStore {
         if !everywhere && let Some(users) = self.users() {
             users.forget(write.sid);
         }
-        if !missed.is_empty() || indexed.is_some() || due_read.is_some() {
+        if !missed.is_empty() || then.is_some() {
             // Boxed: rare (a session not in every W backend yet, about once
             // per session lifetime and instance, or per user, instance and
             // `prune_index_every`; every save with zero), and large.
@@ -539,15 +538,16 @@ impl MultiRedisStore {
                 if !missed.is_empty() {
                     self.save_missed(&missed, write, record, started, &mut tally).await;
                 }
-                if let Some(indexed) = indexed {
-                    self.after_index_save(*indexed, write, everywhere).await;
-                }
-                if let Some(due_read) = due_read {
-                    let (user, read) = *due_read;
-                    // Unless every W backend answered that it missed (a
-                    // logout won): a failed write may have landed.
-                    let maybe_written = tally.done > 0 || !tally.failures.is_empty();
-                    self.after_due_read(user, read, write, maybe_written, everywhere).await;
+                match then {
+                    Some(Then::Indexed(indexed)) => self.after_index_save(*indexed, write, everywhere).await,
+                    Some(Then::Read(due_read)) => {
+                        let (user, read) = *due_read;
+                        // Unless every W backend answered that it missed (a
+                        // logout won): a failed write may have landed.
+                        let maybe_written = tally.done > 0 || !tally.failures.is_empty();
+                        self.after_due_read(user, read, write, maybe_written, everywhere).await;
+                    }
+                    None => {}
                 }
                 self.accept("save", tally)
             })
@@ -748,7 +748,7 @@ impl MultiRedisStore {
         &self,
         node: &Node,
         user: &str,
-        entries: Vec<(String, String)>,
+        entries: Vec<(String, u64)>,
         cap: usize,
         deadline: Deadline,
     ) -> Result<(Vec<String>, Option<u64>), Error> {
@@ -770,28 +770,9 @@ impl MultiRedisStore {
                 ttl => live.push((ttl, entry.0)),
             }
         }
-        // A session logged out here whose entry is still here: its logout
-        // may not be done everywhere yet (a revoke that failed half-way
-        // keeps its entries, to find them when run again, and this one may
-        // be the only entry naming a session still in a source). `unindex`
-        // removes it once the logout is done everywhere; else it goes
-        // when the tombstone did, or its score passed. Each round trip
-        // only within the operation's deadline (a command sent past it
-        // would count against a healthy backend).
-        let in_time = || self.check_deadline("tidy", deadline).is_ok();
-        if !gone.is_empty() && in_time() {
-            let result = match node.tombstoned(gone.iter().map(|(id, _)| id.as_str()), deadline).await {
-                Ok(tombstoned) if in_time() => {
-                    let gone = gone.into_iter().zip(tombstoned).filter(|(_, logged_out)| !logged_out);
-                    node.prune(user, &gone.map(|(entry, _)| entry).collect::<Vec<_>>(), deadline).await
-                }
-                Ok(_) => Ok(()),
-                Err(err) => Err(err),
-            };
-            if let Err(err) = result {
-                // The cap is still applied.
-                tracing::debug!(error = %err, "the user's index is not pruned on this backend now");
-            }
+        if let Err(err) = self.prune_gone(node, user, gone, deadline).await {
+            // The cap is still applied.
+            tracing::debug!(error = %err, "the user's index is not pruned on this backend now");
         }
         live.sort();
         // The login's own session counts too.
@@ -799,6 +780,35 @@ impl MultiRedisStore {
         // The first to expire of those that stay.
         let first = live.get(over).map(|&(ttl, _)| unix_ms().saturating_add(ttl.unsigned_abs()));
         Ok((live.into_iter().take(over).map(|(_, id)| id).collect(), first))
+    }
+
+    /// Prunes from `user`'s index on `node` the `gone` entries (their
+    /// session is not there) that have no tombstone there. A session logged
+    /// out here whose entry is still here: its logout may not be done
+    /// everywhere yet (a revoke that failed half-way keeps its entries, to
+    /// find them when run again, and this one may be the only entry naming
+    /// a session still in a source). `unindex` removes it once the logout
+    /// is done everywhere; else it goes when the tombstone did, or its
+    /// score passed. Each round trip only within the operation's deadline
+    /// (a command sent past it would count against a healthy backend).
+    async fn prune_gone(
+        &self,
+        node: &Node,
+        user: &str,
+        gone: Vec<(String, u64)>,
+        deadline: Deadline,
+    ) -> Result<(), Error> {
+        let in_time = || self.check_deadline("tidy", deadline).is_ok();
+        if gone.is_empty() || !in_time() {
+            return Ok(());
+        }
+        let tombstoned = node.tombstoned(gone.iter().map(|(id, _)| id.as_str()), deadline).await?;
+        if !in_time() {
+            return Ok(());
+        }
+        let gone: Vec<_> =
+            gone.into_iter().zip(tombstoned).filter_map(|(entry, logged_out)| (!logged_out).then_some(entry)).collect();
+        node.prune(user, &gone, deadline).await
     }
 
     /// The part of `save` for the W backends whose `SET XX` missed.
@@ -966,7 +976,18 @@ struct Indexed<'a> {
 }
 
 /// A user's other index entries (id, score) on each backend that answered.
-type Entries<'a> = Vec<(&'a Node, Vec<(String, String)>)>;
+type Entries<'a> = Vec<(&'a Node, Vec<(String, u64)>)>;
+
+/// What a save of an indexed user does after its session write: boxed,
+/// since most saves need neither.
+enum Then<'a> {
+    /// Its index write, sent before the session's (not covered by this
+    /// instance's memory): remember it, and tidy.
+    Indexed(Box<(String, Indexed<'a>)>),
+    /// Its read of the index, sent beside the session's (its tidy is due):
+    /// tidy, or write a lost entry again.
+    Read(Box<(String, Read<'a>)>),
+}
 
 /// A user's index read on each W backend: its entries (id, score) there.
 type Read<'a> = Vec<(&'a Node, Result<Vec<(String, u64)>, Error>)>;
@@ -982,8 +1003,7 @@ fn entries_read<'a>(read: Read<'a>, own: Option<(&str, u64)>) -> (Entries<'a>, b
         match result {
             Ok(entries) => {
                 lost |= own.is_some_and(|(own, pxat)| !entries.iter().any(|(id, score)| id == own && *score >= pxat));
-                let others = entries.into_iter().filter(|(id, _)| Some(id.as_str()) != except);
-                indexed.push((node, others.map(|(id, score)| (id, score.to_string())).collect()));
+                indexed.push((node, entries.into_iter().filter(|(id, _)| Some(id.as_str()) != except).collect()));
             }
             Err(err) => tracing::debug!(error = %err, "the user's index is not tidied on this backend now"),
         }
