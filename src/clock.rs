@@ -13,7 +13,12 @@
 //! Behind a Cluster or Sentinel connection several servers answer in turn,
 //! so there the estimate keeps the *lowest* bound seen (early for every one
 //! of them); elsewhere the *highest* (the tightest). Either is replaced
-//! after [`FRESH_FOR`], so a server whose clock was stepped is followed.
+//! after [`FRESH_FOR`], so a server whose clock was stepped is followed;
+//! and at once by a reply that shows it too high (the server's time less
+//! the moment we sent is an upper bound): a clock stepped back, or another
+//! server behind the same address after a failover. Until that first reply
+//! of the new server, one write may carry a deadline as late as the two
+//! clocks are apart.
 
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -78,16 +83,23 @@ impl ServerClocks {
         u64::try_from(from.saturating_add(offset).saturating_add(after)).ok()
     }
 
-    /// A reply from member `member` carried its clock, `server_ms`.
-    pub(crate) fn observe(&self, member: usize, server_ms: i64) {
+    /// A reply from member `member` carried its clock, `server_ms`; the
+    /// command was sent at `sent` (a [`now_ms`] reading).
+    pub(crate) fn observe(&self, member: usize, server_ms: i64, sent: i64) {
         let now = now_ms();
         // Less one: the server's clock was read truncated to the millisecond.
         let bound = server_ms.saturating_sub(now).saturating_sub(1);
+        // The server read its clock after we sent (even a command re-sent
+        // later), so the offset is at most this. An estimate above it is no
+        // lower bound any more: the clock was stepped back, or another
+        // server answers now (a failover): replaced at once, else deadlines
+        // would run late until it is stale.
+        let ceiling = server_ms.saturating_sub(sent);
         let estimate = self.estimate(member);
         let current = estimate.offset.load(Ordering::Relaxed);
         let stale = now.saturating_sub(estimate.since.load(Ordering::Relaxed)) > FRESH_FOR.as_millis() as i64;
         let better = if self.shared { bound < current } else { bound > current };
-        if current == UNKNOWN || stale {
+        if current == UNKNOWN || stale || current > ceiling {
             estimate.offset.store(bound, Ordering::Relaxed);
             estimate.since.store(now, Ordering::Relaxed);
         } else if better {
@@ -105,18 +117,30 @@ mod tests {
         let clocks = ServerClocks::new(2, false);
         assert_eq!(clocks.deadline(0, now_ms(), Duration::from_secs(1)), None);
         let server_now = 1_000_000_000_000; // the server's wall clock, ms
-        clocks.observe(0, server_now);
+        clocks.observe(0, server_now, now_ms());
         let at = clocks.deadline(0, now_ms(), Duration::from_secs(1)).unwrap();
         assert!(at <= server_now as u64 + 1000, "{at}");
         assert!(at >= server_now as u64 + 990, "{at}");
         assert!(!clocks.known(1), "members are apart");
         // A looser bound (a slower reply) does not replace a tighter one.
-        clocks.observe(0, server_now - 500);
+        clocks.observe(0, server_now - 500, now_ms() - 600);
         assert!(clocks.deadline(0, now_ms(), Duration::ZERO).unwrap() >= server_now as u64 - 10);
         // Shared: the lowest bound wins.
         let shared = ServerClocks::new(1, true);
-        shared.observe(0, server_now);
-        shared.observe(0, server_now - 3000);
+        shared.observe(0, server_now, now_ms());
+        shared.observe(0, server_now - 3000, now_ms());
         assert!(shared.deadline(0, now_ms(), Duration::ZERO).unwrap() <= server_now as u64 - 2990);
+    }
+
+    #[test]
+    fn a_clock_stepped_back_is_followed_at_its_first_reply() {
+        let clocks = ServerClocks::new(1, false);
+        let server_now = 1_000_000_000_000;
+        clocks.observe(0, server_now, now_ms());
+        // Stepped back 5 s (or another server answers, after a failover):
+        // the old estimate would put every deadline 5 s late.
+        clocks.observe(0, server_now - 5000, now_ms());
+        let at = clocks.deadline(0, now_ms(), Duration::from_secs(1)).unwrap();
+        assert!(at <= (server_now - 5000 + 1000) as u64 + 5, "{at}");
     }
 }

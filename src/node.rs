@@ -479,8 +479,9 @@ impl Node {
         if self.clocks.known(member) {
             return Ok(());
         }
+        let sent = clock::now_ms();
         let (secs, micros): (i64, i64) = self.run("TIME", member, &redis::cmd("TIME"), true, deadline).await?;
-        self.clocks.observe(member, secs.saturating_mul(1000).saturating_add(micros / 1000));
+        self.clocks.observe(member, secs.saturating_mul(1000).saturating_add(micros / 1000), sent);
         Ok(())
     }
 
@@ -622,16 +623,17 @@ impl Node {
         };
         let (pxat, at) = (pxat.to_string(), at.to_string());
         let args: [&[u8]; 3] = [value, pxat.as_bytes(), at.as_bytes()];
+        let sent = clock::now_ms();
         let reply: Value = self.run_script(op, script, (&key, member), tombstone, &args, deadline).await?;
         match reply {
             Value::Int(-1) => Ok(None),
             Value::Int(now) if now != 0 => {
-                self.clocks.observe(member, now.saturating_abs());
+                self.clocks.observe(member, now.saturating_abs(), sent);
                 Ok(Some(now > 0))
             }
             // Too late: nothing written; the reply carries the server's clock.
             Value::Array(ref late) if let [Value::Int(now)] = late.as_slice() => {
-                self.clocks.observe(member, *now);
+                self.clocks.observe(member, *now, sent);
                 Err(self.late(op))
             }
             other => Err(Error::Redis {

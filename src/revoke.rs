@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::str::FromStr;
 
-use time::OffsetDateTime;
+use time::{OffsetDateTime, PrimitiveDateTime};
 use tower_sessions_core::session::Id;
 
 use crate::error::Error;
@@ -50,11 +50,11 @@ impl MultiRedisStore {
                 if millis < 0 {
                     continue;
                 }
-                out.push(UserSession {
-                    id,
-                    expiry: read + time::Duration::milliseconds(millis),
-                    backend: node.name.clone(),
-                });
+                // Clamped: a hand-set expiry past year 9999 must not panic.
+                let expiry = read
+                    .checked_add(time::Duration::milliseconds(millis))
+                    .unwrap_or(PrimitiveDateTime::MAX.assume_utc());
+                out.push(UserSession { id, expiry, backend: node.name.clone() });
             }
         }
         Ok(out)

@@ -197,6 +197,16 @@ impl Cluster {
         if let Some(conn) = self.cached() {
             return Ok(conn);
         }
+        // The wait for the lock and the connect together, within the
+        // socket timeout: redis-rs's own timeouts cover each node's connect,
+        // not the whole (slot map, every primary), and requests queued
+        // behind the lock would otherwise each wait their turn.
+        tokio::time::timeout(self.settings.socket_timeout, self.connect())
+            .await
+            .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))?
+    }
+
+    async fn connect(&self) -> RedisResult<ClusterConnection> {
         let _one = self.connecting.lock().await;
         if let Some(conn) = self.cached() {
             return Ok(conn);

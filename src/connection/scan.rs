@@ -36,7 +36,11 @@ impl Connection {
         }
         let mut cmd = redis::cmd("SCAN");
         cmd.arg(inner).arg("MATCH").arg(pattern(literal)).arg("COUNT").arg(count);
-        let (next, keys): (u64, Vec<String>) = self.query(member as usize, &cmd).await?;
+        // Names as bytes: a key that is not UTF-8 (no session's: ids are
+        // ASCII) is skipped, not a failed page that would stop every walk
+        // at this cursor for good.
+        let (next, keys): (u64, Vec<Vec<u8>>) = self.query(member as usize, &cmd).await?;
+        let keys = keys.into_iter().filter_map(|key| String::from_utf8(key).ok()).collect();
         if next > INNER_MASK {
             return Err(out_of_range());
         }

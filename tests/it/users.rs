@@ -232,6 +232,24 @@ async fn expired_entries_disappear_without_notifications() {
     assert!(!exists, "the index expired with its last entry");
 }
 
+/// A session whose expiry was set by hand past what a date can hold is
+/// listed, with its expiry clamped: before, `sessions_of` panicked.
+#[tokio::test]
+async fn a_session_that_expires_past_year_9999_is_listed_without_a_panic() {
+    let server = RedisServer::start().unwrap();
+    let store = indexing(Backend::url("main", server.url())).await;
+    let ids = log_in(&store, "ann", 1).await;
+    let _: () = redis::cmd("PEXPIREAT")
+        .arg(ids[0].to_string())
+        .arg(i64::MAX - 1_000)
+        .query_async(&mut conn(&server).await)
+        .await
+        .unwrap();
+    let listed = store.sessions_of("ann").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].id, listed[0].expiry.year()), (ids[0], 9999));
+}
+
 /// A save whose expiry the index already covers writes no index entry; one
 /// past it does, before the session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

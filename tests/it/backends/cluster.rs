@@ -452,3 +452,27 @@ async fn a_failover_and_a_reshard_during_migrate_and_verify_lose_and_double_noth
     }
     eprintln!("failover + reshard during copy, {verified} verifies and a move: nothing lost or left");
 }
+
+/// A cluster whose seed accepts connections and never answers: every
+/// request fails within about the socket timeout, however many wait for the
+/// first connection (before, each waited its turn behind the one before:
+/// 20 loads took 20 timeouts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_for_a_silent_clusters_first_connection_fail_within_the_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || listener.incoming().take(64).collect::<Vec<_>>());
+    let timeout = Duration::from_millis(200);
+    let store = MultiRedisStore::builder()
+        .backend(Backend::cluster("silent", [("127.0.0.1", port)]).socket_timeout(timeout))
+        .build()
+        .await
+        .unwrap();
+    let id = record("x").id;
+    let started = std::time::Instant::now();
+    let loads = futures_util::future::join_all((0..20).map(|_| store.load(&id))).await;
+    let took = started.elapsed();
+    assert!(loads.iter().all(Result::is_err), "{loads:?}");
+    assert!(took < timeout * 6, "20 loads took {took:?}, socket timeout {timeout:?}");
+    drop(held);
+}

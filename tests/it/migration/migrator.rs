@@ -272,6 +272,30 @@ async fn corrupt_values_are_reported_by_key_and_left_in_place() {
     assert_eq!(key_count(old).await, 6);
 }
 
+#[tokio::test]
+async fn a_key_whose_name_is_not_utf8_is_passed_over_not_a_stop() {
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    let app = migrating_store(new, old).await;
+    let good = populate(old, 50).await;
+    // A name no session has (ids are ASCII), under the prefix: before, the
+    // whole SCAN page failed to parse, and every run stopped at its cursor.
+    let odd: &[u8] = b"s:\xff\xfe";
+    let _: () = redis::cmd("SET").arg(odd).arg("x").query_async(&mut conn(old).await).await.unwrap();
+
+    let migrator = Migrator::for_store(&app, migrate::Options::default()).unwrap();
+    let report = migrator.run(|_| {}, std::future::pending()).await.unwrap();
+    assert!(report.finished, "{report:?}");
+    assert_eq!(report.progress.copied, 50);
+    let verified = migrator.verify().await.unwrap();
+    assert_eq!((verified.checked, verified.missing), (50, 0), "{verified:?}");
+    for rec in &good {
+        assert_in(new, rec).await;
+    }
+    let still: bool = redis::cmd("EXISTS").arg(odd).query_async(&mut conn(old).await).await.unwrap();
+    assert!(still, "left alone");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_the_migrator_makes_after_a_logout_is_undone() {
     let servers = servers(2);
