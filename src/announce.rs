@@ -123,9 +123,9 @@ pub(crate) async fn live(nodes: &[Node]) -> Result<Vec<LiveConfiguration>, Error
     let mut found: Vec<LiveConfiguration> = Vec::new();
     let mut instances = std::collections::HashSet::new();
     for node in nodes.iter().filter(|n| n.modes.can_delete()) {
-        let mut cursor = 0;
+        let (mut cursor, walk) = (0, crate::connection::Walk::default());
         loop {
-            let (next, keys) = node.scan_after_prefix(cursor, 1000, ANNOUNCE_TAIL).await?;
+            let (next, keys) = node.scan_after_prefix(cursor, 1000, ANNOUNCE_TAIL, &walk).await?;
             for key in keys {
                 let Some(id) = node.id_of(&key) else { continue };
                 let Some(rest) = id.strip_prefix(ANNOUNCE_TAIL) else { continue };

@@ -32,6 +32,7 @@ use serde::Serialize;
 use tower_sessions_core::session::Id;
 
 use crate::codec;
+use crate::connection::Walk;
 use crate::error::Error;
 use crate::keys;
 use crate::node::{Copied, Node};
@@ -101,7 +102,11 @@ impl Options {
         self
     }
 
-    /// Resume from a cursor a previous run reported (default 0: from the start).
+    /// Resume from a cursor a previous run reported (default 0: from the
+    /// start). A `SCAN` cursor means something only to the server process
+    /// that handed it out: if the source restarted or failed over since,
+    /// start from 0 instead (a rerun overwrites nothing; within one run the
+    /// migrator notices and walks that server again by itself).
     pub fn cursor(mut self, cursor: u64) -> Self {
         self.cursor = cursor;
         self
@@ -140,6 +145,11 @@ pub struct Progress {
     pub failed: u64,
     /// Where a resumed run would start (0 once the scan is complete).
     pub cursor: u64,
+    /// How often the source's walk started over because a server restarted
+    /// or failed over mid-run (a `SCAN` cursor means nothing to another
+    /// process): the keys seen again are counted again. A run resumed with
+    /// [`Options::cursor`] after such a restart cannot tell: start it from 0.
+    pub scan_restarts: u64,
 }
 
 /// A session that could not be migrated.
@@ -384,22 +394,24 @@ impl Migrator {
             max_listed: self.options.max_listed,
         };
         let started = Instant::now();
+        let walk = Walk::default();
         // Two stages overlap: batch i+1 is scanned and read from the source
         // while batch i is written to the targets. The reported cursor is that
         // of the first batch not yet written, so a resumed run misses nothing.
-        let mut read = Some(self.read(self.options.cursor).await?);
+        let mut read = Some(self.read(self.options.cursor, &walk).await?);
         while let Some(batch) = read.take() {
             let next = batch.next;
             run.absorb(&batch);
             let reading = async {
                 match next {
                     0 => Ok(None),
-                    cursor => self.read(cursor).await.map(Some),
+                    cursor => self.read(cursor, &walk).await.map(Some),
                 }
             };
             let writing = self.write(batch.live, batch.read_at, &mut run);
             let (next_batch, ()) = futures_util::future::join(reading, writing).await;
             run.report.progress.cursor = next;
+            run.report.progress.scan_restarts = walk.restarts();
             on_progress(&run.report.progress);
             if next == 0 {
                 run.report.finished = true;
@@ -428,9 +440,9 @@ impl Migrator {
     }
 
     /// The read stage: one `SCAN` and the values of its session keys.
-    async fn read(&self, cursor: u64) -> Result<ReadBatch, Error> {
+    async fn read(&self, cursor: u64, walk: &Walk) -> Result<ReadBatch, Error> {
         let source = self.source_node();
-        let (next, mut keys) = source.scan(cursor, self.options.batch_size).await?;
+        let (next, mut keys) = source.scan(cursor, self.options.batch_size, walk).await?;
         keys.retain(|k| !keys::is_internal(k));
         let mut batch = ReadBatch { next, scanned: keys.len() as u64, ..ReadBatch::default() };
         let keys: Vec<String> =
@@ -646,9 +658,10 @@ impl Migrator {
             ));
         }
         let mut report = RepairReport::default();
-        let mut cursor = 0;
+        let (mut cursor, walk) = (0, Walk::default());
         loop {
-            let (next, keys) = target.scan(cursor, self.options.batch_size).await?;
+            // A target that restarted mid-walk is walked again from its start.
+            let (next, keys) = target.scan(cursor, self.options.batch_size, &walk).await?;
             let ids: Vec<&str> = keys
                 .iter()
                 .filter(|k| !keys::is_internal(k))
@@ -690,9 +703,16 @@ impl Migrator {
         let source = self.source_node();
         let targets = self.target_nodes();
         let mut report = VerifyReport::default();
-        let mut cursor = 0;
+        let (mut cursor, walk) = (0, Walk::default());
         loop {
-            let (next, keys) = source.scan(cursor, self.options.batch_size).await?;
+            let restarts = walk.restarts();
+            let (next, keys) = source.scan(cursor, self.options.batch_size, &walk).await?;
+            if walk.restarts() > restarts {
+                // The source restarted (or failed over) mid-walk: what was
+                // checked may have changed; check it all again.
+                (report, cursor) = (VerifyReport::default(), 0);
+                continue;
+            }
             let ids: Vec<&str> =
                 keys.iter().filter_map(|k| source.id_of(k)).filter(|id| Id::from_str(id).is_ok()).collect();
             if !ids.is_empty() {

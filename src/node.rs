@@ -13,7 +13,7 @@ use redis::{Cmd, FromRedisValue, Value};
 use crate::backend::{Address, Backend};
 use crate::breaker::{Breaker, BreakerState, Permit};
 use crate::clock::{self, ServerClocks};
-use crate::connection::Connection;
+use crate::connection::{Connection, Walk};
 use crate::error::Error;
 use crate::health::{BackendCounters, BackendHealth, Counter};
 use crate::keys;
@@ -333,8 +333,8 @@ impl Node {
     /// `SCAN` for this backend's keys, from `cursor` on (`0` to start); the
     /// next cursor (`0`: done) and keys. `connection/scan.rs` says how a
     /// partition and a cluster are walked.
-    pub(crate) async fn scan(&self, cursor: u64, count: usize) -> Result<(u64, Vec<String>), Error> {
-        self.scan_after_prefix(cursor, count, "").await
+    pub(crate) async fn scan(&self, cursor: u64, count: usize, walk: &Walk) -> Result<(u64, Vec<String>), Error> {
+        self.scan_after_prefix(cursor, count, "", walk).await
     }
 
     /// As [`scan`](Self::scan), for the keys that go on with `tail` after
@@ -344,9 +344,10 @@ impl Node {
         cursor: u64,
         count: usize,
         tail: &str,
+        walk: &Walk,
     ) -> Result<(u64, Vec<String>), Error> {
         let literal = format!("{}{tail}", self.prefix);
-        self.guarded("SCAN", None, true, || self.conn.scan(cursor, count, &literal)).await
+        self.guarded("SCAN", None, true, || self.conn.scan(cursor, count, &literal, walk)).await
     }
 
     /// Sends commands, each to its member, in one pipeline per member (run

@@ -58,9 +58,16 @@ async fn stats_of(node: &Node) -> BackendStats {
     }
     let mut count = 0;
     let mut cursor = 0;
+    let walk = crate::connection::Walk::default();
     loop {
-        match node.scan(cursor, 1000).await {
+        let restarts = walk.restarts();
+        match node.scan(cursor, 1000, &walk).await {
             Ok((next, keys)) => {
+                if walk.restarts() > restarts {
+                    // A server restarted mid-count: count it all again.
+                    (count, cursor) = (0, 0);
+                    continue;
+                }
                 count +=
                     keys.iter().filter(|k| node.id_of(k).is_some_and(|id| Id::from_str(id).is_ok())).count() as u64;
                 cursor = next;

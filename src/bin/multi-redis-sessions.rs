@@ -133,7 +133,9 @@ struct MigrateArgs {
     /// At most this many sessions per second.
     #[arg(long)]
     rate: Option<u32>,
-    /// Resume from the cursor an interrupted run printed.
+    /// Resume from the cursor an interrupted run printed (from 0 if the
+    /// source restarted or failed over since: a cursor means nothing to
+    /// another server process).
     #[arg(long, default_value_t = 0)]
     cursor: u64,
 }

@@ -13,6 +13,7 @@ pub(crate) mod standalone;
 use link::Link;
 use redis::{Cmd, FromRedisValue, Pipeline, RedisResult, Value};
 pub(crate) use replication::Wait;
+pub(crate) use scan::Walk;
 
 use crate::backend::{Address, Backend};
 use crate::error::Error;

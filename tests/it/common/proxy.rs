@@ -143,3 +143,87 @@ async fn pipe(client: TcpStream, upstream_port: u16, rule: Rule, hold: Arc<Atomi
     };
     tokio::join!(upstream, downstream);
 }
+
+/// A TCP proxy that passes what its clients send to one server and, once
+/// [`switch`](Self::switch)ed, to another, on the same client connections:
+/// the client sees no error while the process that answers it changes (a
+/// failover behind a load balancer or a DNS name).
+pub struct SwitchingProxy {
+    pub addr: SocketAddr,
+    switched: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl SwitchingProxy {
+    pub async fn start(first_port: u16, second_port: u16) -> SwitchingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let switched = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let switched = switched.clone();
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    tokio::spawn(switching_pipe(client, [first_port, second_port], switched.clone()));
+                }
+            }
+        });
+        SwitchingProxy { addr, switched, task }
+    }
+
+    /// From the next command on, every connection talks to the second server.
+    /// Call it while no reply is on its way.
+    pub fn switch(&self) {
+        self.switched.store(true, Ordering::SeqCst);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+}
+
+impl Drop for SwitchingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn switching_pipe(client: TcpStream, ports: [u16; 2], switched: Arc<AtomicBool>) {
+    let (mut client_read, client_write) = client.into_split();
+    let client_write = Arc::new(tokio::sync::Mutex::new(client_write));
+    // Replies from `server` to the client, until aborted.
+    let replies = |server: tokio::net::tcp::OwnedReadHalf| {
+        let client_write = client_write.clone();
+        tokio::spawn(async move {
+            let mut server = server;
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n @ 1..) = server.read(&mut buf).await {
+                if client_write.lock().await.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let mut on_second = switched.load(Ordering::SeqCst);
+    let Ok(server) = TcpStream::connect(("127.0.0.1", ports[usize::from(on_second)])).await else {
+        return;
+    };
+    let (server_read, mut server_write) = server.into_split();
+    let mut down = replies(server_read);
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n @ 1..) = client_read.read(&mut buf).await {
+        if !on_second && switched.load(Ordering::SeqCst) {
+            down.abort();
+            let Ok(server) = TcpStream::connect(("127.0.0.1", ports[1])).await else {
+                return;
+            };
+            let (server_read, write) = server.into_split();
+            server_write = write;
+            down = replies(server_read);
+            on_second = true;
+        }
+        if server_write.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    down.abort();
+}

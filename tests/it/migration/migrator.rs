@@ -27,22 +27,29 @@ async fn migrating_store(new: &RedisServer, old: &RedisServer) -> MultiRedisStor
 /// `n` sessions written into `server` as tower-sessions-redis-store would,
 /// with expiries spread over the next hours.
 async fn populate(server: &RedisServer, n: usize) -> Vec<Record> {
-    let mut conn = conn(server).await;
-    let mut records = Vec::with_capacity(n);
+    let records: Vec<Record> = (0..n)
+        .map(|i| {
+            let mut rec = record(&format!("user{i}"));
+            rec.expiry_date += time::Duration::seconds(i as i64 * 7);
+            rec
+        })
+        .collect();
+    write_all(server, &records).await;
+    records
+}
+
+/// Writes `records` into `server` as tower-sessions-redis-store would.
+async fn write_all(server: &RedisServer, records: &[Record]) {
     let mut pipe = redis::pipe();
-    for i in 0..n {
-        let mut rec = record(&format!("user{i}"));
-        rec.expiry_date += time::Duration::seconds(i as i64 * 7);
+    for rec in records {
         pipe.cmd("SET")
             .arg(format!("{PREFIX}{}", rec.id))
-            .arg(codec::encode(&rec).unwrap())
+            .arg(codec::encode(rec).unwrap())
             .arg("PXAT")
             .arg(codec::expiry_millis(rec.expiry_date))
             .ignore();
-        records.push(rec);
     }
-    let _: () = pipe.query_async(&mut conn).await.unwrap();
-    records
+    let _: () = pipe.query_async(&mut conn(server).await).await.unwrap();
 }
 
 async fn key_count(server: &RedisServer) -> usize {
@@ -294,6 +301,45 @@ async fn a_key_whose_name_is_not_utf8_is_passed_over_not_a_stop() {
     }
     let still: bool = redis::cmd("EXISTS").arg(odd).query_async(&mut conn(old).await).await.unwrap();
     assert!(still, "left alone");
+}
+
+/// A `SCAN` cursor means nothing to another server process: a source that
+/// fails over mid-run (here a proxy switches the same connection to a
+/// second server holding the same sessions) is walked again from its
+/// start, so no session is passed over. Before, the walk went on from the
+/// first server's cursor, and the run reported clean with sessions left
+/// behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_fails_over_mid_run_is_walked_again_from_its_start() {
+    let servers = servers(3);
+    let (new, first, second) = (&servers[0], &servers[1], &servers[2]);
+    let records = populate(first, 3000).await;
+    write_all(second, &records).await;
+    let proxy = crate::common::proxy::SwitchingProxy::start(first.port(), second.port()).await;
+    let app = MultiRedisStore::builder()
+        .backend(Backend::url("new", new.url()).prefix(PREFIX))
+        .backend(Backend::url("old", proxy.url()).prefix(PREFIX).modes(Modes::READ_DELETE))
+        .build()
+        .await
+        .unwrap();
+    let migrator = Migrator::for_store(&app, migrate::Options::default().batch_size(100)).unwrap();
+    let mut batches = 0;
+    let report = migrator
+        .run(
+            |_| {
+                batches += 1;
+                if batches == 8 {
+                    proxy.switch();
+                }
+            },
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+    assert!(report.finished && report.is_clean(), "{report:?}");
+    assert_eq!(report.progress.scan_restarts, 1, "{report:?}");
+    let verified = migrator.verify().await.unwrap();
+    assert_eq!((verified.checked, verified.missing), (3000, 0), "{verified:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
