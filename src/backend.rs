@@ -182,10 +182,13 @@ impl Backend {
         Backend::new(name, Address::Cluster(seeds.into_iter().map(|(h, p)| (h.into(), p)).collect()))
     }
 
-    /// For a Sentinel backend: reach the sentinels and the master over TLS
-    /// (with [`tls_root_ca`](Self::tls_root_ca) and
-    /// [`tls_client_cert`](Self::tls_client_cert) when given). Needs the `tls`
-    /// feature. URL backends choose TLS with `rediss://`.
+    /// Reach the server over TLS: a `host`/`port` backend, a Sentinel
+    /// backend (the sentinels and the master), a Cluster backend (every
+    /// node), or a partition's members; with
+    /// [`tls_root_ca`](Self::tls_root_ca) and
+    /// [`tls_client_cert`](Self::tls_client_cert) when given. Needs the `tls`
+    /// feature. A URL says TLS itself (`rediss://`); with `tls` on, a
+    /// `redis://` URL or a unix socket is refused, never plain text.
     pub fn tls(mut self, tls: bool) -> Backend {
         self.tls = tls;
         self

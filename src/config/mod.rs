@@ -139,11 +139,11 @@ pub struct BackendConfig {
     pub auto_pipeline: Option<bool>,
     /// Accept a read backend without write or delete.
     pub allow_read_without_delete: Option<bool>,
-    /// For `rediss://`: PEM file of the CA to trust instead of the system's roots.
+    /// With TLS: PEM file of the CA to trust instead of the system's roots.
     pub tls_ca_file: Option<PathBuf>,
-    /// For `rediss://`: PEM file of the client certificate (with `tls_key_file`).
+    /// With TLS: PEM file of the client certificate (with `tls_key_file`).
     pub tls_cert_file: Option<PathBuf>,
-    /// For `rediss://`: PEM file of the client key.
+    /// With TLS: PEM file of the client key.
     pub tls_key_file: Option<PathBuf>,
     /// Consecutive failures that open the circuit breaker (0: never; default 5).
     pub breaker_failures: Option<u32>,
@@ -159,7 +159,8 @@ pub struct BackendConfig {
     pub sentinel_password: Option<Secret>,
     /// Redis Cluster seed nodes as `"host:port"` (instead of `url`/`host`/`unix_socket`).
     pub cluster: Option<Vec<String>>,
-    /// For a Sentinel backend: TLS to the sentinels and the master.
+    /// TLS for a `host`/`port`, Sentinel or Cluster backend, or a
+    /// partition's members (a URL says `rediss://` itself).
     pub tls: Option<bool>,
     /// Replicas that must hold a write before it is acknowledged (`WAIT`; 0
     /// turns it off; default 1 for Sentinel backends, else 0).

@@ -165,7 +165,21 @@ impl Cluster {
         if settings.db().is_some_and(|db| db != 0) {
             return Err(Error::config(name, "db", "a Redis Cluster has only database 0"));
         }
-        let nodes: Vec<String> = seeds.iter().map(|(host, port)| format!("redis://{host}:{port}")).collect();
+        if settings.tls && cfg!(not(feature = "tls")) {
+            return Err(Error::config(name, "tls", "TLS needs the crate feature `tls`"));
+        }
+        if !settings.tls && (settings.tls_root_ca.is_some() || settings.tls_client.is_some()) {
+            return Err(Error::config(name, "tls", "TLS certificates given but `tls` is off"));
+        }
+        let scheme = if settings.tls { "rediss" } else { "redis" };
+        let nodes: Vec<String> = seeds
+            .iter()
+            .map(|(host, port)| match host.contains(':') {
+                // An IPv6 address, bracketed in a URL.
+                true => format!("{scheme}://[{host}]:{port}"),
+                false => format!("{scheme}://{host}:{port}"),
+            })
+            .collect();
         let mut builder = ClusterClientBuilder::new(nodes)
             .connection_timeout(settings.socket_timeout)
             .response_timeout(settings.socket_timeout)
@@ -176,6 +190,10 @@ impl Cluster {
         }
         if let Some(password) = password {
             builder = builder.password(password);
+        }
+        #[cfg(feature = "tls")]
+        if let Some(certificates) = super::standalone::certificates(&settings)? {
+            builder = builder.certs(certificates);
         }
         let client = builder.build().map_err(|err| Error::config(name, "cluster", err.to_string()))?;
         Ok(Cluster {
@@ -322,13 +340,16 @@ impl Cluster {
         let mut conn = match cached {
             Some(conn) => conn,
             None => {
-                let info = redis::ConnectionAddr::Tcp(addr.0.clone(), addr.1).into_connection_info()?;
-                let login = self.settings.login(redis::RedisConnectionInfo::default()).map_err(|err| {
-                    RedisError::from((redis::ErrorKind::InvalidClientConfig, "login", err.to_string()))
-                })?;
+                let config =
+                    |err: Error| RedisError::from((redis::ErrorKind::InvalidClientConfig, "config", err.to_string()));
+                let info = super::standalone::tcp_addr(&self.settings, &addr.0, addr.1)
+                    .map_err(config)?
+                    .into_connection_info()?;
+                let login = self.settings.login(redis::RedisConnectionInfo::default()).map_err(config)?;
                 let info = self.settings.nodelay(info.set_redis_settings(login));
                 let timeouts = self.settings.timeouts();
-                let conn = redis::Client::open(info)?.get_multiplexed_async_connection_with_config(&timeouts).await?;
+                let client = super::standalone::client(&self.settings, info).map_err(config)?;
+                let conn = client.get_multiplexed_async_connection_with_config(&timeouts).await?;
                 self.nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(addr.clone(), conn.clone());
                 conn
             }

@@ -28,7 +28,8 @@ pub(crate) struct Settings {
     pub(crate) wait: Option<Wait>,
     /// The sentinels' own password.
     sentinel_password: Option<Secret>,
-    /// A Sentinel backend's TLS to the sentinels and the master.
+    /// TLS for a `host`/`port`, Sentinel or Cluster backend (a URL says
+    /// `rediss://` itself).
     pub(crate) tls: bool,
     pub(crate) tls_root_ca: Option<Pem>,
     pub(crate) tls_client: Option<(Pem, Secret<Vec<u8>>)>,
@@ -61,6 +62,10 @@ impl Settings {
             tcp_nodelay: self.tcp_nodelay,
             auto_pipeline: self.auto_pipeline,
             wait: self.wait,
+            // A member without TLS settings of its own takes the backend's.
+            tls: self.tls || member.tls,
+            tls_root_ca: member.tls_root_ca.clone().or_else(|| self.tls_root_ca.clone()),
+            tls_client: member.tls_client.clone().or_else(|| self.tls_client.clone()),
             ..Settings::of(member)
         }
     }

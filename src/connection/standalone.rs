@@ -20,6 +20,10 @@ pub(crate) fn connection_info(address: &Address, settings: &Settings) -> Result<
             if cfg!(not(feature = "tls")) && is_tls_url(url.expose()) {
                 return Err(Error::config(name, "url", "rediss:// (TLS) needs the crate feature `tls`"));
             }
+            if settings.tls && !is_tls_url(url.expose()) {
+                // Never fall back to plain text (and send the password in it).
+                return Err(Error::config(name, "tls", "on, but the url is not rediss://: a URL says TLS itself"));
+            }
             url.expose().into_connection_info().map_err(|err| {
                 Error::config(
                     name,
@@ -38,13 +42,16 @@ pub(crate) fn connection_info(address: &Address, settings: &Settings) -> Result<
             if *port == 0 {
                 return Err(Error::config(name, "port", "must be between 1 and 65535"));
             }
-            ConnectionAddr::Tcp(host.clone(), *port)
+            tcp_addr(settings, host, *port)?
                 .into_connection_info()
                 .map_err(|err| Error::config(name, "host", err.to_string()))?
         }
         Address::Unix(path) => {
             if path.as_os_str().is_empty() {
                 return Err(Error::config(name, "unix_socket", "must not be empty"));
+            }
+            if settings.tls {
+                return Err(Error::config(name, "tls", "a unix socket does not take TLS"));
             }
             ConnectionAddr::Unix(path.clone())
                 .into_connection_info()
@@ -62,14 +69,25 @@ pub(crate) fn connection_info(address: &Address, settings: &Settings) -> Result<
     };
     let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
     if !tls && settings.tls_root_ca.is_some() {
-        return Err(Error::config(name, "tls_ca_file", "given for an address that is not rediss://"));
+        return Err(Error::config(name, "tls_ca_file", "given for an address without TLS (rediss://, or `tls`)"));
     }
     if !tls && settings.tls_client.is_some() {
-        return Err(Error::config(name, "tls_cert_file", "given for an address that is not rediss://"));
+        return Err(Error::config(name, "tls_cert_file", "given for an address without TLS (rediss://, or `tls`)"));
     }
     let redis = settings.login(info.redis_settings().clone())?;
     // redis-rs 1.x leaves Nagle's algorithm on; see `Backend::tcp_nodelay`.
     Ok(settings.nodelay(info.set_redis_settings(redis)))
+}
+
+/// The server at `host`:`port`, over TLS when the backend says so.
+pub(crate) fn tcp_addr(settings: &Settings, host: &str, port: u16) -> Result<ConnectionAddr, Error> {
+    if !settings.tls {
+        return Ok(ConnectionAddr::Tcp(host.to_owned(), port));
+    }
+    if cfg!(not(feature = "tls")) {
+        return Err(Error::config(Some(&settings.name), "tls", "TLS needs the crate feature `tls`"));
+    }
+    Ok(ConnectionAddr::TcpTls { host: host.to_owned(), port, insecure: false, tls_params: None })
 }
 
 fn is_tls_url(url: &str) -> bool {
@@ -92,17 +110,8 @@ pub(crate) fn client(settings: &Settings, info: ConnectionInfo) -> Result<redis:
     {
         return redis::Client::open(info).map_err(|err| Error::config(name, "url", err.to_string()));
     }
-    check_pem(settings)?;
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing a race with another installer is fine: one provider wins.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-    let certificates = redis::TlsCertificates {
-        client_tls: settings.tls_client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
-            client_cert: cert.0.clone(),
-            client_key: key.expose().clone(),
-        }),
-        root_cert: settings.tls_root_ca.as_ref().map(|ca| ca.0.clone()),
+    let Some(certificates) = certificates(settings)? else {
+        return redis::Client::open(info).map_err(|err| Error::config(name, "url", err.to_string()));
     };
     redis::Client::build_with_tls(info, certificates).map_err(|err| {
         Error::config(
@@ -111,6 +120,28 @@ pub(crate) fn client(settings: &Settings, info: ConnectionInfo) -> Result<redis:
             format!("not usable PEM: {}", err.detail().unwrap_or("could not be read")),
         )
     })
+}
+
+/// The backend's CA and client certificate, checked, when it has any; and
+/// rustls's `ring` provider installed as the process default unless the
+/// application installed one first.
+#[cfg(feature = "tls")]
+pub(crate) fn certificates(settings: &Settings) -> Result<Option<redis::TlsCertificates>, Error> {
+    if settings.tls_root_ca.is_none() && settings.tls_client.is_none() {
+        return Ok(None);
+    }
+    check_pem(settings)?;
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another installer is fine: one provider wins.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    Ok(Some(redis::TlsCertificates {
+        client_tls: settings.tls_client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+            client_cert: cert.0.clone(),
+            client_key: key.expose().clone(),
+        }),
+        root_cert: settings.tls_root_ca.as_ref().map(|ca| ca.0.clone()),
+    }))
 }
 
 /// Refuses PEM that holds no certificate (or no key), which rustls would

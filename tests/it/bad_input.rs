@@ -90,7 +90,30 @@ async fn every_validation_case_names_backend_and_field() {
         ),
         (
             Box::new(move |b| b.backend(ok().tls_root_ca(b"pem".to_vec()))),
-            "backend `main`, field `tls_ca_file`: given for an address that is not rediss://",
+            "backend `main`, field `tls_ca_file`: given for an address without TLS (rediss://, or `tls`)",
+        ),
+        // TLS asked for is never plain text instead.
+        (
+            Box::new(move |b| b.backend(Backend::url("main", "redis://user:hunter2@127.0.0.1:1").tls(true))),
+            "backend `main`, field `tls`: on, but the url is not rediss://",
+        ),
+        (
+            Box::new(move |b| b.backend(Backend::unix("main", "/tmp/r.sock").tls(true))),
+            "backend `main`, field `tls`: a unix socket does not take TLS",
+        ),
+        (
+            Box::new(move |b| b.backend(Backend::cluster("main", [("127.0.0.1", 1)]).tls_root_ca(b"pem".to_vec()))),
+            "backend `main`, field `tls`: TLS certificates given but `tls` is off",
+        ),
+        #[cfg(not(feature = "tls"))]
+        (
+            Box::new(move |b| b.backend(Backend::tcp("main", "127.0.0.1", 1).tls(true))),
+            "backend `main`, field `tls`: TLS needs the crate feature `tls`",
+        ),
+        #[cfg(not(feature = "tls"))]
+        (
+            Box::new(move |b| b.backend(Backend::cluster("main", [("127.0.0.1", 1)]).tls(true))),
+            "backend `main`, field `tls`: TLS needs the crate feature `tls`",
         ),
         #[cfg(feature = "tls")]
         (
@@ -325,6 +348,14 @@ fn ipv6_sentinels_and_cluster_seeds_take_brackets_and_a_bare_one_is_refused() {
         let err = backend(bad).unwrap_err();
         assert!(err.contains("field `sentinels`"), "{bad}: {err}");
     }
+}
+
+/// A bare IPv6 address as a cluster seed is put in brackets for redis-rs
+/// (before, the store could not be built).
+#[tokio::test]
+async fn an_ipv6_cluster_seed_builds() {
+    let built = MultiRedisStore::builder().backend(Backend::cluster("c", [("::1", 1)])).build().await;
+    assert!(built.is_ok(), "{:?}", built.err());
 }
 
 /// As in django-redis-sessions, `SESSION_REDIS_URL` wins over host, port, db

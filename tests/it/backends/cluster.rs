@@ -13,7 +13,7 @@ use tower_sessions_multi_redis_store::migrate::{self, Migrator};
 use tower_sessions_multi_redis_store::testing::RedisServer;
 use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore};
 
-fn redis_cli(args: &[&str]) -> String {
+pub(crate) fn redis_cli(args: &[&str]) -> String {
     let out = Command::new("redis-cli").args(args).output().expect("redis-cli on PATH");
     let tail = |b: &[u8]| String::from_utf8_lossy(&b[b.len().saturating_sub(600)..]).into_owned();
     assert!(out.status.success(), "redis-cli {args:?}: {}{}", tail(&out.stdout), tail(&out.stderr));

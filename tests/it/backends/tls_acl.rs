@@ -101,6 +101,97 @@ async fn rediss_with_a_custom_ca_and_client_certificates() {
     acceptance(&from_file, "mtls from config").await;
 }
 
+/// `tls = true` on a `host`/`port` backend: TLS, never plain text (before,
+/// the flag was read only for Sentinel backends, and the others connected,
+/// and sent their password, in plain text).
+#[tokio::test]
+async fn a_host_and_port_backend_with_tls_speaks_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("test CA");
+    let (server_cert, server_key) = pki.leaf(&["localhost", "127.0.0.1"]);
+    let ca = write(dir.path(), "ca.pem", &pki.ca_pem);
+    let cert = write(dir.path(), "server.pem", &server_cert);
+    let key = write(dir.path(), "server.key", &server_key);
+    let server = RedisServer::start_tls(&cert, &key, &ca, false).unwrap();
+    let port = server.tls_port().unwrap();
+    let secure = store(Backend::tcp("secure", "127.0.0.1", port).tls(true).tls_root_ca(pki.ca_pem.clone())).await;
+    acceptance(&secure, "host and port over TLS").await;
+    // The same from a config file.
+    let config = Config::from_toml_str(&format!(
+        "[[backends]]\nname = \"secure\"\nmodes = [\"read\", \"write\"]\nhost = \"127.0.0.1\"\nport = {port}\ntls = true\ntls_ca_file = \"{}\"\n",
+        ca.display()
+    ))
+    .unwrap();
+    acceptance(&config.into_builder().unwrap().build().await.unwrap(), "host and port over TLS, from a file").await;
+}
+
+/// A Redis Cluster over TLS (`tls-cluster yes`): the seeds, the nodes the
+/// slot map names, and the scan's own connections to each node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_backend_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("test CA");
+    let (cert, key) = pki.leaf(&["localhost", "127.0.0.1"]);
+    let ca = write(dir.path(), "ca.pem", &pki.ca_pem);
+    let cert = write(dir.path(), "server.pem", &cert);
+    let key = write(dir.path(), "server.key", &key);
+    let (ca_s, cert_s, key_s) = (ca.display().to_string(), cert.display().to_string(), key.display().to_string());
+    let mut tls_ports = Vec::new();
+    let nodes: Vec<RedisServer> = (0..3)
+        .map(|_| {
+            let port = free_port().unwrap().to_string();
+            tls_ports.push(port.clone());
+            let args = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "3000",
+                "--tls-port",
+                &port,
+                "--tls-cert-file",
+                &cert_s,
+                "--tls-key-file",
+                &key_s,
+                "--tls-ca-cert-file",
+                &ca_s,
+                "--tls-auth-clients",
+                "no",
+                "--tls-cluster",
+                "yes",
+                "--tls-replication",
+                "yes",
+            ];
+            RedisServer::start_with(&args).unwrap()
+        })
+        .collect();
+    let mut create: Vec<String> = ["--tls", "--cacert", &ca_s, "--cluster", "create"].map(str::to_owned).to_vec();
+    create.extend(tls_ports.iter().map(|p| format!("127.0.0.1:{p}")));
+    create.extend(["--cluster-yes".to_owned()]);
+    super::cluster::redis_cli(&create.iter().map(String::as_str).collect::<Vec<_>>());
+    for _ in 0..100 {
+        let ok = nodes.iter().all(|n| {
+            super::cluster::redis_cli(&["-p", &n.port().to_string(), "CLUSTER", "INFO"]).contains("cluster_state:ok")
+        });
+        if ok {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let seeds: Vec<(&str, u16)> = tls_ports.iter().map(|p| ("127.0.0.1", p.parse().unwrap())).collect();
+    let secure = store(Backend::cluster("secure", seeds.clone()).tls(true).tls_root_ca(pki.ca_pem.clone())).await;
+    acceptance(&secure, "cluster over TLS").await;
+    // The walk of every slot goes over TLS too.
+    let stats = secure.stats().await;
+    assert!(stats[0].error.is_none() && stats[0].sessions.is_some(), "{stats:?}");
+
+    // Without the CA: refused, naming the backend, never plain text.
+    let unknown = store(Backend::cluster("secure", seeds).tls(true)).await;
+    let msg = backend_error(unknown.load(&record("x").id).await);
+    assert!(msg.contains("backend `secure`"), "{msg}");
+}
+
 #[tokio::test]
 async fn an_acl_user_with_limited_rights_works_and_a_wrong_password_names_the_backend() {
     let server = RedisServer::start().unwrap();
