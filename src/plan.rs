@@ -428,6 +428,7 @@ pub fn plan(from: &str, to: &str) -> Result<Vec<Step>, Error> {
         table.to_string()
     };
     let cli = "multi-redis-sessions";
+    let (old_name, new_name) = (shell_quoted(&old_name), shell_quoted(&new_name));
     Ok(vec![
         Step { config: from.to_owned(), then: None },
         Step {
@@ -448,9 +449,25 @@ pub fn plan(from: &str, to: &str) -> Result<Vec<Step>, Error> {
     ])
 }
 
+/// `word` as one word for `sh`, taken literally (a backend's name may hold
+/// spaces, `$` or quotes).
+fn shell_quoted(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backend_name_reaches_the_scripts_as_one_literal_word() {
+        assert_eq!(shell_quoted("old"), "'old'");
+        assert_eq!(shell_quoted("it's"), r"'it'\''s'");
+        let old = OLD.replace("name = \"old\"", "name = \"old $(touch pwned)\"");
+        let steps = plan(&old, NEW).unwrap();
+        let repair = steps[1].then.as_deref().unwrap();
+        assert!(repair.contains("--from 'old $(touch pwned)' --to 'new'"), "{repair}");
+    }
 
     fn config(text: &str) -> Config {
         Config::from_toml_str(text).unwrap()

@@ -16,8 +16,7 @@ use serde::Deserialize;
 /// assert_eq!(format!("{password:?}"), "<redacted>");
 /// assert_eq!(password.expose(), "s3cret");
 /// ```
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret<T = String>(T);
 
 impl<T> Secret<T> {
@@ -47,6 +46,40 @@ impl From<&str> for Secret {
 impl From<&String> for Secret {
     fn from(value: &String) -> Secret {
         Secret(value.clone())
+    }
+}
+
+/// A password from a configuration file: a string, or a number (as
+/// Django's settings allow), taken as its text. Anything else is refused
+/// without its value in the message, which serde would otherwise quote.
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Secret, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a password: a string or a whole number")
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Secret, E> {
+                Ok(Secret(value.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, value: String) -> Result<Secret, E> {
+                Ok(Secret(value))
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<Secret, E> {
+                Ok(Secret(value.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Secret, E> {
+                Ok(Secret(value.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(E::custom("a password must be a string or a whole number (its value is not shown)"))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(E::custom("a password must be a string or a whole number (its value is not shown)"))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 
@@ -120,25 +153,29 @@ impl fmt::Debug for Pem {
 }
 
 /// A URL with its password (user-info password, or a `pass`/`password` query
-/// parameter) replaced by `<redacted>`. Works on malformed URLs too.
-///
+/// parameter, percent-encoded or not) replaced by `<redacted>`. Works on
+/// malformed URLs too, erring on the side of hiding: the user info ends at
+/// the *last* `@` (a password may hold `/`, `?`, `#` or `@` unencoded).
 pub(crate) fn redact_url(url: &str) -> String {
     let (scheme, rest) = match url.find("://") {
         Some(at) => url.split_at(at + 3),
         None => ("", url),
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rfind('@') {
+    let (authority, tail) = match rest.rfind('@') {
         Some(at) => {
-            let userinfo = &authority[..at];
-            let host = &authority[at..];
-            match userinfo.find(':') {
+            let (userinfo, host_on) = rest.split_at(at);
+            let host_end = host_on.find(['/', '?', '#']).unwrap_or(host_on.len());
+            let (host, tail) = host_on.split_at(host_end);
+            let authority = match userinfo.find(':') {
                 Some(colon) => format!("{}:<redacted>{host}", &userinfo[..colon]),
                 None => format!("{userinfo}{host}"),
-            }
+            };
+            (authority, tail)
         }
-        None => authority.to_owned(),
+        None => {
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            (rest[..end].to_owned(), &rest[end..])
+        }
     };
     let tail = match tail.find('?') {
         Some(q) => {
@@ -146,7 +183,9 @@ pub(crate) fn redact_url(url: &str) -> String {
             let query: Vec<String> = query
                 .split('&')
                 .map(|pair| match pair.split_once('=') {
-                    Some((k, _)) if k == "pass" || k == "password" => format!("{k}=<redacted>"),
+                    Some((k, _)) if matches!(percent_decoded(k).as_str(), "pass" | "password") => {
+                        format!("{k}=<redacted>")
+                    }
                     _ => pair.to_owned(),
                 })
                 .collect();
@@ -155,6 +194,27 @@ pub(crate) fn redact_url(url: &str) -> String {
         None => tail.to_owned(),
     };
     format!("{scheme}{authority}{tail}")
+}
+
+/// `text` with its `%XX` escapes decoded (as redis-rs reads a query key).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -177,5 +237,14 @@ mod tests {
         assert_eq!(redact_url("user:pw@host"), "user:<redacted>@host");
         assert_eq!(redact_url(""), "");
         assert_eq!(redact_url("rediss://u:p@w@h:1/0?password=x#y"), "rediss://u:<redacted>@h:1/0?password=<redacted>");
+    }
+
+    #[test]
+    fn passwords_with_url_delimiters_or_an_encoded_key() {
+        assert_eq!(redact_url("redis://:pa/ss@h/0"), "redis://:<redacted>@h/0");
+        assert_eq!(redact_url("redis://u:pa?ss#x@h:1"), "redis://u:<redacted>@h:1");
+        assert_eq!(redact_url("redis+unix:///s?p%61ss=secret"), "redis+unix:///s?p%61ss=<redacted>");
+        assert_eq!(redact_url("redis+unix:///s?%70assword=secret&db=1"), "redis+unix:///s?%70assword=<redacted>&db=1");
+        assert_eq!(redact_url("redis://h:1/0?x=%"), "redis://h:1/0?x=%");
     }
 }

@@ -345,7 +345,7 @@ fn plan(args: PlanArgs) -> Result<ExitCode, Failure> {
     let steps = tower_sessions_multi_redis_store::plan::plan(&read(&args.from, "from")?, &read(&args.to, "to")?)?;
     let write = |name: String, text: &str| {
         let path = args.out.join(name);
-        std::fs::write(&path, text).map_err(Failure::file("out", &path))?;
+        write_private(&path, text).map_err(Failure::file("out", &path))?;
         Ok::<_, Failure>(path)
     };
     std::fs::create_dir_all(&args.out).map_err(Failure::file("out", &args.out))?;
@@ -364,6 +364,24 @@ fn plan(args: PlanArgs) -> Result<ExitCode, Failure> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `text` to `path`, readable by its owner only where the platform
+/// says so: a step's configuration holds the backends' passwords.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        // A file that was already there keeps its mode otherwise.
+        if path.exists() {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    options.open(path)?.write_all(text.as_bytes())
 }
 
 #[cfg(unix)]

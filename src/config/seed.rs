@@ -56,7 +56,7 @@ struct SeedSetting {
     session_redis_port: Option<u16>,
     session_redis_db: Option<i64>,
     session_redis_username: Option<String>,
-    session_redis_password: Option<String>,
+    session_redis_password: Option<Secret>,
     session_redis_prefix: Option<String>,
     session_redis_socket_timeout: Option<f64>,
     session_redis_retry_on_timeout: Option<bool>,
@@ -80,7 +80,7 @@ struct SeedPoolMember {
     session_redis_port: Option<u16>,
     session_redis_db: Option<i64>,
     session_redis_username: Option<String>,
-    session_redis_password: Option<String>,
+    session_redis_password: Option<Secret>,
     session_redis_unix_domain_socket_path: Option<PathBuf>,
     session_redis_url: Option<String>,
     session_redis_weight: Option<u32>,
@@ -101,7 +101,7 @@ impl SeedPoolMember {
             unix_socket,
             db: self.session_redis_db,
             username: set(self.session_redis_username),
-            password: set(self.session_redis_password).map(Secret::from),
+            password: self.session_redis_password.filter(|p| !p.expose().is_empty()),
             weight: self.session_redis_weight,
             ..MemberConfig::default()
         }
@@ -130,7 +130,7 @@ impl SeedEntry {
         let mut unix_socket = s.session_redis_unix_domain_socket_path.filter(|p| !p.as_os_str().is_empty());
         let mut host = set(s.session_redis_host);
         let mut port = s.session_redis_port;
-        let (mut db, mut password) = (s.session_redis_db, set(s.session_redis_password));
+        let (mut db, mut password) = (s.session_redis_db, s.session_redis_password.filter(|p| !p.expose().is_empty()));
         // django-redis-sessions' precedence: the URL, else the unix socket, else host and port.
         let ignored = |what: &str, by: &str| tracing::warn!(backend = %name, "{what} is ignored: {by} is given");
         if url.is_some() {
@@ -166,7 +166,7 @@ impl SeedEntry {
             unix_socket,
             db,
             username: set(s.session_redis_username),
-            password: password.map(Secret::from),
+            password,
             // django-redis-sessions stores a session under `prefix:key`.
             prefix: set(s.session_redis_prefix).map(|p| format!("{p}:")),
             socket_timeout: s.session_redis_socket_timeout,

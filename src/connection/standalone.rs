@@ -74,6 +74,9 @@ pub(crate) fn connection_info(address: &Address, settings: &Settings) -> Result<
     if !tls && settings.tls_client.is_some() {
         return Err(Error::config(name, "tls_cert_file", "given for an address without TLS (rediss://, or `tls`)"));
     }
+    if info.redis_settings().db() < 0 {
+        return Err(Error::config(name, "url", "the database number must not be negative"));
+    }
     let redis = settings.login(info.redis_settings().clone())?;
     // redis-rs 1.x leaves Nagle's algorithm on; see `Backend::tcp_nodelay`.
     Ok(settings.nodelay(info.set_redis_settings(redis)))

@@ -85,6 +85,10 @@ async fn every_validation_case_names_backend_and_field() {
         ),
         (Box::new(move |b| b.backend(ok().db(-1))), "backend `main`, field `db`: must not be negative"),
         (
+            Box::new(move |b| b.backend(Backend::url("main", "redis://user:hunter2@127.0.0.1:1/-1"))),
+            "backend `main`, field `url`: the database number must not be negative",
+        ),
+        (
             Box::new(move |b| b.backend(Backend::url("main", "http://user:hunter2@example.com"))),
             "backend `main`, field `url`: not a usable Redis URL",
         ),
@@ -389,4 +393,38 @@ async fn in_the_seed_shape_the_url_wins_over_host_port_db_and_password() {
     let _: () = redis::cmd("SELECT").arg(2).query_async(&mut db2).await.unwrap();
     let found: bool = redis::cmd("EXISTS").arg(format!("session:{}", rec.id)).query_async(&mut db2).await.unwrap();
     assert!(found, "in the URL's db 2, under `session:<id>`");
+}
+
+/// A password written as a number (as Django's settings allow) is its text,
+/// in both shapes; one of another type is refused without its value in the
+/// message (before, serde quoted it: "invalid type: integer `12345678`").
+#[tokio::test]
+async fn a_numeric_password_is_its_text_and_a_bad_one_is_never_quoted() {
+    let server = RedisServer::start_with(&["--requirepass", "12345678"]).unwrap();
+    let toml = format!(
+        "[[backends]]\nname = \"main\"\nmodes = [\"read\", \"write\"]\nhost = \"127.0.0.1\"\nport = {}\npassword = 12345678\n",
+        server.port()
+    );
+    let seed = format!(
+        r#"[{{"backend": "main", "modes": ["read", "write"],
+             "setting": {{"SESSION_REDIS_HOST": "127.0.0.1", "SESSION_REDIS_PORT": {}, "SESSION_REDIS_PASSWORD": 12345678}}}}]"#,
+        server.port()
+    );
+    for (ext, text) in [(".toml", toml.as_str()), (".json", seed.as_str())] {
+        let store = MultiRedisStore::from_config_file(&write_file(ext, text)).await.unwrap();
+        let mut rec = record("ada");
+        store.create(&mut rec).await.unwrap_or_else(|e| panic!("{ext}: {e}"));
+        assert!(store.load(&rec.id).await.unwrap().is_some(), "{ext}");
+    }
+    for (ext, text) in [
+        (".toml", "[[backends]]\nname = \"m\"\nmodes = [\"read\", \"write\"]\nhost = \"h\"\npassword = 1234.5678\n"),
+        (
+            ".json",
+            r#"[{"backend": "m", "modes": ["read", "write"], "setting": {"SESSION_REDIS_PASSWORD": 1234.5678}}]"#,
+        ),
+    ] {
+        let msg = config_error(ext, text).await;
+        assert!(msg.contains("a password must be a string or a whole number"), "{ext}: {msg}");
+        assert!(!msg.contains("1234"), "{ext}: the value is quoted: {msg}");
+    }
 }

@@ -179,6 +179,13 @@ async fn plan_writes_steps_that_check_accepts_and_whose_scripts_run() {
     ]);
     assert!(planned.status.success(), "{planned:?}");
     let step = |n: usize| steps.join(format!("{n:02}.toml")).to_str().unwrap().to_owned();
+    #[cfg(unix)]
+    for n in 1..=5 {
+        use std::os::unix::fs::PermissionsExt;
+        // A step's configuration holds the backends' passwords.
+        let mode = std::fs::metadata(step(n)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{n:02}.toml");
+    }
     for n in 1..5 {
         let checked = cli(&["check", &step(n), &step(n + 1)]);
         assert_eq!(checked.status.code(), Some(0), "{n} -> {}: {}", n + 1, String::from_utf8_lossy(&checked.stdout));
