@@ -262,7 +262,7 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode, Failure> {
 
 fn print_report(report: &Report, elapsed: f64, json: bool) {
     if json {
-        let mut value = serde_json::to_value(report).unwrap_or_default();
+        let mut value = shortened(serde_json::to_value(report).unwrap_or_default());
         value["elapsed_seconds"] = serde_json::json!(elapsed);
         println!("{value}");
         return;
@@ -281,10 +281,10 @@ fn print_report(report: &Report, elapsed: f64, json: bool) {
         println!("interrupted after {elapsed:.1}s; resume with --cursor {}", p.cursor);
     }
     for key in &report.corrupt_keys {
-        println!("corrupt (left in place): {key}");
+        println!("corrupt (left in place): {}", short_key(key));
     }
     for failure in &report.failures {
-        println!("failed: {}: {}", failure.key, failure.reason);
+        println!("failed: {}: {}", short_key(&failure.key), failure.reason);
     }
 }
 
@@ -293,7 +293,7 @@ async fn verify(args: VerifyArgs) -> Result<ExitCode, Failure> {
     let migrator = migrator(&pair, migrate::Options::default()).await?;
     let report = migrator.verify().await?;
     if pair.common.json {
-        println!("{}", serde_json::to_value(&report).unwrap_or_default());
+        println!("{}", shortened(serde_json::to_value(&report).unwrap_or_default()));
     } else {
         println!(
             "{} -> {}: checked {}  missing {}  different {}",
@@ -304,10 +304,10 @@ async fn verify(args: VerifyArgs) -> Result<ExitCode, Failure> {
             report.different
         );
         for key in &report.missing_keys {
-            println!("missing: {key}");
+            println!("missing: {}", short_key(key));
         }
         for key in &report.different_keys {
-            println!("different: {key}");
+            println!("different: {}", short_key(key));
         }
     }
     let clean = report.missing == 0 && (!args.empty || report.checked == 0);
@@ -321,7 +321,7 @@ async fn repair(pair: Pair) -> Result<ExitCode, Failure> {
     let migrator = migrator(&pair, migrate::Options::default()).await?;
     let report = migrator.repair().await?;
     if pair.common.json {
-        println!("{}", serde_json::to_value(&report).unwrap_or_default());
+        println!("{}", shortened(serde_json::to_value(&report).unwrap_or_default()));
     } else {
         println!(
             "{} against {}: checked {}  removed {}",
@@ -331,7 +331,7 @@ async fn repair(pair: Pair) -> Result<ExitCode, Failure> {
             report.removed
         );
         for key in &report.removed_keys {
-            println!("removed: {key}");
+            println!("removed: {}", short_key(key));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -463,6 +463,34 @@ async fn stats(common: Common) -> Result<ExitCode, Failure> {
 
 /// A session id as the CLI shows it: its first 8 characters. The whole id
 /// is the session's bearer token (the cookie), not for terminals and logs.
+/// A session key as printed: a session id is a bearer token (whoever has
+/// it is logged in), so only its first characters, as [`short`] does.
+fn short_key(key: &str) -> String {
+    let id_at = key.len().saturating_sub(22);
+    match key.get(id_at..).map(str::parse::<tower_sessions_core::session::Id>) {
+        Some(Ok(_)) => format!("{}…", &key[..id_at + 8]),
+        _ => key.to_owned(),
+    }
+}
+
+/// A report as JSON with every session key in it shortened.
+fn shortened(mut value: serde_json::Value) -> serde_json::Value {
+    for list in ["corrupt_keys", "missing_keys", "different_keys", "removed_keys"] {
+        if let Some(keys) = value.get_mut(list).and_then(serde_json::Value::as_array_mut) {
+            for key in keys {
+                *key = serde_json::json!(short_key(key.as_str().unwrap_or_default()));
+            }
+        }
+    }
+    if let Some(failures) = value.get_mut("failures").and_then(serde_json::Value::as_array_mut) {
+        for failure in failures {
+            let key = short_key(failure["key"].as_str().unwrap_or_default());
+            failure["key"] = serde_json::json!(key);
+        }
+    }
+    value
+}
+
 fn short(id: &tower_sessions_core::session::Id) -> String {
     let id = id.to_string();
     format!("{}…", &id[..id.len().min(8)])
