@@ -26,6 +26,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
+use futures_util::future::Either;
 use futures_util::future::join_all;
 use redis::Value;
 use serde::Serialize;
@@ -402,11 +403,27 @@ impl Migrator {
         while let Some(batch) = read.take() {
             let next = batch.next;
             run.absorb(&batch);
+            // With a rate limit, the next batch is *read* late, not written
+            // late: a copy must land within its deadline after the read
+            // (`scripts.rs`), however slow the rate. The wait ends early on
+            // shutdown (the cursor then points at the batch not read).
+            let wait = self.options.rate_limit.and_then(|rate| {
+                let due = Duration::from_secs_f64(run.report.progress.scanned as f64 / f64::from(rate));
+                due.checked_sub(started.elapsed())
+            });
+            let mut interrupted = false;
             let reading = async {
-                match next {
-                    0 => Ok(None),
-                    cursor => self.read(cursor, &walk).await.map(Some),
+                if next == 0 {
+                    return Ok(None);
                 }
+                if let Some(wait) = wait {
+                    let sleep = std::pin::pin!(tokio::time::sleep(wait));
+                    if let Either::Right(_) = futures_util::future::select(sleep, shutdown.as_mut()).await {
+                        interrupted = true;
+                        return Ok(None);
+                    }
+                }
+                self.read(next, &walk).await.map(Some)
             };
             let writing = self.write(batch.live, batch.read_at, &mut run);
             let (next_batch, ()) = futures_util::future::join(reading, writing).await;
@@ -417,7 +434,7 @@ impl Migrator {
                 run.report.finished = true;
                 break;
             }
-            if shutdown.as_mut().now_or_never().is_some() {
+            if interrupted || shutdown.as_mut().now_or_never().is_some() {
                 break; // the batch read ahead is dropped; the cursor still points at it
             }
             read = match next_batch {
@@ -428,13 +445,6 @@ impl Migrator {
                     break;
                 }
             };
-            if let Some(rate) = self.options.rate_limit {
-                let handled = run.report.progress.scanned as f64;
-                let due = Duration::from_secs_f64(handled / f64::from(rate));
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    tokio::time::sleep(wait).await;
-                }
-            }
         }
         Ok(run.report)
     }

@@ -342,6 +342,53 @@ async fn a_source_that_fails_over_mid_run_is_walked_again_from_its_start() {
     assert_eq!((verified.checked, verified.missing), (3000, 0), "{verified:?}");
 }
 
+/// A slow rate delays the *read* of each batch, not its copies: a copy must
+/// land within half the tombstone's lifetime after its read (before, the
+/// batch read ahead waited out the rate and every copy was refused as too
+/// late, run after run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_rate_never_makes_copies_too_late() {
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    let records = populate(old, 20).await;
+    let timeout = Duration::from_millis(200);
+    let app = MultiRedisStore::builder()
+        .backend(Backend::url("new", new.url()).prefix(PREFIX).socket_timeout(timeout))
+        .backend(Backend::url("old", old.url()).prefix(PREFIX).modes(Modes::READ_DELETE).socket_timeout(timeout))
+        // Copies must land within 500 ms of their read; a batch is due every 625 ms.
+        .tombstone_ttl(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    let options = migrate::Options::default().batch_size(5).rate_limit(Some(8));
+    let report = Migrator::for_store(&app, options).unwrap().run(|_| {}, std::future::pending()).await.unwrap();
+    assert!(report.finished && report.is_clean(), "{report:?}");
+    assert_eq!(report.progress.copied, 20, "{report:?}");
+    for rec in &records {
+        assert_in(new, rec).await;
+    }
+}
+
+/// A shutdown ends a rate limit's wait at once, with the cursor of the
+/// batch not read yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_ends_a_rate_limits_wait() {
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    populate(old, 20).await;
+    let app = migrating_store(new, old).await;
+    // One session a second: the second batch is due 5 s after the first.
+    let options = migrate::Options::default().batch_size(5).rate_limit(Some(1));
+    let started = std::time::Instant::now();
+    let stop = tokio::time::sleep(Duration::from_millis(300));
+    let report = Migrator::for_store(&app, options).unwrap().run(|_| {}, stop).await.unwrap();
+    assert!(!report.finished && report.progress.cursor != 0, "{report:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "waited {:?}", started.elapsed());
+    let resumed = migrate::Options::default().cursor(report.progress.cursor);
+    let rest = Migrator::for_store(&app, resumed).unwrap().run(|_| {}, std::future::pending()).await.unwrap();
+    assert_eq!(report.progress.copied + rest.progress.copied, 20, "{report:?} {rest:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_the_migrator_makes_after_a_logout_is_undone() {
     let servers = servers(2);
