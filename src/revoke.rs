@@ -9,6 +9,7 @@ use time::{OffsetDateTime, PrimitiveDateTime};
 use tower_sessions_core::session::Id;
 
 use crate::error::Error;
+use crate::node::Node;
 use crate::store::MultiRedisStore;
 use crate::users::{UserSession, unix_ms};
 
@@ -22,10 +23,13 @@ impl MultiRedisStore {
     }
 
     /// Every live session of `user`, in every backend that reads, from its
-    /// index there (each entry checked: one whose session is gone is not
-    /// listed; it leaves the index at the user's next login or index
-    /// write, or when its score passes: only then without
-    /// [`refuse_late_writes`](crate::MultiRedisStoreBuilder::refuse_late_writes)).
+    /// index there, each once (where a write backend holds it, that one is
+    /// named). Each entry is checked: one whose session is gone is not
+    /// listed (it leaves the index at the user's next login or index write,
+    /// or when its score passes: only then without
+    /// [`refuse_late_writes`](crate::MultiRedisStoreBuilder::refuse_late_writes)),
+    /// nor is a source's copy of a session logged out in a write backend
+    /// (its logout's `DEL` there failed: it does not load).
     ///
     /// # Errors
     ///
@@ -34,8 +38,15 @@ impl MultiRedisStore {
     pub async fn sessions_of(&self, user: &str) -> Result<Vec<UserSession>, Error> {
         self.require_users()?;
         let now = unix_ms();
-        let mut out = Vec::new();
-        for node in self.nodes().iter().filter(|n| n.modes.can_read()) {
+        let mut out: Vec<UserSession> = Vec::new();
+        // Sources first, as `revoke` reads them: a move indexes a session in
+        // the write backends before it removes it from a source, so one that
+        // leaves a source's index while this reads is in a write backend's
+        // by the time that is read.
+        let (sources, writers): (Vec<&Node>, Vec<&Node>) =
+            self.nodes().iter().filter(|n| n.modes.can_read()).partition(|n| !n.modes.can_write());
+        let written = !writers.is_empty();
+        for node in sources.into_iter().chain(writers) {
             let ids: Vec<(Id, String)> = node
                 .index_entries(user, None)
                 .await?
@@ -45,6 +56,7 @@ impl MultiRedisStore {
                 .collect();
             let ttls: Vec<i64> = node.per_session("PTTL", ids.iter().map(|(_, id)| id.as_str()), None).await?;
             let read = OffsetDateTime::now_utc();
+            let mut found: Vec<UserSession> = Vec::new();
             for ((id, _), millis) in ids.into_iter().zip(ttls) {
                 // Gone (logged out, expired), or without expiry (not a session).
                 if millis < 0 {
@@ -54,10 +66,38 @@ impl MultiRedisStore {
                 let expiry = read
                     .checked_add(time::Duration::milliseconds(millis))
                     .unwrap_or(PrimitiveDateTime::MAX.assume_utc());
-                out.push(UserSession { id, expiry, backend: node.name.clone() });
+                found.push(UserSession { id, expiry, backend: node.name.clone() });
+            }
+            if !node.modes.can_write() && written {
+                found = self.not_logged_out(found).await?;
+            }
+            for session in found {
+                match out.iter_mut().find(|s| s.id == session.id) {
+                    // A write backend's copy is the one `load` serves.
+                    Some(listed) if node.modes.can_write() && !self.writes(&listed.backend) => *listed = session,
+                    Some(_) => {}
+                    None => out.push(session),
+                }
             }
         }
         Ok(out)
+    }
+
+    /// Whether backend `name` is written.
+    fn writes(&self, name: &str) -> bool {
+        self.nodes().iter().any(|n| n.name == name && n.modes.can_write())
+    }
+
+    /// Of `found` in a source, those without a tombstone in any write
+    /// backend.
+    async fn not_logged_out(&self, found: Vec<UserSession>) -> Result<Vec<UserSession>, Error> {
+        let ids: Vec<String> = found.iter().map(|s| s.id.to_string()).collect();
+        let mut out_now = vec![false; found.len()];
+        for writer in self.nodes().iter().filter(|n| n.modes.can_write()) {
+            let tombstoned = writer.tombstoned(ids.iter().map(String::as_str), None).await?;
+            out_now.iter_mut().zip(tombstoned).for_each(|(out, here)| *out |= here);
+        }
+        Ok(found.into_iter().zip(out_now).filter_map(|(session, out)| (!out).then_some(session)).collect())
     }
 
     /// Logs out every session of `user`: those named by the user's index in

@@ -176,6 +176,31 @@ async fn revoke_reaches_the_source_and_the_migrator_indexes_what_it_moves() {
     assert!(loads(&during, &kept[0]).await);
 }
 
+/// During a move, `sessions_of` lists each session once, where `load`
+/// finds it: a copy in "new" names "new" (before, it was listed twice, from
+/// both indexes), and a source's copy of a session logged out in "new"
+/// (its `DEL` on "old" did not happen) is not listed (it does not load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_of_lists_each_session_once_where_it_loads() {
+    let (old, new) = (RedisServer::start().unwrap(), RedisServer::start().unwrap());
+    let before = MultiRedisStore::builder().backend(Backend::url("old", old.url())).user_key("user").build().await;
+    let in_old = log_in(&before.unwrap(), "ann", 3).await;
+    let during = migrating(&old, &new).await;
+    assert!(loads(&during, &in_old[0]).await, "copied into new on first touch, and indexed there");
+    // Logged out through a configuration that deletes from "new" alone.
+    let new_only = indexing(Backend::url("new", new.url())).await;
+    assert!(loads(&during, &in_old[1]).await);
+    new_only.delete(&in_old[1]).await.unwrap();
+    assert!(!loads(&during, &in_old[1]).await, "the tombstone in new wins over old's copy");
+
+    let mut listed: Vec<(String, String)> =
+        during.sessions_of("ann").await.unwrap().into_iter().map(|s| (s.id.to_string(), s.backend)).collect();
+    listed.sort();
+    let mut want = vec![(in_old[0].to_string(), "new".to_owned()), (in_old[2].to_string(), "old".to_owned())];
+    want.sort();
+    assert_eq!(listed, want);
+}
+
 /// A revoke that failed half-way finds its sessions when run again, though
 /// a tidy ran in between: an entry whose session was logged out where the
 /// entry is (a tombstone there) stays until the logout is done everywhere.
