@@ -11,7 +11,7 @@
 //! * `health`: [`BackendHealth`], what the store saw of each backend;
 //! * `breaker`: the per-backend circuit breaker ([`BreakerConfig`]);
 //! * `connection`: one backend's link: standalone (reconnecting `ConnectionManager`,
-//!   writing concurrent commands together once busy unless `auto_pipeline` is off,
+//!   replaced when it goes silent, `renewing.rs`; writing concurrent commands together once busy unless `auto_pipeline` is off,
 //!   `link.rs`), partition, Sentinel (master re-checked every second), Redis Cluster;
 //!   the settings they are all built from (`settings.rs`), and scans and batches over
 //!   any of them (`scan.rs`, `batch.rs`);

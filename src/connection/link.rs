@@ -38,10 +38,11 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::ConnectionLike;
 use redis::{Cmd, Pipeline, RedisResult, Value};
 use tokio::sync::oneshot;
 
+use super::renewing::Renewing;
 use super::replication::{Wait, acknowledged, end_with_wait};
 
 /// What is in flight and what waits.
@@ -110,13 +111,13 @@ impl Batch {
     }
 }
 
-/// What a link's connection must do: redis-rs's `ConnectionManager` (one
-/// server) or `MultiplexedConnection` (a Sentinel's master).
+/// What a link's connection must do: a [`Renewing`] `ConnectionManager` (one
+/// server) or a `MultiplexedConnection` (a Sentinel's master).
 pub(crate) trait Conn: ConnectionLike + Clone + Send + Sync + 'static {}
 impl<C: ConnectionLike + Clone + Send + Sync + 'static> Conn for C {}
 
 /// A connection to one server.
-pub(crate) struct Link<C: Conn = ConnectionManager> {
+pub(crate) struct Link<C: Conn = Renewing> {
     manager: C,
     /// A second link for writes that wait for replicas (`WAIT` holds up
     /// every later command of its connection), when the backend waits.
@@ -359,7 +360,8 @@ mod tests {
 
     async fn link(server: &RedisServer) -> Link {
         let client = server.client().unwrap();
-        Link::new(client.get_connection_manager().await.unwrap(), true)
+        let config = redis::aio::ConnectionManagerConfig::new();
+        Link::new(Renewing::new(client, config).unwrap(), true)
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -4,6 +4,7 @@
 mod batch;
 mod cluster;
 mod link;
+mod renewing;
 mod replication;
 mod scan;
 mod sentinel;

@@ -1,12 +1,14 @@
 //! One Redis server through `redis::aio::ConnectionManager`, which reconnects
-//! by itself after the server restarts.
+//! by itself after the server restarts, replaced when it goes silent
+//! (`renewing.rs`).
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
 use super::link::Link;
+use super::renewing::Renewing;
 use super::settings::Settings;
 use crate::backend::Address;
 use crate::error::Error;
@@ -185,7 +187,7 @@ pub(crate) fn open(address: &Address, settings: &Settings) -> Result<Link, Error
         .set_min_delay(Duration::from_millis(10))
         .set_max_delay(Duration::from_millis(200));
     let connect = |client: redis::Client| {
-        ConnectionManager::new_lazy_with_config(client, config.clone()).map_err(|err| Error::Redis {
+        Renewing::new(client, config.clone()).map_err(|err| Error::Redis {
             backend: settings.name.clone(),
             op: "connect",
             source: err,

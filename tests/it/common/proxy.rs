@@ -227,3 +227,72 @@ async fn switching_pipe(client: TcpStream, ports: [u16; 2], switched: Arc<Atomic
     }
     down.abort();
 }
+
+/// A TCP proxy whose connections, once [`stall`](Self::stall)ed, swallow
+/// what the client sends and never answer, without closing (a peer gone
+/// behind a load balancer); connections made after pass as usual.
+pub struct StallingProxy {
+    pub addr: SocketAddr,
+    stalled: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl StallingProxy {
+    pub async fn start(upstream_port: u16) -> StallingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let stalled = stalled.clone();
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    tokio::spawn(stalling_pipe(client, upstream_port, stalled.clone()));
+                }
+            }
+        });
+        StallingProxy { addr, stalled, task }
+    }
+
+    /// Every connection made so far goes silent.
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+}
+
+impl Drop for StallingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn stalling_pipe(client: TcpStream, upstream_port: u16, stalled: Arc<AtomicBool>) {
+    // A connection made after `stall` is never stalled.
+    let born_after = stalled.load(Ordering::SeqCst);
+    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let silent = || !born_after && stalled.load(Ordering::SeqCst);
+    let upstream = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = client_read.read(&mut buf).await {
+            if !silent() && server_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
+    let downstream = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = server_read.read(&mut buf).await {
+            if !silent() && client_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::join!(upstream, downstream);
+}

@@ -46,3 +46,33 @@ async fn a_frozen_server_times_out_and_a_retry_rides_out_a_short_freeze() {
     assert_eq!(twice.load(&rec.id).await.unwrap(), Some(rec.clone()));
     thaw.join().unwrap();
 }
+
+/// A connection whose peer went silent without closing (a load balancer
+/// whose target vanished) is replaced after its first timeout: the next
+/// request goes over a new connection. Before, a timeout left the
+/// connection as it was, every request timed out until the circuit breaker
+/// opened, and the breaker's probes went over the same dead socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_gone_silent_is_replaced_after_its_first_timeout() {
+    let server = &servers(1)[0];
+    let proxy = crate::common::proxy::StallingProxy::start(server.port()).await;
+    let store = MultiRedisStore::builder()
+        .backend(Backend::url("main", proxy.url()).socket_timeout(Duration::from_millis(200)))
+        .build()
+        .await
+        .unwrap();
+    let mut rec = record("ada");
+    store.create(&mut rec).await.unwrap();
+    proxy.stall();
+    assert!(store.load(&rec.id).await.is_err(), "the silent connection times out");
+    for attempt in 0..3 {
+        match store.load(&rec.id).await {
+            Ok(found) => {
+                assert_eq!(found.map(|r| r.id), Some(rec.id));
+                return;
+            }
+            Err(err) => eprintln!("attempt {attempt}: {err}"),
+        }
+    }
+    panic!("still no answer over a new connection");
+}
