@@ -20,6 +20,7 @@
 //! assert_eq!(codec::decode(&bytes).unwrap(), record);
 //! ```
 
+use serde::Deserialize;
 use time::OffsetDateTime;
 use tower_sessions_core::session::Record;
 
@@ -44,7 +45,19 @@ pub fn encode(record: &Record) -> Result<Vec<u8>, rmp_serde::encode::Error> {
 ///
 /// When the bytes are not a MessagePack session record.
 pub fn decode(bytes: &[u8]) -> Result<Record, rmp_serde::decode::Error> {
-    rmp_serde::from_slice(bytes)
+    Record::deserialize(&mut deserializer(bytes))
+}
+
+/// How deep a stored value may nest. Each level is a stack frame or more
+/// (decoding, then dropping, `serde_json::Value`): rmp-serde's own limit,
+/// 1024, overflows a tokio worker's 2 MiB stack in a debug build, and a
+/// stack overflow aborts the whole process. No session nests this deep.
+const MAX_DEPTH: usize = 128;
+
+fn deserializer(bytes: &[u8]) -> rmp_serde::Deserializer<rmp_serde::decode::ReadRefReader<'_, [u8]>> {
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
+    deserializer.set_max_depth(MAX_DEPTH);
+    deserializer
 }
 
 /// Checks that `bytes` has the shape of a session record (id, map with string
@@ -63,7 +76,7 @@ pub(crate) fn decode_expiry(bytes: &[u8]) -> Result<OffsetDateTime, rmp_serde::d
         data: SkippedMap,
         expiry_date: OffsetDateTime,
     }
-    rmp_serde::from_slice::<Shape>(bytes).map(|shape| shape.expiry_date)
+    Shape::deserialize(&mut deserializer(bytes)).map(|shape| shape.expiry_date)
 }
 
 /// A map with string keys whose entries are checked and dropped.
@@ -103,6 +116,40 @@ pub(crate) fn is_live(record: &Record) -> bool {
 mod tests {
     use super::*;
     use time::Duration;
+
+    /// A value nested deeper than any session holds is an error, not a
+    /// stack overflow that aborts the process, on a thread with a tokio
+    /// worker's stack (2 MiB), in a debug build.
+    #[test]
+    fn deeply_nested_data_is_no_stack_overflow() {
+        let rec = Record {
+            id: tower_sessions_core::session::Id::default(),
+            data: [("x".to_owned(), serde_json::json!(0))].into(),
+            expiry_date: OffsetDateTime::now_utc() + Duration::hours(1),
+        };
+        let bytes = encode(&rec).unwrap();
+        let at = bytes.windows(3).position(|w| w == [0xa1, b'x', 0x00]).unwrap() + 2;
+        // `depth` arrays of one element each, around the 0.
+        let nest = |depth| [&bytes[..at], &vec![0x91; depth], &bytes[at..]].concat();
+        for depth in [100, 1_000, 100_000] {
+            let nested = nest(depth);
+            let decoded = std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || decode(&nested).map(|r| r.data.len()).map_err(|e| e.to_string()))
+                .unwrap()
+                .join()
+                .expect("no stack overflow");
+            assert_eq!(decoded.is_ok(), depth < MAX_DEPTH, "{depth}: {decoded:?}");
+            let nested = nest(depth);
+            let expiry = std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || decode_expiry(&nested).is_ok())
+                .unwrap()
+                .join()
+                .expect("no stack overflow");
+            assert_eq!(expiry, depth < MAX_DEPTH, "{depth}");
+        }
+    }
 
     #[test]
     fn the_fast_path_agrees_with_the_full_decoder() {
