@@ -96,25 +96,41 @@ pub(crate) fn start(store: &MultiRedisStore) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
     let weak: Weak<Inner> = store.downgrade();
     let instance = format!("{:032x}", tower_sessions_core::session::Id::default().0);
+    let id = format!("{ANNOUNCE_TAIL}{}:{instance}", store.fingerprint());
+    store.announced_as(id.clone());
     runtime.spawn(async move {
         loop {
             let Some(store) = MultiRedisStore::upgrade(&weak) else { return };
-            announce(&store, &instance).await;
+            announce(&store, &id).await;
             drop(store);
             tokio::time::sleep(LiveConfiguration::ANNOUNCE_EVERY).await;
         }
     });
 }
 
-async fn announce(store: &MultiRedisStore, instance: &str) {
-    let fingerprint = store.fingerprint();
+async fn announce(store: &MultiRedisStore, id: &str) {
     let value = store.description();
-    let nodes = store.nodes().iter().filter(|n| n.modes.can_delete());
-    for node in nodes {
-        let id = format!("{ANNOUNCE_TAIL}{fingerprint}:{instance}");
-        if let Err(err) = node.announce(&id, &value, LiveConfiguration::ANNOUNCE_TTL).await {
+    for node in store.nodes().iter().filter(|n| n.modes.can_delete()) {
+        if let Err(err) = node.announce(id, &value, LiveConfiguration::ANNOUNCE_TTL).await {
             tracing::debug!(backend = %node.name, error = %err, "could not announce this instance");
         }
+    }
+}
+
+/// A store dropped (an instance shutting down, or replaced in a rolling
+/// deploy) withdraws its announcement at once, best effort, from a task of
+/// its own: else it would count as live for up to
+/// [`LiveConfiguration::ANNOUNCE_TTL`], and hold up a move (`migrate.rs`).
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let Some(id) = self.announced.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let nodes = std::mem::take(&mut self.nodes);
+        runtime.spawn(async move {
+            for node in nodes.iter().filter(|n| n.modes.can_delete()) {
+                let _ = node.del(&id, None).await;
+            }
+        });
     }
 }
 

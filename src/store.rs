@@ -135,6 +135,9 @@ pub(crate) struct Inner {
     options: Options,
     /// The per-user index (`users.rs`), when configured.
     users: Option<Users>,
+    /// This instance's announcement, once made (`announce.rs`): withdrawn
+    /// when the store is dropped.
+    pub(crate) announced: std::sync::OnceLock<String>,
 }
 
 impl fmt::Debug for MultiRedisStore {
@@ -155,7 +158,15 @@ impl MultiRedisStore {
         let writers = select(|n| n.modes.can_write());
         let sources = select(|n| n.modes.can_read() && !n.modes.can_write());
         let deleters = select(|n| n.modes.can_delete());
-        MultiRedisStore { inner: Arc::new(Inner { nodes, readers, writers, sources, deleters, options, users }) }
+        let announced = std::sync::OnceLock::new();
+        MultiRedisStore {
+            inner: Arc::new(Inner { nodes, readers, writers, sources, deleters, options, users, announced }),
+        }
+    }
+
+    /// Records this instance's announcement id (`announce.rs`).
+    pub(crate) fn announced_as(&self, id: String) {
+        let _ = self.inner.announced.set(id);
     }
 
     pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {

@@ -250,9 +250,11 @@ impl Cluster {
         redis::from_redis_value(Value::Array(values)).map_err(RedisError::from)
     }
 
-    /// The keys of hash slots `from..` (a run of `slots` slots at most),
-    /// read from every primary (`CLUSTER COUNTKEYSINSLOT`, then
-    /// `GETKEYSINSLOT`), and the slot to go on from (`None` after the last).
+    /// The keys of hash slots `from..` (a run of `slots` slots at most, cut
+    /// after the slot that brings them to `want` keys: a batch's memory and
+    /// its reads stay bounded however full the slots are), read from every
+    /// primary (`CLUSTER COUNTKEYSINSLOT`, then `GETKEYSINSLOT`), and the
+    /// slot to go on from (`None` after the last).
     ///
     /// Why by slot, not `SCAN` per node: a `SCAN` cursor belongs to one node,
     /// and a failover or a reshard changes which node holds what, so a
@@ -262,17 +264,22 @@ impl Cluster {
     /// read again while the topology changes under the read (an owner
     /// changed, a slot is being migrated, a primary failed): what is
     /// returned is the slots' keys at one moment, each key once.
-    pub(crate) async fn scan_slots(&self, from: u16, slots: u16) -> RedisResult<(Vec<String>, Option<u16>)> {
+    pub(crate) async fn scan_slots(
+        &self,
+        from: u16,
+        slots: u16,
+        want: usize,
+    ) -> RedisResult<(Vec<String>, Option<u16>)> {
         let mut to = from.saturating_add(slots.max(1)).min(SLOTS);
         for _ in 0..SETTLE_ATTEMPTS {
             if let Some(before) = self.views().await?
                 && before.settled(from, to)
-                && let Some(keys) = self.keys_in_slots(before.primaries(), from, to).await?
+                && let Some((keys, end)) = self.keys_in_slots(before.primaries(), from, to, want).await?
                 && let Some(after) = self.views().await?
                 && after.settled(from, to)
                 && after.of(from, to) == before.of(from, to)
             {
-                return Ok((keys, (to < SLOTS).then_some(to)));
+                return Ok((keys, (end < SLOTS).then_some(end)));
             }
             // Something moved in this range meanwhile (a reshard goes slot by
             // slot): read fewer slots at once, so that the range settles.
@@ -286,22 +293,44 @@ impl Cluster {
         )))
     }
 
-    /// The keys of slots `from..to` on these primaries, each once (a key
-    /// whose name is not UTF-8 is not a session's, and is left out).
+    /// The keys of slots `from..end` on these primaries, each once (a key
+    /// whose name is not UTF-8 is not a session's, and is left out), `end`
+    /// being the first slot from which `from..` holds `want` keys, or `to`.
     /// `None` when keys arrived between counting and reading them.
-    async fn keys_in_slots(&self, primaries: &[(String, u16)], from: u16, to: u16) -> RedisResult<Option<Vec<String>>> {
+    async fn keys_in_slots(
+        &self,
+        primaries: &[(String, u16)],
+        from: u16,
+        to: u16,
+        want: usize,
+    ) -> RedisResult<Option<(Vec<String>, u16)>> {
         /// Asked for beyond the count: a reply that fills it may be missing keys.
         const SLACK: u64 = 32;
-        let mut keys = std::collections::BTreeSet::new();
+        let mut counts = Vec::with_capacity(primaries.len());
+        let mut per_slot = vec![0u64; usize::from(to - from)];
         for addr in primaries {
             let mut count = redis::pipe();
             for slot in from..to {
                 count.cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot);
             }
-            let counts: Vec<u64> = self.pipeline_on(addr, &count).await?;
+            let here: Vec<u64> = self.pipeline_on(addr, &count).await?;
+            per_slot.iter_mut().zip(&here).for_each(|(sum, n)| *sum = sum.saturating_add(*n));
+            counts.push(here);
+        }
+        let mut end = to;
+        let mut sum = 0u64;
+        for (slot, n) in (from..to).zip(&per_slot) {
+            sum = sum.saturating_add(*n);
+            if sum >= want as u64 {
+                end = slot + 1;
+                break;
+            }
+        }
+        let mut keys = std::collections::BTreeSet::new();
+        for (addr, counts) in primaries.iter().zip(counts) {
             let mut get = redis::pipe();
             let mut asked = Vec::new();
-            for (slot, n) in (from..to).zip(counts).filter(|(_, n)| *n > 0) {
+            for (slot, n) in (from..end).zip(counts).filter(|(_, n)| *n > 0) {
                 get.cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(n + SLACK);
                 asked.push(n + SLACK);
             }
@@ -313,7 +342,7 @@ impl Cluster {
                 keys.extend(found.into_iter().flatten().filter_map(|key| String::from_utf8(key).ok()));
             }
         }
-        Ok(Some(keys.into_iter().collect()))
+        Ok(Some((keys.into_iter().collect(), end)))
     }
 
     /// Every primary's view of the topology (the markers of a slot being

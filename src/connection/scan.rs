@@ -44,7 +44,7 @@ impl Connection {
         if let Connection::Cluster(cluster) = self {
             let from = u16::try_from(cursor).ok().filter(|&slot| slot < SLOTS).ok_or_else(out_of_range)?;
             let slots = u16::try_from(count.clamp(64, 2048)).unwrap_or(2048);
-            let (mut keys, next) = Box::pin(cluster.scan_slots(from, slots)).await?;
+            let (mut keys, next) = Box::pin(cluster.scan_slots(from, slots, count)).await?;
             keys.retain(|key| key.starts_with(literal));
             return Ok((next.map_or(0, u64::from), keys));
         }

@@ -389,6 +389,34 @@ async fn a_shutdown_ends_a_rate_limits_wait() {
     assert_eq!(report.progress.copied + rest.progress.copied, 20, "{report:?} {rest:?}");
 }
 
+/// A store dropped (an instance shut down, or replaced in a rolling
+/// deploy) withdraws its announcement at once: `status` no longer counts it
+/// (before, it did for up to the announcement's 15 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_store_withdraws_its_announcement_at_once() {
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    let before = MultiRedisStore::builder()
+        .backend(Backend::url("new", new.url()).prefix(PREFIX))
+        .backend(Backend::url("old", old.url()).prefix(PREFIX))
+        .build()
+        .await
+        .unwrap();
+    let app = migrating_store(new, old).await;
+    let live = async |want: usize| {
+        for _ in 0..50 {
+            if app.live_configurations().await.unwrap().len() == want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    };
+    assert!(live(2).await, "both announced");
+    drop(before);
+    assert!(live(1).await, "withdrawn within a second, not after 15 s");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_the_migrator_makes_after_a_logout_is_undone() {
     let servers = servers(2);
