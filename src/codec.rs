@@ -51,8 +51,9 @@ pub fn decode(bytes: &[u8]) -> Result<Record, rmp_serde::decode::Error> {
 /// How deep a stored value may nest. Each level is a stack frame or more
 /// (decoding, then dropping, `serde_json::Value`): rmp-serde's own limit,
 /// 1024, overflows a tokio worker's 2 MiB stack in a debug build, and a
-/// stack overflow aborts the whole process. No session nests this deep.
-const MAX_DEPTH: usize = 128;
+/// stack overflow aborts the whole process. Above serde_json's own parsing
+/// limit (128) with a margin, so data parsed from JSON always loads again.
+const MAX_DEPTH: usize = 256;
 
 fn deserializer(bytes: &[u8]) -> rmp_serde::Deserializer<rmp_serde::decode::ReadRefReader<'_, [u8]>> {
     let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
@@ -131,7 +132,7 @@ mod tests {
         let at = bytes.windows(3).position(|w| w == [0xa1, b'x', 0x00]).unwrap() + 2;
         // `depth` arrays of one element each, around the 0.
         let nest = |depth| [&bytes[..at], &vec![0x91; depth], &bytes[at..]].concat();
-        for depth in [100, 1_000, 100_000] {
+        for depth in [200, 1_000, 100_000] {
             let nested = nest(depth);
             let decoded = std::thread::Builder::new()
                 .stack_size(2 << 20)

@@ -154,14 +154,21 @@ impl fmt::Debug for Pem {
 
 /// A URL with its password (user-info password, or a `pass`/`password` query
 /// parameter, percent-encoded or not) replaced by `<redacted>`. Works on
-/// malformed URLs too, erring on the side of hiding: the user info ends at
-/// the *last* `@` (a password may hold `/`, `?`, `#` or `@` unencoded).
+/// malformed URLs too, erring on the side of hiding (a password may hold
+/// `/`, `?`, `#` or `@` unencoded).
 pub(crate) fn redact_url(url: &str) -> String {
     let (scheme, rest) = match url.find("://") {
         Some(at) => url.split_at(at + 3),
         None => ("", url),
     };
-    let (authority, tail) = match rest.rfind('@') {
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    // The user info ends at the authority's last `@`; failing one, a
+    // password holding `/`, `?` or `#` unencoded may push it further: with
+    // a `:` in the authority and an `@` later on, everything up to that `@`
+    // is hidden (over-hiding a port and a path is the safe mistake).
+    let userinfo_end = authority.rfind('@').or_else(|| (authority.contains(':')).then(|| rest.rfind('@')).flatten());
+    let (authority, tail) = match userinfo_end {
         Some(at) => {
             let (userinfo, host_on) = rest.split_at(at);
             let host_end = host_on.find(['/', '?', '#']).unwrap_or(host_on.len());
@@ -172,10 +179,7 @@ pub(crate) fn redact_url(url: &str) -> String {
             };
             (authority, tail)
         }
-        None => {
-            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            (rest[..end].to_owned(), &rest[end..])
-        }
+        None => (authority.to_owned(), tail),
     };
     let tail = match tail.find('?') {
         Some(q) => {
@@ -246,5 +250,9 @@ mod tests {
         assert_eq!(redact_url("redis+unix:///s?p%61ss=secret"), "redis+unix:///s?p%61ss=<redacted>");
         assert_eq!(redact_url("redis+unix:///s?%70assword=secret&db=1"), "redis+unix:///s?%70assword=<redacted>&db=1");
         assert_eq!(redact_url("redis://h:1/0?x=%"), "redis://h:1/0?x=%");
+        // An `@` in a query value: the query's own password is hidden.
+        assert_eq!(redact_url("redis+unix:///run/r.sock?pass=p@ss"), "redis+unix:///run/r.sock?pass=<redacted>");
+        assert_eq!(redact_url("redis://h/0?password=a@b"), "redis://h/0?password=<redacted>");
+        assert!(!redact_url("redis://h:6379/0?password=a@b").contains("a@b"));
     }
 }

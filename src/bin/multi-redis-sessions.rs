@@ -461,8 +461,6 @@ async fn stats(common: Common) -> Result<ExitCode, Failure> {
     Ok(if stats.iter().all(|s| s.reachable && s.error.is_none()) { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-/// A session id as the CLI shows it: its first 8 characters. The whole id
-/// is the session's bearer token (the cookie), not for terminals and logs.
 /// A session key as printed: a session id is a bearer token (whoever has
 /// it is logged in), so only its first characters, as [`short`] does.
 fn short_key(key: &str) -> String {
@@ -491,6 +489,8 @@ fn shortened(mut value: serde_json::Value) -> serde_json::Value {
     value
 }
 
+/// A session id as the CLI shows it: its first 8 characters. The whole id
+/// is the session's bearer token (the cookie), not for terminals and logs.
 fn short(id: &tower_sessions_core::session::Id) -> String {
     let id = id.to_string();
     format!("{}…", &id[..id.len().min(8)])

@@ -174,7 +174,7 @@ impl Cluster {
         let scheme = if settings.tls { "rediss" } else { "redis" };
         let nodes: Vec<String> = seeds
             .iter()
-            .map(|(host, port)| match host.contains(':') {
+            .map(|(host, port)| match host.contains(':') && !host.starts_with('[') {
                 // An IPv6 address, bracketed in a URL.
                 true => format!("{scheme}://[{host}]:{port}"),
                 false => format!("{scheme}://{host}:{port}"),
@@ -215,17 +215,14 @@ impl Cluster {
         if let Some(conn) = self.cached() {
             return Ok(conn);
         }
-        // The wait for the lock and the connect together, within the
-        // socket timeout: redis-rs's own timeouts cover each node's connect,
-        // not the whole (slot map, every primary), and requests queued
-        // behind the lock would otherwise each wait their turn.
-        tokio::time::timeout(self.settings.socket_timeout, self.connect())
-            .await
-            .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))?
-    }
-
-    async fn connect(&self) -> RedisResult<ClusterConnection> {
-        let _one = self.connecting.lock().await;
+        // Waiting behind another request's connect, only the socket
+        // timeout: else each waiter would try in turn after it failed. The
+        // connect itself is not cut short (redis-rs bounds each of its steps,
+        // and a slow first connect must be able to finish).
+        let waited = tokio::time::timeout(self.settings.socket_timeout, self.connecting.lock()).await;
+        let Ok(_one) = waited else {
+            return Err(RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)));
+        };
         if let Some(conn) = self.cached() {
             return Ok(conn);
         }

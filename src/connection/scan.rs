@@ -71,6 +71,15 @@ impl Connection {
             if walk.same_server(member, inner, run_id) || tries > 3 {
                 break page;
             }
+            if walk.restarts() > MAX_RESTARTS {
+                // Not one server behind this address (a proxy in front of
+                // several?): no walk of it can be complete.
+                return Err(RedisError::from((
+                    ErrorKind::Client,
+                    "SCAN: the server behind this backend keeps changing",
+                    format!("{} restarts in one walk", walk.restarts()),
+                )));
+            }
             tracing::warn!(
                 member,
                 "SCAN: the server restarted or failed over mid-walk; walking it again from the start"
@@ -89,6 +98,9 @@ impl Connection {
         Ok((next, keys))
     }
 }
+
+/// How often one walk may start a server over before it gives up.
+const MAX_RESTARTS: u64 = 8;
 
 /// Which server process each member's cursor of one walk came from.
 #[derive(Debug, Default)]
