@@ -37,55 +37,33 @@ impl MultiRedisStore {
     /// a backend's error when one cannot be read.
     pub async fn sessions_of(&self, user: &str) -> Result<Vec<UserSession>, Error> {
         self.require_users()?;
-        let now = unix_ms();
-        let mut out: Vec<UserSession> = Vec::new();
         // Sources first, as `revoke` reads them: a move indexes a session in
         // the write backends before it removes it from a source, so one that
         // leaves a source's index while this reads is in a write backend's
         // by the time that is read.
         let (sources, writers): (Vec<&Node>, Vec<&Node>) =
             self.nodes().iter().filter(|n| n.modes.can_read()).partition(|n| !n.modes.can_write());
-        let written = !writers.is_empty();
-        for node in sources.into_iter().chain(writers) {
-            let ids: Vec<(Id, String)> = node
-                .index_entries(user, None)
-                .await?
-                .into_iter()
-                .filter(|(_, score)| *score > now)
-                .filter_map(|(id, _)| Some((Id::from_str(&id).ok()?, id)))
-                .collect();
-            let ttls: Vec<i64> = node.per_session("PTTL", ids.iter().map(|(_, id)| id.as_str()), None).await?;
-            let read = OffsetDateTime::now_utc();
-            let mut found: Vec<UserSession> = Vec::new();
-            for ((id, _), millis) in ids.into_iter().zip(ttls) {
-                // Gone (logged out, expired), or without expiry (not a session).
-                if millis < 0 {
-                    continue;
-                }
-                // Clamped: a hand-set expiry past year 9999 must not panic.
-                let expiry = read
-                    .checked_add(time::Duration::milliseconds(millis))
-                    .unwrap_or(PrimitiveDateTime::MAX.assume_utc());
-                found.push(UserSession { id, expiry, backend: node.name.clone() });
-            }
-            if !node.modes.can_write() && written {
-                found = self.not_logged_out(found).await?;
-            }
-            for session in found {
-                match out.iter_mut().find(|s| s.id == session.id) {
-                    // A write backend's copy is the one `load` serves.
-                    Some(listed) if node.modes.can_write() && !self.writes(&listed.backend) => *listed = session,
-                    Some(_) => {}
-                    None => out.push(session),
-                }
-            }
+        let mut in_sources = Vec::new();
+        for node in sources {
+            in_sources.extend(live_sessions(node, user).await?);
         }
+        if !writers.is_empty() {
+            in_sources = self.not_logged_out(in_sources).await?;
+        }
+        // Each once: a write backend's copy is the one `load` serves.
+        let mut out: Vec<UserSession> = Vec::new();
+        let mut add = |sessions: Vec<UserSession>| {
+            for session in sessions {
+                if !out.iter().any(|s| s.id == session.id) {
+                    out.push(session);
+                }
+            }
+        };
+        for node in writers {
+            add(live_sessions(node, user).await?);
+        }
+        add(in_sources);
         Ok(out)
-    }
-
-    /// Whether backend `name` is written.
-    fn writes(&self, name: &str) -> bool {
-        self.nodes().iter().any(|n| n.name == name && n.modes.can_write())
     }
 
     /// Of `found` in a source, those without a tombstone in any write
@@ -152,4 +130,30 @@ impl MultiRedisStore {
         self.log_out(user, &ids).await?;
         Ok(ids.len())
     }
+}
+
+/// The sessions `user`'s index on `node` names that live there (an entry
+/// whose session is gone, or whose key has no expiry, is no session).
+async fn live_sessions(node: &Node, user: &str) -> Result<Vec<UserSession>, Error> {
+    let now = unix_ms();
+    let ids: Vec<(Id, String)> = node
+        .index_entries(user, None)
+        .await?
+        .into_iter()
+        .filter(|(_, score)| *score > now)
+        .filter_map(|(id, _)| Some((Id::from_str(&id).ok()?, id)))
+        .collect();
+    let ttls: Vec<i64> = node.per_session("PTTL", ids.iter().map(|(_, id)| id.as_str()), None).await?;
+    let read = OffsetDateTime::now_utc();
+    Ok(ids
+        .into_iter()
+        .zip(ttls)
+        .filter(|(_, millis)| *millis >= 0)
+        .map(|((id, _), millis)| {
+            // Clamped: a hand-set expiry past year 9999 must not panic.
+            let expiry =
+                read.checked_add(time::Duration::milliseconds(millis)).unwrap_or(PrimitiveDateTime::MAX.assume_utc());
+            UserSession { id, expiry, backend: node.name.clone() }
+        })
+        .collect())
 }

@@ -110,12 +110,11 @@ pub(crate) fn client(settings: &Settings, info: ConnectionInfo) -> Result<redis:
 #[cfg(feature = "tls")]
 pub(crate) fn client(settings: &Settings, info: ConnectionInfo) -> Result<redis::Client, Error> {
     let name = Some(settings.name.as_str());
-    if !matches!(info.addr(), ConnectionAddr::TcpTls { .. })
-        || (settings.tls_root_ca.is_none() && settings.tls_client.is_none())
-    {
-        return redis::Client::open(info).map_err(|err| Error::config(name, "url", err.to_string()));
-    }
-    let Some(certificates) = certificates(settings)? else {
+    let certificates = match info.addr() {
+        ConnectionAddr::TcpTls { .. } => certificates(settings)?,
+        _ => None,
+    };
+    let Some(certificates) = certificates else {
         return redis::Client::open(info).map_err(|err| Error::config(name, "url", err.to_string()));
     };
     redis::Client::build_with_tls(info, certificates).map_err(|err| {

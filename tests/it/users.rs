@@ -157,8 +157,7 @@ async fn list_and_revoke_on_a_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_reaches_the_source_and_the_migrator_indexes_what_it_moves() {
     let (old, new) = (RedisServer::start().unwrap(), RedisServer::start().unwrap());
-    let before = MultiRedisStore::builder().backend(Backend::url("old", old.url())).user_key("user").build().await;
-    let in_old = log_in(&before.unwrap(), "ann", 4).await;
+    let in_old = log_in(&indexing(Backend::url("old", old.url())).await, "ann", 4).await;
     let during = migrating(&old, &new).await;
     assert!(loads(&during, &in_old[0]).await, "copied into new on first touch");
     assert_eq!(indexed(&new, "ann").await, vec![in_old[0].to_string()], "and indexed there");
@@ -183,8 +182,7 @@ async fn revoke_reaches_the_source_and_the_migrator_indexes_what_it_moves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_of_lists_each_session_once_where_it_loads() {
     let (old, new) = (RedisServer::start().unwrap(), RedisServer::start().unwrap());
-    let before = MultiRedisStore::builder().backend(Backend::url("old", old.url())).user_key("user").build().await;
-    let in_old = log_in(&before.unwrap(), "ann", 3).await;
+    let in_old = log_in(&indexing(Backend::url("old", old.url())).await, "ann", 3).await;
     let during = migrating(&old, &new).await;
     assert!(loads(&during, &in_old[0]).await, "copied into new on first touch, and indexed there");
     // Logged out through a configuration that deletes from "new" alone.

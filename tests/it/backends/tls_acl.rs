@@ -33,6 +33,25 @@ impl Pki {
     }
 }
 
+/// A server's files, PEM: the CA, its certificate and its key.
+struct Files {
+    ca: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+impl Pki {
+    /// The CA and a certificate for a server on this machine, written into `dir`.
+    fn server_files(&self, dir: &Path) -> Files {
+        let (cert, key) = self.leaf(&["localhost", "127.0.0.1"]);
+        Files {
+            ca: write(dir, "ca.pem", &self.ca_pem),
+            cert: write(dir, "server.pem", &cert),
+            key: write(dir, "server.key", &key),
+        }
+    }
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -52,12 +71,8 @@ fn backend_error(result: session_store::Result<Option<tower_sessions_core::sessi
 
 #[tokio::test]
 async fn rediss_with_a_custom_ca_and_client_certificates() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new("test CA");
-    let (server_cert, server_key) = pki.leaf(&["localhost", "127.0.0.1"]);
-    let ca = write(dir.path(), "ca.pem", &pki.ca_pem);
-    let cert = write(dir.path(), "server.pem", &server_cert);
-    let key = write(dir.path(), "server.key", &server_key);
+    let (dir, pki) = (tempfile::tempdir().unwrap(), Pki::new("test CA"));
+    let Files { ca, cert, key } = pki.server_files(dir.path());
 
     // Server authenticates by certificate only.
     let server = RedisServer::start_tls(&cert, &key, &ca, false).unwrap();
@@ -106,12 +121,8 @@ async fn rediss_with_a_custom_ca_and_client_certificates() {
 /// and sent their password, in plain text).
 #[tokio::test]
 async fn a_host_and_port_backend_with_tls_speaks_tls() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new("test CA");
-    let (server_cert, server_key) = pki.leaf(&["localhost", "127.0.0.1"]);
-    let ca = write(dir.path(), "ca.pem", &pki.ca_pem);
-    let cert = write(dir.path(), "server.pem", &server_cert);
-    let key = write(dir.path(), "server.key", &server_key);
+    let (dir, pki) = (tempfile::tempdir().unwrap(), Pki::new("test CA"));
+    let Files { ca, cert, key } = pki.server_files(dir.path());
     let server = RedisServer::start_tls(&cert, &key, &ca, false).unwrap();
     let port = server.tls_port().unwrap();
     let secure = store(Backend::tcp("secure", "127.0.0.1", port).tls(true).tls_root_ca(pki.ca_pem.clone())).await;
@@ -129,12 +140,8 @@ async fn a_host_and_port_backend_with_tls_speaks_tls() {
 /// slot map names, and the scan's own connections to each node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_backend_over_tls() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new("test CA");
-    let (cert, key) = pki.leaf(&["localhost", "127.0.0.1"]);
-    let ca = write(dir.path(), "ca.pem", &pki.ca_pem);
-    let cert = write(dir.path(), "server.pem", &cert);
-    let key = write(dir.path(), "server.key", &key);
+    let (dir, pki) = (tempfile::tempdir().unwrap(), Pki::new("test CA"));
+    let Files { ca, cert, key } = pki.server_files(dir.path());
     let (ca_s, cert_s, key_s) = (ca.display().to_string(), cert.display().to_string(), key.display().to_string());
     let mut tls_ports = Vec::new();
     let nodes: Vec<RedisServer> = (0..3)
@@ -238,12 +245,8 @@ async fn an_acl_user_with_limited_rights_works_and_a_wrong_password_names_the_ba
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_backend_over_tls() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new("test CA");
-    let (cert, key) = pki.leaf(&["localhost", "127.0.0.1"]);
-    let ca = write(dir.path(), "ca.pem", &pki.ca_pem);
-    let cert = write(dir.path(), "server.pem", &cert);
-    let key = write(dir.path(), "server.key", &key);
+    let (dir, pki) = (tempfile::tempdir().unwrap(), Pki::new("test CA"));
+    let Files { ca, cert, key } = pki.server_files(dir.path());
     let (ca_s, cert_s, key_s) = (ca.display().to_string(), cert.display().to_string(), key.display().to_string());
     let tls = |port: &str| -> Vec<String> {
         ["--tls-port", port, "--tls-cert-file", &cert_s, "--tls-key-file", &key_s, "--tls-ca-cert-file", &ca_s]

@@ -14,10 +14,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 pub struct DelayProxy {
-    pub addr: SocketAddr,
+    listening: Listening,
     hold: Arc<AtomicBool>,
     counts: Arc<Counts>,
-    task: JoinHandle<()>,
 }
 
 /// Chunks held up so far, and those of them passed on since.
@@ -59,19 +58,14 @@ impl DelayProxy {
     }
 
     async fn spawn(upstream_port: u16, rule: Rule, hold: bool) -> DelayProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let hold = Arc::new(AtomicBool::new(hold));
         let counts = Arc::new(Counts::default());
-        let task = tokio::spawn({
+        let listening = Listening::serve({
             let (hold, counts) = (hold.clone(), counts.clone());
-            async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    tokio::spawn(pipe(client, upstream_port, rule, hold.clone(), counts.clone()));
-                }
-            }
-        });
-        DelayProxy { addr, hold, counts, task }
+            move |client| pipe(client, upstream_port, rule, hold.clone(), counts.clone())
+        })
+        .await;
+        DelayProxy { listening, hold, counts }
     }
 
     /// How many chunks were held up so far.
@@ -90,11 +84,39 @@ impl DelayProxy {
     }
 
     pub fn url(&self) -> String {
+        self.listening.url()
+    }
+}
+
+/// A listener on a free local port that hands each connection to a task of
+/// its own, until dropped.
+struct Listening {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Listening {
+    async fn serve<F, Fut>(each: F) -> Listening
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(each(client));
+            }
+        });
+        Listening { addr, task }
+    }
+
+    fn url(&self) -> String {
         format!("redis://{}", self.addr)
     }
 }
 
-impl Drop for DelayProxy {
+impl Drop for Listening {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -149,25 +171,19 @@ async fn pipe(client: TcpStream, upstream_port: u16, rule: Rule, hold: Arc<Atomi
 /// the client sees no error while the process that answers it changes (a
 /// failover behind a load balancer or a DNS name).
 pub struct SwitchingProxy {
-    pub addr: SocketAddr,
+    listening: Listening,
     switched: Arc<AtomicBool>,
-    task: JoinHandle<()>,
 }
 
 impl SwitchingProxy {
     pub async fn start(first_port: u16, second_port: u16) -> SwitchingProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let switched = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn({
+        let listening = Listening::serve({
             let switched = switched.clone();
-            async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    tokio::spawn(switching_pipe(client, [first_port, second_port], switched.clone()));
-                }
-            }
-        });
-        SwitchingProxy { addr, switched, task }
+            move |client| switching_pipe(client, [first_port, second_port], switched.clone())
+        })
+        .await;
+        SwitchingProxy { listening, switched }
     }
 
     /// From the next command on, every connection talks to the second server.
@@ -177,13 +193,7 @@ impl SwitchingProxy {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://{}", self.addr)
-    }
-}
-
-impl Drop for SwitchingProxy {
-    fn drop(&mut self) {
-        self.task.abort();
+        self.listening.url()
     }
 }
 
@@ -232,25 +242,19 @@ async fn switching_pipe(client: TcpStream, ports: [u16; 2], switched: Arc<Atomic
 /// what the client sends and never answer, without closing (a peer gone
 /// behind a load balancer); connections made after pass as usual.
 pub struct StallingProxy {
-    pub addr: SocketAddr,
+    listening: Listening,
     stalled: Arc<AtomicBool>,
-    task: JoinHandle<()>,
 }
 
 impl StallingProxy {
     pub async fn start(upstream_port: u16) -> StallingProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let stalled = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn({
+        let listening = Listening::serve({
             let stalled = stalled.clone();
-            async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    tokio::spawn(stalling_pipe(client, upstream_port, stalled.clone()));
-                }
-            }
-        });
-        StallingProxy { addr, stalled, task }
+            move |client| stalling_pipe(client, upstream_port, stalled.clone())
+        })
+        .await;
+        StallingProxy { listening, stalled }
     }
 
     /// Every connection made so far goes silent.
@@ -259,13 +263,7 @@ impl StallingProxy {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://{}", self.addr)
-    }
-}
-
-impl Drop for StallingProxy {
-    fn drop(&mut self) {
-        self.task.abort();
+        self.listening.url()
     }
 }
 
