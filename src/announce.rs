@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::error::Error;
 use crate::keys::ANNOUNCE_TAIL;
+use crate::mode::{Mode, Modes};
 use crate::node::Node;
 use crate::store::{Inner, MultiRedisStore};
 
@@ -41,6 +42,31 @@ impl LiveConfiguration {
 
     /// How long an announcement lives without renewal.
     pub const ANNOUNCE_TTL: Duration = Duration::from_secs(15);
+
+    /// The modes this configuration gives the backend named `backend`, read
+    /// from its [`backends`](Self::backends): `Ok(None)` when it has no
+    /// backend of that name, `Err(())` when the description cannot say (a
+    /// name that holds another backend's name and a colon, or text from an
+    /// unknown release), which a caller deciding what is safe must treat as
+    /// the worst case.
+    pub(crate) fn modes_of(&self, backend: &str) -> Result<Option<Modes>, ()> {
+        let mut found = None;
+        let tag = format!("{backend}:");
+        for (at, _) in self.backends.match_indices(&tag) {
+            if at > 0 && !self.backends[..at].ends_with(' ') {
+                continue;
+            }
+            let rest = &self.backends[at + tag.len()..];
+            let word = rest.split(' ').next().unwrap_or_default();
+            let Ok(modes) = word.split('+').map(str::parse::<Mode>).collect::<Result<Vec<_>, _>>() else {
+                continue;
+            };
+            if found.replace(Modes::from(modes)).is_some() {
+                return Err(());
+            }
+        }
+        Ok(found)
+    }
 }
 
 impl MultiRedisStore {
@@ -181,6 +207,23 @@ pub(crate) fn describe(backends: impl Iterator<Item = (String, String)>, setting
 
 #[cfg(test)]
 mod tests {
+    use super::LiveConfiguration;
+    use crate::Modes;
+
+    #[test]
+    fn a_backends_modes_are_read_back_from_the_description() {
+        let live =
+            |backends: &str| LiveConfiguration { fingerprint: String::new(), backends: backends.into(), instances: 1 };
+        let c = live("new:read+write old:read+delete copy_on_read=Move read_policy=First");
+        assert_eq!(c.modes_of("old"), Ok(Some(Modes::READ_DELETE)));
+        assert_eq!(c.modes_of("new"), Ok(Some(Modes::READ_WRITE)));
+        assert_eq!(c.modes_of("ld"), Ok(None), "a suffix of a name is not the name");
+        assert_eq!(c.modes_of("other"), Ok(None));
+        // A name with a space, and one that holds another's name and a colon.
+        assert_eq!(live("my old:read my new:write ").modes_of("my old"), Ok(Some(Modes::READ)));
+        assert_eq!(live("a:read x a:write ").modes_of("a"), Err(()));
+    }
+
     #[test]
     fn the_fingerprint_is_fixed() {
         // Changing this makes every running instance look like another configuration.

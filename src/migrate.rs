@@ -32,6 +32,7 @@ use redis::Value;
 use serde::Serialize;
 use tower_sessions_core::session::Id;
 
+use crate::LiveConfiguration;
 use crate::codec;
 use crate::connection::Walk;
 use crate::error::Error;
@@ -635,6 +636,47 @@ impl Migrator {
                 run.report.progress.already_present += 1;
             }
         }
+    }
+
+    /// The live configurations ([`MultiRedisStore::live_configurations`])
+    /// that make this move unsafe while their instances run: those that
+    /// write the source (a save that reached only the source would go with
+    /// its `DEL`: I2), and those that read the source and no target (a
+    /// session moved out of it would look logged out: I3). A configuration
+    /// that does not read the source loses nothing by the move. Empty for a
+    /// copy, which deletes nothing. Instances that do not announce
+    /// themselves (`announce = false`) are not seen; the CLI's `migrate
+    /// --move` refuses to start while this is not empty.
+    ///
+    /// ```no_run
+    /// # use tower_sessions_multi_redis_store::{MultiRedisStore, migrate::{Migrator, Options}};
+    /// # async fn run() -> Result<(), tower_sessions_multi_redis_store::Error> {
+    /// let store = MultiRedisStore::from_config_file("sessions.toml").await?;
+    /// let migrator = Migrator::for_store(&store, Options::default().move_sessions(true))?;
+    /// for config in migrator.hazards().await? {
+    ///     eprintln!("{} instance(s) still run {}", config.instances, config.backends);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// When a backend cannot be scanned.
+    pub async fn hazards(&self) -> Result<Vec<LiveConfiguration>, Error> {
+        if !self.options.move_sessions {
+            return Ok(Vec::new());
+        }
+        let source = self.source();
+        let targets = self.targets();
+        let mut live = self.store.live_configurations().await?;
+        live.retain(|config| {
+            let Ok(at_source) = config.modes_of(source) else { return true };
+            let Some(at_source) = at_source else { return false };
+            let reads_a_target =
+                targets.iter().any(|t| matches!(config.modes_of(t), Ok(Some(modes)) if modes.can_read()));
+            at_source.can_write() || (at_source.can_read() && !reads_a_target)
+        });
+        Ok(live)
     }
 
     /// Deletes from the one target every session that the source does not

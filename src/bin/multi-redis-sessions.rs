@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use tower_sessions_multi_redis_store::migrate::{self, Migrator, Progress, Report};
-use tower_sessions_multi_redis_store::{BackendStats, Error, MultiRedisStore};
+use tower_sessions_multi_redis_store::{BackendStats, Error, LiveConfiguration, MultiRedisStore};
 
 /// What each exit code means.
 const EXIT_CODES: &str = "Exit codes:
   0  done, and clean
   1  done, but not clean: a session failed or was corrupt, `verify` found sessions missing or different
      (or, with --empty, left), `check` found the two configurations unsafe side by side
-  2  bad arguments or configuration: nothing was touched
+  2  bad arguments or configuration, or a move refused while instances of an earlier step run: nothing was touched
   3  a backend could not be reached or read; what was done is printed, with the cursor to resume from
   4  interrupted (Ctrl-C); what was done is printed, with the cursor to resume from";
 
@@ -130,6 +130,10 @@ struct MigrateArgs {
     /// Change nothing; count what would be copied.
     #[arg(long)]
     dry_run: bool,
+    /// Move even while app instances announce a configuration that writes
+    /// the source, or reads it and no target (see `status`).
+    #[arg(long, requires = "move_sessions")]
+    force: bool,
     /// At most this many sessions per second.
     #[arg(long)]
     rate: Option<u32>,
@@ -160,12 +164,12 @@ async fn main() -> ExitCode {
             } else {
                 eprintln!("error: {err}");
             }
-            // A configuration problem touched nothing; anything else is a
+            // A configuration problem (or a refused move) touched nothing; anything else is a
             // backend that could not be reached or read.
             match err {
-                Failure::File { .. } | Failure::Store(Error::Config { .. } | Error::ConfigFile { .. }) => {
-                    ExitCode::from(2)
-                }
+                Failure::File { .. }
+                | Failure::Hazards { .. }
+                | Failure::Store(Error::Config { .. } | Error::ConfigFile { .. }) => ExitCode::from(2),
                 _ => ExitCode::from(3),
             }
         }
@@ -205,6 +209,18 @@ enum Failure {
     Store(#[from] Error),
     #[error("--{option} {}: {source}", .path.display())]
     File { option: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(
+        "not moving sessions out of {from:?}: app instances run a configuration that writes it, or reads it \
+         and no target, and would miss what the move takes out ({}); deploy the step that reads {from:?} as a \
+         source everywhere (`status` lists what runs), or pass --force",
+        hazards(.live)
+    )]
+    Hazards { from: String, live: Vec<LiveConfiguration> },
+}
+
+fn hazards(live: &[LiveConfiguration]) -> String {
+    let each = live.iter().map(|c| format!("{} instance(s) of {}: {}", c.instances, c.fingerprint, c.backends.trim()));
+    each.collect::<Vec<_>>().join("; ")
 }
 
 impl Failure {
@@ -228,6 +244,14 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode, Failure> {
         .rate_limit(args.rate)
         .cursor(args.cursor);
     let migrator = migrator(&args.pair, options).await?;
+    if args.move_sessions && !args.dry_run && !args.force {
+        // Before anything is deleted: instances of an earlier step would
+        // miss what the move takes out of the source.
+        let live = migrator.hazards().await?;
+        if !live.is_empty() {
+            return Err(Failure::Hazards { from: migrator.source().to_owned(), live });
+        }
+    }
     let json = args.pair.common.json;
     let bar = if json { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
     bar.set_style(

@@ -294,6 +294,70 @@ async fn status_lists_the_live_configurations_and_their_instances() {
     assert_eq!(json(&migrate)["progress"]["skipped"], 0, "{migrate:?}");
 }
 
+/// `migrate --move` refuses to start while an app instance runs a step before
+/// the one that reads "old" as a source (here 03: "new" and "old" both read and
+/// written): that instance would save into "old" alone, or miss what the move
+/// takes out. It names the configuration, touches nothing, and exits 2; once
+/// the instance is gone (or with `--force`) the move runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_waits_for_every_instance_to_read_the_source_as_a_source() {
+    use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore};
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    fill(old, 20).await;
+    let file = config(new, old);
+    let path = file.path().to_str().unwrap();
+    let step = |old_modes| {
+        MultiRedisStore::builder()
+            .backend(Backend::url("new", new.url()).prefix("s:"))
+            .backend(Backend::url("old", old.url()).prefix("s:").modes(old_modes))
+            .build()
+    };
+    let (step_03, step_04) = (step(Modes::READ_WRITE).await.unwrap(), step(Modes::READ_DELETE).await.unwrap());
+    let watcher = step_04.clone();
+    let announced = |n| {
+        let watcher = watcher.clone();
+        async move {
+            for _ in 0..200 {
+                if watcher.live_configurations().await.unwrap().iter().map(|c| c.instances).sum::<usize>() == n {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            panic!("not {n} instances announced");
+        }
+    };
+    announced(2).await;
+
+    let refused = cli(&["migrate", "--config", path, "--move"]);
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(text.contains("not moving sessions out of \"old\"") && text.contains(&step_03.fingerprint()), "{text}");
+    assert!(!text.contains(&step_04.fingerprint()), "04 reads old as a source: {text}");
+    // Beside the sessions, each server holds the two announcements.
+    assert_eq!((count(new).await, count(old).await), (2, 20 + 2), "nothing copied or removed");
+    let json_refused = cli(&["migrate", "--config", path, "--move", "--json"]);
+    assert!(json(&json_refused)["error"].as_str().unwrap_or_default().contains("pass --force"), "{json_refused:?}");
+    // A copy deletes nothing: it runs.
+    let copy = cli(&["migrate", "--config", path, "--json"]);
+    assert_eq!(json(&copy)["progress"]["copied"], 20, "{copy:?}");
+
+    // 03's instances are gone (a dropped store withdraws its announcement).
+    drop(step_03);
+    announced(1).await;
+    let moved = cli(&["migrate", "--config", path, "--move", "--json"]);
+    assert!(moved.status.success(), "{moved:?}");
+    assert_eq!(json(&moved)["progress"]["removed_from_source"], 20, "{moved:?}");
+
+    // --force moves whatever runs.
+    let _step_03 = step(Modes::READ_WRITE).await.unwrap();
+    announced(2).await;
+    fill(old, 5).await;
+    let forced = cli(&["migrate", "--config", path, "--move", "--force", "--json"]);
+    assert!(forced.status.success(), "{forced:?}");
+    assert_eq!(json(&forced)["progress"]["removed_from_source"], 5, "{forced:?}");
+}
+
 /// Ctrl-C (SIGINT) mid-run: what was done, the cursor to resume from, exit 4;
 /// the resumed run finishes the job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
