@@ -98,7 +98,9 @@ impl Options {
         self
     }
 
-    /// At most this many sessions per second (default: unlimited).
+    /// At most this many keys per second scanned from the source (default:
+    /// unlimited): its sessions, and any other key under its prefix (the
+    /// store's own keys, tombstones and indexes, are not counted).
     pub fn rate_limit(mut self, per_second: Option<u32>) -> Self {
         self.rate_limit = per_second.filter(|r| *r > 0);
         self
@@ -612,27 +614,33 @@ impl Migrator {
         }
     }
 
-    /// Dry run: count what would be copied.
+    /// Dry run: count what would be copied, as the run would: a session
+    /// logged out in a target (a tombstone there) is skipped, not copied.
     async fn dry_run(&self, live: &[Live], run: &mut Run) {
         let targets = self.target_nodes();
-        let replies =
-            join_all(targets.iter().map(|t| t.per_session::<u64>("EXISTS", live.iter().map(|s| s.id.as_str()), None)))
-                .await;
-        for (i, Live { key, .. }) in live.iter().enumerate() {
-            let mut missing = false;
-            for reply in &replies {
-                match reply {
-                    Ok(found) => missing |= found.get(i) == Some(&0),
-                    Err(err) => {
-                        run.failure(key.clone(), err.to_string());
-                        missing = false;
-                        break;
-                    }
-                }
+        let ids = || live.iter().map(|s| s.id.as_str());
+        let replies = join_all(targets.iter().map(|t| async move {
+            let (found, tombstoned) =
+                futures_util::future::join(t.per_session::<u64>("EXISTS", ids(), None), t.tombstoned(ids(), None))
+                    .await;
+            Ok::<_, Error>((found?, tombstoned?))
+        }))
+        .await;
+        if let Some(Err(err)) = replies.iter().find(|r| r.is_err()) {
+            for Live { key, .. } in live {
+                run.failure(key.clone(), err.to_string());
             }
-            if missing {
+            return;
+        }
+        let replies: Vec<_> = replies.into_iter().flatten().collect();
+        for i in 0..live.len() {
+            let missing = replies.iter().any(|(found, _)| found.get(i) == Some(&0));
+            let logged_out = replies.iter().any(|(_, tombstoned)| tombstoned.get(i) == Some(&true));
+            if logged_out {
+                run.report.progress.skipped += 1;
+            } else if missing {
                 run.report.progress.copied += 1;
-            } else if replies.iter().all(Result::is_ok) {
+            } else {
                 run.report.progress.already_present += 1;
             }
         }

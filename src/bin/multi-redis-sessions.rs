@@ -134,7 +134,7 @@ struct MigrateArgs {
     /// the source, or reads it and no target (see `status`).
     #[arg(long, requires = "move_sessions")]
     force: bool,
-    /// At most this many sessions per second.
+    /// At most this many keys per second scanned from the source (its sessions, and any other key under its prefix).
     #[arg(long)]
     rate: Option<u32>,
     /// Resume from the cursor an interrupted run printed (from 0 if the

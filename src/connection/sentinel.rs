@@ -2,7 +2,8 @@
 //! follow a failover by itself, so this connection:
 //!
 //! * asks every sentinel at once (`SENTINEL GET-MASTER-ADDR-BY-NAME`) for the
-//!   master, tries the address most of them name first, and connects to it
+//!   master (without waiting for the rest once more than half of them name
+//!   the same address), tries the address most of them name first, and connects to it
 //!   only once `ROLE` confirms it is a master (a sentinel that missed a
 //!   failover names the demoted one);
 //! * listens to every sentinel's `+switch-master` announcement and, on one
@@ -89,6 +90,15 @@ impl Announced {
         self.pending.store(true, std::sync::atomic::Ordering::Release);
     }
 
+    /// `addr` again, unless a newer announcement came since it was taken.
+    fn put_back(&self, addr: Addr) {
+        let mut slot = self.addr.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(addr);
+            self.pending.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
     fn take(&self) -> Option<Addr> {
         self.pending.store(false, std::sync::atomic::Ordering::Release);
         self.addr.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
@@ -96,6 +106,21 @@ impl Announced {
 
     fn pending(&self) -> bool {
         self.pending.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// An announced master a discovery took: handed back if the discovery is
+/// dropped before it tried it, unless a newer one came meanwhile.
+struct Taken<'a> {
+    from: &'a Announced,
+    addr: Option<Addr>,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if let Some(addr) = self.addr.take() {
+            self.from.put_back(addr);
+        }
     }
 }
 
@@ -206,51 +231,66 @@ impl Sentinel {
     /// The addresses the sentinels name as the master, asked all at once
     /// (one timeout at most, however many are down), most named first.
     /// Connections to the sentinels are kept, so a re-check is one round trip.
+    /// Once more than half of the sentinels name the same address, the
+    /// others are not waited for: one sentinel that went silent (a host that
+    /// vanished, whose packets are dropped) would otherwise hold every
+    /// re-check, once a second, for a whole socket timeout. Those not heard
+    /// from are reconnected to next time (a request left pending on a silent
+    /// connection would stay there).
     async fn master_candidates(&self) -> RedisResult<Vec<(String, u16)>> {
-        let answers = futures_util::future::join_all(self.sentinels.iter().enumerate().map(|(i, info)| async move {
-            let attempt = async {
-                let mut conn = match self.sentinel_conn(i) {
-                    Some(conn) => conn,
-                    None => {
-                        let conn = self
-                            .client(info.clone())?
-                            .get_multiplexed_async_connection_with_config(&self.config)
-                            .await?;
-                        self.set_sentinel_conn(i, Some(conn.clone()));
-                        conn
-                    }
-                };
-                let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
-                    .arg("GET-MASTER-ADDR-BY-NAME")
-                    .arg(&self.master_name)
-                    .query_async(&mut conn)
-                    .await?;
-                addr.ok_or_else(|| RedisError::from((ErrorKind::Client, "the sentinels do not know this master")))
-            };
-            let answer = attempt.await;
-            if answer.is_err() {
-                // Reconnect to this sentinel next time.
-                self.set_sentinel_conn(i, None);
-            }
-            answer
-        }))
-        .await;
-        let mut named: Vec<((String, u16), usize)> = Vec::new();
+        use futures_util::StreamExt;
+        let mut asking: futures_util::stream::FuturesUnordered<_> =
+            self.sentinels.iter().enumerate().map(|(i, info)| async move { (i, self.ask(i, info).await) }).collect();
+        let mut heard = vec![false; self.sentinels.len()];
+        // Each address, how many name it, and the first sentinel (in the
+        // configured order) that does.
+        let mut named: Vec<((String, u16), usize, usize)> = Vec::new();
         let mut last = None;
-        for answer in answers {
+        while let Some((i, answer)) = asking.next().await {
+            heard[i] = true;
             match answer {
-                Ok(addr) => match named.iter_mut().find(|(a, _)| *a == addr) {
-                    Some((_, votes)) => *votes += 1,
-                    None => named.push((addr, 1)),
+                Ok(addr) => match named.iter_mut().find(|(a, _, _)| *a == addr) {
+                    Some((_, votes, first)) => {
+                        *votes += 1;
+                        *first = (*first).min(i);
+                    }
+                    None => named.push((addr, 1, i)),
                 },
-                Err(err) => last = Some(err),
+                Err(err) => {
+                    // Reconnect to this sentinel next time.
+                    self.set_sentinel_conn(i, None);
+                    last = Some(err);
+                }
             }
+            if named.iter().any(|(_, votes, _)| 2 * votes > self.sentinels.len()) {
+                break;
+            }
+        }
+        drop(asking);
+        for (i, _) in heard.iter().enumerate().filter(|(_, heard)| !**heard) {
+            self.set_sentinel_conn(i, None);
         }
         if named.is_empty() {
             return Err(last.unwrap_or_else(|| RedisError::from((ErrorKind::Client, "no sentinel"))));
         }
-        named.sort_by_key(|n| std::cmp::Reverse(n.1)); // stable: sentinel order among equals
-        Ok(named.into_iter().map(|(addr, _)| addr).collect())
+        named.sort_by_key(|&(_, votes, first)| (std::cmp::Reverse(votes), first));
+        Ok(named.into_iter().map(|(addr, _, _)| addr).collect())
+    }
+
+    /// Asks sentinel `i` (at `info`) which address is the master.
+    async fn ask(&self, i: usize, info: &ConnectionInfo) -> RedisResult<(String, u16)> {
+        let mut conn = match self.sentinel_conn(i) {
+            Some(conn) => conn,
+            None => {
+                let conn =
+                    self.client(info.clone())?.get_multiplexed_async_connection_with_config(&self.config).await?;
+                self.set_sentinel_conn(i, Some(conn.clone()));
+                conn
+            }
+        };
+        let addr: Option<(String, u16)> =
+            redis::cmd("SENTINEL").arg("GET-MASTER-ADDR-BY-NAME").arg(&self.master_name).query_async(&mut conn).await?;
+        addr.ok_or_else(|| RedisError::from((ErrorKind::Client, "the sentinels do not know this master")))
     }
 
     fn sentinel_conn(&self, i: usize) -> Option<MultiplexedConnection> {
@@ -316,11 +356,24 @@ impl Sentinel {
         current: Option<MultiplexedConnection>,
         reconnect: bool,
     ) -> RedisResult<MultiplexedConnection> {
+        // Taken before asking: an announcement that comes meanwhile stays
+        // for the next discovery. A discovery cut short (its request's
+        // deadline passed) hands it back for the next one.
+        let mut taken = Taken { from: &self.announced, addr: self.announced.take() };
+        let result = self.refresh_with(current, reconnect, taken.addr.clone()).await;
+        taken.addr = None;
+        result
+    }
+
+    async fn refresh_with(
+        &self,
+        current: Option<MultiplexedConnection>,
+        reconnect: bool,
+        announced: Option<Addr>,
+    ) -> RedisResult<MultiplexedConnection> {
         let known =
             self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(|m| m.addr.clone());
         let current = current.filter(|_| !reconnect);
-        // Taken before asking: an announcement that comes meanwhile stays for the next discovery.
-        let announced = self.announced.take();
         let candidates = match self.master_candidates().await {
             // The announced master first: the others may not have heard of it yet.
             Ok(candidates) => {
@@ -541,6 +594,27 @@ mod tests {
 
     /// A demoted master answers writes with `READONLY`: that must read as a
     /// sign of failover (ask the sentinels again), not as a parse error.
+    #[test]
+    fn a_discovery_dropped_hands_its_announcement_back_unless_a_newer_came() {
+        let announced = Announced::default();
+        let addr = |port| ("10.0.0.1".to_owned(), port);
+        announced.put(addr(1));
+        drop(Taken { from: &announced, addr: announced.take() });
+        assert!(announced.pending());
+        assert_eq!(announced.take(), Some(addr(1)), "handed back");
+        announced.put(addr(1));
+        let taken = Taken { from: &announced, addr: announced.take() };
+        announced.put(addr(2));
+        drop(taken);
+        assert_eq!(announced.take(), Some(addr(2)), "the newer one stays");
+        let mut done = Taken { from: &announced, addr: None };
+        announced.put(addr(3));
+        done.addr = announced.take();
+        done.addr = None; // tried: consumed
+        drop(done);
+        assert!(!announced.pending());
+    }
+
     #[tokio::test]
     async fn a_readonly_reply_is_a_sign_of_failover() {
         let master = RedisServer::start().unwrap();

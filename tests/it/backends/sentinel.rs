@@ -324,6 +324,46 @@ async fn a_stale_sentinel_listed_first_is_not_believed() {
     }
 }
 
+/// A sentinel whose host went silent (it accepts, never answers: packets
+/// dropped), listed first beside the three live ones: once most sentinels
+/// named the master, it is not waited for. Before, every re-check of the
+/// master (once a second, made by a request) waited for it a whole socket
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_sentinel_holds_no_request_up() {
+    let t = topology().await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let swallow = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream); // read nothing, answer nothing, close nothing
+        }
+    });
+    let mut sentinels: Vec<(&str, u16)> = vec![("127.0.0.1", silent_port)];
+    sentinels.extend(t.sentinels.iter().map(|s| ("127.0.0.1", s.port())));
+    let timeout = Duration::from_secs(2);
+    let store = MultiRedisStore::builder()
+        .backend(Backend::sentinel("ha", sentinels, MASTER).socket_timeout(timeout))
+        .build()
+        .await
+        .unwrap();
+    let mut rec = record("ada");
+    store.create(&mut rec).await.unwrap();
+    // Three and a half seconds of use: at least three re-checks.
+    let (mut slowest, mut requests) = (Duration::ZERO, 0);
+    let until = Instant::now() + Duration::from_millis(3500);
+    while Instant::now() < until {
+        let started = Instant::now();
+        assert_eq!(store.load(&rec.id).await.unwrap().as_ref(), Some(&rec));
+        slowest = slowest.max(started.elapsed());
+        requests += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(slowest < timeout / 2, "the slowest of {requests} loads took {slowest:?} (socket timeout {timeout:?})");
+    swallow.abort();
+}
+
 /// How the master goes away.
 #[derive(Clone, Copy, Debug)]
 enum Fault {
