@@ -35,6 +35,10 @@ use crate::error::Error;
 /// A server's host and port.
 type Addr = (String, u16);
 
+/// Open connections to the sentinels, by index: shared with the asks a
+/// discovery stopped waiting for, which finish on their own.
+type SentinelConns = Arc<std::sync::Mutex<Vec<Option<MultiplexedConnection>>>>;
+
 /// How often an open connection re-checks who the master is.
 const RECHECK: Duration = Duration::from_secs(1);
 
@@ -53,7 +57,7 @@ pub(crate) struct Sentinel {
     config: AsyncConnectionConfig,
     current: RwLock<Option<Master>>,
     /// Open connections to the sentinels (by index), kept between re-checks.
-    sentinel_conns: std::sync::Mutex<Vec<Option<MultiplexedConnection>>>,
+    sentinel_conns: SentinelConns,
     /// One discovery at a time.
     discovering: tokio::sync::Mutex<()>,
     /// The master a sentinel announced (`+switch-master`) since the last
@@ -155,6 +159,18 @@ async fn listen(client: redis::Client, name: String, announced: Weak<Announced>)
     }
 }
 
+fn sentinel_conn(conns: &SentinelConns, i: usize) -> Option<MultiplexedConnection> {
+    let conns = conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    conns.get(i).cloned().flatten()
+}
+
+fn set_sentinel_conn(conns: &SentinelConns, i: usize, conn: Option<MultiplexedConnection>) {
+    let mut conns = conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(slot) = conns.get_mut(i) {
+        *slot = conn;
+    }
+}
+
 /// Whether the master may have changed.
 fn failover_sign(err: &RedisError) -> bool {
     err.is_io_error()
@@ -218,7 +234,7 @@ impl Sentinel {
             redis,
             config,
             settings,
-            sentinel_conns: std::sync::Mutex::new(vec![None; sentinels.len()]),
+            sentinel_conns: Arc::new(std::sync::Mutex::new(vec![None; sentinels.len()])),
             sentinels,
             current: RwLock::new(None),
             discovering: tokio::sync::Mutex::new(()),
@@ -234,20 +250,23 @@ impl Sentinel {
     /// Once more than half of the sentinels name the same address, the
     /// others are not waited for: one sentinel that went silent (a host that
     /// vanished, whose packets are dropped) would otherwise hold every
-    /// re-check, once a second, for a whole socket timeout. Those not heard
-    /// from are reconnected to next time (a request left pending on a silent
-    /// connection would stay there).
+    /// re-check, once a second, for a whole socket timeout. Their asks are
+    /// not dropped but left to finish in the background (within the socket
+    /// timeout), so a sentinel that is merely slower keeps its connection
+    /// and one that is silent has it replaced when its ask fails.
     async fn master_candidates(&self) -> RedisResult<Vec<(String, u16)>> {
         use futures_util::StreamExt;
-        let mut asking: futures_util::stream::FuturesUnordered<_> =
-            self.sentinels.iter().enumerate().map(|(i, info)| async move { (i, self.ask(i, info).await) }).collect();
-        let mut heard = vec![false; self.sentinels.len()];
+        let mut asking: futures_util::stream::FuturesUnordered<_> = (0..self.sentinels.len())
+            .map(|i| {
+                let ask = self.ask(i);
+                async move { (i, ask.await) }
+            })
+            .collect();
         // Each address, how many name it, and the first sentinel (in the
         // configured order) that does.
         let mut named: Vec<((String, u16), usize, usize)> = Vec::new();
         let mut last = None;
         while let Some((i, answer)) = asking.next().await {
-            heard[i] = true;
             match answer {
                 Ok(addr) => match named.iter_mut().find(|(a, _, _)| *a == addr) {
                     Some((_, votes, first)) => {
@@ -256,19 +275,14 @@ impl Sentinel {
                     }
                     None => named.push((addr, 1, i)),
                 },
-                Err(err) => {
-                    // Reconnect to this sentinel next time.
-                    self.set_sentinel_conn(i, None);
-                    last = Some(err);
-                }
+                Err(err) => last = Some(err),
             }
             if named.iter().any(|(_, votes, _)| 2 * votes > self.sentinels.len()) {
                 break;
             }
         }
-        drop(asking);
-        for (i, _) in heard.iter().enumerate().filter(|(_, heard)| !**heard) {
-            self.set_sentinel_conn(i, None);
+        if !asking.is_empty() {
+            tokio::spawn(async move { while asking.next().await.is_some() {} });
         }
         if named.is_empty() {
             return Err(last.unwrap_or_else(|| RedisError::from((ErrorKind::Client, "no sentinel"))));
@@ -277,31 +291,35 @@ impl Sentinel {
         Ok(named.into_iter().map(|(addr, _, _)| addr).collect())
     }
 
-    /// Asks sentinel `i` (at `info`) which address is the master.
-    async fn ask(&self, i: usize, info: &ConnectionInfo) -> RedisResult<(String, u16)> {
-        let mut conn = match self.sentinel_conn(i) {
-            Some(conn) => conn,
-            None => {
-                let conn =
-                    self.client(info.clone())?.get_multiplexed_async_connection_with_config(&self.config).await?;
-                self.set_sentinel_conn(i, Some(conn.clone()));
-                conn
+    /// Asks sentinel `i` which address is the master, on its kept
+    /// connection (or a new one); after an error, the next ask reconnects.
+    /// Owns what it needs, so an ask no one waits for any more can finish.
+    fn ask(&self, i: usize) -> impl std::future::Future<Output = RedisResult<Addr>> + Send + 'static {
+        let conns = Arc::clone(&self.sentinel_conns);
+        let via = sentinel_conn(&conns, i).ok_or_else(|| self.client(self.sentinels[i].clone()));
+        let (config, master_name) = (self.config.clone(), self.master_name.clone());
+        async move {
+            let asked = async {
+                let mut conn = match via {
+                    Ok(conn) => conn,
+                    Err(client) => {
+                        let conn = client?.get_multiplexed_async_connection_with_config(&config).await?;
+                        set_sentinel_conn(&conns, i, Some(conn.clone()));
+                        conn
+                    }
+                };
+                let addr: Option<Addr> = redis::cmd("SENTINEL")
+                    .arg("GET-MASTER-ADDR-BY-NAME")
+                    .arg(&master_name)
+                    .query_async(&mut conn)
+                    .await?;
+                addr.ok_or_else(|| RedisError::from((ErrorKind::Client, "the sentinels do not know this master")))
+            };
+            let answer = asked.await;
+            if answer.is_err() {
+                set_sentinel_conn(&conns, i, None);
             }
-        };
-        let addr: Option<(String, u16)> =
-            redis::cmd("SENTINEL").arg("GET-MASTER-ADDR-BY-NAME").arg(&self.master_name).query_async(&mut conn).await?;
-        addr.ok_or_else(|| RedisError::from((ErrorKind::Client, "the sentinels do not know this master")))
-    }
-
-    fn sentinel_conn(&self, i: usize) -> Option<MultiplexedConnection> {
-        let conns = self.sentinel_conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        conns.get(i).cloned().flatten()
-    }
-
-    fn set_sentinel_conn(&self, i: usize, conn: Option<MultiplexedConnection>) {
-        let mut conns = self.sentinel_conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(slot) = conns.get_mut(i) {
-            *slot = conn;
+            answer
         }
     }
 
