@@ -10,10 +10,16 @@
 //! connection since that command was sent, the next command goes over a new
 //! one. A slow server that still answers some commands keeps its connection.
 //!
+//! A command may also be given up before redis-rs's own timeout: the store's
+//! operation deadline can be the shorter wait, and a request can be dropped.
+//! Its timeout then never comes, so it leaves one `PING` behind, on the same
+//! connection and given the whole timeout, whose outcome is judged the same
+//! way (one at a time per connection).
+//!
 //! Commands sent on the old connection may still run (nothing takes them
 //! back: `scripts.rs` says why that is safe).
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -35,6 +41,30 @@ struct Shared {
     /// When (by [`clock::now_ms`]) a reply last came back, an error reply
     /// included.
     last_reply: AtomicI64,
+    /// Whether a `PING` left behind by a command given up is in flight.
+    following_up: AtomicBool,
+}
+
+/// Armed while a command waits for its reply: dropped armed (the command
+/// was given up), it leaves a `PING` behind.
+struct Waiting<'a> {
+    renewing: &'a Renewing,
+    generation: u64,
+    armed: bool,
+}
+
+impl Waiting<'_> {
+    fn answered(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.renewing.follow_up(self.generation);
+        }
+    }
 }
 
 impl Renewing {
@@ -47,6 +77,7 @@ impl Renewing {
                 client,
                 config,
                 last_reply: AtomicI64::new(clock::now_ms()),
+                following_up: AtomicBool::new(false),
             }),
         })
     }
@@ -77,6 +108,24 @@ impl Renewing {
         }
     }
 
+    /// A command on connection `generation` was given up before its reply
+    /// or its timeout: a `PING` on it, in the background, with the whole
+    /// timeout, tells whether it went silent (unless it was replaced already).
+    fn follow_up(&self, generation: u64) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (current, mut conn) = self.current();
+        if current != generation || self.shared.following_up.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let renewing = self.clone();
+        runtime.spawn(async move {
+            let sent = clock::now_ms();
+            let result = conn.send_packed_command(&redis::cmd("PING")).await;
+            renewing.answered(generation, sent, &result);
+            renewing.shared.following_up.store(false, Ordering::Release);
+        });
+    }
+
     /// Replaces connection `generation`, unless another command did already.
     fn renew(&self, generation: u64) {
         let Ok(fresh) = ConnectionManager::new_lazy_with_config(self.shared.client.clone(), self.shared.config.clone())
@@ -96,7 +145,9 @@ impl ConnectionLike for Renewing {
         Box::pin(async move {
             let (generation, mut conn) = self.current();
             let sent = clock::now_ms();
+            let waiting = Waiting { renewing: self, generation, armed: true };
             let result = conn.send_packed_command(cmd).await;
+            waiting.answered();
             self.answered(generation, sent, &result);
             result
         })
@@ -111,7 +162,9 @@ impl ConnectionLike for Renewing {
         Box::pin(async move {
             let (generation, mut conn) = self.current();
             let sent = clock::now_ms();
+            let waiting = Waiting { renewing: self, generation, armed: true };
             let result = conn.req_packed_commands(pipe, offset, count).await;
+            waiting.answered();
             self.answered(generation, sent, &result);
             result
         })

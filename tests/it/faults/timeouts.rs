@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::common::{record, servers};
 use tower_sessions_core::SessionStore;
 use tower_sessions_multi_redis_store::testing::RedisServer;
-use tower_sessions_multi_redis_store::{Backend, MultiRedisStore};
+use tower_sessions_multi_redis_store::{Backend, BreakerConfig, MultiRedisStore};
 
 async fn store(server: &RedisServer, retry: bool) -> MultiRedisStore {
     MultiRedisStore::builder()
@@ -75,4 +75,45 @@ async fn a_connection_gone_silent_is_replaced_after_its_first_timeout() {
         }
     }
     panic!("still no answer over a new connection");
+}
+
+/// The same, when the store's operation deadline (100 ms) is shorter than the
+/// socket timeout (1 s), so every request gives up before redis-rs does: a
+/// request cut short leaves a `PING` behind, given the whole socket timeout,
+/// whose silence replaces the connection. Before, no command ever timed out
+/// on the connection itself and it was never replaced. (The breaker opens
+/// meanwhile, rightly; its probe after the 1 s cool-down finds the new
+/// connection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_gone_silent_is_replaced_when_the_deadline_ends_every_wait_first() {
+    let server = &servers(1)[0];
+    let proxy = crate::common::proxy::StallingProxy::start(server.port()).await;
+    let store = MultiRedisStore::builder()
+        .backend(
+            Backend::url("main", proxy.url())
+                .socket_timeout(Duration::from_secs(1))
+                .breaker(BreakerConfig::default().cool_down(Duration::from_secs(1))),
+        )
+        .deadline(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    let mut rec = record("ada");
+    store.create(&mut rec).await.unwrap();
+    proxy.stall();
+    let stalled = Instant::now();
+    let mut errors = 0;
+    while stalled.elapsed() < Duration::from_secs(5) {
+        match store.load(&rec.id).await {
+            Ok(found) => {
+                assert_eq!(found.map(|r| r.id), Some(rec.id));
+                assert!(errors > 0, "the silent connection was used first");
+                eprintln!("answered over a new connection after {:?} ({errors} errors)", stalled.elapsed());
+                return;
+            }
+            Err(_) => errors += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("still no answer after 5 s ({errors} requests failed): the silent connection was never replaced");
 }
