@@ -362,7 +362,8 @@ impl Backend {
     }
 
     /// The circuit breaker of this backend (default [`BreakerConfig::default`]:
-    /// open after 5 consecutive failures to reach it, for 5 s).
+    /// open after 5 consecutive failures to reach it, for 5 s); a
+    /// partitioned backend gives each member one of its own.
     pub fn breaker(mut self, breaker: BreakerConfig) -> Backend {
         self.breaker = breaker;
         self

@@ -1,5 +1,5 @@
-//! The per-backend circuit breaker: after `failure_threshold` consecutive
-//! failures to reach a backend (timeouts, refused or dropped connections) it
+//! The circuit breaker of a backend (of each member of a partition): after
+//! `failure_threshold` consecutive failures to reach it (timeouts, refused or dropped connections) it
 //! *opens*: commands to that backend fail at once, without touching the
 //! network, for `cool_down`. Then one command is let through as a probe
 //! (*half-open*): its success closes the breaker, its failure opens it again.

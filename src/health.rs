@@ -51,7 +51,7 @@ pub struct BackendHealth {
     pub modes: Modes,
     /// Whether its last command succeeded and its breaker is closed.
     pub up: bool,
-    /// Its circuit breaker.
+    /// Its circuit breaker (a partition's: its worst member's).
     pub breaker: BreakerState,
     /// The last error, if the last command failed.
     pub last_error: Option<String>,

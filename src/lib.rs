@@ -9,7 +9,7 @@
 //! * `backend`: [`Backend`], one backend's description;
 //! * `node`: a live backend: its connection, breaker, timeouts and the commands run on it;
 //! * `health`: [`BackendHealth`], what the store saw of each backend;
-//! * `breaker`: the per-backend circuit breaker ([`BreakerConfig`]);
+//! * `breaker`: the circuit breaker of a backend or partition member ([`BreakerConfig`]);
 //! * `connection`: one backend's link: standalone (reconnecting `ConnectionManager`,
 //!   replaced when it goes silent, `renewing.rs`; writing concurrent commands together once busy unless `auto_pipeline` is off,
 //!   `link.rs`), partition, Sentinel (master re-checked every second), Redis Cluster;

@@ -92,7 +92,10 @@ pub(crate) struct Node {
     /// Replicas a write waits for, and for how long (ms): `None` when off.
     wait: Option<crate::connection::Wait>,
     retry_on_timeout: bool,
-    breaker: Breaker,
+    /// One circuit breaker per member: a partition's member that is down
+    /// must neither keep the others' answers from counting against it nor
+    /// take them down with it.
+    breakers: Box<[Breaker]>,
     counters: [AtomicU64; 7],
     last_ok: AtomicBool,
     last_error: Mutex<Option<String>>,
@@ -129,6 +132,7 @@ impl Node {
     /// store can be built while one of its servers is down.
     pub(crate) fn connect(backend: &Backend, refuse_late_writes: bool, tombstone_ttl: Duration) -> Result<Node, Error> {
         let conn = Connection::open(backend)?;
+        let members = conn.members();
         let shared_clock = matches!(backend.address, Address::Sentinel { .. } | Address::Cluster(_));
         Ok(Node {
             name: backend.name.clone(),
@@ -142,7 +146,7 @@ impl Node {
             tombstone_ttl,
             wait: backend.wait(),
             retry_on_timeout: backend.retry_on_timeout,
-            breaker: Breaker::new(backend.breaker),
+            breakers: (0..members).map(|_| Breaker::new(backend.breaker)).collect(),
             counters: Default::default(),
             last_ok: AtomicBool::new(true),
             last_error: Mutex::new(None),
@@ -175,7 +179,13 @@ impl Node {
     /// What the store saw of this backend.
     pub(crate) fn health(&self) -> BackendHealth {
         let c = |counter: Counter| self.counters[counter as usize].load(Ordering::Relaxed);
-        let breaker = self.breaker.state();
+        // The worst member's (a partition is not fully up while one is down).
+        let breaker = self.breakers.iter().map(Breaker::state).max_by_key(|state| match state {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        });
+        let breaker = breaker.unwrap_or(BreakerState::Closed);
         BackendHealth {
             name: self.name.clone(),
             modes: self.modes,
@@ -194,12 +204,16 @@ impl Node {
         }
     }
 
-    /// Runs `attempt` (given its time bound) through the circuit breaker,
-    /// bounded by the command timeout and the operation's `deadline`, retried
-    /// once after a timeout when `idempotent` and the backend asks for it.
+    /// Runs `attempt` (given its time bound) through member `member`'s
+    /// circuit breaker, bounded by the command timeout and the operation's
+    /// `deadline`, retried once after a timeout when `idempotent` and the
+    /// backend asks for it. `None`: an operation on every member (a walk,
+    /// loading scripts), through the breaker only when there is one member:
+    /// a partition's member that is down is the walk's own error to report.
     async fn guarded<T, F, Fut>(
         &self,
         op: &'static str,
+        member: Option<usize>,
         deadline: Option<tokio::time::Instant>,
         idempotent: bool,
         attempt: F,
@@ -208,7 +222,12 @@ impl Node {
         F: Fn() -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let permit = self.breaker.allow();
+        let breaker = match member {
+            Some(member) => self.breakers.get(member),
+            None if self.breakers.len() == 1 => self.breakers.first(),
+            None => None,
+        };
+        let permit = breaker.map_or(Permit::Go, Breaker::allow);
         if let Permit::Refused(retry_in) = permit {
             self.count(Counter::Error);
             return Err(Error::Unavailable { backend: self.name.clone(), retry_in });
@@ -243,7 +262,7 @@ impl Node {
             }
         };
         let unreachable = result.as_ref().err().is_some_and(|e| e.is_timeout() || e.is_connection_error());
-        if self.breaker.record(&permit, unreachable) {
+        if breaker.is_some_and(|breaker| breaker.record(&permit, unreachable)) {
             self.count(Counter::BreakerTrip);
             tracing::warn!(backend = %self.name, "circuit breaker open: backend skipped during its cool-down");
         }
@@ -274,7 +293,7 @@ impl Node {
         idempotent: bool,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<T, Error> {
-        self.guarded(op, deadline, idempotent, || self.conn.query::<T>(member, cmd)).await
+        self.guarded(op, Some(member), deadline, idempotent, || self.conn.query::<T>(member, cmd)).await
     }
 
     /// A session write to member `member`, acknowledged once the replicas
@@ -287,7 +306,7 @@ impl Node {
         idempotent: bool,
         deadline: Deadline,
     ) -> Result<T, Error> {
-        self.guarded(op, deadline, idempotent, || self.send_write(member, cmd)).await
+        self.guarded(op, Some(member), deadline, idempotent, || self.send_write(member, cmd)).await
     }
 
     /// Sends a write, followed by `WAIT` when this backend waits for replicas.
@@ -347,7 +366,7 @@ impl Node {
         walk: &Walk,
     ) -> Result<(u64, Vec<String>), Error> {
         let literal = format!("{}{tail}", self.prefix);
-        self.guarded("SCAN", None, true, || self.conn.scan(cursor, count, &literal, walk)).await
+        self.guarded("SCAN", None, None, true, || self.conn.scan(cursor, count, &literal, walk)).await
     }
 
     /// Sends commands, each to its member, in one pipeline per member (run
@@ -370,7 +389,9 @@ impl Node {
         let own = tokio::time::Instant::now() + self.op_timeout;
         let deadline = bound.map_or(own, |at| at.min(own));
         let replies = futures_util::future::join_all(batch.pipelines().map(|(member, pipe)| {
-            self.guarded(op, Some(deadline), false, move || self.conn.query_pipeline_write(member, pipe, wait))
+            self.guarded(op, Some(member), Some(deadline), false, move || {
+                self.conn.query_pipeline_write(member, pipe, wait)
+            })
         }))
         .await;
         batch.replies(replies)
@@ -471,7 +492,7 @@ impl Node {
                 other => other,
             }
         };
-        self.guarded(op, deadline, true, attempt).await
+        self.guarded(op, Some(member), deadline, true, attempt).await
     }
 
     /// Learns the clock of the server holding session key `key`'s member
@@ -500,7 +521,7 @@ impl Node {
     /// sessions are reported and redone by a later run).
     pub(crate) async fn prepare_copies(&self) -> Result<(), Error> {
         for script in [&COPY, &INDEX] {
-            self.guarded("SCRIPT LOAD", None, true, || self.conn.load_script(script.code)).await?;
+            self.guarded("SCRIPT LOAD", None, None, true, || self.conn.load_script(script.code)).await?;
         }
         for member in 0..self.conn.members() {
             self.know_clock(member, None).await?;

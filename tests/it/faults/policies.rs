@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::common::{plant, record, servers};
 use tower_sessions_core::SessionStore;
 use tower_sessions_core::session::Id;
-use tower_sessions_multi_redis_store::testing::RedisServer;
+use tower_sessions_multi_redis_store::testing::{Partition, RedisServer};
 use tower_sessions_multi_redis_store::{
     Backend, BreakerConfig, BreakerState, Modes, MultiRedisStore, ReadPolicy, WritePolicy,
 };
@@ -75,6 +75,43 @@ async fn the_breaker_opens_on_a_frozen_backend_skips_it_then_probes_and_closes()
     assert_eq!(store.load(&Id::default()).await.unwrap(), None);
     assert_eq!(store.health()[0].breaker, BreakerState::Closed);
     assert!(store.health()[0].up);
+}
+
+/// A partition's members each have their own breaker: the sessions of a
+/// frozen member fail at once after two timeouts, while the other member's
+/// are served on. Before, one breaker for the backend: the other member's
+/// answers reset its count between the frozen member's timeouts, so it never
+/// opened, and every request for the frozen member's sessions waited a whole
+/// timeout (had it opened, it would have refused the healthy member too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_partition_member_has_its_own_breaker() {
+    let servers = servers(2);
+    let members = [Backend::url("a", servers[0].url()), Backend::url("b", servers[1].url())];
+    let store = MultiRedisStore::builder().backend(fast(Backend::partitioned("pool", members))).build().await.unwrap();
+    let partition = Partition::new([("a", 1), ("b", 1)]);
+    let mut on = [Vec::new(), Vec::new()];
+    while on[0].len() < 10 || on[1].len() < 10 {
+        let mut rec = record("ada");
+        store.create(&mut rec).await.unwrap();
+        on[partition.member_of(&rec.id.to_string())].push(rec);
+    }
+    let frozen = Frozen::new(&servers[1]);
+    for _round in 0..3 {
+        for (a, b) in on[0].iter().zip(&on[1]) {
+            assert_eq!(store.load(&a.id).await.unwrap().as_ref(), Some(a), "member a serves on");
+            assert!(store.load(&b.id).await.is_err(), "member b is frozen");
+        }
+    }
+    let health = &store.health()[0];
+    assert_eq!(health.breaker, BreakerState::Open, "the backend reports its worst member");
+    assert!(!health.up);
+    assert!(health.counters.timeouts <= 4, "b's breaker opened after two timeouts: {:?}", health.counters);
+    drop(frozen);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for b in &on[1] {
+        assert_eq!(store.load(&b.id).await.unwrap().as_ref(), Some(b), "b's probe closed its breaker");
+    }
+    assert_eq!(store.health()[0].breaker, BreakerState::Closed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
