@@ -3,7 +3,8 @@
 //! concurrent single commands, since a cluster pipeline must stay on one node;
 //! a scan walks the hash slots in order (see [`Cluster::scan_slots`]).
 
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use futures_util::future::join_all;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
@@ -152,8 +153,11 @@ pub(crate) struct Cluster {
     /// cluster client reaches only the nodes its (possibly stale) slot map
     /// names, and a scan asks the nodes `CLUSTER NODES` names.
     nodes: std::sync::Mutex<std::collections::HashMap<(String, u16), redis::aio::MultiplexedConnection>>,
-    current: RwLock<Option<ClusterConnection>>,
+    current: Arc<RwLock<Option<ClusterConnection>>>,
     connecting: tokio::sync::Mutex<()>,
+    /// Whether a new cluster connection is being made after a timeout (see
+    /// [`Cluster::remake`]), or was made less than a socket timeout ago.
+    remaking: Arc<AtomicBool>,
 }
 
 impl Cluster {
@@ -200,8 +204,9 @@ impl Cluster {
             client,
             settings,
             nodes: std::sync::Mutex::new(std::collections::HashMap::new()),
-            current: RwLock::new(None),
+            current: Arc::new(RwLock::new(None)),
             connecting: tokio::sync::Mutex::new(()),
+            remaking: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -231,8 +236,48 @@ impl Cluster {
         Ok(conn)
     }
 
+    /// After a command's `result`: a timeout makes a new cluster connection
+    /// (see [`remake`](Self::remake)).
+    fn noticed<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
+        if result.as_ref().is_err_and(RedisError::is_timeout) {
+            self.remake();
+        }
+        result
+    }
+
+    /// Makes a new cluster connection in the background and puts it in place
+    /// of the current one once it is up; at most one per socket timeout.
+    ///
+    /// Why: redis-rs learns a new slot map from a MOVED reply or a broken
+    /// connection, and a node that went silent (frozen, or gone without a
+    /// reset) gives neither. After the cluster promoted its replica, the
+    /// connection would still send that shard's commands to it, and time
+    /// out, for as long as it stays silent. A new connection reads the slot
+    /// map afresh from the nodes that answer. Requests meanwhile use the
+    /// current one, so the other shards are not held up by the remaking.
+    fn remake(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        if self.remaking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (client, current, remaking) = (self.client.clone(), Arc::clone(&self.current), Arc::clone(&self.remaking));
+        let pause = self.settings.socket_timeout;
+        runtime.spawn(async move {
+            match client.get_async_connection().await {
+                Ok(conn) => {
+                    tracing::debug!("cluster: a command timed out; a new connection read the slot map afresh");
+                    *current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
+                }
+                Err(err) => tracing::debug!(error = %err, "cluster: a new connection failed; the current one stays"),
+            }
+            tokio::time::sleep(pause).await;
+            remaking.store(false, Ordering::Release);
+        });
+    }
+
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
-        cmd.query_async(&mut self.connection().await?).await
+        let result = cmd.query_async(&mut self.connection().await?).await;
+        self.noticed(result)
     }
 
     /// The commands of `pipe`, each routed by its key, concurrently.
@@ -243,7 +288,7 @@ impl Cluster {
             async move { cmd.query_async::<Value>(&mut conn).await }
         }))
         .await;
-        let values = replies.into_iter().collect::<RedisResult<Vec<Value>>>()?;
+        let values = self.noticed(replies.into_iter().collect::<RedisResult<Vec<Value>>>())?;
         redis::from_redis_value(Value::Array(values)).map_err(RedisError::from)
     }
 
@@ -398,7 +443,7 @@ impl Cluster {
             pair.ignore_errors().add_command(cmd.clone());
             super::replication::end_with_wait(&mut pair, wait);
             let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master));
-            let replies = self.connection().await?.route_pipeline(pair, 0, 2, route).await?;
+            let replies = self.noticed(self.connection().await?.route_pipeline(pair, 0, 2, route).await)?;
             Ok(super::replication::acknowledged(replies, wait)?.into_iter().next().unwrap_or(Value::Nil))
         }))
         .await;
@@ -413,14 +458,14 @@ impl Cluster {
     /// The topology as the node redis-rs picks sees it.
     async fn topology(&self) -> RedisResult<Topology> {
         let mut conn = self.connection().await?;
-        let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut conn).await?;
+        let nodes: String = self.noticed(redis::cmd("CLUSTER").arg("NODES").query_async(&mut conn).await)?;
         Ok(Topology::parse(&nodes))
     }
 
     /// One command on the primary at `addr`.
     pub(crate) async fn query_node<T: FromRedisValue>(&self, addr: &(String, u16), cmd: &Cmd) -> RedisResult<T> {
         let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: addr.0.clone(), port: addr.1 });
-        let value = self.connection().await?.route_command(cmd.clone(), routing).await?;
+        let value = self.noticed(self.connection().await?.route_command(cmd.clone(), routing).await)?;
         // An error reply is an error of its kind, not a parse error.
         redis::from_redis_value(value.extract_error()?).map_err(RedisError::from)
     }

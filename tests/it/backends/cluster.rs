@@ -476,3 +476,96 @@ async fn requests_waiting_for_a_silent_clusters_first_connection_fail_within_the
     assert!(took < timeout * 6, "20 loads took {took:?}, socket timeout {timeout:?}");
     drop(held);
 }
+
+/// A primary frozen (SIGSTOP): the cluster promotes its replica, but no
+/// reply, and so no MOVED, ever comes from the frozen node to tell the
+/// client. The store's cluster connection is remade (in the background,
+/// after a timeout) and learns the new primary: every session loads again
+/// within a few timeouts of the promotion. Before, the connection kept
+/// sending that shard's commands to the frozen node until it was thawed.
+/// (Until the promotion every session fails: with a slot uncovered, the
+/// whole cluster answers CLUSTERDOWN, `cluster-require-full-coverage`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_primary_is_routed_around_once_its_replica_is_promoted() {
+    let nodes = tokio::task::spawn_blocking(|| cluster_of(None, 1)).await.unwrap();
+    let store = MultiRedisStore::builder()
+        .backend(
+            backend(&nodes)
+                .socket_timeout(Duration::from_millis(500))
+                .breaker(tower_sessions_multi_redis_store::BreakerConfig::disabled()),
+        )
+        .build()
+        .await
+        .unwrap();
+    let mut records = Vec::new();
+    for i in 0..60 {
+        let mut rec = record(&format!("u{i}"));
+        store.create(&mut rec).await.unwrap();
+        records.push(rec);
+    }
+    // Every replica in sync first: one still syncing cannot take over.
+    for node in &nodes {
+        let port = node.port().to_string();
+        for attempt in 0.. {
+            let info = redis_cli(&["-p", &port, "INFO", "replication"]);
+            if info.contains("role:master") || info.contains("master_link_status:up") {
+                break;
+            }
+            assert!(attempt < 200, "a replica never synced: {info}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // A primary other than nodes[0], which answers CLUSTER NODES below.
+    let victim =
+        cluster_nodes(&nodes[0]).into_iter().find(|n| n.2 && n.1 != nodes[0].port()).map(|n| (n.0, n.1)).unwrap();
+    let frozen = nodes.iter().find(|n| n.port() == victim.1).unwrap();
+    frozen.freeze().unwrap();
+    let frozen_at = std::time::Instant::now();
+    // As nodes[0] sees it: the frozen primary failed, and three primaries
+    // did not (its replica took over).
+    let (seed, victim_id) = (nodes[0].port().to_string(), victim.0.clone());
+    let promoted = move || {
+        let nodes = redis_cli(&["-p", &seed, "CLUSTER", "NODES"]);
+        let flags: Vec<(&str, &str)> =
+            nodes.lines().filter_map(|l| Some((l.split(' ').next()?, l.split(' ').nth(2)?))).collect();
+        let failed = flags.iter().any(|(id, f)| *id == victim_id && f.split(',').any(|f| f == "fail"));
+        failed && flags.iter().filter(|(_, f)| f.contains("master") && !f.contains("fail")).count() >= 3
+    };
+    let mut promoted_at = None;
+    let outcome = loop {
+        // All at once: a round takes one timeout at most.
+        let loads = futures_util::future::join_all(records.iter().map(|rec| store.load(&rec.id))).await;
+        let mut failed = 0;
+        for (rec, load) in records.iter().zip(loads) {
+            match load {
+                Ok(found) => assert_eq!(found.as_ref(), Some(rec)),
+                Err(err) => {
+                    failed += 1;
+                    if failed == 1 {
+                        eprintln!("{:?} after the freeze: {err}", frozen_at.elapsed());
+                    }
+                }
+            }
+        }
+        if promoted_at.is_none() && tokio::task::spawn_blocking(promoted.clone()).await.unwrap() {
+            promoted_at = Some(std::time::Instant::now());
+            eprintln!("replica promoted {:?} after the freeze", frozen_at.elapsed());
+        }
+        if let Some(at) = promoted_at {
+            if failed == 0 {
+                break Ok(at.elapsed());
+            }
+            if at.elapsed() > Duration::from_secs(10) {
+                break Err(failed);
+            }
+        }
+        if frozen_at.elapsed() > Duration::from_secs(40) {
+            break Err(failed);
+        }
+    };
+    frozen.thaw().unwrap();
+    match outcome {
+        Ok(after) => eprintln!("every session loads {after:?} after the promotion"),
+        Err(failed) => panic!("{failed} of 60 sessions still fail to load (promoted: {promoted_at:?})"),
+    }
+}
