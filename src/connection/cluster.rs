@@ -1,7 +1,9 @@
 //! A Redis Cluster backend (redis-rs `cluster-async`): commands are routed by
 //! key (redis-rs follows MOVED/ASK during resharding); batches become
 //! concurrent single commands, since a cluster pipeline must stay on one node;
-//! a scan walks the hash slots in order (see [`Cluster::scan_slots`]).
+//! a scan walks the hash slots in order (see [`Cluster::scan_slots`]); a
+//! command that times out has the connection remade (see [`Cluster::remake`]);
+//! retries the cluster asks for (TRYAGAIN) wait milliseconds, not seconds.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -27,6 +29,10 @@ fn key_of(cmd: &Cmd) -> Option<Vec<u8>> {
     let skip = if name.starts_with(b"EVAL") { 2 } else { 0 };
     args.nth(skip).map(<[u8]>::to_vec)
 }
+
+/// The shortest and longest wait (ms) before redis-rs retries a command the
+/// cluster asked to retry (TRYAGAIN, CLUSTERDOWN).
+const RETRY_WAIT_MS: (u64, u64) = (10, 250);
 
 /// Hash slots in a Redis Cluster.
 pub(crate) const SLOTS: u16 = 16384;
@@ -187,6 +193,13 @@ impl Cluster {
         let mut builder = ClusterClientBuilder::new(nodes)
             .connection_timeout(settings.socket_timeout)
             .response_timeout(settings.socket_timeout)
+            // After TRYAGAIN (a script naming a session and its tombstone
+            // while their slot moves) or CLUSTERDOWN, retry within tens of
+            // milliseconds, backing off to a quarter of a second: redis-rs's
+            // own first wait, 1.28 s, outlasts the usual socket timeout, so
+            // every logout, copy and fill in a moving slot failed.
+            .min_retry_wait(RETRY_WAIT_MS.0)
+            .max_retry_wait(RETRY_WAIT_MS.1)
             .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(settings.tcp_nodelay));
         let (username, password) = settings.credentials();
         if let Some(username) = username {

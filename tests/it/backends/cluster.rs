@@ -569,3 +569,59 @@ async fn a_frozen_primary_is_routed_around_once_its_replica_is_promoted() {
         Err(failed) => panic!("{failed} of 60 sessions still fail to load (promoted: {promoted_at:?})"),
     }
 }
+
+/// A logout while its session's slot is being moved to another primary: the
+/// logout's script names two keys (the session and its tombstone, which does
+/// not exist yet), so both nodes answer TRYAGAIN until the slot has moved.
+/// redis-rs waits at least 1,280 ms before retrying after TRYAGAIN by
+/// default, past a socket timeout of 1 s: every logout (and copy, and a
+/// save's fill) failed while a slot moved. With short retry waits the logout
+/// goes through once the move ends, 300 ms later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_goes_through_while_its_slot_moves() {
+    let nodes = cluster();
+    let store = MultiRedisStore::builder()
+        .backend(backend(&nodes).socket_timeout(Duration::from_secs(1)))
+        .build()
+        .await
+        .unwrap();
+    let mut rec = record("ada");
+    store.create(&mut rec).await.unwrap();
+    let id = rec.id.to_string();
+    let seed = nodes[0].port().to_string();
+    let slot = redis_cli(&["-p", &seed, "CLUSTER", "KEYSLOT", &id]).trim().to_owned();
+    let primaries: Vec<(String, u16)> =
+        cluster_nodes(&nodes[0]).into_iter().filter(|n| n.2).map(|n| (n.0, n.1)).collect();
+    let owner = nodes
+        .iter()
+        .find(|n| redis_cli(&["-p", &n.port().to_string(), "CLUSTER", "COUNTKEYSINSLOT", &slot]).trim() == "1")
+        .map(RedisServer::port)
+        .expect("the session's owner");
+    let (source_id, _) = primaries.iter().find(|p| p.1 == owner).cloned().unwrap();
+    let (target_id, target) = primaries.iter().find(|p| p.1 != owner).cloned().unwrap();
+    let (source, target_port) = (owner.to_string(), target.to_string());
+    redis_cli(&["-p", &target_port, "CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id]);
+    redis_cli(&["-p", &source, "CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id]);
+    // The move ends 300 ms after the logout starts.
+    let finish = {
+        let (slot, source, target_port, target_id) =
+            (slot.clone(), source.clone(), target_port.clone(), target_id.clone());
+        let ports: Vec<String> = primaries.iter().map(|p| p.1.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let keys = redis_cli(&["-p", &source, "CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            let mut args = vec!["-p", &source, "MIGRATE", "127.0.0.1", &target_port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            redis_cli(&args);
+            for port in &ports {
+                redis_cli(&["-p", port, "CLUSTER", "SETSLOT", &slot, "NODE", &target_id]);
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    let logout = store.delete(&rec.id).await;
+    finish.await.unwrap();
+    assert!(logout.is_ok(), "the logout failed while its slot moved: {logout:?} after {:?}", started.elapsed());
+    assert_eq!(store.load(&rec.id).await.unwrap(), None);
+}
