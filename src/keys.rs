@@ -4,7 +4,9 @@
 //! it falls under the same key prefix (ACL key patterns, `SCAN MATCH`). On a
 //! Redis Cluster it must also share the session key's hash slot (a script
 //! may only touch keys of one slot): there, a key without a hash tag of its
-//! own is wrapped in one, `{<key>}:tombstone`.
+//! own is wrapped in one after the prefix, `<prefix>{<key>}:tombstone`. (A
+//! prefix holding a lone `{` cannot start a key whose tag is the whole
+//! session key: there the tombstone is `{<key>}:tombstone`, outside it.)
 //!
 //! An instance's announcement (`announce.rs`) lives at
 //! `<prefix>`[`ANNOUNCE_TAIL`]`<fingerprint>:<instance>`, a user's session
@@ -27,10 +29,14 @@ pub(crate) fn user_index(user: &str) -> String {
 /// What every tombstone key ends with (a session id never holds a `:`).
 pub(crate) const TOMBSTONE_SUFFIX: &str = ":tombstone";
 
-/// The tombstone key of a session key, on a cluster or not.
-pub(crate) fn tombstone_key(key: &str, cluster: bool) -> String {
-    let mut tomb = String::with_capacity(key.len() + TOMBSTONE_SUFFIX.len() + 2);
+/// The tombstone key of session key `key` (which starts with the backend's
+/// `prefix`), on a cluster or not.
+pub(crate) fn tombstone_key(prefix: &str, key: &str, cluster: bool) -> String {
+    let mut tomb = String::with_capacity(prefix.len() + key.len() + TOMBSTONE_SUFFIX.len() + 2);
     if cluster && hash_tag(key).is_none() {
+        if !prefix.contains('{') {
+            tomb.push_str(prefix);
+        }
         tomb.push('{');
         tomb.push_str(key);
         tomb.push('}');
@@ -73,16 +79,19 @@ mod tests {
 
     #[test]
     fn the_tombstone_shares_the_session_keys_hash_slot_and_prefix() {
-        for key in ["abc", "sess:abc", "{user1}:abc", "a{b}c", "a{}b", "x}y"] {
-            let plain = tombstone_key(key, false);
-            assert!(plain.starts_with(key) && is_tombstone(&plain), "{plain}");
-            if !prefix_fits_cluster(key) {
-                assert!(key.contains('}') && hash_tag(key).is_none(), "{key}");
+        for prefix in ["", "sess:", "{user1}:", "a{b}", "a{}", "x}", "a{b:"] {
+            let key = format!("{prefix}abc");
+            let plain = tombstone_key(prefix, &key, false);
+            assert!(plain.starts_with(&key) && is_tombstone(&plain), "{plain}");
+            if !prefix_fits_cluster(prefix) {
+                assert!(prefix.contains('}') && hash_tag(prefix).is_none(), "{prefix}");
                 continue;
             }
-            let tomb = tombstone_key(key, true);
+            let tomb = tombstone_key(prefix, &key, true);
             assert!(is_tombstone(&tomb));
-            assert_eq!(hash_tag(&tomb), Some(hash_tag(key).unwrap_or(key)), "{key} -> {tomb}");
+            assert_eq!(hash_tag(&tomb), Some(hash_tag(&key).unwrap_or(&key)), "{key} -> {tomb}");
+            // Under the prefix (ACL key patterns), but for a prefix with a lone `{`.
+            assert!(tomb.starts_with(prefix) || prefix == "a{b:", "{key} -> {tomb}");
         }
         assert!(!is_tombstone("sess:AAAAAAAAAAAAAAAAAAAAAA"));
     }

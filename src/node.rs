@@ -456,7 +456,7 @@ impl Node {
             cmd.arg("EVALSHA").arg(script.sha());
         }
         if tombstone {
-            let tomb = keys::tombstone_key(key, self.conn.is_cluster());
+            let tomb = keys::tombstone_key(&self.prefix, key, self.conn.is_cluster());
             cmd.arg(2).arg(key).arg(tomb);
         } else {
             cmd.arg(1).arg(key);
@@ -790,7 +790,7 @@ impl Node {
         deadline: Deadline,
     ) -> Result<Vec<bool>, Error> {
         let cluster = self.conn.is_cluster();
-        self.per_key("EXISTS", ids, |key| keys::tombstone_key(&key, cluster), deadline).await
+        self.per_key("EXISTS", ids, |key| keys::tombstone_key(&self.prefix, &key, cluster), deadline).await
     }
 
     /// `op` on the key `key_of` makes of each session's key, as

@@ -625,3 +625,35 @@ async fn a_logout_goes_through_while_its_slot_moves() {
     assert!(logout.is_ok(), "the logout failed while its slot moved: {logout:?} after {:?}", started.elapsed());
     assert_eq!(store.load(&rec.id).await.unwrap(), None);
 }
+
+/// A cluster whose ACL lets the app's user touch only its prefix's keys
+/// (`~sess:*`): every key the store writes is under the prefix, tombstones
+/// included. Before, a cluster tombstone was `{sess:<id>}:tombstone`,
+/// outside the prefix, and every logout failed with NOPERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_stays_under_the_prefix_for_an_acl_limited_user() {
+    let nodes = cluster();
+    for node in &nodes {
+        let port = node.port().to_string();
+        redis_cli(&["-p", &port, "ACL", "SETUSER", "app", "on", ">app-pw", "~sess:*", "+@all"]);
+    }
+    let store = MultiRedisStore::builder()
+        .backend(backend(&nodes).prefix("sess:").username("app").password("app-pw"))
+        .build()
+        .await
+        .unwrap();
+    acceptance(&store, "cluster, ACL ~sess:*").await;
+    let mut rec = record("ada");
+    store.create(&mut rec).await.unwrap();
+    store.delete(&rec.id).await.unwrap();
+    assert_eq!(store.load(&rec.id).await.unwrap(), None);
+    let slot = redis_cli(&["-p", &nodes[0].port().to_string(), "CLUSTER", "KEYSLOT", &format!("sess:{}", rec.id)]);
+    let tombstones: usize = nodes
+        .iter()
+        .map(|n| {
+            let keys = redis_cli(&["-p", &n.port().to_string(), "CLUSTER", "GETKEYSINSLOT", slot.trim(), "10"]);
+            keys.lines().filter(|k| k.starts_with("sess:") && k.ends_with(":tombstone")).count()
+        })
+        .sum();
+    assert_eq!(tombstones, 1, "the logout's tombstone, under the prefix, in the session's slot");
+}
