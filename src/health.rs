@@ -49,8 +49,8 @@ pub struct BackendHealth {
     pub name: String,
     /// Its modes (serialized as e.g. `"read+delete"`).
     pub modes: Modes,
-    /// Whether its last command succeeded and its breaker is closed (a
-    /// partition's: every member's).
+    /// Whether its last command succeeded and its breaker is not open (its
+    /// cool-down is over when half-open; a partition's: some member's).
     pub up: bool,
     /// Its circuit breaker (a partition's: its worst member's).
     pub breaker: BreakerState,

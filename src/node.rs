@@ -179,17 +179,23 @@ impl Node {
     /// What the store saw of this backend.
     pub(crate) fn health(&self) -> BackendHealth {
         let c = |counter: Counter| self.counters[counter as usize].load(Ordering::Relaxed);
-        // The worst member's (a partition is not fully up while one is down).
-        let breaker = self.breakers.iter().map(Breaker::state).max_by_key(|state| match state {
+        let states: Vec<BreakerState> = self.breakers.iter().map(Breaker::state).collect();
+        // Reported: the worst member's.
+        let breaker = states.iter().copied().max_by_key(|state| match state {
             BreakerState::Closed => 0,
             BreakerState::HalfOpen => 1,
             BreakerState::Open => 2,
         });
         let breaker = breaker.unwrap_or(BreakerState::Closed);
+        // Up while some member is not skipped: a partition with one member
+        // down still serves the others' sessions (and every instance would
+        // be unready at once). A member whose breaker went half-open
+        // without traffic to probe it does not count against it.
+        let serving = states.iter().any(|state| *state != BreakerState::Open);
         BackendHealth {
             name: self.name.clone(),
             modes: self.modes,
-            up: self.last_ok.load(Ordering::Relaxed) && breaker == BreakerState::Closed,
+            up: self.last_ok.load(Ordering::Relaxed) && serving,
             breaker,
             last_error: self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
             counters: BackendCounters {

@@ -5,7 +5,7 @@
 //! command that times out has the connection remade (see [`Cluster::remake`]);
 //! retries the cluster asks for (TRYAGAIN) wait milliseconds, not seconds.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 
 use futures_util::future::join_all;
@@ -14,6 +14,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, FromRedisValue, IntoConnectionInfo, Pipeline, RedisError, RedisResult, Value};
 
+use super::busy::Busy;
 use super::replication::Wait;
 use super::settings::Settings;
 use crate::error::Error;
@@ -161,9 +162,34 @@ pub(crate) struct Cluster {
     nodes: std::sync::Mutex<std::collections::HashMap<(String, u16), redis::aio::MultiplexedConnection>>,
     current: Arc<RwLock<Option<ClusterConnection>>>,
     connecting: tokio::sync::Mutex<()>,
-    /// Whether a new cluster connection is being made after a timeout (see
-    /// [`Cluster::remake`]), or was made less than a socket timeout ago.
+    /// Held while a new cluster connection is being made after a timeout
+    /// (see [`Cluster::remake`]), and for a socket timeout after.
     remaking: Arc<AtomicBool>,
+    /// Held while a `PING` left behind by a command given up is in flight.
+    following_up: Arc<AtomicBool>,
+}
+
+/// Armed while a command waits for its reply: dropped armed (given up by
+/// the store's deadline or a dropped request, before redis-rs's own timeout
+/// could tell), it leaves a `PING` behind on the command's node.
+struct Waiting<'a> {
+    cluster: &'a Cluster,
+    cmd: &'a Cmd,
+    armed: bool,
+}
+
+impl Waiting<'_> {
+    fn answered(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.cluster.follow_up(self.cmd);
+        }
+    }
 }
 
 impl Cluster {
@@ -220,6 +246,7 @@ impl Cluster {
             current: Arc::new(RwLock::new(None)),
             connecting: tokio::sync::Mutex::new(()),
             remaking: Arc::new(AtomicBool::new(false)),
+            following_up: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -258,6 +285,25 @@ impl Cluster {
         result
     }
 
+    /// `cmd` was given up before its reply: a `PING` to its key's node, in
+    /// the background, with the whole socket timeout, whose timeout makes a
+    /// new connection as the command's own would have (one at a time).
+    fn follow_up(&self, cmd: &Cmd) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (Some(key), Some(conn)) = (key_of(cmd), self.cached()) else { return };
+        let Some(busy) = Busy::claim(&self.following_up) else { return };
+        let route =
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(&key, SlotAddr::Master)));
+        let remake = self.remaker();
+        runtime.spawn(async move {
+            let _busy = busy;
+            let mut conn = conn;
+            if conn.route_command(redis::cmd("PING"), route).await.is_err_and(|err| err.is_timeout()) {
+                remake();
+            }
+        });
+    }
+
     /// Makes a new cluster connection in the background and puts it in place
     /// of the current one once it is up; at most one per socket timeout.
     ///
@@ -269,27 +315,38 @@ impl Cluster {
     /// map afresh from the nodes that answer. Requests meanwhile use the
     /// current one, so the other shards are not held up by the remaking.
     fn remake(&self) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        if self.remaking.swap(true, Ordering::AcqRel) {
-            return;
-        }
+        self.remaker()();
+    }
+
+    /// [`remake`](Self::remake), for a task of its own.
+    fn remaker(&self) -> impl Fn() + Send + 'static {
         let (client, current, remaking) = (self.client.clone(), Arc::clone(&self.current), Arc::clone(&self.remaking));
         let pause = self.settings.socket_timeout;
-        runtime.spawn(async move {
-            match client.get_async_connection().await {
-                Ok(conn) => {
-                    tracing::debug!("cluster: a command timed out; a new connection read the slot map afresh");
-                    *current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
+        move || {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+            let Some(busy) = Busy::claim(&remaking) else { return };
+            let (client, current) = (client.clone(), Arc::clone(&current));
+            runtime.spawn(async move {
+                let _busy = busy;
+                match client.get_async_connection().await {
+                    Ok(conn) => {
+                        tracing::debug!("cluster: a command timed out; a new connection read the slot map afresh");
+                        *current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %err, "cluster: a new connection failed; the current one stays")
+                    }
                 }
-                Err(err) => tracing::debug!(error = %err, "cluster: a new connection failed; the current one stays"),
-            }
-            tokio::time::sleep(pause).await;
-            remaking.store(false, Ordering::Release);
-        });
+                tokio::time::sleep(pause).await;
+            });
+        }
     }
 
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
-        let result = cmd.query_async(&mut self.connection().await?).await;
+        let mut conn = self.connection().await?;
+        let waiting = Waiting { cluster: self, cmd, armed: true };
+        let result = cmd.query_async(&mut conn).await;
+        waiting.answered();
         self.noticed(result)
     }
 
@@ -301,7 +358,11 @@ impl Cluster {
             async move { cmd.query_async::<Value>(&mut conn).await }
         }))
         .await;
-        let values = self.noticed(replies.into_iter().collect::<RedisResult<Vec<Value>>>())?;
+        // Any timeout, not only the first error's.
+        if replies.iter().any(|reply| reply.as_ref().is_err_and(RedisError::is_timeout)) {
+            self.remake();
+        }
+        let values = replies.into_iter().collect::<RedisResult<Vec<Value>>>()?;
         redis::from_redis_value(Value::Array(values)).map_err(RedisError::from)
     }
 

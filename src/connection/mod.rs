@@ -2,6 +2,7 @@
 //! one server, or a partition of several (weighted rendezvous hashing).
 
 mod batch;
+mod busy;
 mod cluster;
 mod link;
 mod renewing;

@@ -14,7 +14,7 @@
 //! operation deadline can be the shorter wait, and a request can be dropped.
 //! Its timeout then never comes, so it leaves one `PING` behind, on the same
 //! connection and given the whole timeout, whose outcome is judged the same
-//! way (one at a time per connection).
+//! way (one at a time).
 //!
 //! Commands sent on the old connection may still run (nothing takes them
 //! back: `scripts.rs` says why that is safe).
@@ -25,6 +25,7 @@ use std::sync::{Arc, RwLock};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
+use super::busy::Busy;
 use crate::clock;
 
 /// A `ConnectionManager` replaced by a new one when it went silent.
@@ -41,8 +42,9 @@ struct Shared {
     /// When (by [`clock::now_ms`]) a reply last came back, an error reply
     /// included.
     last_reply: AtomicI64,
-    /// Whether a `PING` left behind by a command given up is in flight.
-    following_up: AtomicBool,
+    /// Held while a `PING` left behind by a command given up is in flight
+    /// (one at a time, whichever connection it is on).
+    following_up: Arc<AtomicBool>,
 }
 
 /// Armed while a command waits for its reply: dropped armed (the command
@@ -77,7 +79,7 @@ impl Renewing {
                 client,
                 config,
                 last_reply: AtomicI64::new(clock::now_ms()),
-                following_up: AtomicBool::new(false),
+                following_up: Arc::new(AtomicBool::new(false)),
             }),
         })
     }
@@ -114,15 +116,16 @@ impl Renewing {
     fn follow_up(&self, generation: u64) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let (current, mut conn) = self.current();
-        if current != generation || self.shared.following_up.swap(true, Ordering::AcqRel) {
+        if current != generation {
             return;
         }
+        let Some(busy) = Busy::claim(&self.shared.following_up) else { return };
         let renewing = self.clone();
         runtime.spawn(async move {
+            let _busy = busy;
             let sent = clock::now_ms();
             let result = conn.send_packed_command(&redis::cmd("PING")).await;
             renewing.answered(generation, sent, &result);
-            renewing.shared.following_up.store(false, Ordering::Release);
         });
     }
 

@@ -35,9 +35,14 @@ use crate::error::Error;
 /// A server's host and port.
 type Addr = (String, u16);
 
-/// Open connections to the sentinels, by index: shared with the asks a
-/// discovery stopped waiting for, which finish on their own.
-type SentinelConns = Arc<std::sync::Mutex<Vec<Option<MultiplexedConnection>>>>;
+/// Open connections to the sentinels, by index, each with a number that
+/// tells it from the ones before: shared with the asks a discovery stopped
+/// waiting for, which finish on their own (and, when they fail, must drop
+/// the connection they used, not a newer one).
+type SentinelConns = Arc<std::sync::Mutex<Vec<Option<(u64, MultiplexedConnection)>>>>;
+
+/// Numbers the sentinel connections.
+static SENTINEL_CONNS_MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// How often an open connection re-checks who the master is.
 const RECHECK: Duration = Duration::from_secs(1);
@@ -159,15 +164,28 @@ async fn listen(client: redis::Client, name: String, announced: Weak<Announced>)
     }
 }
 
-fn sentinel_conn(conns: &SentinelConns, i: usize) -> Option<MultiplexedConnection> {
+fn sentinel_conn(conns: &SentinelConns, i: usize) -> Option<(u64, MultiplexedConnection)> {
     let conns = conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     conns.get(i).cloned().flatten()
 }
 
-fn set_sentinel_conn(conns: &SentinelConns, i: usize, conn: Option<MultiplexedConnection>) {
+/// Keeps `conn` for sentinel `i`; its number.
+fn keep_sentinel_conn(conns: &SentinelConns, i: usize, conn: MultiplexedConnection) -> u64 {
+    let number = SENTINEL_CONNS_MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut conns = conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(slot) = conns.get_mut(i) {
-        *slot = conn;
+        *slot = Some((number, conn));
+    }
+    number
+}
+
+/// Drops sentinel `i`'s connection number `number`, if it is still the one kept.
+fn drop_sentinel_conn(conns: &SentinelConns, i: usize, number: u64) {
+    let mut conns = conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(slot) = conns.get_mut(i)
+        && slot.as_ref().is_some_and(|(kept, _)| *kept == number)
+    {
+        *slot = None;
     }
 }
 
@@ -299,27 +317,19 @@ impl Sentinel {
         let via = sentinel_conn(&conns, i).ok_or_else(|| self.client(self.sentinels[i].clone()));
         let (config, master_name) = (self.config.clone(), self.master_name.clone());
         async move {
-            let asked = async {
-                let mut conn = match via {
-                    Ok(conn) => conn,
-                    Err(client) => {
-                        let conn = client?.get_multiplexed_async_connection_with_config(&config).await?;
-                        set_sentinel_conn(&conns, i, Some(conn.clone()));
-                        conn
-                    }
-                };
-                let addr: Option<Addr> = redis::cmd("SENTINEL")
-                    .arg("GET-MASTER-ADDR-BY-NAME")
-                    .arg(&master_name)
-                    .query_async(&mut conn)
-                    .await?;
-                addr.ok_or_else(|| RedisError::from((ErrorKind::Client, "the sentinels do not know this master")))
+            let (number, mut conn) = match via {
+                Ok(kept) => kept,
+                Err(client) => {
+                    let conn = client?.get_multiplexed_async_connection_with_config(&config).await?;
+                    (keep_sentinel_conn(&conns, i, conn.clone()), conn)
+                }
             };
-            let answer = asked.await;
-            if answer.is_err() {
-                set_sentinel_conn(&conns, i, None);
+            let addr: RedisResult<Option<Addr>> =
+                redis::cmd("SENTINEL").arg("GET-MASTER-ADDR-BY-NAME").arg(&master_name).query_async(&mut conn).await;
+            if addr.is_err() {
+                drop_sentinel_conn(&conns, i, number);
             }
-            answer
+            addr?.ok_or_else(|| RedisError::from((ErrorKind::Client, "the sentinels do not know this master")))
         }
     }
 
