@@ -15,6 +15,7 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr
 use redis::{Cmd, FromRedisValue, IntoConnectionInfo, Pipeline, RedisError, RedisResult, Value};
 
 use super::busy::Busy;
+use super::given_up::Unanswered;
 use super::replication::Wait;
 use super::settings::Settings;
 use crate::error::Error;
@@ -169,29 +170,6 @@ pub(crate) struct Cluster {
     following_up: Arc<AtomicBool>,
 }
 
-/// Armed while a command waits for its reply: dropped armed (given up by
-/// the store's deadline or a dropped request, before redis-rs's own timeout
-/// could tell), it leaves a `PING` behind on the command's node.
-struct Waiting<'a> {
-    cluster: &'a Cluster,
-    cmd: &'a Cmd,
-    armed: bool,
-}
-
-impl Waiting<'_> {
-    fn answered(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.cluster.follow_up(self.cmd);
-        }
-    }
-}
-
 impl Cluster {
     pub(crate) fn open(seeds: &[(String, u16)], settings: Settings) -> Result<Cluster, Error> {
         let name = Some(settings.name.as_str());
@@ -344,7 +322,7 @@ impl Cluster {
 
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
         let mut conn = self.connection().await?;
-        let waiting = Waiting { cluster: self, cmd, armed: true };
+        let waiting = Unanswered::new(|| self.follow_up(cmd));
         let result = cmd.query_async(&mut conn).await;
         waiting.answered();
         self.noticed(result)

@@ -4,6 +4,7 @@
 mod batch;
 mod busy;
 mod cluster;
+mod given_up;
 mod link;
 mod renewing;
 mod replication;

@@ -26,6 +26,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
 use super::busy::Busy;
+use super::given_up::Unanswered;
 use crate::clock;
 
 /// A `ConnectionManager` replaced by a new one when it went silent.
@@ -45,28 +46,6 @@ struct Shared {
     /// Held while a `PING` left behind by a command given up is in flight
     /// (one at a time, whichever connection it is on).
     following_up: Arc<AtomicBool>,
-}
-
-/// Armed while a command waits for its reply: dropped armed (the command
-/// was given up), it leaves a `PING` behind.
-struct Waiting<'a> {
-    renewing: &'a Renewing,
-    generation: u64,
-    armed: bool,
-}
-
-impl Waiting<'_> {
-    fn answered(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.renewing.follow_up(self.generation);
-        }
-    }
 }
 
 impl Renewing {
@@ -148,7 +127,7 @@ impl ConnectionLike for Renewing {
         Box::pin(async move {
             let (generation, mut conn) = self.current();
             let sent = clock::now_ms();
-            let waiting = Waiting { renewing: self, generation, armed: true };
+            let waiting = Unanswered::new(|| self.follow_up(generation));
             let result = conn.send_packed_command(cmd).await;
             waiting.answered();
             self.answered(generation, sent, &result);
@@ -165,7 +144,7 @@ impl ConnectionLike for Renewing {
         Box::pin(async move {
             let (generation, mut conn) = self.current();
             let sent = clock::now_ms();
-            let waiting = Waiting { renewing: self, generation, armed: true };
+            let waiting = Unanswered::new(|| self.follow_up(generation));
             let result = conn.req_packed_commands(pipe, offset, count).await;
             waiting.answered();
             self.answered(generation, sent, &result);
