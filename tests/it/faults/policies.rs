@@ -108,7 +108,9 @@ async fn each_partition_member_has_its_own_breaker() {
     let health = &store.health()[0];
     assert_eq!(health.breaker, BreakerState::Open, "the backend reports its worst member");
     assert!(health.up && store.is_ready(), "one member down does not take the partition down");
-    assert!(health.counters.timeouts <= 4, "b's breaker opened after two timeouts: {:?}", health.counters);
+    // Two timeouts open b's breaker; then a probe per cool-down (500 ms) at
+    // most, however slow the machine: before, one per load of b's (30).
+    assert!(health.counters.timeouts < 10, "b's breaker opened after two timeouts: {:?}", health.counters);
     drop(frozen);
     tokio::time::sleep(Duration::from_millis(600)).await;
     for b in &on[1] {
