@@ -13,7 +13,10 @@
 //! * asks again at most once per second while in use as well (an
 //!   announcement can be missed while a sentinel connection is down);
 //! * after an I/O error, a dropped connection or a `READONLY` reply, asks
-//!   again and retries the command once;
+//!   again and retries the command once; a command given up before its
+//!   reply (the store's deadline) leaves a `PING` behind, whose silence
+//!   makes the next command connect anew (a connection gone silent while
+//!   the master stays where it is);
 //! * when no sentinel answers, keeps the master it has: the sentinels' silence
 //!   is no sign that the master failed.
 
@@ -27,6 +30,8 @@ use redis::{
 };
 use tokio::time::Instant;
 
+use super::busy::Busy;
+use super::given_up::Unanswered;
 use super::link::Link;
 use super::replication::{Wait, acknowledged, is_not_replicated};
 use super::settings::Settings;
@@ -51,7 +56,16 @@ struct Master {
     addr: (String, u16),
     conn: MultiplexedConnection,
     checked: Instant,
+    /// Tells this connection from the ones before and after it.
+    number: u64,
+    /// A `PING` left behind by a command given up before its reply got
+    /// nothing back within the socket timeout: the next command connects
+    /// anew, even to the same address.
+    silent: bool,
 }
+
+/// Numbers the connections to the master.
+static MASTER_CONNS_MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 pub(crate) struct Sentinel {
     /// The backend's connection settings (TLS, timeouts).
@@ -60,7 +74,9 @@ pub(crate) struct Sentinel {
     master_name: String,
     redis: RedisConnectionInfo,
     config: AsyncConnectionConfig,
-    current: RwLock<Option<Master>>,
+    current: Arc<RwLock<Option<Master>>>,
+    /// Held while a `PING` left behind by a command given up is in flight.
+    following_up: Arc<std::sync::atomic::AtomicBool>,
     /// Open connections to the sentinels (by index), kept between re-checks.
     sentinel_conns: SentinelConns,
     /// One discovery at a time.
@@ -254,7 +270,8 @@ impl Sentinel {
             settings,
             sentinel_conns: Arc::new(std::sync::Mutex::new(vec![None; sentinels.len()])),
             sentinels,
-            current: RwLock::new(None),
+            current: Arc::new(RwLock::new(None)),
+            following_up: Arc::default(),
             discovering: tokio::sync::Mutex::new(()),
             announced: Arc::default(),
             writes: tokio::sync::Mutex::new(None),
@@ -333,10 +350,44 @@ impl Sentinel {
         }
     }
 
-    fn snapshot(&self) -> Option<(MultiplexedConnection, bool)> {
+    /// The master's connection, and whether to ask the sentinels again
+    /// (and to connect anew: it went silent) before using it.
+    fn snapshot(&self) -> Option<(MultiplexedConnection, bool, bool)> {
         let announced = self.announced.pending();
         let guard = self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        guard.as_ref().map(|m| (m.conn.clone(), announced || m.checked.elapsed() >= RECHECK))
+        guard.as_ref().map(|m| (m.conn.clone(), announced || m.silent || m.checked.elapsed() >= RECHECK, m.silent))
+    }
+
+    /// The number of the master connection in use, if any.
+    fn master_number(&self) -> Option<u64> {
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(|m| m.number)
+    }
+
+    /// A command on master connection `number` was given up before its
+    /// reply (the store's deadline, a dropped request) or redis-rs's own
+    /// timeout could tell: a `PING` on it, in the background, with the whole
+    /// socket timeout; if it times out, the next command connects anew.
+    fn follow_up(&self, number: u64) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let conn = {
+            let guard = self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match guard.as_ref() {
+                Some(master) if master.number == number && !master.silent => master.conn.clone(),
+                _ => return,
+            }
+        };
+        let Some(busy) = Busy::claim(&self.following_up) else { return };
+        let current = Arc::clone(&self.current);
+        runtime.spawn(async move {
+            let _busy = busy;
+            if send::<String>(conn, &redis::cmd("PING")).await.is_err_and(|err| err.is_timeout()) {
+                let mut guard = current.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(master) = guard.as_mut().filter(|master| master.number == number) {
+                    tracing::debug!("sentinel: the master's connection went silent; connecting anew");
+                    master.silent = true;
+                }
+            }
+        });
     }
 
     /// Starts listening to the sentinels' announcements, once.
@@ -358,16 +409,16 @@ impl Sentinel {
     async fn connection(&self) -> RedisResult<MultiplexedConnection> {
         self.listen();
         match self.snapshot() {
-            Some((conn, false)) => return Ok(conn),
-            Some((conn, true)) => {
+            Some((conn, false, _)) => return Ok(conn),
+            Some((conn, true, silent)) => {
                 // Another request is already checking: use what we have.
                 let Ok(_one) = self.discovering.try_lock() else { return Ok(conn) };
-                return self.refresh(Some(conn), false).await;
+                return self.refresh(Some(conn), silent).await;
             }
             None => {}
         }
         let _one = self.discovering.lock().await;
-        if let Some((conn, _)) = self.snapshot() {
+        if let Some((conn, _, _)) = self.snapshot() {
             return Ok(conn); // another request connected meanwhile
         }
         self.refresh(None, false).await
@@ -437,8 +488,9 @@ impl Sentinel {
             match self.connect_master(&addr).await {
                 Ok(conn) => {
                     tracing::debug!(host = %addr.0, port = addr.1, "sentinel: connected to the master");
+                    let number = MASTER_CONNS_MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                        Some(Master { addr, conn: conn.clone(), checked: Instant::now() });
+                        Some(Master { addr, conn: conn.clone(), checked: Instant::now(), number, silent: false });
                     return Ok(conn);
                 }
                 Err(err) => last = Some(err),
@@ -500,7 +552,14 @@ impl Sentinel {
     {
         let attempts = async {
             let first = match self.connection().await {
-                Ok(conn) => send(conn).await,
+                Ok(conn) => {
+                    let waiting = self.master_number().map(|number| Unanswered::new(move || self.follow_up(number)));
+                    let result = send(conn).await;
+                    if let Some(waiting) = waiting {
+                        waiting.answered();
+                    }
+                    result
+                }
                 Err(err) => Err(err),
             };
             match first {

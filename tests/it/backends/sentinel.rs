@@ -593,3 +593,61 @@ async fn a_frozen_master_loses_no_acknowledged_write() {
 async fn a_killed_master_loses_no_acknowledged_write() {
     acknowledged_writes_survive(Fault::Killed, 2, 1).await;
 }
+
+/// The store's connection to the master goes silent (a NAT entry or a load
+/// balancer dropped it) while the master stays where it is, and the store's
+/// deadline (400 ms) ends every wait before the socket timeout (2 s): no
+/// command ever fails in redis-rs, and discovery keeps finding the same
+/// address. A command given up leaves a `PING` behind whose silence makes the
+/// next discovery connect anew. Before, the silent connection stayed for
+/// good. (The sentinels watch the master through the proxy too, but with no
+/// replica they cannot fail it over, and no write waits for one;
+/// announcements are off, since their writes, with no deadline, would time
+/// out and reconnect by chance.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_master_connection_is_replaced_when_the_deadline_ends_every_wait_first() {
+    let master = RedisServer::start().unwrap();
+    let proxy = crate::common::proxy::StallingProxy::start(master.port()).await;
+    let proxy_port: u16 = proxy.url().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap();
+    let sentinels: Vec<RedisServer> =
+        (0..3).map(|_| RedisServer::start_sentinel(MASTER, proxy_port).unwrap()).collect();
+    let addrs: Vec<(&str, u16)> = sentinels.iter().map(|s| ("127.0.0.1", s.port())).collect();
+    let store = MultiRedisStore::builder()
+        .backend(
+            Backend::sentinel("ha", addrs, MASTER)
+                .wait_replicas(0)
+                .socket_timeout(Duration::from_secs(2))
+                .breaker(BreakerConfig::default().cool_down(Duration::from_secs(1))),
+        )
+        .deadline(Duration::from_millis(400))
+        .announce(false)
+        .build()
+        .await
+        .unwrap();
+    let mut rec = record("ada");
+    // The first request discovers the master and connects: it may take
+    // longer than the deadline on a loaded machine.
+    let mut warm_up = 0;
+    while let Err(err) = store.create(&mut rec).await {
+        warm_up += 1;
+        assert!(warm_up < 50, "never connected: {err}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(store.load(&rec.id).await.unwrap().map(|r| r.id), Some(rec.id));
+    proxy.stall();
+    let stalled = Instant::now();
+    let mut errors = 0;
+    while stalled.elapsed() < Duration::from_secs(8) {
+        match store.load(&rec.id).await {
+            Ok(found) => {
+                assert_eq!(found.map(|r| r.id), Some(rec.id));
+                assert!(errors > 0, "the silent connection was used first");
+                eprintln!("answered over a new connection after {:?} ({errors} errors)", stalled.elapsed());
+                return;
+            }
+            Err(_) => errors += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("still no answer after 8 s ({errors} requests failed): the silent connection was never replaced");
+}
