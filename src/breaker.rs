@@ -1,8 +1,9 @@
 //! The circuit breaker of a backend (of each member of a partition): after
-//! `failure_threshold` consecutive failures to reach it (timeouts, refused or dropped connections) it
-//! *opens*: commands to that backend fail at once, without touching the
-//! network, for `cool_down`. Then one command is let through as a probe
-//! (*half-open*): its success closes the breaker, its failure opens it again.
+//! `failure_threshold` consecutive failures to reach it (timeouts, refused
+//! or dropped connections) it *opens*: commands to it fail at once, without
+//! touching the network, for `cool_down`. Then one command is let through as
+//! a probe (*half-open*): its success closes the breaker, its failure opens
+//! it again.
 //!
 //! Only unreachability counts: a server that answers with an error (OOM,
 //! NOPERM, ...) is up, and its errors are reported as they are.

@@ -2,7 +2,7 @@
 //! key (redis-rs follows MOVED/ASK during resharding); batches become
 //! concurrent single commands, since a cluster pipeline must stay on one node;
 //! a scan walks the hash slots in order (see [`Cluster::scan_slots`]); a
-//! command that times out has the connection remade (see [`Cluster::remake`]);
+//! command that times out has the connection remade (see [`Remake`]);
 //! retries the cluster asks for (TRYAGAIN) wait milliseconds, not seconds.
 
 use std::sync::atomic::AtomicBool;
@@ -15,7 +15,7 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr
 use redis::{Cmd, FromRedisValue, IntoConnectionInfo, Pipeline, RedisError, RedisResult, Value};
 
 use super::busy::Busy;
-use super::given_up::Unanswered;
+use super::given_up::{Unanswered, leave_ping};
 use super::replication::Wait;
 use super::settings::Settings;
 use crate::error::Error;
@@ -163,11 +163,48 @@ pub(crate) struct Cluster {
     nodes: std::sync::Mutex<std::collections::HashMap<(String, u16), redis::aio::MultiplexedConnection>>,
     current: Arc<RwLock<Option<ClusterConnection>>>,
     connecting: tokio::sync::Mutex<()>,
-    /// Held while a new cluster connection is being made after a timeout
-    /// (see [`Cluster::remake`]), and for a socket timeout after.
-    remaking: Arc<AtomicBool>,
+    /// Makes a new cluster connection after a timeout.
+    remake: Remake,
     /// Held while a `PING` left behind by a command given up is in flight.
     following_up: Arc<AtomicBool>,
+}
+
+/// Makes a new cluster connection in the background and puts it in place of
+/// the current one once it is up; at most one per socket timeout.
+///
+/// Why: redis-rs learns a new slot map from a MOVED reply or a broken
+/// connection, and a node that went silent (frozen, or gone without a
+/// reset) gives neither. After the cluster promoted its replica, the
+/// connection would still send that shard's commands to it, and time out,
+/// for as long as it stays silent. A new connection reads the slot map
+/// afresh from the nodes that answer. Requests meanwhile use the current
+/// one, so the other shards are not held up by the remaking.
+#[derive(Clone)]
+struct Remake {
+    client: ClusterClient,
+    current: Arc<RwLock<Option<ClusterConnection>>>,
+    /// Held while a connection is being made, and for `pause` after.
+    busy: Arc<AtomicBool>,
+    pause: std::time::Duration,
+}
+
+impl Remake {
+    fn start(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let Some(busy) = Busy::claim(&self.busy) else { return };
+        let (client, current, pause) = (self.client.clone(), Arc::clone(&self.current), self.pause);
+        runtime.spawn(async move {
+            let _busy = busy;
+            match client.get_async_connection().await {
+                Ok(conn) => {
+                    tracing::debug!("cluster: a command timed out; a new connection read the slot map afresh");
+                    *current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
+                }
+                Err(err) => tracing::debug!(error = %err, "cluster: a new connection failed; the current one stays"),
+            }
+            tokio::time::sleep(pause).await;
+        });
+    }
 }
 
 impl Cluster {
@@ -217,14 +254,21 @@ impl Cluster {
             builder = builder.certs(certificates);
         }
         let client = builder.build().map_err(|err| Error::config(name, "cluster", err.to_string()))?;
+        let current = Arc::new(RwLock::new(None));
+        let remake = Remake {
+            client: client.clone(),
+            current: Arc::clone(&current),
+            busy: Arc::default(),
+            pause: settings.socket_timeout,
+        };
         Ok(Cluster {
             client,
             settings,
             nodes: std::sync::Mutex::new(std::collections::HashMap::new()),
-            current: Arc::new(RwLock::new(None)),
+            current,
             connecting: tokio::sync::Mutex::new(()),
-            remaking: Arc::new(AtomicBool::new(false)),
-            following_up: Arc::new(AtomicBool::new(false)),
+            remake,
+            following_up: Arc::default(),
         })
     }
 
@@ -255,69 +299,28 @@ impl Cluster {
     }
 
     /// After a command's `result`: a timeout makes a new cluster connection
-    /// (see [`remake`](Self::remake)).
+    /// (see [`Remake`]).
     fn noticed<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
         if result.as_ref().is_err_and(RedisError::is_timeout) {
-            self.remake();
+            self.remake.start();
         }
         result
     }
 
     /// `cmd` was given up before its reply: a `PING` to its key's node, in
     /// the background, with the whole socket timeout, whose timeout makes a
-    /// new connection as the command's own would have (one at a time).
+    /// new connection as the command's own would have.
     fn follow_up(&self, cmd: &Cmd) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let (Some(key), Some(conn)) = (key_of(cmd), self.cached()) else { return };
-        let Some(busy) = Busy::claim(&self.following_up) else { return };
+        let (Some(key), Some(mut conn)) = (key_of(cmd), self.cached()) else { return };
         let route =
             RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(&key, SlotAddr::Master)));
-        let remake = self.remaker();
-        runtime.spawn(async move {
-            let _busy = busy;
-            let mut conn = conn;
-            if conn.route_command(redis::cmd("PING"), route).await.is_err_and(|err| err.is_timeout()) {
-                remake();
+        let ping = async move { conn.route_command(redis::cmd("PING"), route).await };
+        let remake = self.remake.clone();
+        leave_ping(&self.following_up, ping, move |result| {
+            if result.is_err_and(|err| err.is_timeout()) {
+                remake.start();
             }
         });
-    }
-
-    /// Makes a new cluster connection in the background and puts it in place
-    /// of the current one once it is up; at most one per socket timeout.
-    ///
-    /// Why: redis-rs learns a new slot map from a MOVED reply or a broken
-    /// connection, and a node that went silent (frozen, or gone without a
-    /// reset) gives neither. After the cluster promoted its replica, the
-    /// connection would still send that shard's commands to it, and time
-    /// out, for as long as it stays silent. A new connection reads the slot
-    /// map afresh from the nodes that answer. Requests meanwhile use the
-    /// current one, so the other shards are not held up by the remaking.
-    fn remake(&self) {
-        self.remaker()();
-    }
-
-    /// [`remake`](Self::remake), for a task of its own.
-    fn remaker(&self) -> impl Fn() + Send + 'static {
-        let (client, current, remaking) = (self.client.clone(), Arc::clone(&self.current), Arc::clone(&self.remaking));
-        let pause = self.settings.socket_timeout;
-        move || {
-            let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-            let Some(busy) = Busy::claim(&remaking) else { return };
-            let (client, current) = (client.clone(), Arc::clone(&current));
-            runtime.spawn(async move {
-                let _busy = busy;
-                match client.get_async_connection().await {
-                    Ok(conn) => {
-                        tracing::debug!("cluster: a command timed out; a new connection read the slot map afresh");
-                        *current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
-                    }
-                    Err(err) => {
-                        tracing::debug!(error = %err, "cluster: a new connection failed; the current one stays")
-                    }
-                }
-                tokio::time::sleep(pause).await;
-            });
-        }
     }
 
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
@@ -338,7 +341,7 @@ impl Cluster {
         .await;
         // Any timeout, not only the first error's.
         if replies.iter().any(|reply| reply.as_ref().is_err_and(RedisError::is_timeout)) {
-            self.remake();
+            self.remake.start();
         }
         let values = replies.into_iter().collect::<RedisResult<Vec<Value>>>()?;
         redis::from_redis_value(Value::Array(values)).map_err(RedisError::from)

@@ -1,7 +1,16 @@
 //! Noticing a command given up before its reply: the store's deadline, or a
 //! dropped request, can end the wait before redis-rs's own timeout, which
 //! is then never seen. A connection that went silent must still be found
-//! out (`renewing.rs`, `cluster.rs`).
+//! out (`renewing.rs`, `cluster.rs`, `sentinel.rs`): the command leaves a
+//! `PING` behind on it, given the whole socket timeout.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use redis::RedisResult;
+
+use super::busy::Busy;
 
 /// Armed while a command waits for its reply; dropped armed, it runs
 /// `then` (which leaves a `PING` behind to judge the connection by).
@@ -26,4 +35,20 @@ impl<F: FnOnce()> Drop for Unanswered<F> {
             then();
         }
     }
+}
+
+/// Runs `ping` (a `PING` on the connection a command was given up on) in
+/// the background and hands its outcome to `judge`; one at a time per
+/// `claim`, and only inside a runtime.
+pub(crate) fn leave_ping<T: Send + 'static>(
+    claim: &Arc<AtomicBool>,
+    ping: impl Future<Output = RedisResult<T>> + Send + 'static,
+    judge: impl FnOnce(RedisResult<T>) + Send + 'static,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    let Some(busy) = Busy::claim(claim) else { return };
+    runtime.spawn(async move {
+        let _busy = busy;
+        judge(ping.await);
+    });
 }

@@ -25,8 +25,7 @@ use std::sync::{Arc, RwLock};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
-use super::busy::Busy;
-use super::given_up::Unanswered;
+use super::given_up::{Unanswered, leave_ping};
 use crate::clock;
 
 /// A `ConnectionManager` replaced by a new one when it went silent.
@@ -93,19 +92,13 @@ impl Renewing {
     /// or its timeout: a `PING` on it, in the background, with the whole
     /// timeout, tells whether it went silent (unless it was replaced already).
     fn follow_up(&self, generation: u64) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let (current, mut conn) = self.current();
         if current != generation {
             return;
         }
-        let Some(busy) = Busy::claim(&self.shared.following_up) else { return };
-        let renewing = self.clone();
-        runtime.spawn(async move {
-            let _busy = busy;
-            let sent = clock::now_ms();
-            let result = conn.send_packed_command(&redis::cmd("PING")).await;
-            renewing.answered(generation, sent, &result);
-        });
+        let (renewing, sent) = (self.clone(), clock::now_ms());
+        let ping = async move { conn.send_packed_command(&redis::cmd("PING")).await };
+        leave_ping(&self.shared.following_up, ping, move |result| renewing.answered(generation, sent, &result));
     }
 
     /// Replaces connection `generation`, unless another command did already.

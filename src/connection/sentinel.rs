@@ -30,8 +30,7 @@ use redis::{
 };
 use tokio::time::Instant;
 
-use super::busy::Busy;
-use super::given_up::Unanswered;
+use super::given_up::{Unanswered, leave_ping};
 use super::link::Link;
 use super::replication::{Wait, acknowledged, is_not_replicated};
 use super::settings::Settings;
@@ -46,8 +45,13 @@ type Addr = (String, u16);
 /// the connection they used, not a newer one).
 type SentinelConns = Arc<std::sync::Mutex<Vec<Option<(u64, MultiplexedConnection)>>>>;
 
-/// Numbers the sentinel connections.
-static SENTINEL_CONNS_MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Numbers the connections kept here (to the sentinels and to the master),
+/// so that a late outcome acts on the connection it was about only.
+static CONNS_MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn next_number() -> u64 {
+    CONNS_MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
 
 /// How often an open connection re-checks who the master is.
 const RECHECK: Duration = Duration::from_secs(1);
@@ -63,9 +67,6 @@ struct Master {
     /// anew, even to the same address.
     silent: bool,
 }
-
-/// Numbers the connections to the master.
-static MASTER_CONNS_MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 pub(crate) struct Sentinel {
     /// The backend's connection settings (TLS, timeouts).
@@ -187,7 +188,7 @@ fn sentinel_conn(conns: &SentinelConns, i: usize) -> Option<(u64, MultiplexedCon
 
 /// Keeps `conn` for sentinel `i`; its number.
 fn keep_sentinel_conn(conns: &SentinelConns, i: usize, conn: MultiplexedConnection) -> u64 {
-    let number = SENTINEL_CONNS_MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let number = next_number();
     let mut conns = conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(slot) = conns.get_mut(i) {
         *slot = Some((number, conn));
@@ -368,7 +369,6 @@ impl Sentinel {
     /// timeout could tell: a `PING` on it, in the background, with the whole
     /// socket timeout; if it times out, the next command connects anew.
     fn follow_up(&self, number: u64) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let conn = {
             let guard = self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             match guard.as_ref() {
@@ -376,11 +376,10 @@ impl Sentinel {
                 _ => return,
             }
         };
-        let Some(busy) = Busy::claim(&self.following_up) else { return };
         let current = Arc::clone(&self.current);
-        runtime.spawn(async move {
-            let _busy = busy;
-            if send::<String>(conn, &redis::cmd("PING")).await.is_err_and(|err| err.is_timeout()) {
+        let ping = async move { send::<String>(conn, &redis::cmd("PING")).await };
+        leave_ping(&self.following_up, ping, move |result| {
+            if result.is_err_and(|err| err.is_timeout()) {
                 let mut guard = current.write().unwrap_or_else(std::sync::PoisonError::into_inner);
                 if let Some(master) = guard.as_mut().filter(|master| master.number == number) {
                     tracing::debug!("sentinel: the master's connection went silent; connecting anew");
@@ -488,7 +487,7 @@ impl Sentinel {
             match self.connect_master(&addr).await {
                 Ok(conn) => {
                     tracing::debug!(host = %addr.0, port = addr.1, "sentinel: connected to the master");
-                    let number = MASTER_CONNS_MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let number = next_number();
                     *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
                         Some(Master { addr, conn: conn.clone(), checked: Instant::now(), number, silent: false });
                     return Ok(conn);

@@ -265,6 +265,39 @@ impl StallingProxy {
     pub fn url(&self) -> String {
         self.listening.url()
     }
+
+    pub fn port(&self) -> u16 {
+        self.listening.addr.port()
+    }
+
+    /// Stalls every connection made so far, then loads `rec` through `store`
+    /// every 50 ms until it is answered (over a new connection), for
+    /// `within` at most: how long that took, and how many loads failed
+    /// first. Panics if none answered in time, or if the first did (the
+    /// silent connection was not the one in use).
+    pub async fn stall_until_answered(
+        &self,
+        store: &tower_sessions_multi_redis_store::MultiRedisStore,
+        rec: &tower_sessions_core::session::Record,
+        within: Duration,
+    ) -> (Duration, usize) {
+        use tower_sessions_core::SessionStore;
+        self.stall();
+        let stalled = std::time::Instant::now();
+        let mut errors = 0;
+        while stalled.elapsed() < within {
+            match store.load(&rec.id).await {
+                Ok(found) => {
+                    assert_eq!(found.map(|r| r.id), Some(rec.id));
+                    assert!(errors > 0, "the silent connection was used first");
+                    return (stalled.elapsed(), errors);
+                }
+                Err(_) => errors += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("still no answer after {within:?} ({errors} requests failed): the silent connection was never replaced");
+    }
 }
 
 async fn stalling_pipe(client: TcpStream, upstream_port: u16, stalled: Arc<AtomicBool>) {
