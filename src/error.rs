@@ -173,6 +173,12 @@ impl Error {
         }
     }
 
+    /// Whether a key held another type than the command works on (a
+    /// `WRONGTYPE` reply): a key under the prefix that is no session.
+    pub(crate) fn is_wrong_type(&self) -> bool {
+        matches!(self, Error::Redis { source, .. } if source.code() == Some("WRONGTYPE"))
+    }
+
     /// Whether a backend could not be reached or dropped the connection.
     pub fn is_connection_error(&self) -> bool {
         match self {

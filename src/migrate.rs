@@ -466,7 +466,7 @@ impl Migrator {
         }
         let ids = keys.iter().map(|k| source.id_of(k).unwrap_or_default());
         batch.read_at = crate::clock::now_ms();
-        let values: Vec<Option<Vec<u8>>> = match source.per_session("GET", ids, None).await {
+        let values: Vec<Result<Option<Vec<u8>>, Error>> = match source.per_session_each("GET", ids, None).await {
             Ok(values) => values,
             Err(err) => {
                 batch.failed = keys.into_iter().map(|k| (k, err.to_string())).collect();
@@ -475,9 +475,22 @@ impl Migrator {
         };
         let now = time::OffsetDateTime::now_utc();
         for (key, value) in keys.into_iter().zip(values) {
-            let Some(bytes) = value else {
-                batch.skipped += 1; // gone since SCAN
-                continue;
+            let bytes = match value {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => {
+                    batch.skipped += 1; // gone since SCAN
+                    continue;
+                }
+                // A hash or a list under a session's name: no session, left
+                // in place and listed, like bytes that do not decode.
+                Err(err) if err.is_wrong_type() => {
+                    batch.corrupt.push(key);
+                    continue;
+                }
+                Err(err) => {
+                    batch.failed.push((key, err.to_string()));
+                    continue;
+                }
             };
             match codec::decode_expiry(&bytes) {
                 Err(_) => batch.corrupt.push(key),
@@ -729,8 +742,8 @@ impl Migrator {
                 .filter(|id| Id::from_str(id).is_ok())
                 .collect();
             if !ids.is_empty() {
-                let here: Vec<Option<Vec<u8>>> = target.per_session("GET", ids.iter().copied(), None).await?;
-                let there: Vec<Option<Vec<u8>>> = source.per_session("GET", ids.iter().copied(), None).await?;
+                let here = sessions(target.per_session_each("GET", ids.iter().copied(), None).await?)?;
+                let there = sessions(source.per_session_each("GET", ids.iter().copied(), None).await?)?;
                 let stale: Vec<&str> = ids
                     .iter()
                     .zip(here.iter().zip(&there))
@@ -776,10 +789,10 @@ impl Migrator {
             let ids: Vec<&str> =
                 keys.iter().filter_map(|k| source.id_of(k)).filter(|id| Id::from_str(id).is_ok()).collect();
             if !ids.is_empty() {
-                let here: Vec<Option<Vec<u8>>> = source.per_session("GET", ids.iter().copied(), None).await?;
+                let here = sessions(source.per_session_each("GET", ids.iter().copied(), None).await?)?;
                 let mut there = Vec::new();
                 for t in &targets {
-                    there.push(t.per_session::<Option<Vec<u8>>>("GET", ids.iter().copied(), None).await?);
+                    there.push(sessions(t.per_session_each("GET", ids.iter().copied(), None).await?)?);
                 }
                 for (i, value) in here.iter().enumerate() {
                     let Some(bytes) = value else { continue };
@@ -878,4 +891,17 @@ impl Run {
             self.report.corrupt_keys.push(key);
         }
     }
+}
+
+/// A `GET` batch's values for `verify` and `repair`: a key of another type
+/// under a session's name (`WRONGTYPE`) holds no session, so it reads as
+/// none; any other error of one key is the walk's.
+fn sessions(values: Vec<Result<Option<Vec<u8>>, Error>>) -> Result<Vec<Option<Vec<u8>>>, Error> {
+    values
+        .into_iter()
+        .map(|value| match value {
+            Err(err) if err.is_wrong_type() => Ok(None),
+            value => value,
+        })
+        .collect()
 }

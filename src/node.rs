@@ -785,6 +785,20 @@ impl Node {
         ids: impl IntoIterator<Item = &'a str>,
         deadline: Deadline,
     ) -> Result<Vec<T>, Error> {
+        self.per_session_each(op, ids, deadline).await?.into_iter().collect()
+    }
+
+    /// [`per_session`](Self::per_session), each reply on its own: an error
+    /// reply (`WRONGTYPE` from a key of another type under the prefix) or
+    /// one that does not convert is that session's error, not its batch's.
+    /// The whole is an error only when the batch failed (a connection, a
+    /// timeout): one odd key must not stop a migration at every run.
+    pub(crate) async fn per_session_each<'a, T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        ids: impl IntoIterator<Item = &'a str>,
+        deadline: Deadline,
+    ) -> Result<Vec<Result<T, Error>>, Error> {
         self.per_key(op, ids, |key| key, deadline).await
     }
 
@@ -796,7 +810,10 @@ impl Node {
         deadline: Deadline,
     ) -> Result<Vec<bool>, Error> {
         let cluster = self.conn.is_cluster();
-        self.per_key("EXISTS", ids, |key| keys::tombstone_key(&self.prefix, &key, cluster), deadline).await
+        self.per_key("EXISTS", ids, |key| keys::tombstone_key(&self.prefix, &key, cluster), deadline)
+            .await?
+            .into_iter()
+            .collect()
     }
 
     /// `op` on the key `key_of` makes of each session's key, as
@@ -808,7 +825,7 @@ impl Node {
         ids: impl IntoIterator<Item = &'a str>,
         key_of: impl Fn(String) -> String,
         deadline: Deadline,
-    ) -> Result<Vec<T>, Error> {
+    ) -> Result<Vec<Result<T, Error>>, Error> {
         let items = ids
             .into_iter()
             .map(|id| {
@@ -817,16 +834,16 @@ impl Node {
             })
             .collect();
         let values = self.batch(op, items, op == "DEL", deadline).await?;
-        values
+        let convert = |v: Value| {
+            // An error reply is an error of its kind (`WRONGTYPE`), not a
+            // failed conversion.
+            let value = v.extract_error()?;
+            redis::from_redis_value(value).map_err(redis::RedisError::from)
+        };
+        Ok(values
             .into_iter()
-            .map(|v| {
-                redis::from_redis_value(v).map_err(|e| Error::Redis {
-                    backend: self.name.clone(),
-                    op,
-                    source: redis::RedisError::from(e),
-                })
-            })
-            .collect()
+            .map(|v| convert(v).map_err(|source| Error::Redis { backend: self.name.clone(), op, source }))
+            .collect())
     }
 
     /// `SET <prefix><id> value PX ttl`: an instance's announcement (`announce.rs`).

@@ -343,7 +343,10 @@ impl Cluster {
         if replies.iter().any(|reply| reply.as_ref().is_err_and(RedisError::is_timeout)) {
             self.remake.start();
         }
-        let values = replies.into_iter().collect::<RedisResult<Vec<Value>>>()?;
+        // As a pipeline that ignores errors: a command's error reply is its
+        // reply (one key of another type must not fail its batch); the
+        // batch fails only on a connection's or a timeout's error.
+        let values = replies.into_iter().map(error_reply_as_value).collect::<RedisResult<Vec<Value>>>()?;
         redis::from_redis_value(Value::Array(values)).map_err(RedisError::from)
     }
 
@@ -523,6 +526,18 @@ impl Cluster {
         let value = self.noticed(self.connection().await?.route_command(cmd.clone(), routing).await)?;
         // An error reply is an error of its kind, not a parse error.
         redis::from_redis_value(value.extract_error()?).map_err(RedisError::from)
+    }
+}
+
+/// A command's error reply (`WRONGTYPE`, `NOPERM`, ...) as the value it
+/// was, not an error.
+fn error_reply_as_value(reply: RedisResult<Value>) -> RedisResult<Value> {
+    match reply {
+        Err(err) if err.code().is_some() => match err.clone().into_server_errors().as_deref() {
+            Some([(_, one)]) => Ok(Value::ServerError(one.clone())),
+            _ => Err(err),
+        },
+        reply => reply,
     }
 }
 

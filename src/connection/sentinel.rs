@@ -678,8 +678,6 @@ mod tests {
     use super::*;
     use crate::testing::RedisServer;
 
-    /// A demoted master answers writes with `READONLY`: that must read as a
-    /// sign of failover (ask the sentinels again), not as a parse error.
     #[test]
     fn a_discovery_dropped_hands_its_announcement_back_unless_a_newer_came() {
         let announced = Announced::default();
@@ -701,6 +699,8 @@ mod tests {
         assert!(!announced.pending());
     }
 
+    /// A demoted master answers writes with `READONLY`: that must read as a
+    /// sign of failover (ask the sentinels again), not as a parse error.
     #[tokio::test]
     async fn a_readonly_reply_is_a_sign_of_failover() {
         let master = RedisServer::start().unwrap();

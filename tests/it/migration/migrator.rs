@@ -274,13 +274,25 @@ async fn corrupt_values_are_reported_by_key_and_left_in_place() {
         crate::common::raw_set(old, &key, format!("garbage {i}").as_bytes()).await;
         bad_keys.push(key);
     }
+    // A session id holding another type (a hash, a list): its GET is an
+    // error reply, which must not fail the other sessions of its batch.
+    for kind in ["HSET", "RPUSH"] {
+        let key = format!("{PREFIX}{}", record("x").id);
+        let mut cmd = redis::cmd(kind);
+        cmd.arg(&key).arg("f");
+        if kind == "HSET" {
+            cmd.arg("v");
+        }
+        let _: () = cmd.query_async(&mut conn(old).await).await.unwrap();
+        bad_keys.push(key);
+    }
     // Not a session id at all: skipped, untouched.
     crate::common::raw_set(old, &format!("{PREFIX}not-a-session"), b"x").await;
 
     let migrator = Migrator::for_store(&app, migrate::Options::default().move_sessions(true)).unwrap();
     let report = migrator.run(|_| {}, std::future::pending()).await.unwrap();
     assert!(report.finished && !report.is_clean());
-    assert_eq!(report.progress.corrupt, 5);
+    assert_eq!(report.progress.corrupt, 7, "{report:?}");
     assert_eq!(report.progress.copied, 100);
     let mut listed = report.corrupt_keys.clone();
     listed.sort();
@@ -294,7 +306,11 @@ async fn corrupt_values_are_reported_by_key_and_left_in_place() {
     for rec in &good {
         assert_in(new, rec).await;
     }
-    assert_eq!(key_count(old).await, 6);
+    assert_eq!(key_count(old).await, 8);
+    // `verify` walks the source past them too (before: "GET failed").
+    let app = migrating_store(new, old).await;
+    let verified = Migrator::for_store(&app, migrate::Options::default()).unwrap().verify().await.unwrap();
+    assert_eq!((verified.checked, verified.missing), (0, 0), "{verified:?}");
 }
 
 #[tokio::test]
