@@ -86,12 +86,21 @@ pub(crate) struct Sentinel {
     /// discovery: tried first by the next one.
     announced: Arc<Announced>,
     /// A second connection to the master, for writes that wait for replicas
-    /// (`WAIT` holds up every later command of its connection), with the
-    /// master's address it was made for.
-    writes: tokio::sync::Mutex<Option<(Addr, Arc<Link<MultiplexedConnection>>)>>,
+    /// (`WAIT` holds up every later command of its connection).
+    writes: tokio::sync::Mutex<Option<Writes>>,
+    /// Held while a `PING` left behind by a write given up is in flight.
+    following_up_writes: Arc<std::sync::atomic::AtomicBool>,
     /// The tasks that listen to the sentinels' announcements, started on
     /// first use (a runtime is needed) and stopped with the connection.
     listeners: std::sync::OnceLock<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// The writes' connection to the master: the master's address it was
+/// made for, and whether a `PING` left behind on it timed out.
+struct Writes {
+    addr: Addr,
+    link: Arc<Link<MultiplexedConnection>>,
+    silent: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Drop for Sentinel {
@@ -273,6 +282,7 @@ impl Sentinel {
             sentinels,
             current: Arc::new(RwLock::new(None)),
             following_up: Arc::default(),
+            following_up_writes: Arc::default(),
             discovering: tokio::sync::Mutex::new(()),
             announced: Arc::default(),
             writes: tokio::sync::Mutex::new(None),
@@ -626,12 +636,17 @@ impl Sentinel {
     {
         let result = self
             .with_master(|_| async {
-                let link = self.writes_link(wait).await?;
+                let (link, silent) = self.writes_link(wait).await?;
+                // Its own follow-up: this connection can go silent while
+                // the master's stays alive (or is replaced, at the same
+                // address, which does not replace this one).
+                let waiting = Unanswered::new(|| self.follow_up_writes(&link, silent));
                 let result = send(link.clone()).await;
+                waiting.answered();
                 if result.as_ref().is_err_and(failover_sign) {
                     // This link only: another task may have made a fresh one.
                     let mut writes = self.writes.lock().await;
-                    if writes.as_ref().is_some_and(|(_, cached)| Arc::ptr_eq(cached, &link)) {
+                    if writes.as_ref().is_some_and(|cached| Arc::ptr_eq(&cached.link, &link)) {
                         *writes = None;
                     }
                 }
@@ -644,9 +659,26 @@ impl Sentinel {
         result
     }
 
-    /// The writes' link to the current master, made when there is none for
-    /// it yet.
-    async fn writes_link(&self, wait: Wait) -> RedisResult<Arc<Link<MultiplexedConnection>>> {
+    /// A write on the writes' link was given up before its reply: a `PING`
+    /// on its connection, in the background, with the whole socket timeout;
+    /// if it times out, the next write connects anew.
+    fn follow_up_writes(&self, link: &Link<MultiplexedConnection>, silent: Arc<std::sync::atomic::AtomicBool>) {
+        let mut conn = link.manager();
+        let ping = async move { redis::cmd("PING").query_async::<String>(&mut conn).await };
+        leave_ping(&self.following_up_writes, ping, move |result| {
+            if result.is_err_and(|err| err.is_timeout()) {
+                tracing::debug!("sentinel: the writes' connection went silent; connecting anew");
+                silent.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
+
+    /// The writes' link to the current master (and its silence flag), made
+    /// when there is none for it yet, or the one there went silent.
+    async fn writes_link(
+        &self,
+        wait: Wait,
+    ) -> RedisResult<(Arc<Link<MultiplexedConnection>>, Arc<std::sync::atomic::AtomicBool>)> {
         let master =
             || self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(|m| m.addr.clone());
         // The master is read under the lock (a task that waited for it must
@@ -656,10 +688,11 @@ impl Sentinel {
         let Some(addr) = master() else {
             return Err(RedisError::from((ErrorKind::Client, "no master")));
         };
-        if let Some((at, link)) = writes.as_ref()
-            && *at == addr
+        if let Some(cached) = writes.as_ref()
+            && cached.addr == addr
+            && !cached.silent.load(std::sync::atomic::Ordering::Relaxed)
         {
-            return Ok(link.clone());
+            return Ok((cached.link.clone(), cached.silent.clone()));
         }
         let link = Arc::new(Link::waiting(self.connect_master(&addr).await?, wait));
         if master().as_ref() != Some(&addr) {
@@ -668,8 +701,9 @@ impl Sentinel {
                 "the master changed while connecting to it",
             )));
         }
-        *writes = Some((addr, link.clone()));
-        Ok(link)
+        let silent = Arc::default();
+        *writes = Some(Writes { addr, link: link.clone(), silent: Arc::clone(&silent) });
+        Ok((link, silent))
     }
 }
 

@@ -636,3 +636,56 @@ async fn a_silent_master_connection_is_replaced_when_the_deadline_ends_every_wai
     let (after, errors) = proxy.stall_until_answered(&store, &rec, Duration::from_secs(8)).await;
     eprintln!("answered over a new connection after {after:?} ({errors} errors)");
 }
+
+/// As above, with writes that wait for a replica: they go over a second
+/// connection to the master (a `WAIT` holds up its connection), and that
+/// one goes silent too. A write given up leaves a `PING` behind on it, whose
+/// silence makes the next write connect anew. Before, the master's own
+/// connection was replaced but the writes' one stayed, so every save failed
+/// for good. (The sentinels could fail the master over now, so they wait a
+/// minute before they call it down.) A save first reads the master's clock
+/// on the master's own connection, so the two are found out one after the
+/// other: about 6.5 s here, with the breaker's cool-downs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_writes_connection_is_replaced_when_the_deadline_ends_every_wait_first() {
+    let master = RedisServer::start().unwrap();
+    let port = master.port().to_string();
+    let _replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).unwrap();
+    wait_for_replica(&master.url()).await;
+    let proxy = crate::common::proxy::StallingProxy::start(master.port()).await;
+    let patient = format!("sentinel down-after-milliseconds {MASTER} 60000");
+    let sentinels: Vec<RedisServer> =
+        (0..3).map(|_| RedisServer::start_sentinel_with(MASTER, proxy.port(), &[patient.as_str()]).unwrap()).collect();
+    let addrs: Vec<(&str, u16)> = sentinels.iter().map(|s| ("127.0.0.1", s.port())).collect();
+    let store = MultiRedisStore::builder()
+        .backend(
+            Backend::sentinel("ha", addrs, MASTER)
+                .wait_replicas(1)
+                .socket_timeout(Duration::from_secs(2))
+                .breaker(BreakerConfig::default().cool_down(Duration::from_secs(1))),
+        )
+        .deadline(Duration::from_millis(400))
+        .announce(false)
+        .build()
+        .await
+        .unwrap();
+    let mut rec = record("ada");
+    let mut warm_up = 0;
+    while let Err(err) = store.create(&mut rec).await {
+        warm_up += 1;
+        assert!(warm_up < 50, "never connected: {err}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rec = Mutex::new(rec);
+    let attempts = AtomicU64::new(0);
+    let (after, errors) = proxy
+        .stall_until(Duration::from_secs(15), || async {
+            let mut rec = rec.lock().await;
+            rec.data.insert("n".into(), serde_json::json!(attempts.fetch_add(1, Ordering::SeqCst)));
+            store.save(&rec).await
+        })
+        .await;
+    eprintln!("a save answered over a new connection after {after:?} ({errors} errors)");
+    let rec = rec.into_inner();
+    assert_eq!(store.load(&rec.id).await.unwrap().as_ref(), Some(&rec), "the last save is what loads");
+}

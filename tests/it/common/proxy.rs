@@ -282,13 +282,27 @@ impl StallingProxy {
         within: Duration,
     ) -> (Duration, usize) {
         use tower_sessions_core::SessionStore;
+        self.stall_until(within, || async {
+            let found = store.load(&rec.id).await?;
+            assert_eq!(found.map(|r| r.id), Some(rec.id));
+            Ok(())
+        })
+        .await
+    }
+
+    /// As [`stall_until_answered`](Self::stall_until_answered), for any
+    /// request `op`.
+    pub async fn stall_until<F, Fut>(&self, within: Duration, op: F) -> (Duration, usize)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(), tower_sessions_core::session_store::Error>>,
+    {
         self.stall();
         let stalled = std::time::Instant::now();
         let mut errors = 0;
         while stalled.elapsed() < within {
-            match store.load(&rec.id).await {
-                Ok(found) => {
-                    assert_eq!(found.map(|r| r.id), Some(rec.id));
+            match op().await {
+                Ok(()) => {
                     assert!(errors > 0, "the silent connection was used first");
                     return (stalled.elapsed(), errors);
                 }
