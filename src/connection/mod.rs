@@ -2,7 +2,7 @@
 //! one server, or a partition of several (weighted rendezvous hashing).
 
 mod batch;
-mod busy;
+pub(crate) mod busy;
 mod cluster;
 mod given_up;
 mod link;

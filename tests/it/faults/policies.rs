@@ -261,3 +261,43 @@ async fn counters_reach_the_metrics_facade() {
     assert!(counters.contains(&("tower_sessions_redis_hits_total".into(), "backend=main".into(), 1)), "{counters:?}");
     assert!(counters.contains(&("tower_sessions_redis_misses_total".into(), "backend=main".into(), 1)), "{counters:?}");
 }
+
+/// A store that announces nothing, and gets no request while it is unready
+/// (a load balancer stops routing to it), becomes ready again once its
+/// backend is back: a readiness check that finds it unready probes the
+/// backends in the background. Before, nothing ever reached the backend
+/// again, so the store stayed unready for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_unready_store_becomes_ready_once_its_backend_is_back() {
+    let server = RedisServer::start().unwrap();
+    let store = MultiRedisStore::builder()
+        .backend(fast(Backend::url("main", server.url())))
+        .announce(false)
+        .build()
+        .await
+        .unwrap();
+    let mut rec = record("ada");
+    store.create(&mut rec).await.unwrap();
+    assert!(store.is_ready());
+    {
+        let _frozen = Frozen::new(&server);
+        for _ in 0..2 {
+            assert!(store.load(&rec.id).await.is_err());
+        }
+        assert_eq!(store.health()[0].breaker, BreakerState::Open);
+        // Checked while down: the probes fail, and it stays unready.
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(1) {
+            assert!(!store.is_ready());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // No request from here on: readiness checks only, every 100 ms.
+    let thawed = std::time::Instant::now();
+    while !store.is_ready() {
+        assert!(thawed.elapsed() < Duration::from_secs(5), "never ready again: {:?}", store.health());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("ready {:?} after the thaw", thawed.elapsed());
+    assert_eq!(store.load(&rec.id).await.unwrap(), Some(rec));
+}
