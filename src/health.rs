@@ -50,7 +50,8 @@ pub struct BackendHealth {
     /// Its modes (serialized as e.g. `"read+delete"`).
     pub modes: Modes,
     /// Whether its last command succeeded and its breaker is not open (its
-    /// cool-down is over when half-open; a partition's: some member's).
+    /// cool-down is over when half-open); a partition's: whether that holds
+    /// for some member.
     pub up: bool,
     /// Its circuit breaker (a partition's: its worst member's).
     pub breaker: BreakerState,

@@ -743,11 +743,21 @@ impl Migrator {
                 .collect();
             if !ids.is_empty() {
                 let here = sessions(target.per_session_each("GET", ids.iter().copied(), None).await?)?;
-                let there = sessions(source.per_session_each("GET", ids.iter().copied(), None).await?)?;
+                // A source key of another type says nothing of the session:
+                // its target copy stays.
+                let there: Vec<Option<Option<Vec<u8>>>> = source
+                    .per_session_each("GET", ids.iter().copied(), None)
+                    .await?
+                    .into_iter()
+                    .map(|value| match value {
+                        Err(err) if err.is_wrong_type() => Ok(None),
+                        value => value.map(Some),
+                    })
+                    .collect::<Result<_, Error>>()?;
                 let stale: Vec<&str> = ids
                     .iter()
                     .zip(here.iter().zip(&there))
-                    .filter(|(_, (here, there))| here.is_some() && here != there)
+                    .filter(|(_, (here, there))| matches!(there, Some(there) if here.is_some() && *here != there))
                     .map(|(id, _)| *id)
                     .collect();
                 report.checked += here.iter().filter(|v| v.is_some()).count() as u64;
@@ -895,7 +905,8 @@ impl Run {
 
 /// A `GET` batch's values for `verify` and `repair`: a key of another type
 /// under a session's name (`WRONGTYPE`) holds no session, so it reads as
-/// none; any other error of one key is the walk's.
+/// none (`verify` reports a target's as missing; `repair` leaves it alone);
+/// any other error of one key is the walk's.
 fn sessions(values: Vec<Result<Option<Vec<u8>>, Error>>) -> Result<Vec<Option<Vec<u8>>>, Error> {
     values
         .into_iter()

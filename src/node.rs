@@ -97,7 +97,9 @@ pub(crate) struct Node {
     /// take them down with it.
     breakers: Box<[Breaker]>,
     counters: [AtomicU64; 7],
-    last_ok: AtomicBool,
+    /// Per member: whether its last command succeeded (an operation on
+    /// every member, such as a walk, counts for each).
+    last_ok: Box<[AtomicBool]>,
     last_error: Mutex<Option<String>>,
     /// The `metrics` handles of the counters, registered once.
     #[cfg(feature = "metrics")]
@@ -148,7 +150,7 @@ impl Node {
             retry_on_timeout: backend.retry_on_timeout,
             breakers: (0..members).map(|_| Breaker::new(backend.breaker)).collect(),
             counters: Default::default(),
-            last_ok: AtomicBool::new(true),
+            last_ok: (0..members).map(|_| AtomicBool::new(true)).collect(),
             last_error: Mutex::new(None),
             #[cfg(feature = "metrics")]
             metrics: METRIC_NAMES.map(|name| metrics::counter!(name, "backend" => backend.name.clone())),
@@ -187,15 +189,19 @@ impl Node {
             BreakerState::Open => 2,
         });
         let breaker = breaker.unwrap_or(BreakerState::Closed);
-        // Up while some member is not skipped: a partition with one member
-        // down still serves the others' sessions (and every instance would
-        // be unready at once). A member whose breaker went half-open
-        // without traffic to probe it does not count against it.
-        let serving = states.iter().any(|state| *state != BreakerState::Open);
+        // Up while some member answered its last command and is not
+        // skipped: a partition with one member down still serves the
+        // others' sessions (and every instance would be unready at once). A
+        // member whose breaker went half-open without traffic to probe it
+        // does not count against it.
+        let up = states
+            .iter()
+            .zip(&self.last_ok)
+            .any(|(state, ok)| *state != BreakerState::Open && ok.load(Ordering::Relaxed));
         BackendHealth {
             name: self.name.clone(),
             modes: self.modes,
-            up: self.last_ok.load(Ordering::Relaxed) && serving,
+            up,
             breaker,
             last_error: self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
             counters: BackendCounters {
@@ -274,20 +280,41 @@ impl Node {
         }
         tracing::trace!(backend = %self.name, op, ok = result.is_ok(), "command");
         match &result {
-            // Read first: writing a shared flag on every command would bounce
-            // its cache line between worker threads.
-            Ok(_) if !self.last_ok.load(Ordering::Relaxed) => self.last_ok.store(true, Ordering::Relaxed),
-            Ok(_) => {}
-            Err(err) => {
-                self.count(Counter::Error);
-                if err.is_timeout() {
-                    self.count(Counter::Timeout);
-                }
-                self.last_ok.store(false, Ordering::Relaxed);
-                *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(err.to_string());
-            }
+            Ok(_) => self.answered(member),
+            Err(err) => self.failed(member, err),
         }
         result
+    }
+
+    /// Member `member` (`None`: every member) answered.
+    fn answered(&self, member: Option<usize>) {
+        for ok in self.members_of(member) {
+            // Read first: writing a shared flag on every command would
+            // bounce its cache line between worker threads.
+            if !ok.load(Ordering::Relaxed) {
+                ok.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Member `member` (`None`: every member) failed with `err`.
+    fn failed(&self, member: Option<usize>, err: &Error) {
+        self.count(Counter::Error);
+        if err.is_timeout() {
+            self.count(Counter::Timeout);
+        }
+        for ok in self.members_of(member) {
+            ok.store(false, Ordering::Relaxed);
+        }
+        *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(err.to_string());
+    }
+
+    /// The `last_ok` flags of member `member`, or of every member.
+    fn members_of(&self, member: Option<usize>) -> &[AtomicBool] {
+        match member {
+            Some(member) => self.last_ok.get(member..=member).unwrap_or_default(),
+            None => &self.last_ok,
+        }
     }
 
     /// One command, to member `member` of the backend.
@@ -400,7 +427,32 @@ impl Node {
             })
         }))
         .await;
+        // A command's error reply is its own, but one saying the server
+        // cannot serve now is the member's failure, as a failed command's
+        // would be (health, `is_ready`).
+        for ((member, _), reply) in batch.pipelines().zip(&replies) {
+            if let Ok(values) = reply
+                && let Some(source) = values.iter().find_map(cannot_serve)
+            {
+                self.failed(Some(member), &Error::Redis { backend: self.name.clone(), op, source });
+            }
+        }
         batch.replies(replies)
+    }
+
+    /// A probe for [`MultiRedisStore::is_ready`](crate::MultiRedisStore::is_ready):
+    /// `PING`s, concurrently, the members whose last command failed and
+    /// whose breaker lets a command through (its cool-down over); each
+    /// outcome is recorded as any command's.
+    pub(crate) async fn probe(&self) {
+        let down = (0..self.conn.members()).filter(|&member| {
+            let open = self.breakers.get(member).is_some_and(|b| b.state() == BreakerState::Open);
+            let ok = self.last_ok.get(member).is_some_and(|ok| ok.load(Ordering::Relaxed));
+            !ok && !open
+        });
+        let ping = redis::cmd("PING");
+        let pings = down.map(|member| self.run::<String>("PING", member, &ping, true, None));
+        futures_util::future::join_all(pings).await;
     }
 
     /// `PING` of every member: the slowest round trip.
@@ -867,6 +919,20 @@ impl Node {
         let (key, member) = self.route(id);
         let found: u64 = self.run("EXISTS", member, redis::cmd("EXISTS").arg(key), true, deadline).await?;
         Ok(found > 0)
+    }
+}
+
+/// An error reply that says the server cannot serve now (a cluster down, a
+/// slot on the move, a server loading its data, a demoted primary), as an
+/// error; `None` for a reply that is the key's own (`WRONGTYPE`, ...).
+fn cannot_serve(value: &Value) -> Option<redis::RedisError> {
+    match value {
+        Value::ServerError(err)
+            if matches!(err.code(), "CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN" | "LOADING" | "READONLY") =>
+        {
+            Some(err.clone().into())
+        }
+        _ => None,
     }
 }
 

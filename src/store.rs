@@ -235,36 +235,27 @@ impl MultiRedisStore {
     /// Whether the store can serve: some backend that reads and writes is up
     /// (see [`health`](Self::health)). For readiness probes.
     ///
-    /// When the answer is no, it also `PING`s in the background each of
-    /// those backends that is down and whose circuit breaker lets a probe
-    /// through: an unready instance gets no requests (the load balancer
-    /// stops routing to it), and without them nothing would find out that
-    /// its backends are back. When the answer is yes, nothing is sent.
+    /// When the answer is no, and inside a Tokio runtime, it also `PING`s in
+    /// the background the members of those backends whose last command
+    /// failed, unless their circuit breaker is open (during its cool-down),
+    /// one round at a time: an unready instance gets no requests (the load
+    /// balancer stops routing to it), and without them nothing would find
+    /// out that its backends are back. When the answer is yes, nothing is
+    /// sent.
     pub fn is_ready(&self) -> bool {
-        let serving = |n: &Node| n.modes.can_read() && n.modes.can_write();
-        let ready = self.inner.nodes.iter().any(|n| serving(n) && n.health().up);
-        if !ready {
-            self.probe(serving);
+        let serving = |n: &&Node| n.modes.can_read() && n.modes.can_write();
+        let ready = self.inner.nodes.iter().filter(serving).any(|n| n.health().up);
+        if !ready
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && let Some(busy) = crate::connection::busy::Busy::claim(&self.inner.probing)
+        {
+            let store = self.clone();
+            runtime.spawn(async move {
+                let _busy = busy;
+                join_all(store.inner.nodes.iter().filter(serving).map(Node::probe)).await;
+            });
         }
         ready
-    }
-
-    /// `PING`s, in the background and one round at a time, the backends
-    /// `which` picks that are down and whose breaker is not open (its
-    /// cool-down is over: the breaker decides when a probe goes).
-    fn probe(&self, which: fn(&Node) -> bool) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let Some(busy) = crate::connection::busy::Busy::claim(&self.inner.probing) else { return };
-        let store = self.clone();
-        runtime.spawn(async move {
-            let _busy = busy;
-            let down = store.inner.nodes.iter().filter(|n| {
-                let health = n.health();
-                which(n) && !health.up && health.breaker != crate::BreakerState::Open
-            });
-            // Each outcome is recorded by the backend, as any command's.
-            join_all(down.map(Node::ping)).await;
-        });
     }
 
     fn nodes_at<'a>(&'a self, indices: &'a [usize]) -> impl Iterator<Item = &'a Node> + Clone {

@@ -301,3 +301,49 @@ async fn an_idle_unready_store_becomes_ready_once_its_backend_is_back() {
     eprintln!("ready {:?} after the thaw", thawed.elapsed());
     assert_eq!(store.load(&rec.id).await.unwrap(), Some(rec));
 }
+
+/// The same for a partition whose members both went down and one came back:
+/// it serves that member's sessions, so the idle store is ready again.
+/// Before, one flag for the partition's last command: the probe's `PING` of
+/// the member still down marked the whole backend down after the other's
+/// answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_partition_is_ready_again_once_one_member_is_back() {
+    let servers = servers(2);
+    let members = [Backend::url("a", servers[0].url()), Backend::url("b", servers[1].url())];
+    let store = MultiRedisStore::builder()
+        .backend(fast(Backend::partitioned("pool", members)))
+        .announce(false)
+        .build()
+        .await
+        .unwrap();
+    let partition = Partition::new([("a", 1), ("b", 1)]);
+    let mut on: [Vec<tower_sessions_core::session::Record>; 2] = [Vec::new(), Vec::new()];
+    while on[0].is_empty() || on[1].is_empty() {
+        let mut rec = record("ada");
+        store.create(&mut rec).await.unwrap();
+        on[partition.member_of(&rec.id.to_string())].push(rec);
+    }
+    let frozen_b = Frozen::new(&servers[1]);
+    {
+        let _frozen_a = Frozen::new(&servers[0]);
+        for _ in 0..2 {
+            assert!(store.load(&on[0][0].id).await.is_err() && store.load(&on[1][0].id).await.is_err());
+        }
+        assert!(!store.is_ready());
+    }
+    // a is back, b is not; no request from here on.
+    let thawed = std::time::Instant::now();
+    while !store.is_ready() {
+        assert!(thawed.elapsed() < Duration::from_secs(5), "never ready again: {:?}", store.health());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("ready {:?} after a's thaw", thawed.elapsed());
+    // And it stays ready while b's probes keep failing.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(store.is_ready(), "ready, then not: {:?}", store.health());
+    }
+    assert_eq!(store.load(&on[0][0].id).await.unwrap().as_ref(), Some(&on[0][0]));
+    drop(frozen_b);
+}

@@ -513,3 +513,25 @@ async fn a_load_racing_a_move_still_finds_the_session() {
     assert_eq!(report.progress.removed_from_source, 1);
     assert_eq!(load.await.unwrap().unwrap().map(|r| r.data), Some(records[0].data.clone()), "not logged out");
 }
+
+/// A target that cannot take writes now (here a replica: `READONLY`, as a
+/// demoted primary answers) fails each copy on its own, and its health says
+/// so: error replies that mean "cannot serve" mark the backend down, as a
+/// failed command does, where those that are the key's own (`WRONGTYPE`) do
+/// not. Before, a batch whose every reply was `READONLY` left it up.
+#[tokio::test]
+async fn a_read_only_target_fails_each_copy_and_is_reported_down() {
+    let old = RedisServer::start().unwrap();
+    let port = old.port().to_string();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).unwrap();
+    crate::common::wait_for_replica(&old.url()).await;
+    let app = migrating_store(&replica, &old).await;
+    populate(&old, 10).await;
+    let migrator = Migrator::for_store(&app, migrate::Options::default().move_sessions(true)).unwrap();
+    let report = migrator.run(|_| {}, std::future::pending()).await.unwrap();
+    assert_eq!((report.progress.copied, report.progress.failed, report.progress.removed_from_source), (0, 10, 0));
+    assert!(report.failures.iter().all(|f| f.reason.contains("READONLY")), "{report:?}");
+    let health = &app.health()[0];
+    assert!(!health.up && health.last_error.as_deref().is_some_and(|e| e.contains("read only replica")), "{health:?}");
+    assert_eq!(key_count(&old).await, 10, "nothing removed");
+}
