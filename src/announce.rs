@@ -6,10 +6,21 @@
 //! [`LiveConfiguration::ANNOUNCE_EVERY`] while the store lives.
 //!
 //! The key is `<prefix>multi-redis-sessions:instance:<fingerprint>:<instance>`
-//! in every backend the store writes or deletes from. It is not a session id,
-//! so the migrator, `verify` and `stats` pass it by. Cost: one `SET` per such
-//! backend and instance every five seconds. `announce(false)` (config key
-//! `announce = false`) turns it off.
+//! in every backend the store writes or deletes from, and its name is added
+//! to that backend's registry, a sorted set at
+//! `<prefix>multi-redis-sessions:instance:all`. Neither is a session id, so
+//! the migrator, `verify` and `stats` pass them by. Cost: one `SET` and one
+//! pipelined `ZADD` per such backend and instance every five seconds.
+//! `announce(false)` (config key `announce = false`) turns it off.
+//!
+//! Why a registry: reading what is live must be cheap enough for a move to
+//! check it again every few seconds while it runs (`migrate.rs`), and a
+//! `SCAN` for the announcements walks the whole keyspace. The registry is
+//! only the list of names; each name is live while its key is there (the
+//! key's expiry is the server's, so no clock of an instance is trusted).
+//! Its entries are scored by when they were last renewed (ms since the Unix
+//! epoch, on the instance's clock), and an instance that renews drops those
+//! an hour old: an instance gone without withdrawing its name.
 
 use std::fmt::Write as _;
 use std::sync::Weak;
@@ -18,7 +29,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::error::Error;
-use crate::keys::ANNOUNCE_TAIL;
+use crate::keys::{ANNOUNCE_REGISTRY, ANNOUNCE_TAIL};
 use crate::mode::{Mode, Modes};
 use crate::node::Node;
 use crate::store::{Inner, MultiRedisStore};
@@ -34,6 +45,14 @@ pub struct LiveConfiguration {
     pub backends: String,
     /// How many instances announce it now.
     pub instances: usize,
+}
+
+/// How many instances run it, its fingerprint and its backends:
+/// `2 instance(s) of 9f3c...: new:read+write old:read+delete ...`.
+impl std::fmt::Display for LiveConfiguration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} instance(s) of {}: {}", self.instances, self.fingerprint, self.backends.trim())
+    }
 }
 
 impl LiveConfiguration {
@@ -99,7 +118,7 @@ impl MultiRedisStore {
     ///
     /// # Errors
     ///
-    /// When a backend cannot be scanned.
+    /// When a backend's registry of announcements cannot be read.
     pub async fn live_configurations(&self) -> Result<Vec<LiveConfiguration>, Error> {
         live(self.nodes()).await
     }
@@ -134,10 +153,24 @@ pub(crate) fn start(store: &MultiRedisStore) {
     });
 }
 
+/// How old (by its score) an entry of the registry must be to be dropped.
+const STALE: Duration = Duration::from_secs(3600);
+
 async fn announce(store: &MultiRedisStore, id: &str) {
     let value = store.description();
+    let now = crate::users::unix_ms();
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     for node in store.nodes().iter().filter(|n| n.modes.can_delete()) {
-        if let Err(err) = node.announce(id, &value, LiveConfiguration::ANNOUNCE_TTL).await {
+        // The key first: a name in the registry without its key reads as
+        // gone, never the other way round.
+        let announced = match node.announce(id, &value, LiveConfiguration::ANNOUNCE_TTL).await {
+            Ok(()) => {
+                let score = now.saturating_add(ms(LiveConfiguration::ANNOUNCE_TTL));
+                node.register(ANNOUNCE_REGISTRY, id, score, now.saturating_sub(ms(STALE))).await
+            }
+            Err(err) => Err(err),
+        };
+        if let Err(err) = announced {
             tracing::debug!(backend = %node.name, error = %err, "could not announce this instance");
         }
     }
@@ -155,44 +188,51 @@ impl Drop for Inner {
         runtime.spawn(async move {
             for node in nodes.iter().filter(|n| n.modes.can_delete()) {
                 let _ = node.del(&id, None).await;
+                let _ = node.unregister(ANNOUNCE_REGISTRY, &id).await;
             }
         });
     }
 }
 
-/// The announcements found in `nodes`, by fingerprint.
+/// The announcements found in `nodes`, by fingerprint: the names in each
+/// backend's registry whose key is there.
 pub(crate) async fn live(nodes: &[Node]) -> Result<Vec<LiveConfiguration>, Error> {
     let mut found: Vec<LiveConfiguration> = Vec::new();
     let mut instances = std::collections::HashSet::new();
     for node in nodes.iter().filter(|n| n.modes.can_delete()) {
-        let (mut cursor, walk) = (0, crate::connection::Walk::default());
-        loop {
-            let (next, keys) = node.scan_after_prefix(cursor, 1000, ANNOUNCE_TAIL, &walk).await?;
-            for key in keys {
-                let Some(id) = node.id_of(&key) else { continue };
-                let Some(rest) = id.strip_prefix(ANNOUNCE_TAIL) else { continue };
-                let Some((fingerprint, instance)) = rest.split_once(':') else { continue };
-                if !instances.insert((fingerprint.to_owned(), instance.to_owned())) {
-                    continue;
-                }
-                let backends = node.get(id, None).await?.map(|v| String::from_utf8_lossy(&v).into_owned());
-                match found.iter_mut().find(|c| c.fingerprint == fingerprint) {
-                    Some(config) => config.instances += 1,
-                    None => found.push(LiveConfiguration {
-                        fingerprint: fingerprint.to_owned(),
-                        backends: backends.unwrap_or_default(),
-                        instances: 1,
-                    }),
-                }
+        let names = node.registered(ANNOUNCE_REGISTRY).await?;
+        // Only names an instance writes: anything else in the set is not
+        // read.
+        let names: Vec<&str> = names.iter().map(String::as_str).filter(|name| parse(name).is_some()).collect();
+        if names.is_empty() {
+            continue;
+        }
+        let values = node.per_session_each::<Option<Vec<u8>>>("GET", names.iter().copied(), None).await?;
+        for (name, value) in names.into_iter().zip(values) {
+            let Some((fingerprint, instance)) = parse(name) else { continue };
+            // Gone (expired, or withdrawn since the registry was read), or
+            // not a string: not live.
+            let Ok(Some(value)) = value else { continue };
+            if !instances.insert((fingerprint.to_owned(), instance.to_owned())) {
+                continue;
             }
-            cursor = next;
-            if cursor == 0 {
-                break;
+            match found.iter_mut().find(|c| c.fingerprint == fingerprint) {
+                Some(config) => config.instances += 1,
+                None => found.push(LiveConfiguration {
+                    fingerprint: fingerprint.to_owned(),
+                    backends: String::from_utf8_lossy(&value).into_owned(),
+                    instances: 1,
+                }),
             }
         }
     }
     found.sort_by(|a, b| b.instances.cmp(&a.instances).then_with(|| a.fingerprint.cmp(&b.fingerprint)));
     Ok(found)
+}
+
+/// The fingerprint and instance an announcement's name holds.
+fn parse(name: &str) -> Option<(&str, &str)> {
+    name.strip_prefix(ANNOUNCE_TAIL)?.split_once(':')
 }
 
 /// A configuration's description: what the fingerprint is taken of.

@@ -17,6 +17,11 @@
 /// What comes after a backend's prefix in an announcement's key.
 pub(crate) const ANNOUNCE_TAIL: &str = "multi-redis-sessions:instance:";
 
+/// The registry of announcements (a sorted set of their ids), after a
+/// backend's prefix: read instead of scanning the keyspace for them
+/// (`announce.rs`). Under [`ANNOUNCE_TAIL`], so passed by as the store's own.
+pub(crate) const ANNOUNCE_REGISTRY: &str = "multi-redis-sessions:instance:all";
+
 /// What comes after a backend's prefix in a user's session index
 /// (`users.rs`), before the user.
 pub(crate) const USER_TAIL: &str = "multi-redis-sessions:user:";

@@ -44,6 +44,11 @@ use crate::users::Users;
 /// The batch size used when none is given.
 pub const DEFAULT_BATCH_SIZE: usize = 1000;
 
+/// How often a move looks again at what app instances run
+/// ([`Options::stop_on_hazard`]): two round trips per backend it deletes
+/// from, against a batch's thousands of commands.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
 /// How many keys a report lists by name, per kind (counts are always complete).
 pub const DEFAULT_MAX_LISTED: usize = 1000;
 
@@ -64,6 +69,7 @@ pub struct Options {
     rate_limit: Option<u32>,
     cursor: u64,
     max_listed: usize,
+    stop_on_hazard: bool,
 }
 
 impl Default for Options {
@@ -75,6 +81,7 @@ impl Default for Options {
             rate_limit: None,
             cursor: 0,
             max_listed: DEFAULT_MAX_LISTED,
+            stop_on_hazard: false,
         }
     }
 }
@@ -119,6 +126,27 @@ impl Options {
     /// How many keys a report lists by name, per kind.
     pub fn max_listed(mut self, n: usize) -> Self {
         self.max_listed = n;
+        self
+    }
+
+    /// With [`move_sessions`](Self::move_sessions): look again at what app
+    /// instances run before each batch (at most once a second; an instance
+    /// announces itself as soon as its store is built) while the move runs,
+    /// and stop it ([`Report::stopped_by`], the cursor at the
+    /// first batch not written) once [`Migrator::hazards`] finds one: an
+    /// instance of an earlier step started meanwhile (a rollback, a
+    /// straggler of the deploy), whose saves the move would delete. Checking
+    /// before the run is the caller's (the CLI does both unless `--force`).
+    /// A look that fails is tried again at the next batch.
+    ///
+    /// ```
+    /// use tower_sessions_multi_redis_store::migrate::Options;
+    ///
+    /// let options = Options::default().move_sessions(true).stop_on_hazard(true);
+    /// assert!(options.is_move());
+    /// ```
+    pub fn stop_on_hazard(mut self, yes: bool) -> Self {
+        self.stop_on_hazard = yes;
         self
     }
 
@@ -403,7 +431,24 @@ impl Migrator {
         // while batch i is written to the targets. The reported cursor is that
         // of the first batch not yet written, so a resumed run misses nothing.
         let mut read = Some(self.read(self.options.cursor, &walk).await?);
+        let mut looked = started;
         while let Some(batch) = read.take() {
+            if self.options.stop_on_hazard && looked.elapsed() >= LOOK_EVERY {
+                // Before writing (and deleting) this batch: the cursor still
+                // points at it.
+                match self.hazards().await {
+                    Ok(live) if !live.is_empty() => {
+                        run.report.stopped_by = Some(format!(
+                            "app instances started meanwhile that would lose what the move takes out of {:?}: {}",
+                            self.source(),
+                            live.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+                        ));
+                        break;
+                    }
+                    Ok(_) => looked = Instant::now(),
+                    Err(err) => tracing::warn!(error = %err, "migrate: could not look at the live configurations"),
+                }
+            }
             let next = batch.next;
             run.absorb(&batch);
             // With a rate limit, the next batch is *read* late, not written
@@ -682,7 +727,7 @@ impl Migrator {
     ///
     /// # Errors
     ///
-    /// When a backend cannot be scanned.
+    /// When a backend's registry of announcements cannot be read.
     pub async fn hazards(&self) -> Result<Vec<LiveConfiguration>, Error> {
         if !self.options.move_sessions {
             return Ok(Vec::new());

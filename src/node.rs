@@ -92,14 +92,11 @@ pub(crate) struct Node {
     /// Replicas a write waits for, and for how long (ms): `None` when off.
     wait: Option<crate::connection::Wait>,
     retry_on_timeout: bool,
-    /// One circuit breaker per member: a partition's member that is down
-    /// must neither keep the others' answers from counting against it nor
-    /// take them down with it.
-    breakers: Box<[Breaker]>,
+    /// Per member, its circuit breaker and health: a partition's member
+    /// that is down must neither keep the others' answers from counting
+    /// against it nor take them down with it.
+    members: Box<[Member]>,
     counters: [AtomicU64; 7],
-    /// Per member: whether its last command succeeded (an operation on
-    /// every member, such as a walk, counts for each).
-    last_ok: Box<[AtomicBool]>,
     last_error: Mutex<Option<String>>,
     /// The `metrics` handles of the counters, registered once.
     #[cfg(feature = "metrics")]
@@ -117,6 +114,24 @@ const METRIC_NAMES: [&str; 7] = [
     "tower_sessions_redis_breaker_trips_total",
     "tower_sessions_redis_index_pruned_total",
 ];
+
+/// One server of a backend (a partition's member, or the one server): its
+/// circuit breaker, and whether its last command succeeded (an operation on
+/// every member, such as a walk, counts for each).
+struct Member {
+    breaker: Breaker,
+    last_ok: AtomicBool,
+}
+
+impl Member {
+    fn answered(&self) {
+        // Read first: writing a shared flag on every command would bounce
+        // its cache line between worker threads.
+        if !self.last_ok.load(Ordering::Relaxed) {
+            self.last_ok.store(true, Ordering::Relaxed);
+        }
+    }
+}
 
 impl fmt::Debug for Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -148,9 +163,10 @@ impl Node {
             tombstone_ttl,
             wait: backend.wait(),
             retry_on_timeout: backend.retry_on_timeout,
-            breakers: (0..members).map(|_| Breaker::new(backend.breaker)).collect(),
+            members: (0..members)
+                .map(|_| Member { breaker: Breaker::new(backend.breaker), last_ok: AtomicBool::new(true) })
+                .collect(),
             counters: Default::default(),
-            last_ok: (0..members).map(|_| AtomicBool::new(true)).collect(),
             last_error: Mutex::new(None),
             #[cfg(feature = "metrics")]
             metrics: METRIC_NAMES.map(|name| metrics::counter!(name, "backend" => backend.name.clone())),
@@ -181,7 +197,7 @@ impl Node {
     /// What the store saw of this backend.
     pub(crate) fn health(&self) -> BackendHealth {
         let c = |counter: Counter| self.counters[counter as usize].load(Ordering::Relaxed);
-        let states: Vec<BreakerState> = self.breakers.iter().map(Breaker::state).collect();
+        let states: Vec<BreakerState> = self.members.iter().map(|m| m.breaker.state()).collect();
         // Reported: the worst member's.
         let breaker = states.iter().copied().max_by_key(|state| match state {
             BreakerState::Closed => 0,
@@ -196,8 +212,8 @@ impl Node {
         // does not count against it.
         let up = states
             .iter()
-            .zip(&self.last_ok)
-            .any(|(state, ok)| *state != BreakerState::Open && ok.load(Ordering::Relaxed));
+            .zip(&self.members)
+            .any(|(state, m)| *state != BreakerState::Open && m.last_ok.load(Ordering::Relaxed));
         BackendHealth {
             name: self.name.clone(),
             modes: self.modes,
@@ -234,12 +250,13 @@ impl Node {
         F: Fn() -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let breaker = match member {
-            Some(member) => self.breakers.get(member),
-            None if self.breakers.len() == 1 => self.breakers.first(),
+        // The one member it goes to; `None`: every member.
+        let one = match member {
+            Some(member) => self.members.get(member),
+            None if self.members.len() == 1 => self.members.first(),
             None => None,
         };
-        let permit = breaker.map_or(Permit::Go, Breaker::allow);
+        let permit = one.map_or(Permit::Go, |m| m.breaker.allow());
         if let Permit::Refused(retry_in) = permit {
             self.count(Counter::Error);
             return Err(Error::Unavailable { backend: self.name.clone(), retry_in });
@@ -274,47 +291,29 @@ impl Node {
             }
         };
         let unreachable = result.as_ref().err().is_some_and(|e| e.is_timeout() || e.is_connection_error());
-        if breaker.is_some_and(|breaker| breaker.record(&permit, unreachable)) {
+        if one.is_some_and(|m| m.breaker.record(&permit, unreachable)) {
             self.count(Counter::BreakerTrip);
             tracing::warn!(backend = %self.name, "circuit breaker open: backend skipped during its cool-down");
         }
         tracing::trace!(backend = %self.name, op, ok = result.is_ok(), "command");
+        let members = one.map_or(&self.members[..], std::slice::from_ref);
         match &result {
-            Ok(_) => self.answered(member),
-            Err(err) => self.failed(member, err),
+            Ok(_) => members.iter().for_each(Member::answered),
+            Err(err) => self.failed(members, err),
         }
         result
     }
 
-    /// Member `member` (`None`: every member) answered.
-    fn answered(&self, member: Option<usize>) {
-        for ok in self.members_of(member) {
-            // Read first: writing a shared flag on every command would
-            // bounce its cache line between worker threads.
-            if !ok.load(Ordering::Relaxed) {
-                ok.store(true, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Member `member` (`None`: every member) failed with `err`.
-    fn failed(&self, member: Option<usize>, err: &Error) {
+    /// `members` failed with `err`.
+    fn failed(&self, members: &[Member], err: &Error) {
         self.count(Counter::Error);
         if err.is_timeout() {
             self.count(Counter::Timeout);
         }
-        for ok in self.members_of(member) {
-            ok.store(false, Ordering::Relaxed);
+        for member in members {
+            member.last_ok.store(false, Ordering::Relaxed);
         }
         *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(err.to_string());
-    }
-
-    /// The `last_ok` flags of member `member`, or of every member.
-    fn members_of(&self, member: Option<usize>) -> &[AtomicBool] {
-        match member {
-            Some(member) => self.last_ok.get(member..=member).unwrap_or_default(),
-            None => &self.last_ok,
-        }
     }
 
     /// One command, to member `member` of the backend.
@@ -434,7 +433,8 @@ impl Node {
             if let Ok(values) = reply
                 && let Some(source) = values.iter().find_map(cannot_serve)
             {
-                self.failed(Some(member), &Error::Redis { backend: self.name.clone(), op, source });
+                let members = self.members.get(member..=member).unwrap_or_default();
+                self.failed(members, &Error::Redis { backend: self.name.clone(), op, source });
             }
         }
         batch.replies(replies)
@@ -446,9 +446,9 @@ impl Node {
     /// outcome is recorded as any command's.
     pub(crate) async fn probe(&self) {
         let down = (0..self.conn.members()).filter(|&member| {
-            let open = self.breakers.get(member).is_some_and(|b| b.state() == BreakerState::Open);
-            let ok = self.last_ok.get(member).is_some_and(|ok| ok.load(Ordering::Relaxed));
-            !ok && !open
+            self.members
+                .get(member)
+                .is_some_and(|m| !m.last_ok.load(Ordering::Relaxed) && m.breaker.state() != BreakerState::Open)
         });
         let ping = redis::cmd("PING");
         let pings = down.map(|member| self.run::<String>("PING", member, &ping, true, None));
@@ -904,6 +904,33 @@ impl Node {
         let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let cmd = redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ttl).to_owned();
         let _: Value = self.run("SET", member, &cmd, true, None).await?;
+        Ok(())
+    }
+
+    /// Adds announcement `id` to the `registry` here with `score` (ms), and
+    /// drops the entries scored before `stale_before` (an instance gone
+    /// without withdrawing): one round trip (`announce.rs`).
+    pub(crate) async fn register(&self, registry: &str, id: &str, score: u64, stale_before: u64) -> Result<(), Error> {
+        let (key, member) = self.route(registry);
+        let add = redis::cmd("ZADD").arg(&key).arg(score).arg(id).to_owned();
+        let prune = redis::cmd("ZREMRANGEBYSCORE").arg(&key).arg("-inf").arg(format!("({stale_before}")).to_owned();
+        let replies = self.batch("ZADD", vec![(member, add), (member, prune)], false, None).await?;
+        match replies.into_iter().find_map(|reply| reply.extract_error().err()) {
+            Some(source) => Err(Error::Redis { backend: self.name.clone(), op: "ZADD", source }),
+            None => Ok(()),
+        }
+    }
+
+    /// The announcements in the `registry` here.
+    pub(crate) async fn registered(&self, registry: &str) -> Result<Vec<String>, Error> {
+        let (key, member) = self.route(registry);
+        self.run("ZRANGE", member, redis::cmd("ZRANGE").arg(key).arg(0).arg(-1), true, None).await
+    }
+
+    /// Removes announcement `id` from the `registry` here.
+    pub(crate) async fn unregister(&self, registry: &str, id: &str) -> Result<(), Error> {
+        let (key, member) = self.route(registry);
+        let _: u64 = self.run("ZREM", member, redis::cmd("ZREM").arg(key).arg(id), true, None).await?;
         Ok(())
     }
 

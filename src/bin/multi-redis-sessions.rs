@@ -131,7 +131,9 @@ struct MigrateArgs {
     #[arg(long)]
     dry_run: bool,
     /// Move even while app instances announce a configuration that writes
-    /// the source, or reads it and no target (see `status`).
+    /// the source, or reads it and no target (see `status`). Without it, the
+    /// move refuses to start while one does, and stops (exit 3, with the
+    /// cursor to resume from) if one starts while it runs.
     #[arg(long, requires = "move_sessions")]
     force: bool,
     /// At most this many keys per second scanned from the source (its sessions, and any other key under its prefix).
@@ -219,8 +221,7 @@ enum Failure {
 }
 
 fn hazards(live: &[LiveConfiguration]) -> String {
-    let each = live.iter().map(|c| format!("{} instance(s) of {}: {}", c.instances, c.fingerprint, c.backends.trim()));
-    each.collect::<Vec<_>>().join("; ")
+    live.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 impl Failure {
@@ -242,7 +243,10 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode, Failure> {
         .move_sessions(args.move_sessions)
         .dry_run(args.dry_run)
         .rate_limit(args.rate)
-        .cursor(args.cursor);
+        .cursor(args.cursor)
+        // And while it runs: an instance of an earlier step may start
+        // (a rollback).
+        .stop_on_hazard(args.move_sessions && !args.dry_run && !args.force);
     let migrator = migrator(&args.pair, options).await?;
     if args.move_sessions && !args.dry_run && !args.force {
         // Before anything is deleted: instances of an earlier step would

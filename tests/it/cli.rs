@@ -334,8 +334,9 @@ async fn a_move_waits_for_every_instance_to_read_the_source_as_a_source() {
     assert_eq!(refused.status.code(), Some(2), "{refused:?}");
     assert!(text.contains("not moving sessions out of \"old\"") && text.contains(&step_03.fingerprint()), "{text}");
     assert!(!text.contains(&step_04.fingerprint()), "04 reads old as a source: {text}");
-    // Beside the sessions, each server holds the two announcements.
-    assert_eq!((count(new).await, count(old).await), (2, 20 + 2), "nothing copied or removed");
+    // Beside the sessions, each server holds the two announcements and
+    // their registry.
+    assert_eq!((count(new).await, count(old).await), (3, 20 + 3), "nothing copied or removed");
     let json_refused = cli(&["migrate", "--config", path, "--move", "--json"]);
     assert!(json(&json_refused)["error"].as_str().unwrap_or_default().contains("pass --force"), "{json_refused:?}");
     // A copy deletes nothing: it runs.
@@ -435,4 +436,50 @@ async fn sessions_and_revoke_of_a_user() {
     let refused = cli(&["revoke", "--user", "ann", "--config", plain.path().to_str().unwrap()]);
     assert_eq!(refused.status.code(), Some(2), "{refused:?}");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("user_key"), "{refused:?}");
+}
+
+/// A move under way when an instance of an earlier step starts (a rollback:
+/// here step 03, which writes "old") stops before its next batch: exit 3,
+/// the configuration named, the cursor to resume from, and nothing lost.
+/// Before, only the start was checked, and the move went on deleting from
+/// "old" what that instance saves there. Looking at what runs costs no
+/// `SCAN`: "new", which the move never walks, is scanned by nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_stops_when_an_instance_of_an_earlier_step_starts_while_it_runs() {
+    use tower_sessions_multi_redis_store::{Backend, Modes, MultiRedisStore};
+    const N: usize = 4000;
+    let servers = servers(2);
+    let (new, old) = (&servers[0], &servers[1]);
+    fill(old, N).await;
+    let file = config(new, old);
+    let path = file.path().to_str().unwrap().to_owned();
+    let step = |old_modes| {
+        MultiRedisStore::builder()
+            .backend(Backend::url("new", new.url()).prefix("s:"))
+            .backend(Backend::url("old", old.url()).prefix("s:").modes(old_modes))
+            .build()
+    };
+    let _step_04 = step(Modes::READ_DELETE).await.unwrap();
+    // 500 keys a second: 8 s for the whole move.
+    let run =
+        tokio::task::spawn_blocking(move || cli(&["migrate", "--config", &path, "--move", "--rate", "500", "--json"]));
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let step_03 = step(Modes::READ_WRITE).await.unwrap();
+    let out = run.await.unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let report = json(&out);
+    eprintln!("{report}");
+    let why = report["stopped_by"].as_str().unwrap_or_default();
+    assert!(why.contains(&step_03.fingerprint()) && why.contains("old:read+write"), "{report}");
+    let removed = report["progress"]["removed_from_source"].as_u64().unwrap_or_default();
+    assert!(removed > 0 && (removed as usize) < N, "stopped part way: {report}");
+    assert_ne!(report["progress"]["cursor"], 0, "{report}");
+    // Nothing lost: what left "old" is in "new".
+    let sessions = |keys: Vec<String>| keys.into_iter().filter(|k| !k.contains("multi-redis-sessions")).count();
+    let in_old = sessions(conn(old).await.keys("s:*").await.unwrap());
+    let in_new = sessions(conn(new).await.keys("s:*").await.unwrap());
+    assert_eq!(in_old, N - removed as usize);
+    assert!(in_new >= removed as usize, "{in_new} in new, {removed} removed");
+    let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn(new).await).await.unwrap();
+    assert!(!stats.contains("cmdstat_scan"), "{stats}");
 }
